@@ -1,0 +1,37 @@
+"""The plan step ("extract config manager"): configuration → one ingest payload per table.
+
+Its output is the input of the state machine's Map over tables and of the local runner::
+
+    {"tables": [{"table": "address", "primary_key": "address_id",
+                 "watermark_column": "last_updated", "record_batch_bytes": 8388608,
+                 "in_flight_safety_lag_seconds": 300.0}, ...]}
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+from totes.ingest.source_catalog import check_table, table_columns
+from totes.utils.config import PipelineConfig, resolve_tables
+from totes.utils.db import Database, close_quietly
+
+
+def plan(config: PipelineConfig, source: Optional[Database] = None,
+         config_name: str = "configuration") -> dict:
+    """Resolve ``config`` into payloads; with ``source``, also check every table against the
+    source catalog before any work starts.
+
+    Raises:
+        ConfigError: an invalid setting (names the key).
+        SourceSchemaError: a configured table or column is missing from the source (names it).
+        DatabaseUnavailable / DatabaseRejected: the source could not be reached.
+    """
+    plans = resolve_tables(config, config_name)
+    if source is not None:
+        conn = source.connect("totes-plan")
+        try:
+            for item in plans:
+                check_table(table_columns(conn, item.table), item.table, item.primary_key,
+                            item.watermark_column)
+        finally:
+            close_quietly(conn)
+    return {"tables": [item.model_dump() for item in plans]}

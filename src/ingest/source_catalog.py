@@ -1,0 +1,91 @@
+"""The source catalog: a table's columns and the Arrow type of each, so that Parquet types
+follow the source.
+
+integer → int32, bigint → int64, smallint → int16, numeric(p,s) → decimal128(p,s),
+timestamp(n) → timestamp in ms (n ≤ 3) or µs, timestamptz → timestamp UTC, date → date32,
+boolean → bool, real/double → float32/float64, text/varchar/char/enum and anything else →
+string (text dates stay text until transform).
+"""
+from __future__ import annotations
+
+import re
+
+import pyarrow as pa
+
+from totes.utils.errors import SourceSchemaError
+
+_NUMERIC = re.compile(r"^numeric\((\d+),(\d+)\)$")
+_TIMESTAMP = re.compile(r"^timestamp(?:\((\d)\))? (without|with) time zone$")
+_FIXED = {
+    "smallint": pa.int16(), "integer": pa.int32(), "bigint": pa.int64(),
+    "boolean": pa.bool_(), "date": pa.date32(),
+    "real": pa.float32(), "double precision": pa.float64(),
+}
+
+
+def arrow_type(pg_type: str, table: str, column: str) -> pa.DataType:
+    """The Arrow type for ``pg_type`` as ``format_type()`` prints it.
+
+    Raises:
+        SourceSchemaError: an unbounded ``numeric`` (no precision: no exact decimal type).
+    """
+    if pg_type in _FIXED:
+        return _FIXED[pg_type]
+    match = _NUMERIC.match(pg_type)
+    if match:
+        return pa.decimal128(int(match.group(1)), int(match.group(2)))
+    if pg_type == "numeric":
+        raise SourceSchemaError(f"{table}.{column} is numeric without precision; declare "
+                                "numeric(p,s) so that it can be kept decimal")
+    match = _TIMESTAMP.match(pg_type)
+    if match:
+        precision = int(match.group(1)) if match.group(1) is not None else 6
+        unit = "ms" if precision <= 3 else "us"
+        return pa.timestamp(unit, tz="UTC" if match.group(2) == "with" else None)
+    return pa.string()
+
+
+def is_timestamp(pg_type: str) -> bool:
+    """Whether ``pg_type`` can hold a watermark (a timestamp with or without time zone)."""
+    return bool(_TIMESTAMP.match(pg_type))
+
+
+def is_integer(pg_type: str) -> bool:
+    """Whether ``pg_type`` is an integer type (primary keys of watermarks must be)."""
+    return pg_type in ("smallint", "integer", "bigint")
+
+
+def table_columns(conn, table: str) -> list[tuple[str, str]]:
+    """``[(column, format_type), ...]`` of ``table`` in the connection's current schema, in
+    column order; empty when the table does not exist."""
+    rows = conn.run(
+        "SELECT a.attname, format_type(a.atttypid, a.atttypmod) "
+        "FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = current_schema() AND c.relname = :table AND c.relkind IN ('r', 'p') "
+        "AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+        table=table)
+    return [(name, pg_type) for name, pg_type in rows]
+
+
+def check_table(columns: list[tuple[str, str]], table: str, primary_key: str,
+                watermark_column: str) -> None:
+    """Check that ``table`` exists with an integer ``primary_key`` and a timestamp
+    ``watermark_column``.
+
+    Raises:
+        SourceSchemaError: naming the table or the column that is missing or of the wrong type.
+    """
+    if not columns:
+        raise SourceSchemaError(f"table {table!r} does not exist in the source database")
+    types = dict(columns)
+    if primary_key not in types:
+        raise SourceSchemaError(f"table {table!r} has no primary key column {primary_key!r}")
+    if not is_integer(types[primary_key]):
+        raise SourceSchemaError(f"{table}.{primary_key} is {types[primary_key]}; the primary "
+                                "key that orders a watermark must be an integer")
+    if watermark_column not in types:
+        raise SourceSchemaError(f"table {table!r} has no watermark column {watermark_column!r}")
+    if not is_timestamp(types[watermark_column]):
+        raise SourceSchemaError(f"{table}.{watermark_column} is {types[watermark_column]}; "
+                                "a watermark column must be a timestamp")

@@ -1,0 +1,90 @@
+"""An embedded PostgreSQL server under the local state directory, holding a source database
+(``totesys``) and a warehouse database (``warehouse``).
+
+It is the default when no URL is given: the ``pgserver`` package ships PostgreSQL 16 in a
+wheel, so a fresh machine needs nothing else. The server listens on a Unix socket only
+(``<state>/postgres``), keeps running after the command that started it, and is reused by
+the next command; ``totes embedded stop`` stops it. When started as root it runs as the
+system user ``pgserver``, since PostgreSQL refuses to run as root.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from totes.utils.db import Database, close_quietly, quote_ident
+from totes.utils.errors import DatabaseUnavailable
+
+SOURCE_DATABASE = "totesys"
+WAREHOUSE_DATABASE = "warehouse"
+
+
+def default_state_dir() -> Path:
+    """``TOTES_HOME`` or ``./.totes``: where the embedded server, lake and processed area live."""
+    return Path(os.environ.get("TOTES_HOME") or ".totes").absolute()
+
+
+@dataclass(frozen=True)
+class EmbeddedPostgres:
+    """The embedded server of one state directory."""
+
+    state_dir: Path
+
+    @property
+    def data_dir(self) -> Path:
+        return self.state_dir / "postgres"
+
+    def _server(self):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
+            import pgserver
+            try:
+                return pgserver.get_server(self.data_dir, cleanup_mode=None)
+            except Exception as exc:  # pgserver raises plain exceptions with the server log
+                raise DatabaseUnavailable(
+                    f"cannot start the embedded PostgreSQL in {self.data_dir}: {exc}") from exc
+
+    def start(self, databases=(SOURCE_DATABASE, WAREHOUSE_DATABASE)) -> dict[str, str]:
+        """Start the server if it is not running, create ``databases`` when absent, and return
+        their URLs: ``{"totesys": "postgresql://postgres:@/totesys?host=/..."}``.
+
+        Raises:
+            DatabaseUnavailable: the server could not be started.
+        """
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        server = self._server()
+        admin = Database.from_url("embedded", server.get_uri("postgres")).connect("totes-admin")
+        try:
+            existing = {name for name, in admin.run("SELECT datname FROM pg_database")}
+            for name in databases:
+                if name not in existing:
+                    admin.run(f"CREATE DATABASE {quote_ident(name)}")
+        finally:
+            close_quietly(admin)
+        return {name: server.get_uri(name) for name in databases}
+
+    def is_running(self) -> bool:
+        """Whether a server is running on this state directory."""
+        pid_file = self.data_dir / "postmaster.pid"
+        if not pid_file.exists():
+            return False
+        try:
+            os.kill(int(pid_file.read_text().split()[0]), 0)
+            return True
+        except (ValueError, ProcessLookupError):
+            return False
+        except PermissionError:
+            return True
+
+    def stop(self) -> bool:
+        """Stop the server; returns False when it was not running."""
+        if not self.is_running():
+            return False
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import pgserver
+        user = "pgserver" if os.geteuid() == 0 else None
+        pgserver.pg_ctl(["-w", "stop"], pgdata=self.data_dir, user=user)
+        return True

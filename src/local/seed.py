@@ -1,0 +1,137 @@
+"""Load the ToteSys snapshot into a source database, as it was at any moment of its history.
+
+The snapshot (``data/totesys-2024-11``, see its PROVENANCE.md) holds each row's latest version.
+The state "as of T" is: the rows created at or before T; a row updated after T is shown as it
+was before the update (``last_updated = created_at``, and for a payment ``paid = false``: in
+the real history only payments are updated, when they are paid).
+
+Seeding is an upsert of that state that only moves rows forward (a row is replaced only by a
+version with a later ``last_updated``), so ``--as-of T`` on an empty database and
+``--advance-to T2`` on a seeded one are the same operation, and each can run again safely.
+Types are the database's: ids back to integers, money back to numeric(10,2) (rounded to the
+cent from the snapshot's float64), timestamps to milliseconds.
+"""
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from importlib import resources
+from pathlib import Path
+from typing import Callable, Optional
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from totes.ingest.source_catalog import arrow_type, table_columns
+from totes.utils.db import Database, close_quietly, copy_into, quote_ident, run_script
+from totes.utils.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+# Parents before children, so that foreign keys resolve inside the one transaction.
+TABLES = ("address", "department", "currency", "design", "payment_type", "counterparty",
+          "staff", "sales_order", "purchase_order", "transaction", "payment")
+
+
+def default_snapshot_dir() -> Path:
+    """``data/totesys-2024-11`` of this checkout."""
+    return Path(__file__).resolve().parents[2] / "data" / "totesys-2024-11"
+
+
+def create_schema(conn) -> None:
+    """Create the ToteSys types and tables where they are absent (SCHEMAS.md §1)."""
+    run_script(conn, resources.files("totes.local").joinpath("totesys_schema.sql").read_text())
+
+
+def snapshot_as_of(snapshot: pa.Table, table: str, as_of: Optional[datetime]) -> pa.Table:
+    """The rows of ``snapshot`` (one source table) as they were at ``as_of`` (all when None)."""
+    if as_of is None:
+        return snapshot
+    moment = pa.scalar(as_of, pa.timestamp("ns"))
+    snapshot = snapshot.filter(pc.less_equal(snapshot["created_at"], moment))
+    updated_later = pc.greater(snapshot["last_updated"], moment)
+    before = {"last_updated": snapshot["created_at"]}
+    if table == "payment":
+        before["paid"] = pa.repeat(False, snapshot.num_rows)
+    for column, old in before.items():
+        index = snapshot.schema.get_field_index(column)
+        snapshot = snapshot.set_column(index, column,
+                                       pc.if_else(updated_later, old, snapshot[column]))
+    return snapshot
+
+
+def _to_database_types(rows: pa.Table, columns: list[tuple[str, str]], table: str) -> pa.Table:
+    arrays = []
+    for name, pg_type in columns:
+        target = arrow_type(pg_type, table, name)
+        column = rows[name]
+        if pa.types.is_decimal(target) and pa.types.is_floating(column.type):
+            column = pc.round(column, target.scale)
+        arrays.append(column.cast(target))
+    return pa.table(arrays, names=[name for name, _ in columns])
+
+
+def seed(source: Database, as_of: Optional[datetime] = None,
+         snapshot_dir: Optional[Path] = None, advance: bool = False,
+         progress: Callable[[str, int], None] = lambda table, rows: None) -> dict[str, dict]:
+    """Create the ToteSys schema in ``source`` and upsert the snapshot as of ``as_of``, in one
+    transaction. With ``advance``, refuse to move a database backwards.
+
+    Returns ``{table: {"inserted": n, "updated": n}}``.
+
+    Raises:
+        ConfigError: the snapshot is missing a table, or (``advance``) the database already
+            holds rows changed after ``as_of``.
+        DatabaseUnavailable / DatabaseRejected: the source could not be reached.
+    """
+    snapshot_dir = Path(snapshot_dir or default_snapshot_dir())
+    conn = source.connect("totes-seed")
+    counts: dict[str, dict] = {}
+    try:
+        conn.run("START TRANSACTION")
+        create_schema(conn)
+        if advance and as_of is not None:
+            _refuse_to_go_back(conn, as_of)
+        for table in TABLES:
+            path = snapshot_dir / f"{table}.parquet"
+            if not path.exists():
+                raise ConfigError(f"snapshot {snapshot_dir} has no {table}.parquet")
+            columns = table_columns(conn, table)
+            rows = _to_database_types(snapshot_as_of(pq.read_table(path), table, as_of),
+                                      columns, table)
+            counts[table] = _upsert(conn, table, f"{table}_id", rows)
+            progress(table, rows.num_rows)
+        conn.run("COMMIT")
+    finally:
+        close_quietly(conn)
+    return counts
+
+
+def _refuse_to_go_back(conn, as_of: datetime) -> None:
+    for table in TABLES:
+        (newest,), = conn.run(f"SELECT max(last_updated) FROM {quote_ident(table)}")
+        if newest is not None and newest > as_of:
+            raise ConfigError(f"the source already holds {table} rows changed at {newest}, "
+                              f"after {as_of}; --advance-to only moves forward")
+
+
+def _upsert(conn, table: str, key: str, rows: pa.Table) -> dict:
+    stage = f"seed_{table}"
+    q_table, q_stage = quote_ident(table), quote_ident(stage)
+    conn.run(f"CREATE TEMP TABLE {q_stage} (LIKE {q_table}) ON COMMIT DROP")
+    copy_into(conn, stage, rows.column_names, rows.to_batches(max_chunksize=50_000))
+    names = [quote_ident(c) for c in rows.column_names]
+    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in names if c != quote_ident(key))
+    (inserted, updated), = conn.run(
+        f"WITH changed AS (INSERT INTO {q_table} ({', '.join(names)}) "
+        f"SELECT {', '.join(names)} FROM {q_stage} "
+        f"ON CONFLICT ({quote_ident(key)}) DO UPDATE SET {updates} "
+        f"WHERE {q_table}.last_updated < EXCLUDED.last_updated "
+        "RETURNING (xmax = 0) AS inserted) "
+        "SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) "
+        "FROM changed")
+    conn.run("SELECT setval(pg_get_serial_sequence(:table, :key), "
+             f"(SELECT coalesce(max({quote_ident(key)}), 0) + 1 FROM {q_table}), false)",
+             table=table, key=key)
+    return {"inserted": inserted, "updated": updated}

@@ -1,0 +1,1 @@
+"""Modules shared by the stages: errors, configuration, database connections, lake storage."""

@@ -1,0 +1,123 @@
+"""The pipeline configuration (YAML) and its resolution into one plan per table.
+
+File shape (``config/pipeline.yaml``)::
+
+    defaults:                          # applies to every table unless the table overrides it
+      watermark_column: last_updated   # timestamp column that moves when a row changes
+      record_batch_bytes: 8388608      # CSV bytes per Arrow record batch / Parquet row group
+      in_flight_safety_lag_seconds: 300
+    tables:
+      sales_order: {}                  # primary key defaults to <table>_id
+      payment: {primary_key: payment_id}
+
+Unknown keys, wrong types and invalid identifiers fail before any work, naming the key.
+The same rule as the Meltano SDK: validate up front, name the key and the rule it broke.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from totes.utils.db import quote_ident
+from totes.utils.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = "config/pipeline.yaml"
+
+
+class TableOptions(BaseModel):
+    """Settings of one table; any left out comes from ``defaults``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    primary_key: Optional[str] = None
+    watermark_column: Optional[str] = None
+    record_batch_bytes: Optional[int] = Field(None, ge=1024, le=1 << 30)
+    in_flight_safety_lag_seconds: Optional[float] = Field(None, ge=0)
+
+
+class PipelineConfig(BaseModel):
+    """The whole file: ``defaults`` plus ``tables`` (name → overrides)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    defaults: TableOptions = TableOptions()
+    tables: dict[str, Optional[TableOptions]] = Field(min_length=1)
+
+
+class TablePlan(BaseModel):
+    """The payload of one table for ingest (the Map state's item), as JSON::
+
+        {"table": "sales_order", "primary_key": "sales_order_id",
+         "watermark_column": "last_updated", "record_batch_bytes": 8388608,
+         "in_flight_safety_lag_seconds": 300.0}
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    table: str
+    primary_key: str
+    watermark_column: str = "last_updated"
+    record_batch_bytes: int = 8 << 20
+    in_flight_safety_lag_seconds: float = 300.0
+
+
+def load_config(path: str | Path = DEFAULT_CONFIG_PATH) -> PipelineConfig:
+    """Read and validate the YAML file at ``path``.
+
+    Raises:
+        ConfigError: the file is missing, is not YAML, or breaks the schema; the message names
+            the file and the key, e.g. ``tables.payment.watermark_colum: extra inputs are not
+            permitted``.
+    """
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration {path}: {exc.strerror}") from None
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"configuration {path} is not valid YAML: {exc}") from None
+    return parse_config(document, source=str(path))
+
+
+def parse_config(document: object, source: str = "configuration") -> PipelineConfig:
+    """Validate an already parsed document; see :func:`load_config`."""
+    try:
+        config = PipelineConfig.model_validate(document)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg'].lower()}"
+            for err in exc.errors())
+        raise ConfigError(f"{source} is invalid: {problems}") from None
+    for table in config.tables:
+        _check_identifier(source, f"tables.{table}", table)
+    return config
+
+
+def _check_identifier(source: str, key: str, value: str) -> None:
+    try:
+        quote_ident(value)
+    except ConfigError as exc:
+        raise ConfigError(f"{source} is invalid: {key}: {exc}") from None
+
+
+def resolve_tables(config: PipelineConfig, source: str = "configuration") -> list[TablePlan]:
+    """One :class:`TablePlan` per table, in file order: a table's own setting wins, otherwise
+    ``defaults``, otherwise the built-in default (primary key ``<table>_id``).
+
+    Raises:
+        ConfigError: a resolved column name is not a valid identifier (names the key).
+    """
+    plans = []
+    for table, own in config.tables.items():
+        merged = config.defaults.model_dump(exclude_none=True)
+        merged.update((own or TableOptions()).model_dump(exclude_none=True))
+        merged.setdefault("primary_key", f"{table}_id")
+        for column in ("primary_key", "watermark_column"):
+            if column in merged:
+                _check_identifier(source, f"tables.{table}.{column}", merged[column])
+        plans.append(TablePlan(table=table, **merged))
+    return plans

@@ -1,0 +1,229 @@
+"""PostgreSQL connections for the source and the warehouse, and safe SQL identifiers.
+
+A database is located by a URL (``postgresql://user:password@host:port/dbname``; a Unix socket
+directory goes in ``?host=/path``, as libpq and psql accept it) or, in AWS, by the name of a
+Secrets Manager secret holding the connection as JSON::
+
+    {"host": "...", "port": 5432, "username": "...", "password": "...", "dbname": "..."}
+
+(``user`` and ``database`` are accepted for ``username`` and ``dbname``). Connections use pg8000.
+Passwords never appear in messages or ``repr``.
+"""
+from __future__ import annotations
+
+import json
+import re
+import ssl
+from dataclasses import dataclass, field
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import pg8000.native
+from pg8000.exceptions import DatabaseError, InterfaceError
+
+from totes.utils.errors import ConfigError, DatabaseRejected, DatabaseUnavailable
+
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+# SQLSTATE classes a retry cannot fix: invalid authorization (28), invalid catalog name (3D).
+_TERMINAL_SQLSTATE_PREFIXES = ("28", "3D")
+
+
+def quote_ident(name: str) -> str:
+    """Return ``name`` as a quoted SQL identifier, after checking it is a plain lower-case name.
+
+    Raises:
+        ConfigError: ``name`` is not ``[a-z_][a-z0-9_]*`` of at most 63 characters.
+    """
+    if not isinstance(name, str) or not _IDENTIFIER.match(name):
+        raise ConfigError(
+            f"{name!r} is not a valid identifier: use lower-case letters, digits and _ "
+            "(at most 63 characters, not starting with a digit)"
+        )
+    return f'"{name}"'
+
+
+@dataclass(frozen=True)
+class Database:
+    """Where one database is and how to log in; ``role`` ("source", "warehouse") names it in
+    messages. ``params`` are pg8000 connect arguments and hold the password, so ``repr`` hides
+    them."""
+
+    role: str
+    params: dict = field(repr=False)
+
+    @classmethod
+    def from_url(cls, role: str, url: str) -> "Database":
+        """Parse ``postgresql://user:password@host:port/dbname[?host=/socket/dir&sslmode=require]``.
+
+        Raises:
+            ConfigError: the URL is not a PostgreSQL URL or names no database.
+        """
+        parts = urlsplit(url)
+        if parts.scheme not in ("postgresql", "postgres"):
+            raise ConfigError(f"{role} database URL must start with postgresql:// "
+                              f"(got scheme {parts.scheme!r})")
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        database = unquote(parts.path.lstrip("/"))
+        if not database:
+            raise ConfigError(f"{role} database URL names no database (…/dbname)")
+        params: dict = {
+            "user": unquote(parts.username or query.get("user", "postgres")),
+            "password": unquote(parts.password) if parts.password else None,
+            "database": database,
+        }
+        host = query.get("host") or parts.hostname or "localhost"
+        port = parts.port or int(query.get("port", 5432))
+        if host.startswith("/"):
+            params["unix_sock"] = f"{host}/.s.PGSQL.{port}"
+        else:
+            params["host"], params["port"] = host, port
+        if query.get("sslmode") in ("require", "verify-ca", "verify-full"):
+            params["ssl_context"] = ssl.create_default_context()
+        return cls(role, params)
+
+    @classmethod
+    def from_secret(cls, role: str, secret_id: str, session=None) -> "Database":
+        """Read the connection JSON (see module docstring) from Secrets Manager.
+
+        Raises:
+            ConfigError: the secret is not JSON or lacks host, username, password or dbname.
+            DatabaseUnavailable: Secrets Manager could not be reached.
+        """
+        import boto3
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        client = (session or boto3.session.Session()).client("secretsmanager")
+        try:
+            value = client.get_secret_value(SecretId=secret_id)["SecretString"]
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in ("ThrottlingException", "InternalServiceError"):
+                raise DatabaseUnavailable(f"secret {secret_id!r} of the {role} database: "
+                                          f"{code}") from exc
+            raise ConfigError(f"secret {secret_id!r} of the {role} database: {code}") from exc
+        except BotoCoreError as exc:
+            raise DatabaseUnavailable(f"secret {secret_id!r} of the {role} database: "
+                                      f"{type(exc).__name__}") from exc
+        try:
+            doc = json.loads(value)
+            params = {
+                "host": doc["host"],
+                "port": int(doc.get("port", 5432)),
+                "user": doc.get("username", doc.get("user")),
+                "password": doc["password"],
+                "database": doc.get("dbname", doc.get("database")),
+            }
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"secret {secret_id!r} of the {role} database must be JSON with "
+                              "host, port, username, password and dbname") from exc
+        if not params["user"] or not params["database"]:
+            raise ConfigError(f"secret {secret_id!r} of the {role} database lacks "
+                              "username or dbname")
+        if doc.get("sslmode", "require") != "disable":
+            params["ssl_context"] = ssl.create_default_context()
+        return cls(role, params)
+
+    def describe(self) -> str:
+        """``source database totesys at db.example.com:5432`` (no user, no password)."""
+        where = self.params.get("unix_sock") or f"{self.params['host']}:{self.params['port']}"
+        return f"{self.role} database {self.params['database']} at {where}"
+
+    def connect(self, application_name: str = "totes") -> pg8000.native.Connection:
+        """Open a pg8000 native connection with UTC, ISO dates and ``application_name``.
+
+        Raises:
+            DatabaseUnavailable: the server could not be reached (retry may help).
+            DatabaseRejected: authentication failed or the database does not exist.
+        """
+        try:
+            conn = pg8000.native.Connection(application_name=application_name,
+                                            timeout=60, **self.params)
+        except InterfaceError as exc:
+            raise DatabaseUnavailable(f"cannot reach the {self.describe()}: "
+                                      f"{_without_password(str(exc), self.params)}") from None
+        except DatabaseError as exc:
+            state, message = _sqlstate(exc)
+            error = (DatabaseRejected if state.startswith(_TERMINAL_SQLSTATE_PREFIXES)
+                     else DatabaseUnavailable)
+            raise error(f"the {self.describe()} refused the connection: {message} "
+                        f"(SQLSTATE {state})") from None
+        conn.run("SET TIME ZONE 'UTC'")
+        conn.run("SET datestyle TO ISO, YMD")
+        return conn
+
+
+def _sqlstate(exc: Exception) -> tuple[str, str]:
+    detail = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
+    return detail.get("C", ""), detail.get("M", str(exc))
+
+
+def sqlstate(exc: Exception) -> str:
+    """The SQLSTATE code of a pg8000 ``DatabaseError`` ('' when it has none)."""
+    return _sqlstate(exc)[0]
+
+
+def _without_password(text: str, params: dict) -> str:
+    password = params.get("password")
+    return text.replace(password, "***") if password else text
+
+
+# SQLSTATE classes where the same statement can succeed later: connection exception (08),
+# transaction rollback such as serialization failure or deadlock (40), insufficient
+# resources (53), operator intervention such as a shutdown (57).
+_TRANSIENT_SQLSTATE_PREFIXES = ("08", "40", "53", "57")
+
+
+def translate_error(exc: Exception, doing: str) -> Exception:
+    """Turn a pg8000 error raised while ``doing`` (e.g. "extracting table payment from the
+    source database") into a :class:`DatabaseUnavailable` when a retry can help, else into a
+    ``TerminalError`` subclass; other exceptions are returned unchanged."""
+    from totes.utils.errors import TerminalError
+
+    if isinstance(exc, InterfaceError):
+        return DatabaseUnavailable(f"{doing}: connection lost ({exc})")
+    if isinstance(exc, DatabaseError):
+        state, message = _sqlstate(exc)
+        kind = DatabaseUnavailable if state.startswith(_TRANSIENT_SQLSTATE_PREFIXES) \
+            else TerminalError
+        return kind(f"{doing}: {message} (SQLSTATE {state})")
+    return exc
+
+
+def close_quietly(conn) -> None:
+    """Close ``conn`` after the work on it has succeeded or already raised; a connection
+    that broke with that work cannot be closed cleanly, and the error that matters is the
+    one already raised."""
+    try:
+        conn.close()
+    except (InterfaceError, DatabaseError, OSError):
+        pass
+
+
+def run_script(conn, script: str) -> None:
+    """Run the statements of a SQL script, separated by blank lines (``--`` lines ignored)."""
+    for statement in script.split("\n\n"):
+        lines = [line for line in statement.splitlines() if not line.lstrip().startswith("--")]
+        if "".join(lines).strip():
+            conn.run("\n".join(lines))
+
+
+def copy_into(conn, table: str, columns: list[str], batches) -> None:
+    """Bulk-load Arrow record ``batches`` into ``table`` (``columns`` in batch order) with
+    ``COPY ... FROM STDIN (FORMAT csv)``, one CSV chunk per batch: bounded memory, no row-by-row
+    INSERT. CSV follows PostgreSQL's rules: an unquoted empty field is NULL, ``""`` is an empty
+    string."""
+    import io
+
+    import pyarrow.csv as pacsv
+
+    options = pacsv.WriteOptions(include_header=False)
+
+    def chunks():
+        for batch in batches:
+            if batch.num_rows:
+                buffer = io.BytesIO()
+                pacsv.write_csv(batch, buffer, options)
+                yield buffer.getvalue()
+
+    column_list = ", ".join(quote_ident(c) for c in columns)
+    conn.run(f"COPY {quote_ident(table)} ({column_list}) FROM STDIN WITH (FORMAT csv)",
+             stream=chunks())
