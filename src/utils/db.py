@@ -152,8 +152,12 @@ class Database:
 
 
 def _sqlstate(exc: Exception) -> tuple[str, str]:
-    detail = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
-    return detail.get("C", ""), detail.get("M", str(exc))
+    """(SQLSTATE, message with the server's detail line, such as the key a constraint names)."""
+    fields = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
+    message = fields.get("M", str(exc))
+    if fields.get("D"):
+        message = f"{message}: {fields['D']}"
+    return fields.get("C", ""), message
 
 
 def sqlstate(exc: Exception) -> str:
