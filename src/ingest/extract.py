@@ -77,7 +77,7 @@ def read_watermark(lake: Lake, table: str) -> Optional[dict]:
     key = lake.newest_key(table)
     if key is None:
         return None
-    metadata = lake.parquet_file(key).schema_arrow.metadata or {}
+    metadata = lake.parquet_file(key).metadata.metadata or {}  # the footer's key-value pairs
     if HIGH_WATERMARK_KEY not in metadata:
         raise LakeError(f"{lake.uri}/{key} has no totes.high_watermark metadata; "
                         "it was not written by ingest")

@@ -1,0 +1,22 @@
+"""Lambda entry points of the plan and ingest states.
+
+Environment: ``TOTES_SOURCE_SECRET`` (or ``TOTES_SOURCE_URL``), ``TOTES_LAKE``,
+``TOTES_CONFIG`` (see :mod:`totes.utils.settings`). Any failure raises; its type
+(``TransientError`` or ``TerminalError``) decides whether Step Functions retries.
+"""
+from totes.ingest.extract import ingest_table
+from totes.ingest.plan import plan
+from totes.utils.config import TablePlan, load_config
+from totes.utils.settings import config_path_from_env, database_from_env, lake_from_env
+
+
+def plan_handler(event, context):
+    """Event: ``{}``. Returns ``{"tables": [<TablePlan JSON>, ...]}``."""
+    path = config_path_from_env()
+    return plan(load_config(path), database_from_env("source"), path)
+
+
+def ingest_handler(event, context):
+    """Event: one ``TablePlan`` JSON (a Map item). Returns the ingest result of that table."""
+    return ingest_table(TablePlan.model_validate(event), database_from_env("source"),
+                        lake_from_env("TOTES_LAKE"))

@@ -1,0 +1,12 @@
+"""Lambda entry point of the transform state.
+
+Environment: ``TOTES_LAKE``, ``TOTES_PROCESSED``. The event (the ingest results) is not
+needed: transform takes every lake file no committed batch has transformed yet.
+"""
+from totes.transform.run import transform
+from totes.utils.settings import lake_from_env
+
+
+def handler(event, context):
+    """Returns ``{"manifest": key | null, "source_files": n, "tables": [...], "seconds": s}``."""
+    return transform(lake_from_env("TOTES_LAKE"), lake_from_env("TOTES_PROCESSED"))
