@@ -1,0 +1,71 @@
+# totes: incremental ETL of ToteSys into a star-schema warehouse.
+# `make run` and `make test` work on a fresh machine: each installs what it needs into .venv.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+DEV_INSTALLED := $(VENV)/.dev-installed
+
+.PHONY: help run test install-requirements install-dev-tools run-pytest check-pep8-compliance \
+	security-checks bandit dependency-audit run-checks stop clean-state clean
+
+help:
+	@echo "make run                    run the pipeline once on the embedded PostgreSQL"
+	@echo "make test                   run the tests (starts its own PostgreSQL)"
+	@echo "make install-requirements   create .venv and install totes (totes on .venv/bin)"
+	@echo "make install-dev-tools      add pytest, moto, flake8, bandit, pip-audit"
+	@echo "make check-pep8-compliance  flake8"
+	@echo "make security-checks        bandit and a dependency audit (needs the network)"
+	@echo "make stop / clean-state     stop the embedded PostgreSQL / also delete .totes"
+
+$(BIN)/python:
+	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "totes needs Python 3.11+"'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(INSTALLED): $(BIN)/python requirements.txt pyproject.toml
+	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $@
+
+$(DEV_INSTALLED): $(INSTALLED) requirements-dev.txt
+	$(BIN)/pip install --quiet -r requirements-dev.txt
+	touch $@
+
+install-requirements: $(INSTALLED)
+
+install-dev-tools: $(DEV_INSTALLED)
+
+run: $(INSTALLED)
+	$(BIN)/totes run
+
+test: $(DEV_INSTALLED) run-pytest
+
+# pytest exits 5 when it collected no test: for this project that means a broken suite.
+run-pytest: $(DEV_INSTALLED)
+	@$(BIN)/pytest $(PYTEST_ARGS); status=$$?; \
+	if [ $$status -eq 5 ]; then echo "pytest collected no tests: the suite is missing" >&2; fi; \
+	exit $$status
+
+check-pep8-compliance: $(DEV_INSTALLED)
+	$(BIN)/flake8 src tests
+
+bandit: $(DEV_INSTALLED)
+	$(BIN)/bandit --quiet --recursive src --severity-level medium
+
+dependency-audit: $(DEV_INSTALLED)
+	$(BIN)/pip-audit --requirement requirements.txt
+
+security-checks: bandit dependency-audit
+
+run-checks: check-pep8-compliance security-checks run-pytest
+
+stop:
+	-@[ -x $(BIN)/totes ] && $(BIN)/totes embedded stop
+
+clean-state: stop
+	rm -rf .totes
+
+clean: clean-state
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,68 @@
+"""Shared fixtures: one real PostgreSQL server for the session (the embedded server the product
+itself uses), a seeded ToteSys template, and fresh databases per test."""
+from __future__ import annotations
+
+import uuid
+import pytest
+
+from totes.local.embedded import EmbeddedPostgres
+from totes.local.runner import Resources
+from totes.local.seed import seed
+from totes.utils.db import Database, quote_ident
+from totes.utils.lake import Lake
+
+from support import CONFIG, TEMPLATE
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    """The PostgreSQL server of the test session; returns its admin URL."""
+    embedded = EmbeddedPostgres(tmp_path_factory.mktemp("postgres"))
+    url = embedded.start(("postgres",))["postgres"]
+    admin = Database.from_url("admin", url)
+    seeded = _create(admin, TEMPLATE)
+    seed(seeded)
+    yield admin
+    embedded.stop()
+
+
+def _create(admin: Database, name: str, template: str | None = None) -> Database:
+    conn = admin.connect()
+    try:
+        conn.run(f"CREATE DATABASE {quote_ident(name)}"
+                 + (f" TEMPLATE {quote_ident(template)}" if template else ""))
+    finally:
+        conn.close()
+    params = dict(admin.params, database=name)
+    return Database("source" if name.startswith(("src", TEMPLATE)) else "warehouse", params)
+
+
+@pytest.fixture
+def new_database(server):
+    """A factory of empty databases: ``new_database("src")``."""
+    def make(prefix: str, template: str | None = None) -> Database:
+        return _create(server, f"{prefix}_{uuid.uuid4().hex[:12]}", template)
+    return make
+
+
+@pytest.fixture
+def seeded_source(new_database) -> Database:
+    """A source database holding the whole real snapshot."""
+    return new_database("src", TEMPLATE)
+
+
+@pytest.fixture
+def empty_source(new_database) -> Database:
+    return new_database("src")
+
+
+@pytest.fixture
+def warehouse(new_database) -> Database:
+    return new_database("wh")
+
+
+@pytest.fixture
+def resources(tmp_path, seeded_source, warehouse) -> Resources:
+    """A run's resources: the seeded source, an empty warehouse, local lake and processed."""
+    return Resources(seeded_source, warehouse, Lake(str(tmp_path / "lake")),
+                     Lake(str(tmp_path / "processed")), CONFIG)
