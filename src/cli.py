@@ -261,7 +261,7 @@ def plan(source_url: Optional[str] = SourceUrl, config: str = ConfigFile,
     def work():
         settings = _Settings(source_url=source_url, config=config)
         source = settings.database("source") if check_source else None
-        _print_json(run_plan(load_config(config), source, config))
+        _print_json(run_plan(load_config(config), source))
     _guard(work)
 
 
@@ -279,7 +279,7 @@ def ingest(source_url: Optional[str] = SourceUrl, lake: Optional[str] = LakeUri,
     def work():
         settings = _Settings(source_url=source_url, lake=lake, config=config)
         resources = _resources_for_ingest(settings)
-        payload = run_plan(load_config(config), resources.source, config)
+        payload = run_plan(load_config(config), resources.source)
         if table:
             unknown = set(table) - {t["table"] for t in payload["tables"]}
             if unknown:

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from totes.utils.db import Database
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "config" / "pipeline.yaml")
 SNAPSHOT = REPO / "data" / "totesys-2024-11"

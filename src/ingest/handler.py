@@ -13,7 +13,7 @@ from totes.utils.settings import config_path_from_env, database_from_env, lake_f
 def plan_handler(event, context):
     """Event: ``{}``. Returns ``{"tables": [<TablePlan JSON>, ...]}``."""
     path = config_path_from_env()
-    return plan(load_config(path), database_from_env("source"), path)
+    return plan(load_config(path), database_from_env("source"))
 
 
 def ingest_handler(event, context):

