@@ -120,11 +120,10 @@ def _seed_embedded_if_empty(settings: _Settings) -> None:
     if not settings.is_embedded("source"):
         return
     source = settings.database("source")
-    conn = source.connect("totes-check")
-    try:
-        (tables,), = conn.run("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
-    finally:
-        conn.close()
+    with source.session("totes-check", f"looking for tables in the {source.describe()}") \
+            as session:
+        (tables,), = session.conn.run(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
     if tables == 0:
         with console.status("Seeding the embedded source with the ToteSys snapshot "
                             "(first use)…"):

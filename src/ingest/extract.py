@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 
 from totes.ingest.source_catalog import arrow_type, check_table, table_columns
 from totes.utils.config import TablePlan
-from totes.utils.db import Database, close_quietly, quote_ident, translate_error
+from totes.utils.db import Database, quote_ident, translate_error
 from totes.utils.errors import LakeError
 from totes.utils.lake import Lake
 
@@ -162,8 +162,8 @@ def ingest_table(plan: TablePlan, source: Database, lake: Lake) -> dict:
     table, primary_key, watermark_column = plan.table, plan.primary_key, plan.watermark_column
     low = read_watermark(lake, table)
     doing = f"extracting table {table} from the {source.describe()}"
-    conn = source.connect(f"totes-ingest-{table}")
-    try:
+    with source.session(f"totes-ingest-{table}", doing) as session:
+        conn = session.conn
         columns = table_columns(conn, table)
         check_table(columns, table, primary_key, watermark_column)
         types = dict(columns)
@@ -233,13 +233,6 @@ def ingest_table(plan: TablePlan, source: Database, lake: Lake) -> dict:
             if extracted is not None:
                 key = lake.next_key(table, _key_moment(high))
                 size = lake.publish(staged, key)
-    except Exception as exc:
-        translated = translate_error(exc, doing)
-        if translated is exc:
-            raise
-        raise translated from exc
-    finally:
-        close_quietly(conn)
     result = {
         "table": table, "key": key, "rows": rows, "row_groups": row_groups, "bytes": size,
         "low_watermark": low, "high_watermark": high, "cutoff": cutoff,

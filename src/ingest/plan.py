@@ -12,7 +12,7 @@ from typing import Optional
 
 from totes.ingest.source_catalog import check_table, table_columns
 from totes.utils.config import PipelineConfig, resolve_tables
-from totes.utils.db import Database, close_quietly
+from totes.utils.db import Database
 
 
 def plan(config: PipelineConfig, source: Optional[Database] = None) -> dict:
@@ -25,11 +25,9 @@ def plan(config: PipelineConfig, source: Optional[Database] = None) -> dict:
     """
     plans = resolve_tables(config)
     if source is not None:
-        conn = source.connect("totes-plan")
-        try:
+        with source.session("totes-plan", f"checking the tables in the {source.describe()}") \
+                as session:
             for item in plans:
-                check_table(table_columns(conn, item.table), item.table, item.primary_key,
-                            item.watermark_column)
-        finally:
-            close_quietly(conn)
+                check_table(table_columns(session.conn, item.table), item.table,
+                            item.primary_key, item.watermark_column)
     return {"tables": [item.model_dump() for item in plans]}

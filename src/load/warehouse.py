@@ -22,7 +22,7 @@ import time
 from typing import Optional
 
 from totes.transform.run import MANIFESTS, read_manifest
-from totes.utils.db import Database, close_quietly, copy_into, quote_ident, translate_error
+from totes.utils.db import Database, copy_into, quote_ident
 from totes.utils.lake import Lake
 from totes.utils.star_schema import TABLES, WarehouseTable
 
@@ -110,10 +110,9 @@ def load(processed: Lake, warehouse: Database,
         LakeError / StorageUnavailable: a batch's file is missing or unreadable.
     """
     started = time.monotonic()
-    conn = warehouse.connect("totes-load")
     totals: dict[str, dict] = {}
-    doing = f"loading into the {warehouse.describe()}"
-    try:
+    with warehouse.session("totes-load", f"loading into the {warehouse.describe()}") as session:
+        conn = session.conn
         conn.run("START TRANSACTION")
         conn.run("SELECT pg_advisory_xact_lock(:id)", id=LOAD_LOCK_ID)
         create_warehouse(conn)
@@ -123,8 +122,8 @@ def load(processed: Lake, warehouse: Database,
             counts = {}
             for name, table in TABLES.items():
                 if name in outputs:
-                    doing = f"loading {name} of batch {manifest_key} into the " \
-                            f"{warehouse.describe()}"
+                    session.doing = f"loading {name} of batch {manifest_key} into the " \
+                                    f"{warehouse.describe()}"
                     counts[name] = merge_file(conn, table, processed, outputs[name]["key"])
                     total = totals.setdefault(name, {"table": name, "rows": 0, "inserted": 0,
                                                      "updated": 0})
@@ -134,13 +133,6 @@ def load(processed: Lake, warehouse: Database,
                      "VALUES (:key, CAST(:rows AS jsonb)) ON CONFLICT (manifest_key) DO NOTHING",
                      key=manifest_key, rows=json.dumps(counts))
         conn.run("COMMIT")
-    except Exception as exc:
-        translated = translate_error(exc, doing)
-        if translated is exc:
-            raise
-        raise translated from exc
-    finally:
-        close_quietly(conn)
     log.info("loaded %d batches", len(keys))
     return {"batches": keys, "tables": list(totals.values()),
             "seconds": round(time.monotonic() - started, 3)}

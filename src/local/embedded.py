@@ -14,7 +14,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from totes.utils.db import Database, close_quietly, quote_ident
+from totes.utils.db import Database, quote_ident
 from totes.utils.errors import DatabaseUnavailable
 
 SOURCE_DATABASE = "totesys"
@@ -55,14 +55,12 @@ class EmbeddedPostgres:
         """
         self.state_dir.mkdir(parents=True, exist_ok=True)
         server = self._server()
-        admin = Database.from_url("embedded", server.get_uri("postgres")).connect("totes-admin")
-        try:
-            existing = {name for name, in admin.run("SELECT datname FROM pg_database")}
+        admin = Database.from_url("embedded", server.get_uri("postgres"))
+        with admin.session("totes-admin", "creating the embedded databases") as session:
+            existing = {name for name, in session.conn.run("SELECT datname FROM pg_database")}
             for name in databases:
                 if name not in existing:
-                    admin.run(f"CREATE DATABASE {quote_ident(name)}")
-        finally:
-            close_quietly(admin)
+                    session.conn.run(f"CREATE DATABASE {quote_ident(name)}")
         return {name: server.get_uri(name) for name in databases}
 
     def is_running(self) -> bool:

@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from totes.ingest.source_catalog import arrow_type, table_columns
-from totes.utils.db import Database, close_quietly, copy_into, quote_ident, run_script
+from totes.utils.db import Database, copy_into, quote_ident, run_script
 from totes.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -86,9 +86,9 @@ def seed(source: Database, as_of: Optional[datetime] = None,
         DatabaseUnavailable / DatabaseRejected: the source could not be reached.
     """
     snapshot_dir = Path(snapshot_dir or default_snapshot_dir())
-    conn = source.connect("totes-seed")
     counts: dict[str, dict] = {}
-    try:
+    with source.session("totes-seed", f"seeding the {source.describe()}") as session:
+        conn = session.conn
         conn.run("START TRANSACTION")
         create_schema(conn)
         if advance and as_of is not None:
@@ -103,8 +103,6 @@ def seed(source: Database, as_of: Optional[datetime] = None,
             counts[table] = _upsert(conn, table, f"{table}_id", rows)
             progress(table, rows.num_rows)
         conn.run("COMMIT")
-    finally:
-        close_quietly(conn)
     return counts
 
 

@@ -127,6 +127,11 @@ class Database:
         where = self.params.get("unix_sock") or f"{self.params['host']}:{self.params['port']}"
         return f"{self.role} database {self.params['database']} at {where}"
 
+    def session(self, application_name: str, doing: str) -> "Session":
+        """A connection for one piece of work: ``with source.session("totes-plan", "checking
+        the configured tables") as session: session.conn.run(...)``. See :class:`Session`."""
+        return Session(self, application_name, doing)
+
     def connect(self, application_name: str = "totes") -> pg8000.native.Connection:
         """Open a pg8000 native connection with UTC, ISO dates and ``application_name``.
 
@@ -231,3 +236,26 @@ def copy_into(conn, table: str, columns: list[str], batches) -> None:
     column_list = ", ".join(quote_ident(c) for c in columns)
     conn.run(f"COPY {quote_ident(table)} ({column_list}) FROM STDIN WITH (FORMAT csv)",
              stream=chunks())
+
+
+class Session:
+    """Context manager around one connection: opens it on entry, always closes it, and turns a
+    driver error raised inside into a :class:`DatabaseUnavailable` (retry can help) or a
+    ``TerminalError``, with a message starting with ``doing`` (update it as work proceeds).
+    An error the pipeline raised itself passes through unchanged."""
+
+    def __init__(self, database: Database, application_name: str, doing: str):
+        self.database, self.application_name, self.doing = database, application_name, doing
+        self.conn: pg8000.native.Connection | None = None
+
+    def __enter__(self) -> "Session":
+        self.conn = self.database.connect(self.application_name)
+        return self
+
+    def __exit__(self, exc_type, exc, traceback) -> bool:
+        close_quietly(self.conn)
+        if exc is not None and isinstance(exc, Exception):
+            translated = translate_error(exc, self.doing)
+            if translated is not exc:
+                raise translated from exc
+        return False
