@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable, List, Optional
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -330,6 +331,79 @@ def load(warehouse_url: Optional[str] = WarehouseUrl, processed: Optional[str] =
             out.print(_load_table(result))
             _connect_hint(settings)
     _guard(work)
+
+
+@app.command()
+def replay(start: str = typer.Option(..., "--from", help="Seed the source as of this time"),
+           end: str = typer.Option(..., "--to", help="Last run time"),
+           step: str = typer.Option("1d", "--step", help="Time between runs: 1d, 6h, 15m"),
+           source_url: Optional[str] = typer.Option(
+               None, "--source-url", help="Source to replay into [default: embedded "
+               "replay_totesys, recreated]"),
+           warehouse_url: Optional[str] = typer.Option(
+               None, "--warehouse-url", help="Warehouse [default: embedded replay_warehouse, "
+               "recreated]"),
+           lake: Optional[str] = typer.Option(
+               None, "--lake", help="[default: $TOTES_HOME/replay/lake, emptied]"),
+           processed: Optional[str] = typer.Option(
+               None, "--processed", help="[default: $TOTES_HOME/replay/processed, emptied]"),
+           config: str = ConfigFile):
+    """Replay the real history: seed as of --from, then advance --step and run, to --to.
+
+    By default it uses its own embedded databases and directories, recreated each time, so
+    it never touches what `totes run` built.
+    """
+    from totes.local.replay import parse_step, replay as run_replay
+    from totes.local.runner import Resources
+
+    first, last = _parse_time(start, "--from"), _parse_time(end, "--to")
+
+    def work():
+        interval = parse_step(step)
+        settings = _Settings(source_url, warehouse_url, lake, processed, config)
+        defaults = _fresh_replay_state(settings, source_url, warehouse_url, lake, processed)
+        resources = Resources(
+            Database.from_url("source", source_url or defaults["replay_totesys"]),
+            Database.from_url("warehouse", warehouse_url or defaults["replay_warehouse"]),
+            Lake(lake or str(settings.state_dir / "replay" / "lake")),
+            Lake(processed or str(settings.state_dir / "replay" / "processed")), config)
+        table = Table(title=f"replay {first} → {last}, every {step}", box=box.SIMPLE_HEAD)
+        table.add_column("run as of", no_wrap=True)
+        for header in ("moved", "sales", "purchase", "payment", "other", "facts+", "s"):
+            table.add_column(header, justify="right")
+
+        def on_run(moment, outputs):
+            moved = {r["table"]: r["rows"] for r in outputs["ingest"] if r["rows"]}
+            facts = sum(t["inserted"] for t in outputs["load"]["tables"]
+                        if t["table"].startswith("fact_"))
+            main = [moved.get(name, 0) for name in ("sales_order", "purchase_order", "payment")]
+            other = sum(moved.values()) - sum(main)
+            table.add_row(f"{moment:%Y-%m-%d %H:%M}", f"{sum(moved.values()):,}",
+                          *[f"{n:,}" for n in main], f"{other:,}", f"{facts:,}",
+                          f"{outputs['seconds']:.1f}")
+            detail = ", ".join(f"{name} {rows:,}" for name, rows in moved.items())
+            console.print(f"  {moment:%Y-%m-%d %H:%M}: {detail or 'nothing new'}",
+                          highlight=False)
+
+        runs = run_replay(resources, first, last, interval, on_run)
+        out.print(table)
+        out.print(f"{len(runs)} runs replayed.")
+    _guard(work)
+
+
+def _fresh_replay_state(settings: _Settings, source_url, warehouse_url, lake, processed):
+    """Recreate the embedded replay databases and directories that no flag replaced."""
+    import shutil
+
+    from totes.local.embedded import recreate_databases
+
+    wanted = [name for name, given in (("replay_totesys", source_url),
+                                       ("replay_warehouse", warehouse_url)) if not given]
+    urls = recreate_databases(settings.embedded, wanted) if wanted else {}
+    for given, folder in ((lake, "lake"), (processed, "processed")):
+        if not given:
+            shutil.rmtree(settings.state_dir / "replay" / folder, ignore_errors=True)
+    return urls
 
 
 # ---- the embedded server ------------------------------------------------------------------

@@ -23,6 +23,7 @@ from typing import Optional
 
 from totes.transform.run import MANIFESTS, read_manifest
 from totes.utils.db import Database, copy_into, quote_ident
+from totes.utils.errors import DataError
 from totes.utils.lake import Lake
 from totes.utils.star_schema import TABLES, WarehouseTable
 
@@ -70,6 +71,27 @@ def _merge_sql(table: WarehouseTable, stage: str) -> str:
             "FROM merged")
 
 
+def check_foreign_keys(conn, table: WarehouseTable, stage: str) -> None:
+    """Check that every foreign key of the staged fact rows has its dimension row (the
+    dimensions of the same batch are merged first).
+
+    Raises:
+        DataError: ``fact_sales_order row sales_order_id=12: sales_staff_id 99 has no
+            dim_staff row``.
+    """
+    source_id, staged = quote_ident(table.merge_key[0]), quote_ident(stage)
+    for column, dimension in table.foreign_keys.items():
+        key, value = quote_ident(TABLES[dimension].merge_key[0]), quote_ident(column)
+        # Identifiers only, each through quote_ident; no values.
+        orphans = conn.run(
+            f"SELECT s.{source_id}, s.{value} FROM {staged} s WHERE NOT EXISTS "  # nosec B608
+            f"(SELECT 1 FROM {quote_ident(dimension)} d WHERE d.{key} = s.{value}) LIMIT 1")
+        if orphans:
+            (row_id, value), = orphans
+            raise DataError(f"{table.name} row {table.merge_key[0]}={row_id}: {column} "
+                            f"{value} has no {dimension} row")
+
+
 def merge_file(conn, table: WarehouseTable, processed: Lake, key: str) -> dict:
     """Stage one processed file of ``table`` and merge it; returns
     ``{"rows": staged, "inserted": n, "updated": n}``."""
@@ -81,6 +103,8 @@ def merge_file(conn, table: WarehouseTable, processed: Lake, key: str) -> dict:
     parquet = processed.parquet_file(key)
     copy_into(conn, stage, table.column_names,
               parquet.iter_batches(batch_size=COPY_BATCH_ROWS, columns=table.column_names))
+    if table.kind == "fact":
+        check_foreign_keys(conn, table, stage)
     (inserted, updated), = conn.run(_merge_sql(table, stage))
     conn.run(f"DROP TABLE {quote_ident(stage)}")
     return {"rows": parquet.metadata.num_rows, "inserted": inserted, "updated": updated}

@@ -86,3 +86,14 @@ class EmbeddedPostgres:
         user = "pgserver" if os.geteuid() == 0 else None
         pgserver.pg_ctl(["-w", "stop"], pgdata=self.data_dir, user=user)
         return True
+
+
+def recreate_databases(server: EmbeddedPostgres, names: list[str]) -> dict[str, str]:
+    """Drop and create ``names`` on the embedded ``server`` (started if needed); returns their
+    URLs. Used by replay, which starts from empty databases each time."""
+    urls = server.start(("postgres",))
+    admin = Database.from_url("embedded", urls["postgres"])
+    with admin.session("totes-admin", "recreating the replay databases") as session:
+        for name in names:
+            session.conn.run(f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)")
+    return server.start(tuple(names))
