@@ -25,3 +25,26 @@ def query(database: Database, sql: str, **params):
 def snapshot(table: str):
     """The real snapshot of one source table, as an Arrow table."""
     return pq.read_table(SNAPSHOT / f"{table}.parquet")
+
+
+def versions_at(table: str, moment) -> set:
+    """The row versions ``(id, last_updated)`` of ``table`` that the source held at
+    ``moment``, computed from the snapshot: rows created by then, in their version of then
+    (a row updated later was still at ``last_updated = created_at``)."""
+    import pyarrow as pa
+
+    rows = snapshot(table)
+    ids = rows[f"{table}_id"].to_pylist()
+    created = rows["created_at"].cast(pa.timestamp("ms")).to_pylist()
+    updated = rows["last_updated"].cast(pa.timestamp("ms")).to_pylist()
+    return {(i, u if u <= moment else c) for i, c, u in zip(ids, created, updated)
+            if c <= moment}
+
+
+def fact_versions(warehouse: Database, fact: str, id_column: str) -> list:
+    """``(source id, last_updated)`` of every row of a fact table (a list: duplicates show)."""
+    from datetime import datetime
+
+    rows = query(warehouse, f"SELECT {id_column}, last_updated_date, last_updated_time "
+                            f"FROM {fact}")
+    return [(i, datetime.combine(d, t)) for i, d, t in rows]
