@@ -142,8 +142,7 @@ def test_a_row_committed_late_by_an_open_transaction_is_extracted_once(seeded_so
     assert sorted(codes) == ["CHF", "JPY"] and last["rows"] == 0
 
 
-def test_a_role_without_pg_read_all_stats_stops_the_safety_lag_short(seeded_source, server,
-                                                                      tmp_path):
+def test_a_role_without_pg_read_all_stats_stops_the_safety_lag_short(seeded_source, tmp_path):
     role = f"etl_{seeded_source.params['database'][-8:]}"
     query(seeded_source, f"CREATE ROLE {role} LOGIN")
     query(seeded_source, f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}")
@@ -182,8 +181,8 @@ def test_an_address_change_reaches_locations_and_the_counterparties_there(resour
     departments = {d["department_id"]: d for d in snapshot("department").to_pylist()}
     dispatch = {s["staff_id"] for s in snapshot("staff").to_pylist()
                 if departments[s["department_id"]]["department_name"] == "Dispatch"}
-    leeds = {i for i, in query(resources.warehouse,
-                               "SELECT staff_id FROM dim_staff WHERE location = 'Leeds (corrected)'")}
+    leeds = {i for i, in query(resources.warehouse, "SELECT staff_id FROM dim_staff "
+                                                    "WHERE location = 'Leeds (corrected)'")}
     assert leeds == dispatch and dispatch
 
 
