@@ -8,7 +8,7 @@ INSTALLED := $(VENV)/.installed
 DEV_INSTALLED := $(VENV)/.dev-installed
 
 .PHONY: help run test install-requirements install-dev-tools run-pytest check-pep8-compliance \
-	security-checks bandit dependency-audit run-checks stop clean-state clean
+	security-checks bandit dependency-audit run-checks bench stop clean-state clean
 
 help:
 	@echo "make run                    run the pipeline once on the embedded PostgreSQL"
@@ -17,6 +17,7 @@ help:
 	@echo "make install-dev-tools      add pytest, moto, flake8, bandit, pip-audit"
 	@echo "make check-pep8-compliance  flake8"
 	@echo "make security-checks        bandit and a dependency audit (needs the network)"
+	@echo "make bench                  time small incremental runs after 1, 10, 100 batches"
 	@echo "make stop / clean-state     stop the embedded PostgreSQL / also delete .totes"
 
 $(BIN)/python:
@@ -49,7 +50,7 @@ run-pytest: $(DEV_INSTALLED)
 	exit $$status
 
 check-pep8-compliance: $(DEV_INSTALLED)
-	$(BIN)/flake8 src tests
+	$(BIN)/flake8 src tests benchmarks
 
 bandit: $(DEV_INSTALLED)
 	$(BIN)/bandit --quiet --recursive src --severity-level medium
@@ -60,6 +61,9 @@ dependency-audit: $(DEV_INSTALLED)
 security-checks: bandit dependency-audit
 
 run-checks: check-pep8-compliance security-checks run-pytest
+
+bench: $(INSTALLED)
+	$(BIN)/python benchmarks/incremental_run.py
 
 stop:
 	-@[ -x $(BIN)/totes ] && $(BIN)/totes embedded stop
