@@ -85,8 +85,9 @@ def test_rows_sharing_the_high_watermark_timestamp_are_extracted_once(seeded_sou
     plan = TablePlan(table="payment", primary_key="payment_id")
     first = ingest_table(plan, seeded_source, lake)
     high = first["high_watermark"]
-    # Rows that arrive after the run with exactly the high watermark's timestamp: one with a
-    # larger key (a new payment), one update of a payment with a smaller key.
+    # A row that arrives after the run with exactly the high watermark's timestamp and a
+    # larger key. (One with a smaller key could only come from a transaction open during the
+    # run, which the in-flight cutoff holds back: see the late-commit test.)
     query(seeded_source, "INSERT INTO payment (created_at, last_updated, transaction_id, "
           "counterparty_id, payment_amount, currency_id, payment_type_id, paid, payment_date, "
           "company_ac_number, counterparty_ac_number) SELECT CAST(:t AS timestamp), "
