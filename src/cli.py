@@ -367,10 +367,11 @@ def replay(start: str = typer.Option(..., "--from", help="Seed the source as of 
             Database.from_url("warehouse", warehouse_url or defaults["replay_warehouse"]),
             Lake(lake or str(settings.state_dir / "replay" / "lake")),
             Lake(processed or str(settings.state_dir / "replay" / "processed")), config)
-        table = Table(title=f"replay {first} → {last}, every {step}", box=box.SIMPLE_HEAD)
+        table = Table(title=f"replay {first} → {last}, every {step}", box=box.SIMPLE_HEAD,
+                      pad_edge=False)
         table.add_column("run as of", no_wrap=True)
         for header in ("moved", "sales", "purchase", "payment", "other", "facts+", "s"):
-            table.add_column(header, justify="right")
+            table.add_column(header, justify="right", min_width=len(header))
 
         def on_run(moment, outputs):
             moved = {r["table"]: r["rows"] for r in outputs["ingest"] if r["rows"]}
