@@ -8,7 +8,8 @@ INSTALLED := $(VENV)/.installed
 DEV_INSTALLED := $(VENV)/.dev-installed
 
 .PHONY: help run test install-requirements install-dev-tools run-pytest check-pep8-compliance \
-	security-checks bandit dependency-audit run-checks bench stop clean-state clean
+	security-checks bandit dependency-audit run-checks bench stop clean-state clean \
+	layer package tf-validate
 
 help:
 	@echo "make run                    run the pipeline once on the embedded PostgreSQL"
@@ -18,6 +19,8 @@ help:
 	@echo "make check-pep8-compliance  flake8"
 	@echo "make security-checks        bandit and a dependency audit (needs the network)"
 	@echo "make bench                  time small incremental runs after 1, 10, 100 batches"
+	@echo "make layer / package        build the Lambda layer / code zip into build/ (sizes printed)"
+	@echo "make tf-validate            terraform fmt + validate, asl-validator, checkov (offline)"
 	@echo "make stop / clean-state     stop the embedded PostgreSQL / also delete .totes"
 
 $(BIN)/python:
@@ -64,6 +67,39 @@ run-checks: check-pep8-compliance security-checks run-pytest
 
 bench: $(INSTALLED)
 	$(BIN)/python benchmarks/incremental_run.py
+
+# ---- AWS deployment ----------------------------------------------------------------------
+TF := scripts/tf
+TF_LAYERS := immutable-terraform main-terraform
+CHECKOV := build/checkov/bin/checkov
+ASL_VALIDATOR := build/node/node_modules/.bin/asl-validator
+
+layer: $(INSTALLED)
+	$(BIN)/python scripts/build_lambda.py layer
+
+package: $(INSTALLED)
+	$(BIN)/python scripts/build_lambda.py package
+
+$(CHECKOV):
+	$(PYTHON) -m venv build/checkov
+	build/checkov/bin/pip install --quiet checkov==3.3.30
+
+$(ASL_VALIDATOR):
+	npm install --no-save --no-audit --no-fund --prefix build/node asl-validator@4.0.0
+
+tf-validate: $(CHECKOV) $(ASL_VALIDATOR)
+	$(TF) fmt -check -recursive immutable-terraform
+	$(TF) fmt -check -recursive main-terraform
+	@for layer in $(TF_LAYERS); do \
+		$(TF) -chdir=$$layer init -backend=false -input=false > /dev/null || exit 1; \
+		echo "terraform validate $$layer"; $(TF) -chdir=$$layer validate -no-color || exit 1; \
+	done
+	scripts/render_state_machine.sh
+	$(ASL_VALIDATOR) --json-path build/state_machine.json
+	@for layer in $(TF_LAYERS); do \
+		echo "checkov $$layer"; \
+		$(CHECKOV) --quiet --compact --skip-download --framework terraform -d $$layer || exit 1; \
+	done
 
 stop:
 	-@[ -x $(BIN)/totes ] && $(BIN)/totes embedded stop

@@ -1,0 +1,99 @@
+# One role per function, allowed exactly what that stage touches (ARCHITECTURE.md):
+#   plan: the source secret; ingest: the source secret, list/read/add lake objects;
+#   transform: read the lake, list/read/add processed objects; load: read processed, the
+#   warehouse secret. Nobody may delete or overwrite-by-delete anything.
+data "aws_iam_policy_document" "assume_lambda" {
+  statement {
+    actions = ["sts:AssumeRole"]
+    principals {
+      type        = "Service"
+      identifiers = ["lambda.amazonaws.com"]
+    }
+  }
+}
+
+locals {
+  bucket_arn = {
+    ingest    = "arn:${data.aws_partition.current.partition}:s3:::${local.imported.ingest_bucket}"
+    processed = "arn:${data.aws_partition.current.partition}:s3:::${local.imported.processed_bucket}"
+  }
+  access = {
+    plan      = { secrets = [local.imported.source_secret_arn], read = [], write = [] }
+    ingest    = { secrets = [local.imported.source_secret_arn], read = ["ingest"], write = ["ingest"] }
+    transform = { secrets = [], read = ["ingest", "processed"], write = ["processed"] }
+    load      = { secrets = [local.imported.warehouse_secret_arn], read = ["processed"], write = [] }
+  }
+}
+
+data "aws_iam_policy_document" "function" {
+  for_each = local.functions
+  statement {
+    sid       = "WriteOwnLogs"
+    actions   = ["logs:CreateLogStream", "logs:PutLogEvents"]
+    resources = ["${aws_cloudwatch_log_group.function[each.key].arn}:*"]
+  }
+  statement {
+    sid       = "Tracing"
+    actions   = ["xray:PutTraceSegments", "xray:PutTelemetryRecords"]
+    resources = ["*"]
+  }
+  dynamic "statement" {
+    for_each = length(local.access[each.key].secrets) > 0 ? [1] : []
+    content {
+      sid       = "ReadDatabaseSecret"
+      actions   = ["secretsmanager:GetSecretValue"]
+      resources = local.access[each.key].secrets
+    }
+  }
+  dynamic "statement" {
+    for_each = length(local.access[each.key].read) > 0 ? [1] : []
+    content {
+      sid       = "ListBuckets"
+      actions   = ["s3:ListBucket"]
+      resources = [for b in local.access[each.key].read : local.bucket_arn[b]]
+    }
+  }
+  dynamic "statement" {
+    for_each = length(local.access[each.key].read) > 0 ? [1] : []
+    content {
+      sid       = "ReadObjects"
+      actions   = ["s3:GetObject"]
+      resources = [for b in local.access[each.key].read : "${local.bucket_arn[b]}/*"]
+    }
+  }
+  dynamic "statement" {
+    for_each = length(local.access[each.key].write) > 0 ? [1] : []
+    content {
+      sid       = "AddObjects"
+      actions   = ["s3:PutObject", "s3:AbortMultipartUpload"]
+      resources = [for b in local.access[each.key].write : "${local.bucket_arn[b]}/*"]
+    }
+  }
+  statement {
+    sid       = "UseDataKey"
+    actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
+    resources = [local.imported.data_key_arn]
+  }
+  dynamic "statement" {
+    for_each = length(var.subnet_ids) > 0 ? [1] : []
+    content {
+      sid = "AttachToVpc"
+      actions = ["ec2:CreateNetworkInterface", "ec2:DescribeNetworkInterfaces",
+      "ec2:DeleteNetworkInterface", "ec2:AssignPrivateIpAddresses", "ec2:UnassignPrivateIpAddresses"]
+      resources = ["*"]
+    }
+  }
+}
+
+resource "aws_iam_role" "function" {
+  for_each           = local.functions
+  name               = "${local.prefix}-${each.key}"
+  assume_role_policy = data.aws_iam_policy_document.assume_lambda.json
+}
+
+resource "aws_iam_role_policy" "function" {
+  for_each = local.functions
+  name     = "${local.prefix}-${each.key}"
+  role     = aws_iam_role.function[each.key].id
+  policy   = data.aws_iam_policy_document.function[each.key].json
+}

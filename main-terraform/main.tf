@@ -1,0 +1,145 @@
+data "aws_caller_identity" "current" {}
+data "aws_partition" "current" {}
+
+locals {
+  prefix = "${var.project}-${var.environment}"
+  repo   = abspath("${path.module}/..")
+  imported = {
+    for name in ["ingest_bucket", "processed_bucket", "artifacts_bucket", "data_key_arn",
+    "source_secret_arn", "warehouse_secret_arn", "alert_topic_arn"] :
+    name => data.aws_ssm_parameter.imported[name].value
+  }
+  # The stages (ARCHITECTURE.md): handler, what each reads and writes.
+  functions = {
+    plan      = { handler = "totes.ingest.handler.plan_handler" }
+    ingest    = { handler = "totes.ingest.handler.ingest_handler" }
+    transform = { handler = "totes.transform.handler.handler" }
+    load      = { handler = "totes.load.handler.handler" }
+  }
+  environment = {
+    plan = {
+      TOTES_SOURCE_SECRET = local.imported.source_secret_arn
+      TOTES_CONFIG        = "config/pipeline.yaml"
+    }
+    ingest = {
+      TOTES_SOURCE_SECRET = local.imported.source_secret_arn
+      TOTES_LAKE          = "s3://${local.imported.ingest_bucket}"
+      TOTES_CONFIG        = "config/pipeline.yaml"
+    }
+    transform = {
+      TOTES_LAKE      = "s3://${local.imported.ingest_bucket}"
+      TOTES_PROCESSED = "s3://${local.imported.processed_bucket}"
+    }
+    load = {
+      TOTES_PROCESSED        = "s3://${local.imported.processed_bucket}"
+      TOTES_WAREHOUSE_SECRET = local.imported.warehouse_secret_arn
+    }
+  }
+}
+
+data "aws_ssm_parameter" "imported" {
+  for_each = toset(["ingest_bucket", "processed_bucket", "artifacts_bucket", "data_key_arn",
+  "source_secret_arn", "warehouse_secret_arn", "alert_topic_arn"])
+  name = "/${var.project}/${var.environment}/${each.key}"
+}
+
+# ---- Build: the layer and the code package, rebuilt when their inputs change -------------
+locals {
+  code_hash = sha256(join("", concat(
+    [for f in sort(fileset("${local.repo}/src", "**/*.{py,sql}")) : filesha256("${local.repo}/src/${f}")],
+    [filesha256("${local.repo}/config/pipeline.yaml")]
+  )))
+  layer_hash = sha256(join("", [
+    filesha256("${local.repo}/requirements.txt"),
+    filesha256("${local.repo}/scripts/build_lambda.py"),
+  ]))
+}
+
+resource "terraform_data" "layer" {
+  triggers_replace = local.layer_hash
+  input            = local.layer_hash
+  provisioner "local-exec" {
+    command     = "${var.python} scripts/build_lambda.py layer"
+    working_dir = local.repo
+  }
+}
+
+resource "terraform_data" "package" {
+  triggers_replace = local.code_hash
+  input            = local.code_hash
+  provisioner "local-exec" {
+    command     = "${var.python} scripts/build_lambda.py package"
+    working_dir = local.repo
+  }
+}
+
+resource "aws_s3_object" "layer" {
+  bucket      = local.imported.artifacts_bucket
+  key         = "lambda/layer-${terraform_data.layer.output}.zip"
+  source      = "${local.repo}/build/layer.zip"
+  source_hash = terraform_data.layer.output
+}
+
+resource "aws_s3_object" "package" {
+  bucket      = local.imported.artifacts_bucket
+  key         = "lambda/code-${terraform_data.package.output}.zip"
+  source      = "${local.repo}/build/code.zip"
+  source_hash = terraform_data.package.output
+}
+
+resource "aws_lambda_layer_version" "dependencies" {
+  layer_name               = "${local.prefix}-dependencies"
+  description              = "pyarrow, pg8000, pydantic, PyYAML, pycountry (trimmed; see scripts/build_lambda.py)"
+  s3_bucket                = aws_s3_object.layer.bucket
+  s3_key                   = aws_s3_object.layer.key
+  compatible_runtimes      = ["python3.12"]
+  compatible_architectures = ["x86_64"]
+  source_code_hash         = terraform_data.layer.output
+}
+
+# ---- Functions ----------------------------------------------------------------------------
+resource "aws_cloudwatch_log_group" "function" {
+  #checkov:skip=CKV_AWS_158:Logs hold no row data, only counts, keys and errors; the account's default CloudWatch encryption applies.
+  for_each          = local.functions
+  name              = "/aws/lambda/${local.prefix}-${each.key}"
+  retention_in_days = var.log_retention_days
+}
+
+resource "aws_lambda_function" "stage" {
+  #checkov:skip=CKV_AWS_116:Invoked synchronously by Step Functions, which retries and alerts; a DLQ would never receive anything.
+  #checkov:skip=CKV_AWS_173:The variables hold bucket names and secret ARNs, no secret values.
+  #checkov:skip=CKV_AWS_272:Code signing needs a signing profile per organisation; the package is built and uploaded by this layer.
+  #checkov:skip=CKV_AWS_117:The VPC is optional: set subnet_ids when the databases are only reachable inside one.
+  for_each                       = local.functions
+  function_name                  = "${local.prefix}-${each.key}"
+  role                           = aws_iam_role.function[each.key].arn
+  handler                        = each.value.handler
+  runtime                        = "python3.12"
+  architectures                  = ["x86_64"]
+  s3_bucket                      = aws_s3_object.package.bucket
+  s3_key                         = aws_s3_object.package.key
+  source_code_hash               = terraform_data.package.output
+  layers                         = [aws_lambda_layer_version.dependencies.arn]
+  memory_size                    = var.lambda_memory_mb[each.key]
+  timeout                        = var.lambda_timeout_seconds[each.key]
+  reserved_concurrent_executions = each.key == "ingest" ? var.ingest_max_concurrency + 1 : 2
+  environment {
+    variables = local.environment[each.key]
+  }
+  logging_config {
+    log_format            = "JSON"
+    application_log_level = "INFO"
+    system_log_level      = "WARN"
+    log_group             = aws_cloudwatch_log_group.function[each.key].name
+  }
+  tracing_config {
+    mode = "Active"
+  }
+  dynamic "vpc_config" {
+    for_each = length(var.subnet_ids) > 0 ? [1] : []
+    content {
+      subnet_ids         = var.subnet_ids
+      security_group_ids = var.security_group_ids
+    }
+  }
+}

@@ -1,0 +1,14 @@
+output "state_machine_arn" {
+  description = "Start an execution: aws stepfunctions start-execution --state-machine-arn <this>"
+  value       = aws_sfn_state_machine.pipeline.arn
+}
+
+output "function_names" {
+  description = "The stage functions."
+  value       = { for k, f in aws_lambda_function.stage : k => f.function_name }
+}
+
+output "definition" {
+  description = "The rendered state machine definition (checked by asl-validator)."
+  value       = local.definition
+}

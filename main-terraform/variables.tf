@@ -1,0 +1,71 @@
+variable "project" {
+  description = "Name prefix of every resource; must match immutable-terraform."
+  type        = string
+  default     = "totes"
+}
+
+variable "environment" {
+  description = "Deployment environment; must match immutable-terraform."
+  type        = string
+  default     = "prod"
+}
+
+variable "region" {
+  description = "AWS region."
+  type        = string
+  default     = "eu-west-2"
+}
+
+variable "schedule_expression" {
+  description = "When the state machine starts (EventBridge): every 15 minutes keeps a change within 30 minutes of the warehouse."
+  type        = string
+  default     = "rate(15 minutes)"
+}
+
+variable "schedule_enabled" {
+  description = "Whether the schedule starts the state machine (false pauses the pipeline)."
+  type        = bool
+  default     = true
+}
+
+variable "ingest_max_concurrency" {
+  description = "How many tables the Map state ingests at once."
+  type        = number
+  default     = 4
+}
+
+variable "lambda_memory_mb" {
+  description = "Memory of each function, in MB."
+  type        = map(number)
+  default     = { plan = 256, ingest = 1024, transform = 1024, load = 1024 }
+}
+
+variable "lambda_timeout_seconds" {
+  description = "Timeout of each function, in seconds."
+  type        = map(number)
+  default     = { plan = 60, ingest = 600, transform = 600, load = 600 }
+}
+
+variable "log_retention_days" {
+  description = "Retention of the functions' and the state machine's logs."
+  type        = number
+  default     = 365
+}
+
+variable "subnet_ids" {
+  description = "Subnets for the functions when the databases are only reachable in a VPC (empty: no VPC)."
+  type        = list(string)
+  default     = []
+}
+
+variable "security_group_ids" {
+  description = "Security groups of the functions in the VPC (with subnet_ids)."
+  type        = list(string)
+  default     = []
+}
+
+variable "python" {
+  description = "Python that runs scripts/build_lambda.py during apply."
+  type        = string
+  default     = "python3"
+}

@@ -1,0 +1,113 @@
+"""Build the Lambda artifacts: the dependency layer and the code package, and measure them.
+
+    python scripts/build_lambda.py layer     # build/layer.zip: the stages' dependencies
+    python scripts/build_lambda.py package   # build/code.zip: src/ as the package totes + config
+
+The layer holds the runtime requirements of the stages (pyproject [project.dependencies], exact
+versions from requirements.txt; boto3 comes with the Lambda runtime) as wheels for the
+python3.12 runtime on x86_64 (Amazon Linux 2023, glibc 2.34). It is trimmed of what the
+pipeline never loads: pyarrow's Flight RPC libraries, C++ headers, tests and Cython sources,
+pycountry's translations, __pycache__. Each build prints the unzipped size and fails if the
+layer and the code together pass Lambda's limit of 250 MB unzipped (262,144,000 bytes).
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess  # nosec B404: runs pip with a fixed argument list
+import sys
+import zipfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BUILD = REPO / "build"
+LIMIT = 262_144_000  # bytes, Lambda's function + layers unzipped limit
+LAYER_PACKAGES = ("pyarrow", "pg8000", "python-dateutil", "pydantic", "PyYAML", "pycountry")
+PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
+TRIM = [
+    "pyarrow/include", "pyarrow/tests", "pyarrow/src", "pycountry/locales",
+    "pyarrow/libarrow_flight.so*", "pyarrow/libarrow_python_flight.so*", "pyarrow/_flight*",
+    "pyarrow/flight.py", "pyarrow/*.pyx", "pyarrow/*.pxd", "pyarrow/includes",
+    "pyarrow/libarrow_python.so", "pyarrow/libarrow_python.so.*.*.*",
+    "**/__pycache__", "*.dist-info/RECORD",
+]
+
+
+def pinned(names) -> list[str]:
+    """``name==version`` for ``names`` from requirements.txt."""
+    pins = {}
+    for line in (REPO / "requirements.txt").read_text().splitlines():
+        match = re.match(r"^([A-Za-z0-9_.-]+)==([^\s#]+)", line)
+        if match:
+            pins[match.group(1).lower()] = f"{match.group(1)}=={match.group(2)}"
+    return [pins[n.lower()] for n in names]
+
+
+def size_of(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file() and not f.is_symlink())
+
+
+def zip_folder(folder: Path, target: Path) -> None:
+    """A zip of ``folder`` with fixed timestamps, so the same input gives the same bytes."""
+    target.unlink(missing_ok=True)
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as archive:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                info = zipfile.ZipInfo(str(path.relative_to(folder)), (1980, 1, 1, 0, 0, 0))
+                info.external_attr = (0o755 if os.access(path, os.X_OK) else 0o644) << 16
+                info.compress_type = zipfile.ZIP_DEFLATED
+                archive.writestr(info, path.read_bytes())
+
+
+def build_layer() -> int:
+    folder = BUILD / "layer"
+    shutil.rmtree(folder, ignore_errors=True)
+    target = folder / "python"
+    command = [sys.executable, "-m", "pip", "install", "--quiet", "--no-compile",
+               "--target", str(target), "--python-version", "3.12", "--implementation", "cp",
+               "--only-binary=:all:", *[f"--platform={p}" for p in PLATFORMS],
+               *pinned(LAYER_PACKAGES)]
+    subprocess.run(command, check=True)  # nosec B603: fixed command, pinned packages
+    before = size_of(target)
+    for pattern in TRIM:
+        for path in target.glob(pattern):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    after = size_of(target)
+    zip_folder(folder, BUILD / "layer.zip")
+    print(f"layer: {after / 1e6:.1f} MB unzipped (trimmed from {before / 1e6:.1f} MB), "
+          f"{(BUILD / 'layer.zip').stat().st_size / 1e6:.1f} MB zipped -> build/layer.zip")
+    return after
+
+
+def build_package() -> int:
+    folder = BUILD / "code"
+    shutil.rmtree(folder, ignore_errors=True)
+    shutil.copytree(REPO / "src", folder / "totes",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "cli.py", "local"))
+    shutil.copytree(REPO / "config", folder / "config")
+    size = size_of(folder)
+    zip_folder(folder, BUILD / "code.zip")
+    print(f"code: {size / 1e6:.2f} MB unzipped -> build/code.zip")
+    return size
+
+
+def check_limit() -> None:
+    total = sum(size_of(BUILD / part) for part in ("layer", "code") if (BUILD / part).exists())
+    print(f"function + layer: {total / 1e6:.1f} MB of Lambda's {LIMIT / 1e6:.1f} MB unzipped")
+    if total > LIMIT:
+        sys.exit(f"too large: {total:,} bytes > {LIMIT:,}")
+
+
+def main(argv: list[str]) -> None:
+    BUILD.mkdir(exist_ok=True)
+    steps = {"layer": build_layer, "package": build_package}
+    if not argv or any(a not in steps for a in argv):
+        sys.exit("usage: build_lambda.py layer|package [...]")
+    for step in argv:
+        steps[step]()
+    check_limit()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Render main-terraform/state_machine.asl.json with Terraform's own templatefile() and sample
+# ARNs, into build/state_machine.json (for asl-validator). Needs no provider and no backend.
+set -euo pipefail
+top="$(cd "$(dirname "$0")/.." && pwd)"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+arn="arn:aws:lambda:eu-west-2:123456789012:function:totes-prod"
+cat > "$work/render.tf" <<HCL
+output "definition" {
+  value = templatefile("$top/main-terraform/state_machine.asl.json", {
+    plan_arn        = "$arn-plan"
+    ingest_arn      = "$arn-ingest"
+    transform_arn   = "$arn-transform"
+    load_arn        = "$arn-load"
+    alert_topic_arn = "arn:aws:sns:eu-west-2:123456789012:totes-prod-alerts"
+    max_concurrency = 4
+    retry           = file("$top/main-terraform/retry_transient.json")
+  })
+}
+HCL
+mkdir -p "$top/build"
+"$top/scripts/tf" -chdir="$work" init -input=false > /dev/null
+"$top/scripts/tf" -chdir="$work" apply -input=false -auto-approve > /dev/null
+"$top/scripts/tf" -chdir="$work" output -raw definition > "$top/build/state_machine.json"
+python3 -m json.tool "$top/build/state_machine.json" > /dev/null
+echo "rendered build/state_machine.json"
