@@ -9,7 +9,7 @@ DEV_INSTALLED := $(VENV)/.dev-installed
 
 .PHONY: help run test install-requirements install-dev-tools run-pytest check-pep8-compliance \
 	security-checks bandit dependency-audit run-checks bench stop clean-state clean \
-	layer package tf-validate
+	layer package tf-validate deploy-local put-secrets
 
 help:
 	@echo "make run                    run the pipeline once on the embedded PostgreSQL"
@@ -21,6 +21,8 @@ help:
 	@echo "make bench                  time small incremental runs after 1, 10, 100 batches"
 	@echo "make layer / package        build the Lambda layer / code zip into build/ (sizes printed)"
 	@echo "make tf-validate            terraform fmt + validate, asl-validator, checkov (offline)"
+	@echo "make deploy-local           apply both layers on an AWS emulator, run the state machine"
+	@echo "make put-secrets            put the secrets' values in AWS (ENVIRONMENT=prod)"
 	@echo "make stop / clean-state     stop the embedded PostgreSQL / also delete .totes"
 
 $(BIN)/python:
@@ -100,6 +102,14 @@ tf-validate: $(CHECKOV) $(ASL_VALIDATOR)
 		echo "checkov $$layer"; \
 		$(CHECKOV) --quiet --compact --skip-download --framework terraform -d $$layer || exit 1; \
 	done
+
+# Both layers on moto's server on loopback, two executions, then destroy (scripts/deploy_local.py).
+deploy-local: $(DEV_INSTALLED)
+	$(BIN)/python scripts/deploy_local.py
+
+ENVIRONMENT ?= prod
+put-secrets: $(INSTALLED)
+	$(BIN)/python scripts/put_secrets.py --environment $(ENVIRONMENT)
 
 stop:
 	-@[ -x $(BIN)/totes ] && $(BIN)/totes embedded stop

@@ -7,7 +7,8 @@ locals {
   imported = {
     for name in ["ingest_bucket", "processed_bucket", "artifacts_bucket", "data_key_arn",
     "source_secret_arn", "warehouse_secret_arn", "alert_topic_arn"] :
-    name => data.aws_ssm_parameter.imported[name].value
+    # Names and ARNs, not secrets; SSM values are marked sensitive by the provider.
+    name => nonsensitive(data.aws_ssm_parameter.imported[name].value)
   }
   # The stages (ARCHITECTURE.md): handler, what each reads and writes.
   functions = {

@@ -118,9 +118,24 @@ class Database:
         if not params["user"] or not params["database"]:
             raise ConfigError(f"secret {secret_id!r} of the {role} database lacks "
                               "username or dbname")
-        if doc.get("sslmode", "require") != "disable":
+        if params["host"].startswith("/"):  # a Unix socket directory, as libpq reads host
+            params["unix_sock"] = f"{params.pop('host')}/.s.PGSQL.{params.pop('port')}"
+        elif doc.get("sslmode", "require") != "disable":
             params["ssl_context"] = ssl.create_default_context()
         return cls(role, params)
+
+    def to_secret(self) -> str:
+        """The connection as the JSON a Secrets Manager secret holds (see
+        :meth:`from_secret`): what ``make put-secrets`` stores. Contains the password."""
+        if "unix_sock" in self.params:
+            folder, _, name = self.params["unix_sock"].rpartition("/")
+            host, port = folder, int(name.rsplit(".", 1)[1])
+        else:
+            host, port = self.params["host"], self.params["port"]
+        return json.dumps({"host": host, "port": port, "username": self.params["user"],
+                           "password": self.params.get("password") or "",
+                           "dbname": self.params["database"],
+                           "sslmode": "require" if self.params.get("ssl_context") else "disable"})
 
     def describe(self) -> str:
         """``source database totesys at db.example.com:5432`` (no user, no password)."""
