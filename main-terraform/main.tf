@@ -125,7 +125,7 @@ resource "aws_lambda_function" "stage" {
   timeout                        = var.lambda_timeout_seconds[each.key]
   reserved_concurrent_executions = each.key == "ingest" ? var.ingest_max_concurrency + 1 : 2
   environment {
-    variables = local.environment[each.key]
+    variables = merge(local.environment[each.key], var.extra_environment)
   }
   logging_config {
     log_format            = "JSON"

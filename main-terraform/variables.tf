@@ -46,6 +46,12 @@ variable "lambda_timeout_seconds" {
   default     = { plan = 60, ingest = 600, transform = 600, load = 600 }
 }
 
+variable "extra_environment" {
+  description = "More environment variables for every function, e.g. { TOTES_CONFIG = \"config/pipeline.yaml\" }; they win over the defaults."
+  type        = map(string)
+  default     = {}
+}
+
 variable "log_retention_days" {
   description = "Retention of the functions' and the state machine's logs."
   type        = number
