@@ -43,3 +43,50 @@ def test_identifiers_are_validated_and_quoted():
     for bad in ("Sales", "a-b", 'x"; DROP TABLE y; --', "1st", "", "a" * 64):
         with pytest.raises(ConfigError, match="not a valid identifier"):
             quote_ident(bad)
+
+
+@pytest.fixture
+def secrets(monkeypatch):
+    import boto3
+    from moto import mock_aws
+
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_DEFAULT_REGION": "eu-west-2"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    with mock_aws():
+        yield boto3.client("secretsmanager")
+
+
+def test_a_connection_round_trips_through_secrets_manager(secrets, server):
+    tcp = Database.from_url("source", "postgresql://etl:s3cret@db.example.com:6543/totesys"
+                                      "?sslmode=require")
+    secrets.create_secret(Name="totes/source", SecretString=tcp.to_secret())
+    read = Database.from_secret("source", "totes/source")
+    assert {k: read.params[k] for k in ("host", "port", "user", "password", "database")} == {
+        "host": "db.example.com", "port": 6543, "user": "etl", "password": "s3cret",
+        "database": "totesys"}
+    assert "ssl_context" in read.params  # sslmode=require survives the round trip
+    plain = Database.from_url("source", "postgresql://etl:pw@db.example.com/totesys")
+    secrets.create_secret(Name="totes/plain", SecretString=plain.to_secret())
+    assert "ssl_context" not in Database.from_secret("source", "totes/plain").params
+
+    # The test server listens on a Unix socket: a secret naming its directory connects.
+    secrets.create_secret(Name="totes/local", SecretString=server.to_secret())
+    local = Database.from_secret("warehouse", "totes/local")
+    with local.session("test", "reading the version") as session:
+        assert session.conn.run("SELECT 1") == [[1]]
+
+
+def test_a_bad_secret_is_a_configuration_error_without_its_value(secrets):
+    secrets.create_secret(Name="totes/bad", SecretString='{"host": "h", "password": "pw!"}')
+    with pytest.raises(ConfigError, match="secret 'totes/bad' of the source database lacks "
+                                          "username or dbname") as error:
+        Database.from_secret("source", "totes/bad")
+    assert "pw!" not in str(error.value)
+    secrets.create_secret(Name="totes/text", SecretString="pw! not json")
+    with pytest.raises(ConfigError, match="must be JSON with host, port, username") as error:
+        Database.from_secret("source", "totes/text")
+    assert "pw!" not in str(error.value)
+    with pytest.raises(ConfigError, match="ResourceNotFoundException"):
+        Database.from_secret("source", "totes/missing")
