@@ -1,6 +1,7 @@
 # totes: incremental ETL of ToteSys into a star-schema warehouse.
 # `make run` and `make test` work on a fresh machine: each installs what it needs into .venv.
 
+SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -57,8 +58,11 @@ run-pytest: $(DEV_INSTALLED)
 check-pep8-compliance: $(DEV_INSTALLED)
 	$(BIN)/flake8 src tests benchmarks
 
+# bandit warns once per f-string part about the `# nosec B608` lines (identifier-only SQL);
+# those warnings are dropped, its findings and exit status are kept.
 bandit: $(DEV_INSTALLED)
-	$(BIN)/bandit --quiet --recursive src --severity-level medium
+	@set -o pipefail; $(BIN)/bandit --quiet --recursive src scripts --severity-level medium 2>&1 \
+		| { grep -v "nosec encountered" || true; }
 
 dependency-audit: $(DEV_INSTALLED)
 	$(BIN)/pip-audit --requirement requirements.txt
@@ -77,7 +81,7 @@ CHECKOV := build/checkov/bin/checkov
 ASL_VALIDATOR := build/node/node_modules/.bin/asl-validator
 
 layer: $(INSTALLED)
-	$(BIN)/python scripts/build_lambda.py layer
+	$(BIN)/python scripts/build_lambda.py smoke-test layer
 
 package: $(INSTALLED)
 	$(BIN)/python scripts/build_lambda.py package
@@ -100,7 +104,8 @@ tf-validate: $(CHECKOV) $(ASL_VALIDATOR)
 	$(ASL_VALIDATOR) --json-path build/state_machine.json
 	@for layer in $(TF_LAYERS); do \
 		echo "checkov $$layer"; \
-		$(CHECKOV) --quiet --compact --skip-download --framework terraform -d $$layer || exit 1; \
+		CKV_PARSE_ERROR_FAIL=true $(CHECKOV) --quiet --compact --skip-download \
+			--framework terraform -d $$layer || exit 1; \
 	done
 
 # Both layers on moto's server on loopback, two executions, then destroy (scripts/deploy_local.py).

@@ -4,10 +4,11 @@ data "aws_partition" "current" {}
 locals {
   prefix = "${var.project}-${var.environment}"
   repo   = abspath("${path.module}/..")
+  # Names and ARNs published by immutable-terraform: not secrets, though the provider marks
+  # every SSM value sensitive.
   imported = {
     for name in ["ingest_bucket", "processed_bucket", "artifacts_bucket", "data_key_arn",
     "source_secret_arn", "warehouse_secret_arn", "alert_topic_arn"] :
-    # Names and ARNs, not secrets; SSM values are marked sensitive by the provider.
     name => nonsensitive(data.aws_ssm_parameter.imported[name].value)
   }
   # The stages (ARCHITECTURE.md): handler, what each reads and writes.

@@ -15,7 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess  # nosec B404: runs this machine's Python on the project's own code
+# Runs this machine's Python on the project's own code.
+import subprocess  # nosec B404
 import sys
 import tempfile
 import time
@@ -48,7 +49,8 @@ def local_invoker(code_dir: str, endpoint: str):
         payload = event if isinstance(event, str) else json.dumps(event or {})
         with tempfile.NamedTemporaryFile(suffix=".json") as result:
             started = time.monotonic()
-            run = subprocess.run(  # nosec B603: fixed interpreter and runner
+            # Fixed interpreter and runner.
+            run = subprocess.run(  # nosec B603
                 [sys.executable, "-c", RUNNER, function.handler, result.name], input=payload,
                 cwd=code_dir, env=env, capture_output=True, text=True,
                 timeout=int(function.timeout))

@@ -20,7 +20,8 @@ import json
 import os
 import shutil
 import socket
-import subprocess  # nosec B404: runs terraform and the emulator with fixed arguments
+# Runs terraform and the emulator with fixed arguments.
+import subprocess  # nosec B404
 import sys
 import time
 import urllib.request
@@ -84,6 +85,7 @@ class Terraform:
         self.override.write_text(override(endpoint, WORK / f"{layer}.tfstate"))
 
     def run(self, *args: str) -> None:
+        # The project's terraform wrapper with this script's own arguments.
         command = [str(REPO / "scripts" / "tf"), f"-chdir={self.folder}", *args]
         subprocess.run(command, check=True, env=self.env)  # nosec B603
 
@@ -102,7 +104,8 @@ def wait_for(url: str, seconds: float = 30) -> None:
     deadline = time.monotonic() + seconds
     while True:
         try:
-            urllib.request.urlopen(url, timeout=2).read()  # nosec B310: loopback emulator
+            # Loopback emulator.
+            urllib.request.urlopen(url, timeout=2).read()  # nosec B310
             return
         except OSError:
             if time.monotonic() > deadline:
@@ -148,6 +151,7 @@ def main() -> int:
         seed(source)
 
         say(f"AWS emulator on {endpoint}")
+        # The project's own scripts, run by this interpreter.
         subprocess.run([sys.executable, str(REPO / "scripts" / "build_lambda.py"), "package"],
                        check=True)  # nosec B603
         emulator = subprocess.Popen(  # nosec B603
@@ -157,7 +161,8 @@ def main() -> int:
         request = urllib.request.Request(
             f"{endpoint}/moto-api/config", method="POST",
             data=json.dumps({"stepfunctions": {"execute_state_machine": True}}).encode())
-        urllib.request.urlopen(request, timeout=5).read()  # nosec B310: loopback emulator
+        # Loopback emulator.
+        urllib.request.urlopen(request, timeout=5).read()  # nosec B310
         os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="testing",
                           AWS_SECRET_ACCESS_KEY="testing", AWS_REGION=REGION,
                           AWS_DEFAULT_REGION=REGION)
@@ -195,6 +200,7 @@ def main() -> int:
             raise SystemExit(f"execution 1 ended {first['status']}: {first.get('error')} "
                              f"{first.get('cause')}")
         with warehouse.session("deploy-local", "counting warehouse rows") as session:
+            # Table names from the constant FACT_ROWS, no values.
             counts = {t: session.conn.run(f"SELECT count(*) FROM {t}")[0][0]  # nosec B608
                       for t in FACT_ROWS}
         print(f"warehouse after execution 1: {counts}")
