@@ -57,36 +57,30 @@ locals {
   ]))
 }
 
-resource "terraform_data" "layer" {
-  triggers_replace = local.layer_hash
-  input            = local.layer_hash
+# One build per artifact: `python scripts/build_lambda.py layer|package`, rerun when its
+# inputs change; the output (the inputs' hash) names the uploaded object.
+resource "terraform_data" "build" {
+  for_each         = { layer = local.layer_hash, package = local.code_hash }
+  triggers_replace = each.value
+  input            = each.value
   provisioner "local-exec" {
-    command     = "${var.python} scripts/build_lambda.py layer"
-    working_dir = local.repo
-  }
-}
-
-resource "terraform_data" "package" {
-  triggers_replace = local.code_hash
-  input            = local.code_hash
-  provisioner "local-exec" {
-    command     = "${var.python} scripts/build_lambda.py package"
+    command     = "${var.python} scripts/build_lambda.py ${each.key}"
     working_dir = local.repo
   }
 }
 
 resource "aws_s3_object" "layer" {
   bucket      = local.imported.artifacts_bucket
-  key         = "lambda/layer-${terraform_data.layer.output}.zip"
+  key         = "lambda/layer-${terraform_data.build["layer"].output}.zip"
   source      = "${local.repo}/build/layer.zip"
-  source_hash = terraform_data.layer.output
+  source_hash = terraform_data.build["layer"].output
 }
 
 resource "aws_s3_object" "package" {
   bucket      = local.imported.artifacts_bucket
-  key         = "lambda/code-${terraform_data.package.output}.zip"
+  key         = "lambda/code-${terraform_data.build["package"].output}.zip"
   source      = "${local.repo}/build/code.zip"
-  source_hash = terraform_data.package.output
+  source_hash = terraform_data.build["package"].output
 }
 
 resource "aws_lambda_layer_version" "dependencies" {
@@ -96,7 +90,7 @@ resource "aws_lambda_layer_version" "dependencies" {
   s3_key                   = aws_s3_object.layer.key
   compatible_runtimes      = ["python3.12"]
   compatible_architectures = ["x86_64"]
-  source_code_hash         = terraform_data.layer.output
+  source_code_hash         = terraform_data.build["layer"].output
 }
 
 # ---- Functions ----------------------------------------------------------------------------
@@ -120,7 +114,7 @@ resource "aws_lambda_function" "stage" {
   architectures                  = ["x86_64"]
   s3_bucket                      = aws_s3_object.package.bucket
   s3_key                         = aws_s3_object.package.key
-  source_code_hash               = terraform_data.package.output
+  source_code_hash               = terraform_data.build["package"].output
   layers                         = [aws_lambda_layer_version.dependencies.arn]
   memory_size                    = var.lambda_memory_mb[each.key]
   timeout                        = var.lambda_timeout_seconds[each.key]

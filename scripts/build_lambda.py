@@ -140,14 +140,20 @@ def check_limit() -> None:
 
 
 def main(argv: list[str]) -> None:
+    import fcntl
+
     BUILD.mkdir(exist_ok=True)
     steps = {"layer": build_layer, "package": build_package, "smoke-test": smoke_test}
     if not argv or any(a not in steps for a in argv):
         sys.exit("usage: build_lambda.py layer|package|smoke-test [...]")
-    for step in argv:
-        steps[step]()
-    if "smoke-test" not in argv:
-        check_limit()
+    # Terraform runs the layer and package builds at once: one at a time, so that neither
+    # measures the other's half-written folder.
+    with open(BUILD / ".build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for step in argv:
+            steps[step]()
+        if "smoke-test" not in argv:
+            check_limit()
 
 
 if __name__ == "__main__":
