@@ -56,3 +56,21 @@ def test_errors_are_one_line_with_an_exit_code(home, tmp_path):
 
     bad_time = runner.invoke(app, ["seed", "--as-of", "yesterday"])
     assert bad_time.exit_code == 2
+
+
+def test_replay_prints_what_each_run_moved_on_its_own_databases(home):
+    runner = CliRunner()
+    result = runner.invoke(app, ["replay", "--from", "2024-11-01", "--to", "2024-11-03",
+                                 "--step", "1d"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "3 runs replayed." in result.output
+    lines = {line.split()[0] + " " + line.split()[1]: line for line in result.output.splitlines()
+             if line.strip().startswith("2024-11-0")}
+    assert set(lines) >= {"2024-11-01 00:00", "2024-11-02 00:00", "2024-11-03 00:00"}
+    assert (home / "replay" / "lake").is_dir()
+    assert not (home / "lake").exists()  # what `totes run` builds is left alone
+
+    bad_step = runner.invoke(app, ["replay", "--from", "2024-11-01", "--to", "2024-11-02",
+                                   "--step", "fortnightly"])
+    assert bad_step.exit_code == 1
+    assert "step 'fortnightly': use a positive number and d, h, m or s" in bad_step.output
