@@ -278,8 +278,8 @@ def ingest(source_url: Optional[str] = SourceUrl, lake: Optional[str] = LakeUri,
 
     def work():
         settings = _Settings(source_url=source_url, lake=lake, config=config)
-        resources = _resources_for_ingest(settings)
-        payload = run_plan(load_config(config), resources.source)
+        source = settings.database("source")
+        payload = run_plan(load_config(config), source)
         if table:
             unknown = set(table) - {t["table"] for t in payload["tables"]}
             if unknown:
@@ -287,15 +287,9 @@ def ingest(source_url: Optional[str] = SourceUrl, lake: Optional[str] = LakeUri,
                                          param_hint="--table")
             payload["tables"] = [t for t in payload["tables"] if t["table"] in table]
         with console.status("ingest…"):
-            results = ingest_all(resources, payload)
+            results = ingest_all(source, settings.lake(), payload)
         _print_json(results) if as_json else out.print(_ingest_table(results))
     _guard(work)
-
-
-def _resources_for_ingest(settings: _Settings):
-    from totes.local.runner import Resources
-
-    return Resources(settings.database("source"), None, settings.lake(), None, settings.config)
 
 
 @app.command()

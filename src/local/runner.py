@@ -34,14 +34,15 @@ class Resources:
     config_path: str
 
 
-def ingest_all(resources: Resources, plan_output: dict,
+def ingest_all(source: Database, lake: Lake, plan_output: dict,
                on_table: Callable[[dict], None] = lambda result: None) -> list[dict]:
-    """Ingest every table of ``plan_output`` in parallel (as the state machine's Map does);
-    returns the results in plan order. The first failure raises once all tables are done."""
+    """Ingest every table of ``plan_output`` from ``source`` into ``lake`` in parallel (as the
+    state machine's Map does); returns the results in plan order. The first failure raises
+    once all tables are done."""
     plans = [TablePlan.model_validate(item) for item in plan_output["tables"]]
 
     def one(item: TablePlan) -> dict:
-        result = ingest_table(item, resources.source, resources.lake)
+        result = ingest_table(item, source, lake)
         on_table(result)
         return result
 
@@ -64,7 +65,7 @@ def run_pipeline(resources: Resources,
     outputs: dict = {}
     outputs["plan"] = plan(load_config(resources.config_path), resources.source)
     on_stage("plan", outputs["plan"])
-    outputs["ingest"] = ingest_all(resources, outputs["plan"], on_table)
+    outputs["ingest"] = ingest_all(resources.source, resources.lake, outputs["plan"], on_table)
     on_stage("ingest", {"tables": outputs["ingest"]})
     outputs["transform"] = transform(resources.lake, resources.processed)
     on_stage("transform", outputs["transform"])
