@@ -180,11 +180,6 @@ def _sqlstate(exc: Exception) -> tuple[str, str]:
     return fields.get("C", ""), message
 
 
-def sqlstate(exc: Exception) -> str:
-    """The SQLSTATE code of a pg8000 ``DatabaseError`` ('' when it has none)."""
-    return _sqlstate(exc)[0]
-
-
 def _without_password(text: str, params: dict) -> str:
     password = params.get("password")
     return text.replace(password, "***") if password else text
