@@ -22,7 +22,7 @@ import time
 from typing import Optional
 
 from totes.transform.run import MANIFESTS, read_manifest
-from totes.utils.db import Database, copy_into, quote_ident
+from totes.utils.db import Database, copy_into, merge_staged, quote_ident
 from totes.utils.errors import DataError
 from totes.utils.lake import Lake
 from totes.utils.star_schema import TABLES, WarehouseTable
@@ -49,26 +49,13 @@ def create_warehouse(conn) -> None:
         conn.run(table.ddl())
 
 
-def _merge_sql(table: WarehouseTable, stage: str) -> str:
-    names = [quote_ident(c) for c in table.column_names]
-    columns = ", ".join(names)
-    key = ", ".join(quote_ident(c) for c in table.merge_key)
+def _changed(table: WarehouseTable) -> str:
+    """The condition under which an existing dimension row is rewritten: a value differs."""
     target = quote_ident(table.name)
-    if table.kind == "fact":
-        on_conflict = f"ON CONFLICT ({key}) DO NOTHING"
-    else:
-        others = [c for c in names if c.strip('"') not in table.merge_key]
-        sets = ", ".join(f"{c} = EXCLUDED.{c}" for c in others)
-        current = ", ".join(f"{target}.{c}" for c in others)
-        incoming = ", ".join(f"EXCLUDED.{c}" for c in others)
-        on_conflict = (f"ON CONFLICT ({key}) DO UPDATE SET {sets} "  # nosec B608
-                       f"WHERE ({current}) IS DISTINCT FROM ({incoming})")
-    # Identifiers only, each through quote_ident; no values.
-    return (f"WITH merged AS (INSERT INTO {target} ({columns}) "  # nosec B608
-            f"SELECT {columns} FROM {quote_ident(stage)} {on_conflict} "
-            "RETURNING (xmax = 0) AS inserted) "
-            "SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) "
-            "FROM merged")
+    others = [quote_ident(c) for c in table.column_names if c not in table.merge_key]
+    current = ", ".join(f"{target}.{c}" for c in others)
+    incoming = ", ".join(f"EXCLUDED.{c}" for c in others)
+    return f"({current}) IS DISTINCT FROM ({incoming})"
 
 
 def check_foreign_keys(conn, table: WarehouseTable, stage: str) -> None:
@@ -105,7 +92,9 @@ def merge_file(conn, table: WarehouseTable, processed: Lake, key: str) -> dict:
               parquet.iter_batches(batch_size=COPY_BATCH_ROWS, columns=table.column_names))
     if table.kind == "fact":
         check_foreign_keys(conn, table, stage)
-    (inserted, updated), = conn.run(_merge_sql(table, stage))
+    inserted, updated = merge_staged(conn, table.name, stage, table.column_names,
+                                     list(table.merge_key),
+                                     None if table.kind == "fact" else _changed(table))
     conn.run(f"DROP TABLE {quote_ident(stage)}")
     return {"rows": parquet.metadata.num_rows, "inserted": inserted, "updated": updated}
 

@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from totes.ingest.source_catalog import arrow_type, table_columns
-from totes.utils.db import Database, copy_into, quote_ident, run_script
+from totes.utils.db import Database, copy_into, merge_staged, quote_ident, run_script
 from totes.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -120,17 +120,8 @@ def _upsert(conn, table: str, key: str, rows: pa.Table) -> dict:
     q_table, q_stage = quote_ident(table), quote_ident(stage)
     conn.run(f"CREATE TEMP TABLE {q_stage} (LIKE {q_table}) ON COMMIT DROP")
     copy_into(conn, stage, rows.column_names, rows.to_batches(max_chunksize=50_000))
-    names = [quote_ident(c) for c in rows.column_names]
-    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in names if c != quote_ident(key))
-    # Identifiers only, each through quote_ident; values are bound.
-    (inserted, updated), = conn.run(
-        f"WITH changed AS (INSERT INTO {q_table} ({', '.join(names)}) "  # nosec B608
-        f"SELECT {', '.join(names)} FROM {q_stage} "
-        f"ON CONFLICT ({quote_ident(key)}) DO UPDATE SET {updates} "
-        f"WHERE {q_table}.last_updated < EXCLUDED.last_updated "
-        "RETURNING (xmax = 0) AS inserted) "
-        "SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) "
-        "FROM changed")
+    inserted, updated = merge_staged(conn, table, stage, rows.column_names, [key],
+                                     f"{q_table}.last_updated < EXCLUDED.last_updated")
     conn.run("SELECT setval(pg_get_serial_sequence(:table, :key), "  # nosec B608
              f"(SELECT coalesce(max({quote_ident(key)}), 0) + 1 FROM {q_table}), false)",
              table=table, key=key)
