@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 import ssl
+import threading
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -76,8 +77,7 @@ class Database:
             params["unix_sock"] = f"{host}/.s.PGSQL.{port}"
         else:
             params["host"], params["port"] = host, port
-        if query.get("sslmode") in ("require", "verify-ca", "verify-full"):
-            params["ssl_context"] = ssl.create_default_context()
+        _set_tls(params, query.get("sslmode", "prefer"))
         return cls(role, params)
 
     @classmethod
@@ -120,8 +120,7 @@ class Database:
                               "username or dbname")
         if params["host"].startswith("/"):  # a Unix socket directory, as libpq reads host
             params["unix_sock"] = f"{params.pop('host')}/.s.PGSQL.{params.pop('port')}"
-        elif doc.get("sslmode", "require") != "disable":
-            params["ssl_context"] = ssl.create_default_context()
+        _set_tls(params, doc.get("sslmode", "require"))
         return cls(role, params)
 
     def to_secret(self) -> str:
@@ -135,7 +134,7 @@ class Database:
         return json.dumps({"host": host, "port": port, "username": self.params["user"],
                            "password": self.params.get("password") or "",
                            "dbname": self.params["database"],
-                           "sslmode": "require" if self.params.get("ssl_context") else "disable"})
+                           "sslmode": _SSLMODE[type(self.params.get("ssl_context", None))]})
 
     def describe(self) -> str:
         """``source database totesys at db.example.com:5432`` (no user, no password)."""
@@ -155,13 +154,22 @@ class Database:
             DatabaseRejected: authentication failed or the database does not exist.
         """
         try:
-            conn = pg8000.native.Connection(application_name=application_name,
-                                            timeout=60, **self.params)
-        except InterfaceError as exc:
-            raise DatabaseUnavailable(f"cannot reach the {self.describe()}: "
-                                      f"{_without_password(str(exc), self.params)}") from None
-        except DatabaseError as exc:
-            state, message = _sqlstate(exc)
+            if "ssl_context" in self.params:
+                conn = pg8000.native.Connection(application_name=application_name,
+                                                timeout=60, **self.params)
+            else:
+                # sslmode=prefer: pg8000 builds an SSL context per connection, and OpenSSL's
+                # certificate loading crashed when parallel ingest threads did it at once.
+                with _PREFER_TLS_LOCK:
+                    conn = pg8000.native.Connection(application_name=application_name,
+                                                    timeout=60, **self.params)
+        except (InterfaceError, DatabaseError) as exc:
+            server_error = _server_error(exc)
+            if server_error is None:
+                raise DatabaseUnavailable(f"cannot reach the {self.describe()}: "
+                                          f"{_without_password(str(exc), self.params)}") \
+                    from None
+            state, message = _sqlstate(server_error)
             error = (DatabaseRejected if state.startswith(_TERMINAL_SQLSTATE_PREFIXES)
                      else DatabaseUnavailable)
             raise error(f"the {self.describe()} refused the connection: {message} "
@@ -169,6 +177,33 @@ class Database:
         conn.run("SET TIME ZONE 'UTC'")
         conn.run("SET datestyle TO ISO, YMD")
         return conn
+
+
+_PREFER_TLS_LOCK = threading.Lock()
+# What each ssl_context setting means, in libpq's sslmode words (for to_secret).
+_SSLMODE = {bool: "disable", type(None): "prefer", ssl.SSLContext: "require"}
+
+
+def _set_tls(params: dict, sslmode: str) -> None:
+    """Set pg8000's ``ssl_context`` as libpq reads ``sslmode``: never over a Unix socket or
+    with ``disable``; a verifying context, built once here, with ``require``/``verify-*``;
+    with ``prefer`` (libpq's default) pg8000 tries TLS and falls back to plain."""
+    if "unix_sock" in params or sslmode in ("disable", "allow"):
+        params["ssl_context"] = False
+    elif sslmode in ("require", "verify-ca", "verify-full"):
+        params["ssl_context"] = ssl.create_default_context()
+
+
+def _server_error(exc: BaseException) -> DatabaseError | None:
+    """The server's error behind ``exc``, if any. When a server refuses a connection (no such
+    database, bad password) it sends its error and closes the socket; pg8000 then writes a
+    Terminate message to that socket and raises the broken pipe as "network error", with the
+    server's error only in the exception's context."""
+    while exc is not None:
+        if isinstance(exc, DatabaseError):
+            return exc
+        exc = exc.__context__
+    return None
 
 
 def _sqlstate(exc: Exception) -> tuple[str, str]:

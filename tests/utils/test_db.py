@@ -14,6 +14,19 @@ def test_urls_with_a_host_or_a_socket_directory():
     assert "s@cret" not in repr(tcp) and "s@cret" not in tcp.describe()
 
 
+def test_tls_follows_libpq_sslmode():
+    import ssl
+
+    def tls(url):
+        return Database.from_url("source", url).params.get("ssl_context", "pg8000 default")
+
+    assert tls("postgresql://u@/db?host=/tmp/pg") is False  # never over a Unix socket
+    assert tls("postgresql://u@/db?host=/tmp/pg&sslmode=require") is False
+    assert tls("postgresql://u@db.example.com/db?sslmode=disable") is False
+    assert tls("postgresql://u@db.example.com/db") == "pg8000 default"  # prefer
+    assert isinstance(tls("postgresql://u@db.example.com/db?sslmode=require"), ssl.SSLContext)
+
+
 def test_a_bad_url_is_a_configuration_error():
     with pytest.raises(ConfigError, match="source database URL must start with postgresql"):
         Database.from_url("source", "mysql://x@y/z")
