@@ -53,14 +53,14 @@ def main() -> int:
                   flush=True)
             batches = 1
 
-            def small_run() -> dict:
+            def small_run() -> tuple[float, object]:
                 with source.session("bench", "adding sales orders") as session:
                     session.conn.run(NEW_ORDERS)
                 started = time.monotonic()
-                outputs = run_pipeline(resources)
-                outputs["wall"] = time.monotonic() - started
-                assert sum(r["rows"] for r in outputs["ingest"]) == 10, outputs["ingest"]
-                return outputs
+                result = run_pipeline(resources)
+                wall = time.monotonic() - started
+                assert sum(r.rows for r in result.ingest) == 10, result.ingest
+                return wall, result
 
             print(f"\n{'earlier batches':>15} {'run s':>7} {'ingest s':>9} {'transform s':>12}"
                   f" {'load s':>7} {'lake files read':>16}")
@@ -72,12 +72,12 @@ def main() -> int:
                 for _ in range(TIMED_RUNS):
                     timed.append(small_run())
                     batches += 1
-                median = sorted(timed, key=lambda o: o["wall"])[TIMED_RUNS // 2]
-                ingest = max(r["seconds"] for r in median["ingest"])
-                print(f"{milestone:>15} {statistics.median(o['wall'] for o in timed):>7.3f} "
-                      f"{ingest:>9.3f} {median['transform']['seconds']:>12.3f} "
-                      f"{median['load']['seconds']:>7.3f} "
-                      f"{median['transform']['source_files']:>16}", flush=True)
+                _, median = sorted(timed, key=lambda run: run[0])[TIMED_RUNS // 2]
+                ingest = max(r.seconds for r in median.ingest)
+                print(f"{milestone:>15} {statistics.median(wall for wall, _ in timed):>7.3f} "
+                      f"{ingest:>9.3f} {median.transform.seconds:>12.3f} "
+                      f"{median.load.seconds:>7.3f} "
+                      f"{median.transform.source_files:>16}", flush=True)
         finally:
             server.stop()
     return 0

@@ -1,4 +1,4 @@
-# One role per function, allowed exactly what that stage touches (ARCHITECTURE.md):
+# One role per function, allowed exactly what that stage touches (README.md, "Data flow"):
 #   plan: the source secret; ingest: the source secret, list/read/add lake objects;
 #   transform: read the lake, list/read/add processed objects; load: read processed, the
 #   warehouse secret. Nobody may delete or overwrite-by-delete anything.

@@ -11,7 +11,7 @@ locals {
     "source_secret_arn", "warehouse_secret_arn", "alert_topic_arn"] :
     name => nonsensitive(data.aws_ssm_parameter.imported[name].value)
   }
-  # The stages (ARCHITECTURE.md): handler, what each reads and writes.
+  # The stages (README.md, "Data flow"): handler, what each reads and writes.
   functions = {
     plan      = { handler = "totes.ingest.handler.plan_handler" }
     ingest    = { handler = "totes.ingest.handler.ingest_handler" }

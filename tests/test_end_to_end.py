@@ -130,10 +130,10 @@ def test_a_second_run_writes_nothing_and_changes_nothing(first_run, resources):
 
     second = run_pipeline(resources)
 
-    assert [r["key"] for r in second["ingest"]] == [None] * 11
-    assert sum(r["rows"] for r in second["ingest"]) == 0
-    assert second["transform"]["manifest"] is None
-    assert second["load"]["batches"] == []
+    assert [r.key for r in second.ingest] == [None] * 11
+    assert sum(r.rows for r in second.ingest) == 0
+    assert second.transform.manifest is None
+    assert second.load.batches == []
     assert _all_files(resources.lake.root) == files_before
     assert sorted(os.listdir(resources.lake.root)) == lake_files
     assert fingerprint(resources.warehouse) == before
@@ -141,14 +141,14 @@ def test_a_second_run_writes_nothing_and_changes_nothing(first_run, resources):
 
 def test_redelivering_a_processed_batch_inserts_nothing(first_run, resources):
     before = fingerprint(resources.warehouse)
-    batch = first_run["transform"]["manifest"]
+    batch = first_run.transform.manifest
 
     again = load(resources.processed, resources.warehouse, [batch])
 
-    assert again["batches"] == [batch]
-    assert sum(t["rows"] for t in again["tables"]) == 48_066 + len(referenced_dates()) \
+    assert again.batches == [batch]
+    assert sum(t.rows for t in again.tables) == 48_066 + len(referenced_dates()) \
         - sum(snapshot(t).num_rows for t in ("department",))
-    assert sum(t["inserted"] + t["updated"] for t in again["tables"]) == 0
+    assert sum(t.inserted + t.updated for t in again.tables) == 0
     assert fingerprint(resources.warehouse) == before
 
 

@@ -37,15 +37,15 @@ def batch_versions(lake: Lake, key: str, table: str) -> list:
 
 def test_the_second_batch_holds_exactly_the_versions_changed_in_between(empty_resources):
     seed(empty_resources.source, NOV_1)
-    first = {r["table"]: r for r in run_pipeline(empty_resources)["ingest"]}
+    first = {r.table: r for r in run_pipeline(empty_resources).ingest}
     seed(empty_resources.source, NOV_8, advance=True)
-    second = {r["table"]: r for r in run_pipeline(empty_resources)["ingest"]}
+    second = {r.table: r for r in run_pipeline(empty_resources).ingest}
 
     for table in ("sales_order", "purchase_order", "transaction", "payment", "design"):
         expected = versions_at(table, NOV_8) - versions_at(table, NOV_1)
-        got = batch_versions(empty_resources.lake, second[table]["key"], table)
+        got = batch_versions(empty_resources.lake, second[table].key, table)
         assert len(got) == len(set(got)) and set(got) == expected, table
-        both = batch_versions(empty_resources.lake, first[table]["key"], table) + got
+        both = batch_versions(empty_resources.lake, first[table].key, table) + got
         assert Counter(both) == Counter(versions_at(table, NOV_1) | expected), table
     paid_in_between = {i for i, _ in versions_at("payment", NOV_8) - versions_at("payment", NOV_1)
                        if any(i == j for j, _ in versions_at("payment", NOV_1))}
@@ -84,7 +84,7 @@ def test_rows_sharing_the_high_watermark_timestamp_are_extracted_once(seeded_sou
     lake = Lake(str(tmp_path))
     plan = TablePlan(table="payment", primary_key="payment_id")
     first = ingest_table(plan, seeded_source, lake)
-    high = first["high_watermark"]
+    high = first.high_watermark
     # A row that arrives after the run with exactly the high watermark's timestamp and a
     # larger key. (One with a smaller key could only come from a transaction open during the
     # run, which the in-flight cutoff holds back: see the late-commit test.)
@@ -92,15 +92,15 @@ def test_rows_sharing_the_high_watermark_timestamp_are_extracted_once(seeded_sou
           "counterparty_id, payment_amount, currency_id, payment_type_id, paid, payment_date, "
           "company_ac_number, counterparty_ac_number) SELECT CAST(:t AS timestamp), "
           "CAST(:t AS timestamp), :tid, 1, 10.00, 1, 1, false, '2024-11-20', 1, 2",
-          t=high["timestamp"], tid=_new_transaction(seeded_source))
+          t=high.timestamp, tid=_new_transaction(seeded_source))
     second = ingest_table(plan, seeded_source, lake)
     third = ingest_table(plan, seeded_source, lake)
 
-    assert (second["rows"], third["rows"]) == (1, 0)
-    [(new_id, moment)] = batch_versions(lake, second["key"], "payment")
-    assert new_id > high["primary_key"]
-    assert moment.isoformat(sep=" ", timespec="microseconds") == high["timestamp"]
-    everything = batch_versions(lake, first["key"], "payment") + [(new_id, moment)]
+    assert (second.rows, third.rows) == (1, 0)
+    [(new_id, moment)] = batch_versions(lake, second.key, "payment")
+    assert new_id > high.primary_key
+    assert moment.isoformat(sep=" ", timespec="microseconds") == high.timestamp
+    everything = batch_versions(lake, first.key, "payment") + [(new_id, moment)]
     assert len(everything) == len(set(everything)) == snapshot("payment").num_rows + 1
 
 
@@ -138,9 +138,9 @@ def test_a_row_committed_late_by_an_open_transaction_is_extracted_once(seeded_so
     last = ingest_table(plan, seeded_source, lake)
 
     # The run stopped short of the open transaction, so the later row waited with it.
-    assert during["rows"] == 0
-    codes = lake.parquet_file(after["key"]).read()["currency_code"].to_pylist()
-    assert sorted(codes) == ["CHF", "JPY"] and last["rows"] == 0
+    assert during.rows == 0
+    codes = lake.parquet_file(after.key).read()["currency_code"].to_pylist()
+    assert sorted(codes) == ["CHF", "JPY"] and last.rows == 0
 
 
 def test_a_role_without_pg_read_all_stats_stops_the_safety_lag_short(seeded_source, tmp_path):
@@ -155,9 +155,9 @@ def test_a_role_without_pg_read_all_stats_stops_the_safety_lag_short(seeded_sour
     query(seeded_source, "INSERT INTO currency (currency_code, last_updated) "
                          "VALUES ('JPY', CURRENT_TIMESTAMP)")
 
-    assert ingest_table(lagged, etl, lake)["rows"] == 0  # committed now: inside the lag
+    assert ingest_table(lagged, etl, lake).rows == 0  # committed now: inside the lag
     query(seeded_source, f"GRANT pg_read_all_stats TO {role}")
-    assert ingest_table(lagged, etl, lake)["rows"] == 1  # sees every session: no lag needed
+    assert ingest_table(lagged, etl, lake).rows == 1  # sees every session: no lag needed
 
 
 def test_an_address_change_reaches_locations_and_the_counterparties_there(resources):
@@ -206,7 +206,7 @@ def test_a_load_failing_midway_leaves_the_warehouse_unchanged_then_completes(res
 
     query(resources.warehouse, "DROP TRIGGER fail ON fact_payment")
     again = run_pipeline(resources)
-    assert sum(r["rows"] for r in again["ingest"]) == 0  # nothing new: load catches up alone
+    assert sum(r.rows for r in again.ingest) == 0  # nothing new: load catches up alone
     for table, fact in FACTS.items():
         got = fact_versions(resources.warehouse, fact, f"{table}_id")
         assert len(got) == len(set(got)) == snapshot(table).num_rows

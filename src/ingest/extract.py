@@ -1,12 +1,11 @@
 """Extract one source table's new row versions into one Parquet file in the lake.
 
-Rules (ARCHITECTURE.md, "Contracts between stages"):
+Rules:
 
-* **Watermarks in data time.** A batch holds the rows whose ``(watermark_column, primary_key)``
-  is greater than the previous batch's high watermark, in that order. The high watermark of a
-  batch is its last row's pair; it is kept in the file's Parquet metadata
-  (``totes.high_watermark``) and its timestamp names the key. The low watermark is read back
-  from the newest key of the table; with no key, everything is extracted. Rows sharing the
+* **Watermarks in data time** (:mod:`totes.utils.watermark`). A batch holds the rows whose
+  ``(watermark_column, primary_key)`` is greater than the previous batch's high watermark, in
+  that order. The high watermark of a batch is its last row's pair, kept in the file's footer;
+  its timestamp names the key. With no batch yet, everything is extracted. Rows sharing the
   previous high timestamp are told apart by primary key: none read twice, none skipped.
 * **In-flight transactions.** Before taking its snapshot a run reads the start of the oldest
   transaction still open in the source database (``pg_stat_activity``; the role needs
@@ -21,12 +20,11 @@ Rules (ARCHITECTURE.md, "Contracts between stages"):
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
 import time
-from datetime import datetime, timezone
+from dataclasses import dataclass
 from typing import Optional
 
 import pyarrow as pa
@@ -36,13 +34,11 @@ import pyarrow.parquet as pq
 from totes.ingest.source_catalog import arrow_type, check_table, table_columns
 from totes.utils.config import TablePlan
 from totes.utils.db import Database, quote_ident, translate_error
-from totes.utils.errors import LakeError
 from totes.utils.lake import Lake
+from totes.utils.stage_results import IngestResult
+from totes.utils.watermark import Watermark, footer_metadata, read_high_watermark
 
 log = logging.getLogger(__name__)
-
-HIGH_WATERMARK_KEY = b"totes.high_watermark"
-LOW_WATERMARK_KEY = b"totes.low_watermark"
 
 _CUTOFF_SQL = """
 WITH role AS (
@@ -66,40 +62,9 @@ FROM cutoff
 """
 
 
-def read_watermark(lake: Lake, table: str) -> Optional[dict]:
-    """The high watermark of the newest batch of ``table`` in the lake, as
-    ``{"timestamp": "2024-11-15 14:40:10.123000", "primary_key": 11187}``, or None when the
-    table has no batch yet (first run: everything).
-
-    Raises:
-        LakeError: the newest file has no ``totes.high_watermark`` metadata.
-    """
-    key = lake.newest_key(table)
-    if key is None:
-        return None
-    metadata = lake.parquet_file(key).metadata.metadata or {}  # the footer's key-value pairs
-    if HIGH_WATERMARK_KEY not in metadata:
-        raise LakeError(f"{lake.uri}/{key} has no totes.high_watermark metadata; "
-                        "it was not written by ingest")
-    return json.loads(metadata[HIGH_WATERMARK_KEY])
-
-
 def _read_cutoff(conn, lag_seconds: float, with_time_zone: bool) -> tuple[str, bool]:
     (sees_all, instant, local), = conn.run(_CUTOFF_SQL, lag=lag_seconds)
     return (instant if with_time_zone else local), bool(sees_all)
-
-
-def _watermark(row: pa.RecordBatch, watermark_column: str, primary_key: str) -> dict:
-    moment = row.column(watermark_column)[0].as_py()
-    return {"timestamp": moment.isoformat(sep=" ", timespec="microseconds"),
-            "primary_key": row.column(primary_key)[0].as_py()}
-
-
-def _key_moment(watermark: dict) -> datetime:
-    moment = datetime.fromisoformat(watermark["timestamp"])
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
-    return moment
 
 
 def _copy_through_pipe(conn, sql: str, consume, doing: str):
@@ -139,104 +104,131 @@ def _copy_through_pipe(conn, sql: str, consume, doing: str):
     return result
 
 
-def ingest_table(plan: TablePlan, source: Database, lake: Lake) -> dict:
+@dataclass(frozen=True)
+class _Source:
+    """What ingest learns of a table before it reads rows: the Arrow schema of its columns,
+    the SQL type of its watermark, and the cutoff that stops short of in-flight writes."""
+
+    schema: pa.Schema
+    watermark_cast: str  # "timestamp" or "timestamptz"
+    cutoff: str
+
+
+def _inspect(conn, plan: TablePlan) -> _Source:
+    """Check the table and read its columns and the cutoff (before the snapshot is taken).
+
+    Raises:
+        SourceSchemaError: the table or its key/watermark column is missing.
+    """
+    table = plan.table
+    columns = table_columns(conn, table)
+    check_table(columns, table, plan.primary_key, plan.watermark_column)
+    with_time_zone = "with time zone" in dict(columns)[plan.watermark_column]
+    schema = pa.schema([(name, arrow_type(pg_type, table, name)) for name, pg_type in columns])
+    cutoff, sees_all = _read_cutoff(conn, plan.in_flight_safety_lag_seconds, with_time_zone)
+    if not sees_all:
+        log.info("%s: the source role cannot see other sessions; stopping %ss short of the "
+                 "database clock (grant pg_read_all_stats to remove the lag)",
+                 table, plan.in_flight_safety_lag_seconds)
+    return _Source(schema, "timestamptz" if with_time_zone else "timestamp", cutoff)
+
+
+def _extract_sql(conn, plan: TablePlan, source: _Source, low: Optional[Watermark]) -> str:
+    """The ``COPY (SELECT ...) TO STDOUT`` of the rows after ``low`` and before the cutoff,
+    in watermark order. Values are bound into the transaction's settings with ``set_config``
+    (the statement holds identifiers only, each through ``quote_ident``)."""
+    q_wm, q_pk = quote_ident(plan.watermark_column), quote_ident(plan.primary_key)
+    cast = source.watermark_cast
+    conn.run("SELECT set_config('totes.cutoff', :cutoff, true)", cutoff=source.cutoff)
+    conditions = [f"{q_wm} < current_setting('totes.cutoff')::{cast}"]
+    if low is not None:
+        conn.run("SELECT set_config('totes.low_ts', :ts, true), "
+                 "set_config('totes.low_pk', :pk, true)",
+                 ts=low.timestamp, pk=str(low.primary_key))
+        conditions.append(f"({q_wm}, {q_pk}) > (current_setting('totes.low_ts')::{cast}, "
+                          "current_setting('totes.low_pk')::bigint)")
+    select_list = ", ".join(quote_ident(name) for name in source.schema.names)
+    return (f"COPY (SELECT {select_list} FROM {quote_ident(plan.table)} "  # nosec B608
+            f"WHERE {' AND '.join(conditions)} ORDER BY {q_wm}, {q_pk}) "
+            "TO STDOUT WITH (FORMAT csv)")
+
+
+@dataclass(frozen=True)
+class _Written:
+    rows: int
+    row_groups: int
+    high: Watermark
+
+
+def _csv_to_parquet(reader, staged: str, plan: TablePlan, schema: pa.Schema,
+                    low: Optional[Watermark], pool: pa.MemoryPool) -> Optional[_Written]:
+    """Parse the CSV stream of ``reader`` into record batches of ``plan.record_batch_bytes``
+    and write each as one row group of the Parquet file ``staged``, the watermarks in its
+    footer. Returns None (and writes nothing) when the stream is empty."""
+    if not reader.peek(1):
+        return None
+    batches = pacsv.open_csv(
+        reader,
+        read_options=pacsv.ReadOptions(column_names=schema.names,
+                                       block_size=plan.record_batch_bytes),
+        parse_options=pacsv.ParseOptions(newlines_in_values=True),
+        convert_options=pacsv.ConvertOptions(
+            column_types=schema, true_values=["t"], false_values=["f"], null_values=[""],
+            strings_can_be_null=True, quoted_strings_can_be_null=False),
+        memory_pool=pool)
+    rows = row_groups = 0
+    last = None
+    with pq.ParquetWriter(staged, schema, compression="zstd", memory_pool=pool) as parquet:
+        for batch in batches:
+            if batch.num_rows == 0:
+                continue
+            parquet.write_batch(batch)
+            rows += batch.num_rows
+            row_groups += 1
+            last = batch
+            log.debug("%s: %d rows so far", plan.table, rows)
+        high = Watermark.of_last_row(last, plan.watermark_column, plan.primary_key)
+        parquet.add_key_value_metadata(footer_metadata(high, low))
+    return _Written(rows, row_groups, high)
+
+
+def ingest_table(plan: TablePlan, source: Database, lake: Lake) -> IngestResult:
     """Extract the new row versions of ``plan.table`` into one lake file.
 
-    Returns the JSON result (the Map state's output for this table)::
-
-        {"table": "payment", "key": "payment/2024/11/15/144010123000.parquet" | null,
-         "rows": 15836, "row_groups": 2, "bytes": 702115,
-         "low_watermark": null | {"timestamp": "...", "primary_key": 1},
-         "high_watermark": {"timestamp": "2024-11-15 14:40:10.123000", "primary_key": 15836},
-         "cutoff": "2026-11-22 15:00:00.123456", "seconds": 1.23, "peak_arrow_bytes": 4194304}
-
-    ``high_watermark`` equals ``low_watermark`` and ``key`` is null when nothing is new.
+    Returns the stage result (:class:`~totes.utils.stage_results.IngestResult`, the Map
+    state's output for this table): its ``key`` is None and ``high_watermark`` equals
+    ``low_watermark`` when nothing is new.
 
     Raises:
         SourceSchemaError: the table or its key/watermark column is missing.
         DatabaseUnavailable: the source could not be reached or the connection broke (retry).
         StorageUnavailable: the lake could not be listed or written (retry).
-        LakeError: the lake breaks the contract (newest file without watermark metadata).
+        LakeError: the lake breaks the contract (newest file without watermark metadata), or
+            another ingest of the table published the same batch first.
     """
     started = time.monotonic()
-    table, primary_key, watermark_column = plan.table, plan.primary_key, plan.watermark_column
-    low = read_watermark(lake, table)
+    table = plan.table
+    low = read_high_watermark(lake, table)
     doing = f"extracting table {table} from the {source.describe()}"
+    pool = pa.proxy_memory_pool(pa.default_memory_pool())
     with source.session(f"totes-ingest-{table}", doing) as session:
         conn = session.conn
-        columns = table_columns(conn, table)
-        check_table(columns, table, primary_key, watermark_column)
-        types = dict(columns)
-        with_time_zone = "with time zone" in types[watermark_column]
-        cast = "timestamptz" if with_time_zone else "timestamp"
-        schema = pa.schema([(name, arrow_type(pg_type, table, name)) for name, pg_type in columns])
-        cutoff, sees_all = _read_cutoff(conn, plan.in_flight_safety_lag_seconds, with_time_zone)
-        if not sees_all:
-            log.info("%s: the source role cannot see other sessions; stopping %ss short of the "
-                     "database clock (grant pg_read_all_stats to remove the lag)",
-                     table, plan.in_flight_safety_lag_seconds)
-
+        inspected = _inspect(conn, plan)
         conn.run("START TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        q_wm, q_pk = quote_ident(watermark_column), quote_ident(primary_key)
-        conditions = [f"{q_wm} < current_setting('totes.cutoff')::{cast}"]
-        conn.run("SELECT set_config('totes.cutoff', :cutoff, true)", cutoff=cutoff)
-        if low is not None:
-            conn.run("SELECT set_config('totes.low_ts', :ts, true), "
-                     "set_config('totes.low_pk', :pk, true)",
-                     ts=low["timestamp"], pk=str(low["primary_key"]))
-            conditions.append(f"({q_wm}, {q_pk}) > (current_setting('totes.low_ts')::{cast}, "
-                              "current_setting('totes.low_pk')::bigint)")
-        select_list = ", ".join(quote_ident(name) for name in schema.names)
-        # Identifiers only, each through quote_ident; values are bound with set_config.
-        sql = (f"COPY (SELECT {select_list} FROM {quote_ident(table)} "  # nosec B608
-               f"WHERE {' AND '.join(conditions)} ORDER BY {q_wm}, {q_pk}) "
-               "TO STDOUT WITH (FORMAT csv)")
-
-        pool = pa.proxy_memory_pool(pa.default_memory_pool())
+        sql = _extract_sql(conn, plan, inspected, low)
         with lake.staging_file() as staged:
-            def consume(reader):
-                if not reader.peek(1):
-                    return None
-                batches = pacsv.open_csv(
-                    reader,
-                    read_options=pacsv.ReadOptions(column_names=schema.names,
-                                                   block_size=plan.record_batch_bytes),
-                    parse_options=pacsv.ParseOptions(newlines_in_values=True),
-                    convert_options=pacsv.ConvertOptions(
-                        column_types=schema, true_values=["t"], false_values=["f"],
-                        null_values=[""], strings_can_be_null=True,
-                        quoted_strings_can_be_null=False),
-                    memory_pool=pool)
-                rows = row_groups = 0
-                last = None
-                with pq.ParquetWriter(staged, schema, compression="zstd",
-                                      memory_pool=pool) as parquet:
-                    for batch in batches:
-                        if batch.num_rows == 0:
-                            continue
-                        parquet.write_batch(batch)
-                        rows += batch.num_rows
-                        row_groups += 1
-                        last = batch.slice(batch.num_rows - 1)
-                        log.debug("%s: %d rows so far", table, rows)
-                    high = _watermark(last, watermark_column, primary_key)
-                    parquet.add_key_value_metadata({
-                        HIGH_WATERMARK_KEY: json.dumps(high),
-                        LOW_WATERMARK_KEY: json.dumps(low),
-                    })
-                return rows, row_groups, high
-
-            extracted = _copy_through_pipe(conn, sql, consume, doing)
+            written = _copy_through_pipe(
+                conn, sql, lambda reader: _csv_to_parquet(reader, staged, plan,
+                                                          inspected.schema, low, pool), doing)
             conn.run("COMMIT")
             key, size = None, 0
-            rows, row_groups, high = extracted or (0, 0, low)
-            if extracted is not None:
-                key = lake.next_key(table, _key_moment(high))
+            if written is not None:
+                key = lake.next_key(table, written.high.moment())
                 size = lake.publish(staged, key)
-    result = {
-        "table": table, "key": key, "rows": rows, "row_groups": row_groups, "bytes": size,
-        "low_watermark": low, "high_watermark": high, "cutoff": cutoff,
-        "seconds": round(time.monotonic() - started, 3), "peak_arrow_bytes": pool.max_memory(),
-    }
-    log.info("ingested %s: %d rows into %s", table, rows, key or "(no file)")
-    return result
+    log.info("ingested %s: %d rows into %s", table, written.rows if written else 0,
+             key or "(no file)")
+    return IngestResult(
+        table=table, key=key, rows=written.rows if written else 0,
+        row_groups=written.row_groups if written else 0, bytes=size, low_watermark=low,
+        high_watermark=written.high if written else low, cutoff=inspected.cutoff,
+        seconds=round(time.monotonic() - started, 3), peak_arrow_bytes=pool.max_memory())

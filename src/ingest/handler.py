@@ -11,12 +11,14 @@ from totes.utils.settings import config_path_from_env, database_from_env, lake_f
 
 
 def plan_handler(event, context):
-    """Event: ``{}``. Returns ``{"tables": [<TablePlan JSON>, ...]}``."""
+    """Event: ``{}``. Returns :class:`~totes.utils.stage_results.PlanResult` as JSON:
+    ``{"tables": [<TablePlan JSON>, ...]}``."""
     path = config_path_from_env()
-    return plan(load_config(path), database_from_env("source"))
+    return plan(load_config(path), database_from_env("source")).model_dump(mode="json")
 
 
 def ingest_handler(event, context):
-    """Event: one ``TablePlan`` JSON (a Map item). Returns the ingest result of that table."""
+    """Event: one ``TablePlan`` JSON (a Map item). Returns that table's
+    :class:`~totes.utils.stage_results.IngestResult` as JSON."""
     return ingest_table(TablePlan.model_validate(event), database_from_env("source"),
-                        lake_from_env("TOTES_LAKE"))
+                        lake_from_env("TOTES_LAKE")).model_dump(mode="json")

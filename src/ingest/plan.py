@@ -13,9 +13,10 @@ from typing import Optional
 from totes.ingest.source_catalog import check_table, table_columns
 from totes.utils.config import PipelineConfig, resolve_tables
 from totes.utils.db import Database
+from totes.utils.stage_results import PlanResult
 
 
-def plan(config: PipelineConfig, source: Optional[Database] = None) -> dict:
+def plan(config: PipelineConfig, source: Optional[Database] = None) -> PlanResult:
     """Resolve ``config`` into payloads; with ``source``, also check every table against the
     source catalog before any work starts.
 
@@ -30,4 +31,4 @@ def plan(config: PipelineConfig, source: Optional[Database] = None) -> dict:
             for item in plans:
                 check_table(table_columns(session.conn, item.table), item.table,
                             item.primary_key, item.watermark_column)
-    return {"tables": [item.model_dump() for item in plans]}
+    return PlanResult(tables=plans)

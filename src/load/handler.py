@@ -8,5 +8,7 @@ from totes.utils.settings import database_from_env, lake_from_env
 
 
 def handler(event, context):
-    """Returns ``{"batches": [...], "tables": [...], "seconds": s}``."""
-    return load(lake_from_env("TOTES_PROCESSED"), database_from_env("warehouse"))
+    """Returns :class:`~totes.utils.stage_results.LoadResult` as JSON:
+    ``{"batches": [...], "tables": [...], "seconds": s}``."""
+    return load(lake_from_env("TOTES_PROCESSED"),
+                database_from_env("warehouse")).model_dump(mode="json")

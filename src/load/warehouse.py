@@ -4,15 +4,24 @@ For each batch (a transform manifest) and each of its tables, dimensions before 
 ``COPY ... FROM STDIN`` streams the processed Parquet's record batches into a temporary
 staging table, then one set-based statement merges it:
 
-* a dimension is upserted on its key; a row whose values did not change is not rewritten;
+* a dimension row is inserted, or replaces the row of its key when it is a newer version
+  (its ``source_last_updated`` is later): loading a batch again, or an older batch after a
+  newer one, never takes a dimension back to older values. ``dim_date``, whose values follow
+  from its key, is only inserted;
 * a fact row (one version of a source row) is inserted unless its version key (source id +
   last_updated date and time) is already there.
 
-The warehouse keeps the keys of the batches it has loaded in ``totes.loaded_batch``, written
-in the same transaction as the rows (as dlt keeps its state with the data): a load either
-lands whole, batch keys included, or leaves the warehouse as it was, and the next load starts
-after the last batch that landed. Loading a batch again changes nothing. An advisory lock
-serialises concurrent loads.
+Pending work is the set of committed batches the warehouse has not recorded, in batch order
+(as dlt derives pending loads from ``_dlt_loads``). The warehouse records each batch it loads
+in ``totes.loaded_batch``, in the same transaction as the rows: a load lands whole, batch
+keys included, or leaves the warehouse as it was. So that finding pending batches does not
+list the whole history, ``totes.load_state.loaded_through`` keeps the newest manifest key up
+to which every committed batch is loaded; only manifests after it are listed. A load of
+chosen batches (``--batch``) records them without moving it, so older pending batches are
+still found. An advisory lock serialises concurrent loads.
+
+Warehouse schema: :func:`create_warehouse` creates the star schema and the bookkeeping tables,
+and upgrades a warehouse created by an older version (``totes.schema_version``).
 """
 from __future__ import annotations
 
@@ -21,37 +30,75 @@ import logging
 import time
 from typing import Optional
 
-from totes.transform.run import MANIFESTS, read_manifest
 from totes.utils.db import Database, copy_into, merge_staged, quote_ident
 from totes.utils.errors import DataError
 from totes.utils.lake import Lake
-from totes.utils.star_schema import TABLES, WarehouseTable
+from totes.utils.manifest import manifests_after, read_manifest
+from totes.utils.stage_results import LoadedTable, LoadResult
+from totes.utils.star_schema import TABLES, TIME, WarehouseTable
 
 log = logging.getLogger(__name__)
 
 # Arbitrary constant identifying the load lock among the warehouse's advisory locks.
 LOAD_LOCK_ID = 7_001_007
+#: Rows per record batch streamed from a processed file into COPY (one batch in memory).
 COPY_BATCH_ROWS = 65_536
-_LOADED_BATCH_DDL = (
-    "CREATE SCHEMA IF NOT EXISTS totes",
+#: The warehouse schema this code writes. 1: the first release (time(3), no versions);
+#: 2: times keep microseconds, dimensions carry source_last_updated, totes.load_state.
+WAREHOUSE_SCHEMA_VERSION = 2
+_BOOKKEEPING_DDL = (
     "CREATE TABLE IF NOT EXISTS totes.loaded_batch ("
     " manifest_key text PRIMARY KEY,"
     " loaded_at timestamptz NOT NULL DEFAULT now(),"
     " rows jsonb NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS totes.load_state ("
+    " singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),"
+    " loaded_through text)",
+    "INSERT INTO totes.load_state (singleton, loaded_through) VALUES (true, NULL) "
+    "ON CONFLICT DO NOTHING",
 )
 
 
 def create_warehouse(conn) -> None:
-    """Create the star schema (SCHEMAS.md §2) and the load bookkeeping where absent."""
-    for statement in _LOADED_BATCH_DDL:
+    """Create the star schema and the load bookkeeping where absent, and upgrade a warehouse
+    of an older schema version in place (adding the dimensions' version column, widening
+    times to microseconds). Runs inside the caller's transaction; a warehouse already at
+    :data:`WAREHOUSE_SCHEMA_VERSION` costs one query."""
+    conn.run("CREATE SCHEMA IF NOT EXISTS totes")
+    conn.run("CREATE TABLE IF NOT EXISTS totes.schema_version (version int NOT NULL)")
+    (current,), = conn.run("SELECT coalesce(max(version), 0) FROM totes.schema_version")
+    if current >= WAREHOUSE_SCHEMA_VERSION:
+        return
+    for statement in _BOOKKEEPING_DDL:
         conn.run(statement)
     for table in TABLES.values():
         conn.run(table.ddl())
+        _upgrade_columns(conn, table)
+    conn.run("INSERT INTO totes.schema_version (version) VALUES (:v)",
+             v=WAREHOUSE_SCHEMA_VERSION)
 
 
-def _changed(table: WarehouseTable) -> str:
-    """The condition under which an existing dimension row is rewritten: a value differs."""
+def _upgrade_columns(conn, table: WarehouseTable) -> None:
+    """Bring an existing ``table`` to its declared columns: add the nullable ones it lacks,
+    give its times microseconds."""
+    q_table = quote_ident(table.name)
+    for column in table.columns:
+        q_column = quote_ident(column.name)
+        if column.nullable:
+            conn.run(f"ALTER TABLE {q_table} ADD COLUMN IF NOT EXISTS {q_column} "
+                     f"{column.sql_type}")
+        if (column.sql_type, column.arrow_type) == TIME:
+            conn.run(f"ALTER TABLE {q_table} ALTER COLUMN {q_column} TYPE {column.sql_type}")
+
+
+def _newer_version(table: WarehouseTable) -> str:
+    """The condition under which an existing dimension row is replaced: the incoming row is
+    a newer version (or, for a table without versions, a value differs)."""
     target = quote_ident(table.name)
+    if table.version_column:
+        version = quote_ident(table.version_column)
+        return (f"({target}.{version} IS NULL OR "
+                f"{target}.{version} < EXCLUDED.{version})")
     others = [quote_ident(c) for c in table.column_names if c not in table.merge_key]
     current = ", ".join(f"{target}.{c}" for c in others)
     incoming = ", ".join(f"EXCLUDED.{c}" for c in others)
@@ -74,78 +121,100 @@ def check_foreign_keys(conn, table: WarehouseTable, stage: str) -> None:
             f"SELECT s.{source_id}, s.{value} FROM {staged} s WHERE NOT EXISTS "  # nosec B608
             f"(SELECT 1 FROM {quote_ident(dimension)} d WHERE d.{key} = s.{value}) LIMIT 1")
         if orphans:
-            (row_id, value), = orphans
-            raise DataError(f"{table.name} row {table.merge_key[0]}={row_id}: {column} "
-                            f"{value} has no {dimension} row")
+            (row_id, orphan), = orphans
+            raise DataError(table.name, f"{orphan} has no {dimension} row",
+                            key_column=table.merge_key[0], row_id=row_id, column=column,
+                            value=orphan)
 
 
-def merge_file(conn, table: WarehouseTable, processed: Lake, key: str) -> dict:
-    """Stage one processed file of ``table`` and merge it; returns
-    ``{"rows": staged, "inserted": n, "updated": n}``."""
+def merge_file(conn, table: WarehouseTable, processed: Lake, key: str) -> LoadedTable:
+    """Stage one processed file of ``table`` and merge it; returns its rows staged, inserted
+    and updated."""
     stage = f"stage_{table.name}"
     columns = ", ".join(quote_ident(c) for c in table.column_names)
     source = quote_ident(table.name)
     conn.run(f"CREATE TEMP TABLE {quote_ident(stage)} ON COMMIT DROP AS "  # nosec B608
              f"SELECT {columns} FROM {source} WITH NO DATA")
-    parquet = processed.parquet_file(key)
+    rows = processed.parquet_file(key).metadata.num_rows
     copy_into(conn, stage, table.column_names,
-              parquet.iter_batches(batch_size=COPY_BATCH_ROWS, columns=table.column_names))
+              processed.iter_batches(key, COPY_BATCH_ROWS, columns=table.column_names))
     if table.kind == "fact":
         check_foreign_keys(conn, table, stage)
     inserted, updated = merge_staged(conn, table.name, stage, table.column_names,
                                      list(table.merge_key),
-                                     None if table.kind == "fact" else _changed(table))
+                                     None if table.kind == "fact" else _newer_version(table))
     conn.run(f"DROP TABLE {quote_ident(stage)}")
-    return {"rows": parquet.metadata.num_rows, "inserted": inserted, "updated": updated}
+    return LoadedTable(table=table.name, rows=rows, inserted=inserted, updated=updated)
 
 
-def pending_batches(conn, processed: Lake) -> list[str]:
-    """Manifest keys newer than the last batch the warehouse has loaded, oldest first."""
-    (last,), = conn.run("SELECT max(manifest_key) FROM totes.loaded_batch")
-    return processed.keys_after(MANIFESTS, last, "json")
+def pending_batches(conn, processed: Lake) -> tuple[list[str], Optional[str]]:
+    """The committed batches the warehouse has not loaded, oldest first, and the newest
+    manifest key up to which every batch will be loaded once they are (the next
+    ``loaded_through``; None when it stays). Lists only the manifests after
+    ``totes.load_state.loaded_through``."""
+    (through,), = conn.run("SELECT loaded_through FROM totes.load_state")
+    listed = manifests_after(processed, through)
+    if not listed:
+        return [], None
+    loaded = {key for key, in conn.run(
+        "SELECT manifest_key FROM totes.loaded_batch WHERE manifest_key = ANY(CAST(:keys AS "
+        "text[]))", keys=listed)}
+    return [key for key in listed if key not in loaded], listed[-1]
+
+
+def _load_batch(session, conn, processed: Lake, manifest_key: str,
+                totals: dict[str, LoadedTable]) -> None:
+    manifest = read_manifest(processed, manifest_key)
+    counts = {}
+    for name, table in TABLES.items():
+        output = manifest.output(name)
+        if output is None:
+            continue
+        session.doing = f"loading {name} of batch {manifest_key} into the " \
+                        f"{session.database.describe()}"
+        merged = merge_file(conn, table, processed, output.key)
+        counts[name] = merged.model_dump(exclude={"table"})
+        total = totals.setdefault(name, LoadedTable(table=name))
+        total.rows += merged.rows
+        total.inserted += merged.inserted
+        total.updated += merged.updated
+    conn.run("INSERT INTO totes.loaded_batch (manifest_key, rows) "
+             "VALUES (:key, CAST(:rows AS jsonb)) ON CONFLICT (manifest_key) DO NOTHING",
+             key=manifest_key, rows=json.dumps(counts))
 
 
 def load(processed: Lake, warehouse: Database,
-         manifest_keys: Optional[list[str]] = None) -> dict:
-    """Load the given transform batches (default: every batch not loaded yet) in one
-    transaction.
+         manifest_keys: Optional[list[str]] = None) -> LoadResult:
+    """Load the given transform batches (default: every committed batch not loaded yet) in
+    one transaction.
 
-    Returns (the state machine's load output)::
-
-        {"batches": ["_manifests/2024/11/15/144010123000.json"],
-         "tables": [{"table": "dim_date", "rows": 1012, "inserted": 1012, "updated": 0}, ...],
-         "seconds": 3.2}
+    Returns the stage result (:class:`~totes.utils.stage_results.LoadResult`): the batches
+    loaded, in order, and per warehouse table the rows staged, inserted and updated.
 
     Raises:
+        DataError: a fact's foreign key has no dimension row (names the row and column);
+            nothing was written.
         DatabaseUnavailable: the warehouse could not be reached or the connection broke (retry).
         TerminalError: the warehouse rejected the rows (a constraint; the message names it and
             the key), nothing was written.
         LakeError / StorageUnavailable: a batch's file is missing or unreadable.
     """
     started = time.monotonic()
-    totals: dict[str, dict] = {}
+    totals: dict[str, LoadedTable] = {}
     with warehouse.session("totes-load", f"loading into the {warehouse.describe()}") as session:
         conn = session.conn
         conn.run("START TRANSACTION")
         conn.run("SELECT pg_advisory_xact_lock(:id)", id=LOAD_LOCK_ID)
         create_warehouse(conn)
-        keys = pending_batches(conn, processed) if manifest_keys is None else manifest_keys
+        if manifest_keys is None:
+            keys, through = pending_batches(conn, processed)
+        else:
+            keys, through = list(manifest_keys), None
         for manifest_key in keys:
-            outputs = {o["table"]: o for o in read_manifest(processed, manifest_key)["outputs"]}
-            counts = {}
-            for name, table in TABLES.items():
-                if name in outputs:
-                    session.doing = f"loading {name} of batch {manifest_key} into the " \
-                                    f"{warehouse.describe()}"
-                    counts[name] = merge_file(conn, table, processed, outputs[name]["key"])
-                    total = totals.setdefault(name, {"table": name, "rows": 0, "inserted": 0,
-                                                     "updated": 0})
-                    for field in ("rows", "inserted", "updated"):
-                        total[field] += counts[name][field]
-            conn.run("INSERT INTO totes.loaded_batch (manifest_key, rows) "
-                     "VALUES (:key, CAST(:rows AS jsonb)) ON CONFLICT (manifest_key) DO NOTHING",
-                     key=manifest_key, rows=json.dumps(counts))
+            _load_batch(session, conn, processed, manifest_key, totals)
+        if through is not None:
+            conn.run("UPDATE totes.load_state SET loaded_through = :k", k=through)
         conn.run("COMMIT")
     log.info("loaded %d batches", len(keys))
-    return {"batches": keys, "tables": list(totals.values()),
-            "seconds": round(time.monotonic() - started, 3)}
+    return LoadResult(batches=keys, tables=[totals[n] for n in TABLES if n in totals],
+                      seconds=round(time.monotonic() - started, 3))

@@ -21,11 +21,6 @@ SOURCE_DATABASE = "totesys"
 WAREHOUSE_DATABASE = "warehouse"
 
 
-def default_state_dir() -> Path:
-    """``TOTES_HOME`` or ``./.totes``: where the embedded server, lake and processed area live."""
-    return Path(os.environ.get("TOTES_HOME") or ".totes").absolute()
-
-
 @dataclass(frozen=True)
 class EmbeddedPostgres:
     """The embedded server of one state directory."""

@@ -13,6 +13,7 @@ from typing import Callable, Iterator
 from totes.local.runner import Resources, run_pipeline
 from totes.local.seed import seed
 from totes.utils.errors import ConfigError
+from totes.utils.stage_results import RunResult
 
 _STEP = re.compile(r"^(\d+)\s*(d|h|m|min|s)$")
 _UNITS = {"d": "days", "h": "hours", "m": "minutes", "min": "minutes", "s": "seconds"}
@@ -39,9 +40,10 @@ def run_times(start: datetime, end: datetime, step: timedelta) -> Iterator[datet
 
 
 def replay(resources: Resources, start: datetime, end: datetime, step: timedelta,
-           on_run: Callable[[datetime, dict], None] = lambda moment, outputs: None) -> list:
+           on_run: Callable[[datetime, RunResult], None] = lambda moment, result: None
+           ) -> list[tuple[datetime, RunResult]]:
     """Seed ``resources.source`` as of ``start``, run; then advance by ``step`` and run, until
-    ``end``. Returns ``[(run_time, outputs of run_pipeline), ...]``.
+    ``end``. Returns ``[(run_time, the run's result), ...]``.
 
     Raises:
         ConfigError: ``end`` is before ``start``, or the source already holds rows changed
@@ -52,7 +54,7 @@ def replay(resources: Resources, start: datetime, end: datetime, step: timedelta
     runs = []
     for moment in run_times(start, end, step):
         seed(resources.source, moment, advance=True)
-        outputs = run_pipeline(resources)
-        on_run(moment, outputs)
-        runs.append((moment, outputs))
+        result = run_pipeline(resources)
+        on_run(moment, result)
+        runs.append((moment, result))
     return runs

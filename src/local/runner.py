@@ -1,5 +1,5 @@
 """The main job on one machine: plan → ingest (all tables in parallel) → transform → load,
-with the same stage functions and JSON payloads as the Step Functions state machine.
+with the same stage functions and results as the Step Functions state machine.
 
 Transform and load always run: each finds its own pending work (lake files no batch has
 transformed, batches the warehouse has not loaded) and is a quick no-op when there is none,
@@ -16,10 +16,12 @@ from totes.ingest.extract import ingest_table
 from totes.ingest.plan import plan
 from totes.load.warehouse import load
 from totes.transform.run import transform
-from totes.utils.config import TablePlan, load_config
+from totes.utils.config import load_config
 from totes.utils.db import Database
 from totes.utils.lake import Lake
+from totes.utils.stage_results import IngestResult, PlanResult, RunResult
 
+#: Tables ingested at once (each through its own connection), as the Map's MaxConcurrency.
 INGEST_WORKERS = 4
 
 
@@ -34,42 +36,39 @@ class Resources:
     config_path: str
 
 
-def ingest_all(source: Database, lake: Lake, plan_output: dict,
-               on_table: Callable[[dict], None] = lambda result: None) -> list[dict]:
-    """Ingest every table of ``plan_output`` from ``source`` into ``lake`` in parallel (as the
+def ingest_all(source: Database, lake: Lake, planned: PlanResult,
+               on_table: Callable[[IngestResult], None] = lambda result: None
+               ) -> list[IngestResult]:
+    """Ingest every table of ``planned`` from ``source`` into ``lake`` in parallel (as the
     state machine's Map does); returns the results in plan order. The first failure raises
     once all tables are done."""
-    plans = [TablePlan.model_validate(item) for item in plan_output["tables"]]
-
-    def one(item: TablePlan) -> dict:
+    def one(item) -> IngestResult:
         result = ingest_table(item, source, lake)
         on_table(result)
         return result
 
-    with ThreadPoolExecutor(max_workers=min(INGEST_WORKERS, len(plans) or 1)) as pool:
-        futures = [pool.submit(one, item) for item in plans]
+    with ThreadPoolExecutor(max_workers=min(INGEST_WORKERS, len(planned.tables) or 1)) as pool:
+        futures = [pool.submit(one, item) for item in planned.tables]
     return [future.result() for future in futures]
 
 
 def run_pipeline(resources: Resources,
-                 on_stage: Callable[[str, dict], None] = lambda stage, output: None,
-                 on_table: Callable[[dict], None] = lambda result: None) -> dict:
-    """Run the main job once. Returns every stage's output::
+                 on_stage: Callable[[str, object], None] = lambda stage, output: None,
+                 on_table: Callable[[IngestResult], None] = lambda result: None) -> RunResult:
+    """Run the main job once and return every stage's result
+    (:class:`~totes.utils.stage_results.RunResult`).
 
-        {"plan": {...}, "ingest": [...], "transform": {...}, "load": {...}, "seconds": s}
-
-    ``on_stage(stage, output)`` is called as each stage ends, ``on_table(result)`` as each
+    ``on_stage(stage, result)`` is called as each stage ends, ``on_table(result)`` as each
     table's ingest ends (for progress). Errors raise as the stages raise them.
     """
     started = time.monotonic()
-    outputs: dict = {}
-    outputs["plan"] = plan(load_config(resources.config_path), resources.source)
-    on_stage("plan", outputs["plan"])
-    outputs["ingest"] = ingest_all(resources.source, resources.lake, outputs["plan"], on_table)
-    on_stage("ingest", {"tables": outputs["ingest"]})
-    outputs["transform"] = transform(resources.lake, resources.processed)
-    on_stage("transform", outputs["transform"])
-    outputs["load"] = load(resources.processed, resources.warehouse)
-    on_stage("load", outputs["load"])
-    outputs["seconds"] = round(time.monotonic() - started, 3)
-    return outputs
+    planned = plan(load_config(resources.config_path), resources.source)
+    on_stage("plan", planned)
+    ingested = ingest_all(resources.source, resources.lake, planned, on_table)
+    on_stage("ingest", ingested)
+    transformed = transform(resources.lake, resources.processed)
+    on_stage("transform", transformed)
+    loaded = load(resources.processed, resources.warehouse)
+    on_stage("load", loaded)
+    return RunResult(plan=planned, ingest=ingested, transform=transformed, load=loaded,
+                     seconds=round(time.monotonic() - started, 3))

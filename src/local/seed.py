@@ -26,12 +26,12 @@ import pyarrow.parquet as pq
 from totes.ingest.source_catalog import arrow_type, table_columns
 from totes.utils.db import Database, copy_into, merge_staged, quote_ident, run_script
 from totes.utils.errors import ConfigError
+from totes.utils.source_tables import SOURCE_TABLES
 
 log = logging.getLogger(__name__)
 
-# Parents before children, so that foreign keys resolve inside the one transaction.
-TABLES = ("address", "department", "currency", "design", "payment_type", "counterparty",
-          "staff", "sales_order", "purchase_order", "transaction", "payment")
+#: Rows per COPY chunk when seeding (one chunk's CSV in memory).
+SEED_BATCH_ROWS = 50_000
 
 
 def default_snapshot_dir() -> Path:
@@ -40,7 +40,7 @@ def default_snapshot_dir() -> Path:
 
 
 def create_schema(conn) -> None:
-    """Create the ToteSys types and tables where they are absent (SCHEMAS.md §1)."""
+    """Create the ToteSys types and tables where they are absent (``totesys_schema.sql``)."""
     run_script(conn, resources.files("totes.local").joinpath("totesys_schema.sql").read_text())
 
 
@@ -93,21 +93,21 @@ def seed(source: Database, as_of: Optional[datetime] = None,
         create_schema(conn)
         if advance and as_of is not None:
             _refuse_to_go_back(conn, as_of)
-        for table in TABLES:
+        for table in SOURCE_TABLES:  # parents first: foreign keys resolve in one transaction
             path = snapshot_dir / f"{table}.parquet"
             if not path.exists():
                 raise ConfigError(f"snapshot {snapshot_dir} has no {table}.parquet")
             columns = table_columns(conn, table)
             rows = _to_database_types(snapshot_as_of(pq.read_table(path), table, as_of),
                                       columns, table)
-            counts[table] = _upsert(conn, table, f"{table}_id", rows)
+            counts[table] = _upsert(conn, table, SOURCE_TABLES[table].primary_key, rows)
             progress(table, rows.num_rows)
         conn.run("COMMIT")
     return counts
 
 
 def _refuse_to_go_back(conn, as_of: datetime) -> None:
-    for table in TABLES:
+    for table in SOURCE_TABLES:
         q_table = quote_ident(table)
         (newest,), = conn.run(f"SELECT max(last_updated) FROM {q_table}")  # nosec B608
         if newest is not None and newest > as_of:
@@ -119,7 +119,7 @@ def _upsert(conn, table: str, key: str, rows: pa.Table) -> dict:
     stage = f"seed_{table}"
     q_table, q_stage = quote_ident(table), quote_ident(stage)
     conn.run(f"CREATE TEMP TABLE {q_stage} (LIKE {q_table}) ON COMMIT DROP")
-    copy_into(conn, stage, rows.column_names, rows.to_batches(max_chunksize=50_000))
+    copy_into(conn, stage, rows.column_names, rows.to_batches(max_chunksize=SEED_BATCH_ROWS))
     inserted, updated = merge_staged(conn, table, stage, rows.column_names, [key],
                                      f"{q_table}.last_updated < EXCLUDED.last_updated")
     conn.run("SELECT setval(pg_get_serial_sequence(:table, :key), "  # nosec B608

@@ -1,4 +1,4 @@
--- The ToteSys OLTP schema (SCHEMAS.md §1). Statements are separated by blank lines;
+-- The ToteSys OLTP schema (docs/warehouse.md, "The source"). Statements are separated by blank lines;
 -- every statement can run again on an existing database.
 
 DO $$ BEGIN CREATE TYPE "PaymentTypeName" AS ENUM ('SALES_RECEIPT', 'SALES_REFUND', 'PURCHASE_PAYMENT', 'PURCHASE_REFUND'); EXCEPTION WHEN duplicate_object THEN NULL; END $$

@@ -1,5 +1,8 @@
-"""Dimension rules (SCHEMAS.md §3). Each returns the rows to upsert, one per key, with the
-latest values; grain and columns are those of :data:`totes.utils.star_schema.TABLES`.
+"""Dimension rules. Each returns the rows to upsert, one per key, with the latest values and
+their version (``source_last_updated``: the newest ``last_updated`` of the source rows a
+dimension row derives from); grain and columns are those of
+:data:`totes.utils.star_schema.TABLES`. :data:`DIMENSION_RULES` says which source tables each
+dimension is built from, so that transform runs them as a table, as it runs the facts.
 
 * dim_design ← design; dim_location ← address (address_id → location_id);
 * dim_counterparty ← counterparty joined to address on legal_address_id, address columns
@@ -13,12 +16,15 @@ latest values; grain and columns are those of :data:`totes.utils.star_schema.TAB
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable, Optional
+
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from totes.transform.columns import conform
 from totes.utils.errors import DataError
-from totes.utils.star_schema import TABLES
+from totes.utils.star_schema import SOURCE_LAST_UPDATED, TABLES, VERSION
 
 
 def latest_per_key(rows: pa.Table, key: str, order: str = "last_updated") -> pa.Table:
@@ -31,31 +37,31 @@ def latest_per_key(rows: pa.Table, key: str, order: str = "last_updated") -> pa.
     return rows.filter(pc.fill_null(pc.not_equal(keys, following), True))
 
 
-def _as_dict(rows: pa.Table, renames: dict[str, str] = {}) -> dict:
+def _columns(rows: pa.Table, renames: Optional[dict[str, str]] = None,
+             versions: tuple[str, ...] = ("last_updated",)) -> dict:
+    """The columns of ``rows``, plus ``renames`` (new → old name), plus the version column:
+    the greatest of the ``versions`` columns of ``rows``."""
     columns = {name: rows[name] for name in rows.column_names}
-    columns.update({new: rows[old] for new, old in renames.items()})
+    columns.update({new: rows[old] for new, old in (renames or {}).items()})
+    moments = [rows[name].cast(VERSION[1]) for name in versions]
+    columns[SOURCE_LAST_UPDATED] = moments[0] if len(moments) == 1 else \
+        pc.max_element_wise(*moments)
     return columns
 
 
-def dim_design(design: pa.Table) -> pa.Table:
-    return conform(_as_dict(latest_per_key(design, "design_id")), TABLES["dim_design"],
-                   "design", "design_id")
+def _as_is(dimension: str, source: str, key: str, renames: Optional[dict] = None):
+    """The rule of a dimension that is its source's latest rows, some columns renamed."""
+    def rule(rows: pa.Table) -> pa.Table:
+        return conform(_columns(latest_per_key(rows, key), renames), TABLES[dimension],
+                       source, key)
+    rule.__doc__ = f"{dimension} ← the latest row per {key} of {source}."
+    return rule
 
 
-def dim_location(address: pa.Table) -> pa.Table:
-    rows = latest_per_key(address, "address_id")
-    return conform(_as_dict(rows, {"location_id": "address_id"}), TABLES["dim_location"],
-                   "address", "address_id")
-
-
-def dim_payment_type(payment_type: pa.Table) -> pa.Table:
-    return conform(_as_dict(latest_per_key(payment_type, "payment_type_id")),
-                   TABLES["dim_payment_type"], "payment_type", "payment_type_id")
-
-
-def dim_transaction(transaction: pa.Table) -> pa.Table:
-    return conform(_as_dict(latest_per_key(transaction, "transaction_id")),
-                   TABLES["dim_transaction"], "transaction", "transaction_id")
+dim_design = _as_is("dim_design", "design", "design_id")
+dim_location = _as_is("dim_location", "address", "address_id", {"location_id": "address_id"})
+dim_payment_type = _as_is("dim_payment_type", "payment_type", "payment_type_id")
+dim_transaction = _as_is("dim_transaction", "transaction", "transaction_id")
 
 
 def currency_name(code: str, currency_id: int) -> str:
@@ -68,33 +74,44 @@ def currency_name(code: str, currency_id: int) -> str:
 
     found = pycountry.currencies.get(alpha_3=code.strip().upper()) if code else None
     if found is None:
-        raise DataError(f"currency row currency_id={currency_id}: currency_code {code!r} has "
-                        "no ISO 4217 name")
+        raise DataError("currency", f"{code!r} has no ISO 4217 name", key_column="currency_id",
+                        row_id=currency_id, column="currency_code", value=code)
     return found.name
 
 
 def dim_currency(currency: pa.Table) -> pa.Table:
+    """dim_currency ← the latest row per currency_id, with the code's ISO 4217 name."""
     rows = latest_per_key(currency, "currency_id")
     names = [currency_name(code, cid) for code, cid in
              zip(rows["currency_code"].to_pylist(), rows["currency_id"].to_pylist())]
-    columns = _as_dict(rows)
+    columns = _columns(rows)
     columns["currency_name"] = pa.array(names, pa.string())
     return conform(columns, TABLES["dim_currency"], "currency", "currency_id")
 
 
-def _join_reference(rows: pa.Table, reference: pa.Table, key: str, reference_key: str,
+_REFERENCE_VERSION = "__reference_last_updated"
+
+
+def _join_reference(rows: pa.Table, reference: Optional[pa.Table], key: str, reference_key: str,
                     renames: dict[str, str], table: str, id_column: str,
                     reference_table: str) -> pa.Table:
-    """``rows`` left-joined to the columns ``renames`` (new → old) of ``reference``; every row
-    must find its reference row."""
+    """``rows`` left-joined to the columns ``renames`` (new → old) of ``reference``, plus the
+    reference row's ``last_updated`` as ``__reference_last_updated``; every row must find its
+    reference row.
+
+    Raises:
+        DataError: ``staff row staff_id=3: department_id 9 has no department row``.
+    """
     known = reference[reference_key] if reference is not None else pa.array([], pa.int32())
     missing = pc.invert(pc.is_in(rows[key], value_set=known.cast(rows[key].type)))
     if pc.any(missing).as_py():
         i = pc.index(missing, True).as_py()
-        raise DataError(f"{table} row {id_column}={rows[id_column][i].as_py()}: {key} "
-                        f"{rows[key][i].as_py()} has no {reference_table} row")
+        value = rows[key][i].as_py()
+        raise DataError(table, f"{value} has no {reference_table} row", key_column=id_column,
+                        row_id=rows[id_column][i].as_py(), column=key, value=value)
     picked = pa.table({new: reference[old] for new, old in renames.items()}
-                      | {"__ref_key": reference[reference_key]})
+                      | {_REFERENCE_VERSION: reference["last_updated"],
+                         "__ref_key": reference[reference_key]})
     return rows.join(picked, keys=key, right_keys="__ref_key", join_type="left outer")
 
 
@@ -106,10 +123,11 @@ def _affected(rows: pa.Table, id_column: str, changed_ids, key: str, changed_ref
     return rows.filter(mask)
 
 
-def dim_counterparty(counterparty: pa.Table, address: pa.Table, changed_counterparty_ids,
-                     changed_address_ids) -> pa.Table:
+def dim_counterparty(counterparty: Optional[pa.Table], address: Optional[pa.Table],
+                     changed_counterparty_ids, changed_address_ids) -> Optional[pa.Table]:
     """Rows for the counterparties that changed and those whose legal address changed;
-    ``counterparty`` and ``address`` are the current state (latest row per key)."""
+    ``counterparty`` and ``address`` are the current state (latest row per key). Version:
+    the newer of the counterparty's and its address's ``last_updated``."""
     if counterparty is None:
         return None
     rows = _affected(counterparty, "counterparty_id", changed_counterparty_ids,
@@ -123,14 +141,15 @@ def dim_counterparty(counterparty: pa.Table, address: pa.Table, changed_counterp
                "counterparty_legal_phone_number": "phone"}
     joined = _join_reference(rows, address, "legal_address_id", "address_id", renames,
                              "counterparty", "counterparty_id", "address")
-    return conform(_as_dict(joined), TABLES["dim_counterparty"], "counterparty",
-                   "counterparty_id")
+    return conform(_columns(joined, versions=("last_updated", _REFERENCE_VERSION)),
+                   TABLES["dim_counterparty"], "counterparty", "counterparty_id")
 
 
-def dim_staff(staff: pa.Table, department: pa.Table, changed_staff_ids,
-              changed_department_ids) -> pa.Table:
+def dim_staff(staff: Optional[pa.Table], department: Optional[pa.Table], changed_staff_ids,
+              changed_department_ids) -> Optional[pa.Table]:
     """Rows for the staff who changed and those whose department changed; ``staff`` and
-    ``department`` are the current state (latest row per key)."""
+    ``department`` are the current state (latest row per key). Version: the newer of the
+    staff row's and its department's ``last_updated``."""
     if staff is None:
         return None
     rows = _affected(staff, "staff_id", changed_staff_ids, "department_id",
@@ -138,7 +157,8 @@ def dim_staff(staff: pa.Table, department: pa.Table, changed_staff_ids,
     joined = _join_reference(rows, department, "department_id", "department_id",
                              {"department_name": "department_name", "location": "location"},
                              "staff", "staff_id", "department")
-    return conform(_as_dict(joined), TABLES["dim_staff"], "staff", "staff_id")
+    return conform(_columns(joined, versions=("last_updated", _REFERENCE_VERSION)),
+                   TABLES["dim_staff"], "staff", "staff_id")
 
 
 def dim_date(dates: pa.Array) -> pa.Table:
@@ -155,3 +175,56 @@ def dim_date(dates: pa.Array) -> pa.Table:
         "quarter": pc.quarter(moments),
     }
     return conform(columns, TABLES["dim_date"], "dim_date", "date_id")
+
+
+# ---- which dimension is built from what -----------------------------------------------------
+@dataclass(frozen=True)
+class BatchInputs:
+    """What one transform batch gives the dimension rules.
+
+    ``new``: source table → every row version of it in the batch (all its new lake files).
+    ``state``: reference table → its latest row per key, this batch included (None when the
+    table has never had a row).
+    """
+
+    new: dict[str, pa.Table]
+    state: dict[str, Optional[pa.Table]]
+
+    def changed_ids(self, table: str, key: str) -> pa.Array:
+        """The keys of ``table`` that changed in this batch (empty when none did)."""
+        return self.new[table][key] if table in self.new else pa.array([], pa.int32())
+
+
+@dataclass(frozen=True)
+class DimensionRule:
+    """Dimension ``table`` is rebuilt, for the keys that changed, when any of ``sources``
+    has new rows in a batch; ``build`` returns its rows (or None)."""
+
+    table: str
+    sources: tuple[str, ...]
+    build: Callable[[BatchInputs], Optional[pa.Table]]
+
+
+#: Every dimension but dim_date (which follows the facts' dates), in the order written.
+DIMENSION_RULES: tuple[DimensionRule, ...] = (
+    DimensionRule("dim_design", ("design",), lambda b: dim_design(b.new["design"])),
+    DimensionRule("dim_location", ("address",), lambda b: dim_location(b.new["address"])),
+    DimensionRule("dim_currency", ("currency",), lambda b: dim_currency(b.new["currency"])),
+    DimensionRule("dim_payment_type", ("payment_type",),
+                  lambda b: dim_payment_type(b.new["payment_type"])),
+    DimensionRule("dim_transaction", ("transaction",),
+                  lambda b: dim_transaction(b.new["transaction"])),
+    DimensionRule("dim_counterparty", ("counterparty", "address"), lambda b: dim_counterparty(
+        b.state["counterparty"], b.state["address"],
+        b.changed_ids("counterparty", "counterparty_id"), b.changed_ids("address", "address_id"))),
+    DimensionRule("dim_staff", ("staff", "department"), lambda b: dim_staff(
+        b.state["staff"], b.state["department"], b.changed_ids("staff", "staff_id"),
+        b.changed_ids("department", "department_id"))),
+)
+
+
+def dimension_rows(inputs: BatchInputs):
+    """``(dimension, rows)`` for every rule one of whose sources has new rows in the batch."""
+    for rule in DIMENSION_RULES:
+        if any(source in inputs.new for source in rule.sources):
+            yield rule.table, rule.build(inputs)

@@ -1,16 +1,17 @@
-"""Fact rules (SCHEMAS.md §3): one fact row per source row version.
+"""Fact rules: one fact row per source row version.
 
 created_at → created_date + created_time and last_updated → last_updated_date +
-last_updated_time (milliseconds kept); text dates ('YYYY-MM-DD') → date; sales_order.staff_id
-→ sales_staff_id; payment's company_ac_number and counterparty_ac_number are dropped. Money
-stays decimal(10,2).
+last_updated_time (microseconds kept: :func:`totes.transform.columns.split_timestamp`); text
+dates ('YYYY-MM-DD') → date; sales_order.staff_id → sales_staff_id; payment's
+company_ac_number and counterparty_ac_number are dropped. Money stays decimal(10,2).
 """
 from __future__ import annotations
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from totes.transform.columns import conform, text_to_date
+from totes.transform.columns import conform, split_timestamp, text_to_date
+from totes.utils.source_tables import default_primary_key
 from totes.utils.star_schema import TABLES, WarehouseTable
 
 #: source table → (fact table, {fact column: source column} where the names differ)
@@ -19,9 +20,9 @@ FACT_SOURCES: dict[str, tuple[str, dict[str, str]]] = {
     "purchase_order": ("fact_purchase_order", {}),
     "payment": ("fact_payment", {}),
 }
-_SPLIT = {"created_date": ("created_at", pa.date32()), "created_time": ("created_at", None),
-          "last_updated_date": ("last_updated", pa.date32()),
-          "last_updated_time": ("last_updated", None)}
+#: Source timestamp → its (date column, time column) in the fact.
+_SPLIT = {"created_at": ("created_date", "created_time"),
+          "last_updated": ("last_updated_date", "last_updated_time")}
 
 
 def fact_rows(batch: pa.RecordBatch, source_table: str) -> pa.Table:
@@ -34,14 +35,13 @@ def fact_rows(batch: pa.RecordBatch, source_table: str) -> pa.Table:
     """
     fact_name, renames = FACT_SOURCES[source_table]
     target: WarehouseTable = TABLES[fact_name]
-    id_column = f"{source_table}_id"
+    id_column = default_primary_key(source_table)
     ids = batch.column(id_column)
     columns = {}
+    for source, (date_column, time_column) in _SPLIT.items():
+        columns[date_column], columns[time_column] = split_timestamp(batch.column(source))
     for column in target.columns:
-        if column.name in _SPLIT:
-            source, as_date = _SPLIT[column.name]
-            moments = batch.column(source)
-            columns[column.name] = moments.cast(as_date or pa.time32("ms"))
+        if column.name in columns:
             continue
         values = batch.column(renames.get(column.name, column.name))
         if column.arrow_type == pa.date32() and pa.types.is_string(values.type):

@@ -8,5 +8,7 @@ from totes.utils.settings import lake_from_env
 
 
 def handler(event, context):
-    """Returns ``{"manifest": key | null, "source_files": n, "tables": [...], "seconds": s}``."""
-    return transform(lake_from_env("TOTES_LAKE"), lake_from_env("TOTES_PROCESSED"))
+    """Returns :class:`~totes.utils.stage_results.TransformResult` as JSON:
+    ``{"manifest": key | null, "source_files": n, "tables": [...], "seconds": s}``."""
+    return transform(lake_from_env("TOTES_LAKE"),
+                     lake_from_env("TOTES_PROCESSED")).model_dump(mode="json")

@@ -1,1 +1,3 @@
-"""Modules shared by the stages: errors, configuration, database connections, lake storage."""
+"""Modules shared by the stages: errors, configuration, settings, database connections, lake
+storage, and the contracts between stages (source tables, watermarks, manifests, stage
+results, the star schema)."""

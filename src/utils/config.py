@@ -7,7 +7,7 @@ File shape (``config/pipeline.yaml``)::
       record_batch_bytes: 8388608      # CSV bytes per Arrow record batch / Parquet row group
       in_flight_safety_lag_seconds: 300
     tables:
-      sales_order: {}                  # primary key defaults to <table>_id
+      sales_order: {}                  # primary key from the source registry, else <table>_id
       payment: {primary_key: payment_id}
 
 Unknown keys, wrong types and invalid identifiers fail before any work, naming the key.
@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from totes.utils.db import quote_ident
 from totes.utils.errors import ConfigError
+from totes.utils.source_tables import default_primary_key
 
 DEFAULT_CONFIG_PATH = "config/pipeline.yaml"
 
@@ -112,12 +113,13 @@ def _check_identifier(source: str, key: str, value: str) -> None:
 
 def resolve_tables(config: PipelineConfig) -> list[TablePlan]:
     """One :class:`TablePlan` per table, in file order: a table's own setting wins, otherwise
-    ``defaults``, otherwise the built-in default (primary key ``<table>_id``). Identifiers were
-    checked when the configuration was parsed."""
+    ``defaults``, otherwise the built-in default (the primary key of
+    :mod:`totes.utils.source_tables`, else ``<table>_id``). Identifiers were checked when the
+    configuration was parsed."""
     plans = []
     for table, own in config.tables.items():
         merged = config.defaults.model_dump(exclude_none=True)
         merged.update((own or TableOptions()).model_dump(exclude_none=True))
-        merged.setdefault("primary_key", f"{table}_id")
+        merged.setdefault("primary_key", default_primary_key(table))
         plans.append(TablePlan(table=table, **merged))
     return plans

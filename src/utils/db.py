@@ -24,6 +24,8 @@ from pg8000.exceptions import DatabaseError, InterfaceError
 from totes.utils.errors import ConfigError, DatabaseRejected, DatabaseUnavailable
 
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+#: Seconds pg8000 waits for a connection, and for each network read or write on it.
+CONNECT_TIMEOUT_SECONDS = 60
 # SQLSTATE classes a retry cannot fix: invalid authorization (28), invalid catalog name (3D).
 _TERMINAL_SQLSTATE_PREFIXES = ("28", "3D")
 
@@ -156,19 +158,22 @@ class Database:
         try:
             if "ssl_context" in self.params:
                 conn = pg8000.native.Connection(application_name=application_name,
-                                                timeout=60, **self.params)
+                                                timeout=CONNECT_TIMEOUT_SECONDS, **self.params)
             else:
                 # sslmode=prefer: pg8000 builds an SSL context per connection, and OpenSSL's
                 # certificate loading crashed when parallel ingest threads did it at once.
                 with _PREFER_TLS_LOCK:
                     conn = pg8000.native.Connection(application_name=application_name,
-                                                    timeout=60, **self.params)
+                                                    timeout=CONNECT_TIMEOUT_SECONDS,
+                                                    **self.params)
         except (InterfaceError, DatabaseError) as exc:
             server_error = _server_error(exc)
             if server_error is None:
-                raise DatabaseUnavailable(f"cannot reach the {self.describe()}: "
-                                          f"{_without_password(str(exc), self.params)}") \
-                    from None
+                raise DatabaseUnavailable(
+                    f"cannot reach the {self.describe()}: {_network_reason(exc)}. Check that "
+                    "the server is running and accepts connections there, and that the URL "
+                    f"or secret of the {self.role} database names the right host and port"
+                ) from None
             state, message = _sqlstate(server_error)
             error = (DatabaseRejected if state.startswith(_TERMINAL_SQLSTATE_PREFIXES)
                      else DatabaseUnavailable)
@@ -215,9 +220,15 @@ def _sqlstate(exc: Exception) -> tuple[str, str]:
     return fields.get("C", ""), message
 
 
-def _without_password(text: str, params: dict) -> str:
-    password = params.get("password")
-    return text.replace(password, "***") if password else text
+def _network_reason(exc: BaseException) -> str:
+    """What the operating system said when a connection failed (``Connection refused``,
+    ``Name or service not known``, ``timed out``), not the driver's own wording."""
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and (seen.strerror or str(seen)):
+            return seen.strerror or str(seen)
+        seen = seen.__cause__ or seen.__context__
+    return type(exc).__name__
 
 
 # SQLSTATE classes where the same statement can succeed later: connection exception (08),

@@ -3,17 +3,26 @@
 A :class:`TransientError` may succeed if retried unchanged (a database that is restarting, a
 throttled storage call); Step Functions retries these. A :class:`TerminalError` will fail again
 until a person changes something (configuration, source data, permissions); it is alerted on.
-The split follows the Meltano SDK (``RetriableSyncError`` vs ``FatalSyncError``) and dlt
-(``TransientException`` vs ``TerminalException``).
+The split follows the Meltano SDK (``RetriableAPIError`` vs ``FatalAPIError``, in
+``singer_sdk.exceptions``) and dlt (``TransientException`` vs ``TerminalException``, in
+``dlt.common.exceptions``).
 
 Messages name the table, key or setting involved and never contain a password.
 """
+from __future__ import annotations
+
+from typing import Any, Optional
 
 
 class TotesError(Exception):
     """Base class of every error the pipeline raises on purpose."""
 
     retryable = False
+
+    def to_dict(self) -> dict:
+        """The error as JSON: ``{"type": "DataError", "message": "...", "retryable": false}``
+        plus the fields of a structured error (see :class:`DataError`)."""
+        return {"type": type(self).__name__, "message": str(self), "retryable": self.retryable}
 
 
 class TransientError(TotesError):
@@ -37,7 +46,43 @@ class SourceSchemaError(TerminalError):
 
 
 class DataError(TerminalError):
-    """A source row breaks a rule of the star schema (names table, row id and column)."""
+    """A source row breaks a rule of the star schema.
+
+    Attributes (each also in :meth:`to_dict`):
+        table: the table the row is in (``sales_order``; ``fact_sales_order`` for a rule that
+            load checks).
+        key_column, row_id: the row's key (``sales_order_id``, ``11190``); None for a rule
+            that no single row breaks.
+        column: the column that breaks the rule (``agreed_delivery_date``), or None.
+        value: the offending value, when there is one (as JSON-able Python: str, int, ...).
+        problem: what is wrong, as the end of the message.
+
+    ``str()`` is ``"<table> row <key_column>=<row_id>: <column> <problem>"``, for example
+    ``sales_order row sales_order_id=12: agreed_delivery_date '2024-1-5' is not a YYYY-MM-DD
+    date``; without a row: ``"<table>: <column> <problem>"``.
+    """
+
+    def __init__(self, table: str, problem: str, *, key_column: Optional[str] = None,
+                 row_id: Any = None, column: Optional[str] = None, value: Any = None):
+        self.table, self.problem = table, problem
+        self.key_column, self.row_id, self.column, self.value = key_column, row_id, column, value
+        where = f"{table} row {key_column}={row_id}" if key_column is not None else table
+        super().__init__(f"{where}: {column + ' ' if column else ''}{problem}")
+
+    def __reduce__(self):  # errors cross threads and processes: keep the fields when pickled
+        return (_rebuild_data_error, (self.table, self.problem, self.key_column, self.row_id,
+                                      self.column, self.value))
+
+    def to_dict(self) -> dict:
+        return {**super().to_dict(), "table": self.table, "key_column": self.key_column,
+                "row_id": self.row_id, "column": self.column,
+                "value": None if self.value is None else str(self.value),
+                "problem": self.problem}
+
+
+def _rebuild_data_error(table, problem, key_column, row_id, column, value) -> DataError:
+    return DataError(table, problem, key_column=key_column, row_id=row_id, column=column,
+                     value=value)
 
 
 class DatabaseUnavailable(TransientError):

@@ -1,18 +1,26 @@
 """Lake and processed-area storage: a local directory or ``s3://bucket/prefix``, one interface.
 
-Keys follow the contract of ARCHITECTURE.md: ``<prefix>/YYYY/MM/DD/HHMMSSffffff.<ext>``, the
-timestamp being a batch's high watermark in data time (UTC, microseconds). Keys sort
-lexicographically in time order, so the newest key is found by walking the date hierarchy in
-descending order, one small listing per level (pyarrow pages through S3 listings itself): the
-cost does not grow with the number of batches.
+Keys are ``<prefix>/YYYY/MM/DD/HHMMSSffffff.<ext>``, the timestamp being a batch's time in
+data time (UTC, microseconds). Keys sort lexicographically in time order, so the newest key is
+found by walking the date hierarchy in descending order, one small listing per level (pyarrow
+pages through S3 listings itself): the cost does not grow with the number of batches.
 
-Objects are written once, atomically, and never overwritten: a Parquet file is first written
-to a staging file, then published under its key in one step (a hard link on a local disk, one
-PUT or completed multipart upload on S3). Publishing a key that exists raises ``LakeError``.
+Objects are created once and never overwritten, by construction rather than by a check
+before the write: a file is first written to a staging file, then published under its key in
+one conditional create. On a local disk that is a hard link (``link(2)`` fails when the name
+exists); on S3 a ``PutObject`` or ``CompleteMultipartUpload`` with ``If-None-Match: *``, which
+S3 refuses with 412 (or 409 while another conditional write of the key is in flight) when the
+key exists. Of two writers of one key, exactly one wins; the other gets :class:`LakeError`.
+
+Every storage call maps its errors the same way (:func:`storage_error`): a missing object, an
+object that is not what the contract says, a denied access or a missing bucket is a
+:class:`LakeError` (a retry fails again); anything else the store or the network raised is
+:class:`StorageUnavailable` (retry).
 
 S3 settings come from the environment, as for every AWS client: credentials and
 ``AWS_REGION``/``AWS_DEFAULT_REGION``, and ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL`` for
-an S3-compatible endpoint (an emulator in tests).
+an S3-compatible endpoint (an emulator in tests). Reads and listings go through pyarrow's
+S3 filesystem; writes through boto3, which has the conditional create.
 """
 from __future__ import annotations
 
@@ -21,24 +29,97 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import uuid
 from datetime import datetime, timedelta
 from typing import Iterator, Optional
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from totes.utils.errors import ConfigError, LakeError, StorageUnavailable
+from totes.utils.errors import ConfigError, LakeError, StorageUnavailable, TotesError
 
 _LEVELS = (re.compile(r"^\d{4}$"), re.compile(r"^\d{2}$"), re.compile(r"^\d{2}$"))
 _KEY_TIME_FORMAT = "%Y/%m/%d/%H%M%S%f"
+#: Files up to this size go to S3 in one PutObject; larger ones in parts of this size.
+MULTIPART_PART_BYTES = 64 << 20
+# S3 error codes a retry cannot fix (botocore's Error.Code, pyarrow's "AWS Error <CODE>").
+_TERMINAL_S3_CODES = ("AccessDenied", "ACCESS_DENIED", "NoSuchBucket", "NO_SUCH_BUCKET",
+                      "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled")
+# The key exists (412), or another conditional create of it is in flight (409).
+_EXISTS_S3_CODES = ("PreconditionFailed", "ConditionalRequestConflict", "412", "409")
 
 
 def key_time(key: str) -> datetime:
     """The timestamp a key encodes: ``sales_order/2024/11/15/144010123000.parquet`` →
-    ``datetime(2024, 11, 15, 14, 40, 10, 123000)`` (naive, UTC)."""
+    ``datetime(2024, 11, 15, 14, 40, 10, 123000)`` (naive, UTC).
+
+    Raises:
+        LakeError: ``key`` does not end in ``YYYY/MM/DD/HHMMSSffffff.<ext>``.
+    """
     parts = key.rsplit(".", 1)[0].split("/")[-4:]
-    return datetime.strptime("/".join(parts), _KEY_TIME_FORMAT)
+    try:
+        return datetime.strptime("/".join(parts), _KEY_TIME_FORMAT)
+    except ValueError:
+        raise LakeError(f"{key!r} is not a batch key (<prefix>/YYYY/MM/DD/HHMMSSffffff.<ext>)") \
+            from None
+
+
+def storage_error(exc: BaseException, doing: str) -> BaseException:
+    """The pipeline error for ``exc``, raised while ``doing`` (``"reading s3://lake/x"``).
+
+    * ``FileNotFoundError``, a 404 or ``NoSuchKey`` → :class:`LakeError` ``"<doing>: no such
+      object"``;
+    * ``pyarrow.ArrowInvalid`` (not Parquet, a corrupt footer) → :class:`LakeError`;
+    * a denied access, a missing bucket, bad credentials → :class:`LakeError`;
+    * any other ``OSError`` (pyarrow's S3 and network errors are OSError), botocore's
+      connection errors, throttling and 5xx → :class:`StorageUnavailable`.
+
+    An error the pipeline raised itself, or one that is not a storage error (a bug), is
+    returned unchanged.
+    """
+    if isinstance(exc, TotesError):
+        return exc
+    if isinstance(exc, FileNotFoundError):
+        return LakeError(f"{doing}: no such object")
+    if isinstance(exc, pa.ArrowInvalid):
+        return LakeError(f"{doing}: {exc}")
+    code = _s3_error_code(exc)
+    if code in ("NoSuchKey", "404", "NotFound"):
+        return LakeError(f"{doing}: no such object")
+    if code is not None and code in _TERMINAL_S3_CODES:
+        return LakeError(f"{doing}: {code} (check the bucket name and the role's permissions)")
+    if isinstance(exc, OSError) and any(c in str(exc) for c in _TERMINAL_S3_CODES):
+        return LakeError(f"{doing}: {exc}")
+    if isinstance(exc, OSError) or code is not None or _is_botocore_error(exc):
+        return StorageUnavailable(f"{doing}: {exc}")
+    return exc
+
+
+@contextlib.contextmanager
+def storage_call(doing: str) -> Iterator[None]:
+    """Run the block, raising what :func:`storage_error` maps its exception to."""
+    try:
+        yield
+    except Exception as exc:
+        mapped = storage_error(exc, doing)
+        if mapped is exc:
+            raise
+        raise mapped from exc
+
+
+def _s3_error_code(exc: BaseException) -> Optional[str]:
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        return str(response.get("Error", {}).get("Code", "")) or None
+    return None
+
+
+def _is_botocore_error(exc: BaseException) -> bool:
+    from botocore.exceptions import BotoCoreError
+
+    return isinstance(exc, BotoCoreError)
 
 
 def _s3_filesystem() -> pafs.S3FileSystem:
@@ -57,7 +138,7 @@ class Lake:
     """One storage area (the ingest lake or the processed area) rooted at ``uri``.
 
     ``uri`` is a local directory (created when absent) or ``s3://bucket[/prefix]``. Keys are
-    relative to the root and use ``/``.
+    relative to the root and use ``/``. A ``Lake`` may be shared by threads.
 
     Raises:
         ConfigError: the URI has an unsupported scheme.
@@ -65,16 +146,22 @@ class Lake:
 
     def __init__(self, uri: str):
         self.uri = uri.rstrip("/")
+        self._s3_client = None
+        self._client_lock = threading.Lock()
         if self.uri.startswith("s3://"):
             self.fs = _s3_filesystem()
             self.root = self.uri[len("s3://"):]
+            self.bucket, _, self.prefix = self.root.partition("/")
             self.is_local = False
         elif "://" in self.uri and not self.uri.startswith("file://"):
             raise ConfigError(f"lake URI {uri!r}: use a local directory or s3://bucket/prefix")
         else:
             self.fs = pafs.LocalFileSystem()
             self.root = os.path.abspath(self.uri.removeprefix("file://"))
-            os.makedirs(self.root, exist_ok=True)
+            try:
+                os.makedirs(self.root, exist_ok=True)
+            except OSError as exc:
+                raise ConfigError(f"lake directory {self.root}: {exc.strerror}") from None
             self.is_local = True
 
     def __repr__(self) -> str:
@@ -84,6 +171,10 @@ class Lake:
         """The filesystem path of ``key`` (bucket/prefix/key on S3)."""
         return f"{self.root}/{key}"
 
+    def describe(self, key: str) -> str:
+        """``s3://bucket/prefix/key`` or the local path: how messages name an object."""
+        return f"{self.uri}/{key}"
+
     # ---- keys ---------------------------------------------------------------------------
     @staticmethod
     def key_for(prefix: str, moment: datetime, ext: str = "parquet") -> str:
@@ -92,14 +183,14 @@ class Lake:
 
     def _list(self, rel: str) -> list[pafs.FileInfo]:
         selector = pafs.FileSelector(self.path(rel).rstrip("/"), allow_not_found=True)
-        try:
+        with storage_call(f"listing {self.describe(rel)}"):
             return self.fs.get_file_info(selector)
-        except OSError as exc:
-            raise StorageUnavailable(f"cannot list {self.uri}/{rel}: {exc}") from exc
 
     def _walk_descending(self, prefix: str, ext: str, stop_at: Optional[str]) -> Iterator[str]:
         """Keys under ``prefix`` newest first, skipping every folder whose keys are all
         ``<= stop_at`` (a key under the same prefix)."""
+        pattern = re.compile(r"^\d{12}\." + re.escape(ext) + "$")
+
         def walk(rel: str, depth: int) -> Iterator[str]:
             infos = self._list(rel)
             if depth < len(_LEVELS):
@@ -111,7 +202,6 @@ class Lake:
                         return
                     yield from walk(sub, depth + 1)
             else:
-                pattern = re.compile(r"^\d{12}\." + re.escape(ext) + "$")
                 names = sorted((i.base_name for i in infos if i.type == pafs.FileType.File
                                 and pattern.match(i.base_name)), reverse=True)
                 for name in names:
@@ -133,10 +223,10 @@ class Lake:
         return newer[::-1]
 
     def next_key(self, prefix: str, moment: datetime, ext: str = "parquet") -> str:
-        """The key for a batch whose high watermark is ``moment``: its own time, or one
-        microsecond past the newest existing key when that is not later, so that two batches
-        never share a key and keys stay in order. (The exact watermark is kept in the
-        object's metadata, so this offset never moves a watermark.)"""
+        """The key for a batch whose time is ``moment``: its own time, or one microsecond past
+        the newest existing key when that is not later, so that keys stay in order. (The
+        exact watermark is kept in the object's metadata, so this offset never moves a
+        watermark.) Two writers may compute the same key; :meth:`publish` lets one win."""
         newest = self.newest_key(prefix, ext)
         if newest is not None and key_time(newest) >= moment:
             moment = key_time(newest) + timedelta(microseconds=1)
@@ -163,33 +253,81 @@ class Lake:
                 shutil.rmtree(folder, ignore_errors=True)
 
     def publish(self, staged_path: str, key: str) -> int:
-        """Publish the staged file under ``key`` in one atomic step; returns its size in bytes.
+        """Create ``key`` from the staged file in one conditional create; returns its size in
+        bytes.
 
         Raises:
-            LakeError: ``key`` exists already (objects are never overwritten).
-            StorageUnavailable: the store could not be written.
+            LakeError: ``key`` exists already, or another writer is creating it (objects are
+                never overwritten); or the store refused the write for good (access denied).
+            StorageUnavailable: the store could not be written (retry).
         """
         size = os.path.getsize(staged_path)
+        doing = f"writing {self.describe(key)}"
         if self.is_local:
             target = self.path(key)
-            os.makedirs(os.path.dirname(target), exist_ok=True)
             try:
+                os.makedirs(os.path.dirname(target), exist_ok=True)
                 os.link(staged_path, target)  # fails if target exists: no overwrite, no race
             except FileExistsError:
-                raise LakeError(f"{self.uri}/{key} exists; objects are never overwritten") \
-                    from None
+                raise self._exists(key) from None
+            except OSError as exc:
+                raise storage_error(exc, doing) from exc
             return size
-        if self.exists(key):
-            raise LakeError(f"{self.uri}/{key} exists; objects are never overwritten")
         try:
-            pafs.copy_files(staged_path, self.path(key), source_filesystem=pafs.LocalFileSystem(),
-                            destination_filesystem=self.fs)
-        except OSError as exc:
-            raise StorageUnavailable(f"cannot write {self.uri}/{key}: {exc}") from exc
+            if size <= MULTIPART_PART_BYTES:
+                with open(staged_path, "rb") as body:
+                    self._s3().put_object(Bucket=self.bucket, Key=self._s3_key(key), Body=body,
+                                          IfNoneMatch="*")
+            else:
+                self._multipart_create(staged_path, key)
+        except Exception as exc:
+            if _s3_error_code(exc) in _EXISTS_S3_CODES:
+                raise self._exists(key) from None
+            mapped = storage_error(exc, doing)
+            if mapped is exc:
+                raise
+            raise mapped from exc
         return size
 
+    def _exists(self, key: str) -> LakeError:
+        return LakeError(f"{self.describe(key)} exists; objects are never overwritten")
+
+    def _s3_key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _s3(self):
+        with self._client_lock:  # boto3 clients are thread-safe; creating one is not
+            if self._s3_client is None:
+                import boto3
+
+                self._s3_client = boto3.session.Session().client("s3")
+            return self._s3_client
+
+    def _multipart_create(self, staged_path: str, key: str) -> None:
+        """Upload in parts of :data:`MULTIPART_PART_BYTES` (one part in memory at a time),
+        then complete with ``If-None-Match: *``; an upload that fails is aborted."""
+        client, s3_key = self._s3(), self._s3_key(key)
+        upload_id = client.create_multipart_upload(Bucket=self.bucket, Key=s3_key)["UploadId"]
+        try:
+            parts = []
+            with open(staged_path, "rb") as source:
+                for number in range(1, 10_001):
+                    chunk = source.read(MULTIPART_PART_BYTES)
+                    if not chunk:
+                        break
+                    etag = client.upload_part(Bucket=self.bucket, Key=s3_key, PartNumber=number,
+                                              UploadId=upload_id, Body=chunk)["ETag"]
+                    parts.append({"PartNumber": number, "ETag": etag})
+            client.complete_multipart_upload(Bucket=self.bucket, Key=s3_key, UploadId=upload_id,
+                                             MultipartUpload={"Parts": parts}, IfNoneMatch="*")
+        except BaseException:
+            with contextlib.suppress(Exception):  # the upload's own error is the one raised
+                client.abort_multipart_upload(Bucket=self.bucket, Key=s3_key,
+                                              UploadId=upload_id)
+            raise
+
     def put_bytes(self, key: str, data: bytes) -> int:
-        """Write a small object (a JSON manifest) atomically under a new ``key``."""
+        """Create a small object (a JSON manifest) under a new ``key``; see :meth:`publish`."""
         with self.staging_file() as staged:
             with open(staged, "wb") as out:
                 out.write(data)
@@ -197,34 +335,53 @@ class Lake:
 
     # ---- reading ------------------------------------------------------------------------
     def exists(self, key: str) -> bool:
-        try:
+        """Whether ``key`` exists (a file; folders are not objects).
+
+        Raises:
+            StorageUnavailable / LakeError: see :func:`storage_error`.
+        """
+        with storage_call(f"looking up {self.describe(key)}"):
             return self.fs.get_file_info(self.path(key)).type == pafs.FileType.File
-        except OSError as exc:
-            raise StorageUnavailable(f"cannot read {self.uri}/{key}: {exc}") from exc
 
     def read_bytes(self, key: str) -> bytes:
         """The whole content of a small object.
 
         Raises:
-            LakeError: ``key`` does not exist.
+            LakeError: ``key`` does not exist (or access is denied).
+            StorageUnavailable: the store could not be read (retry).
         """
-        try:
+        with storage_call(f"reading {self.describe(key)}"):
             with self.fs.open_input_stream(self.path(key)) as stream:
                 return stream.read()
-        except FileNotFoundError:
-            raise LakeError(f"{self.uri}/{key} does not exist") from None
-        except OSError as exc:
-            raise StorageUnavailable(f"cannot read {self.uri}/{key}: {exc}") from exc
 
     def parquet_file(self, key: str) -> pq.ParquetFile:
         """Open ``key`` as a Parquet file, to read its footer or stream its row groups.
 
         Raises:
             LakeError: ``key`` does not exist or is not Parquet.
+            StorageUnavailable: the store could not be read (retry).
         """
-        try:
+        with storage_call(f"reading {self.describe(key)} as Parquet"):
             return pq.ParquetFile(self.fs.open_input_file(self.path(key)))
-        except FileNotFoundError:
-            raise LakeError(f"{self.uri}/{key} does not exist") from None
-        except OSError as exc:
-            raise LakeError(f"cannot read {self.uri}/{key} as Parquet: {exc}") from exc
+
+    def read_table(self, key: str) -> pa.Table:
+        """The whole Parquet file at ``key`` (only for small files: state, dimensions' rows).
+
+        Raises:
+            LakeError / StorageUnavailable: as :meth:`parquet_file`.
+        """
+        parquet = self.parquet_file(key)
+        with storage_call(f"reading {self.describe(key)} as Parquet"):
+            return parquet.read()
+
+    def iter_batches(self, key: str, batch_size: int,
+                     columns: Optional[list[str]] = None) -> Iterator[pa.RecordBatch]:
+        """Stream the Parquet file at ``key`` as record batches of at most ``batch_size``
+        rows (``columns`` only, in that order, when given): one row group in memory at a time.
+
+        Raises:
+            LakeError / StorageUnavailable: as :meth:`parquet_file`, also midway.
+        """
+        parquet = self.parquet_file(key)
+        with storage_call(f"reading {self.describe(key)} as Parquet"):
+            yield from parquet.iter_batches(batch_size=batch_size, columns=columns)

@@ -9,10 +9,11 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from support import query, snapshot
-from totes.ingest.extract import HIGH_WATERMARK_KEY, ingest_table, read_watermark
+from totes.ingest.extract import ingest_table
 from totes.utils.config import TablePlan
 from totes.utils.errors import SourceSchemaError
 from totes.utils.lake import Lake
+from totes.utils.watermark import HIGH_WATERMARK_KEY, read_high_watermark
 
 
 def make_big_table(source, rows: int) -> None:
@@ -34,26 +35,26 @@ def test_a_large_table_streams_in_row_groups_with_bounded_memory(empty_source, t
     whole = ingest_table(TablePlan(table="big", primary_key="big_id", record_batch_bytes=1 << 28),
                          empty_source, Lake(str(tmp_path / "whole")))
 
-    assert small["rows"] == whole["rows"] == 300_000
-    assert small["row_groups"] >= 40 and whole["row_groups"] == 1
-    parquet = Lake(str(tmp_path / "small")).parquet_file(small["key"])
-    assert parquet.metadata.num_row_groups == small["row_groups"]
+    assert small.rows == whole.rows == 300_000
+    assert small.row_groups >= 40 and whole.row_groups == 1
+    parquet = Lake(str(tmp_path / "small")).parquet_file(small.key)
+    assert parquet.metadata.num_row_groups == small.row_groups
     # Memory follows the batch, not the table: a fraction of what one batch of everything takes.
-    assert small["peak_arrow_bytes"] * 5 < whole["peak_arrow_bytes"]
-    assert small["peak_arrow_bytes"] < 16 << 20
-    assert parquet.read().equals(Lake(str(tmp_path / "whole")).parquet_file(whole["key"]).read())
+    assert small.peak_arrow_bytes * 5 < whole.peak_arrow_bytes
+    assert small.peak_arrow_bytes < 16 << 20
+    assert parquet.read().equals(Lake(str(tmp_path / "whole")).parquet_file(whole.key).read())
 
 
 def test_parquet_types_follow_the_source(seeded_source, tmp_path):
     lake = Lake(str(tmp_path))
     result = ingest_table(TablePlan(table="transaction", primary_key="transaction_id"),
                           seeded_source, lake)
-    schema = lake.parquet_file(result["key"]).schema_arrow
+    schema = lake.parquet_file(result.key).schema_arrow
     assert schema.field("sales_order_id").type == pa.int32()
     assert schema.field("created_at").type == pa.timestamp("ms")
     payment = ingest_table(TablePlan(table="payment", primary_key="payment_id"),
                            seeded_source, lake)
-    payment_schema = lake.parquet_file(payment["key"]).schema_arrow
+    payment_schema = lake.parquet_file(payment.key).schema_arrow
     assert payment_schema.field("payment_amount").type == pa.decimal128(10, 2)
     assert payment_schema.field("payment_date").type == pa.string()
     assert payment_schema.field("paid").type == pa.bool_()
@@ -65,28 +66,28 @@ def test_the_high_watermark_is_the_last_row_and_names_the_key(seeded_source, tmp
                           seeded_source, lake)
     rows = snapshot("payment")
     newest = max(zip(rows["last_updated"].to_pylist(), rows["payment_id"].to_pylist()))
-    assert result["high_watermark"] == {
+    assert result.high_watermark.model_dump() == {
         "timestamp": newest[0].isoformat(sep=" ", timespec="microseconds"),
         "primary_key": newest[1]}
-    assert result["key"] == newest[0].strftime("payment/%Y/%m/%d/%H%M%S%f.parquet")
-    assert read_watermark(lake, "payment") == result["high_watermark"]
-    assert HIGH_WATERMARK_KEY in lake.parquet_file(result["key"]).metadata.metadata
+    assert result.key == newest[0].strftime("payment/%Y/%m/%d/%H%M%S%f.parquet")
+    assert read_high_watermark(lake, "payment") == result.high_watermark
+    assert HIGH_WATERMARK_KEY in lake.parquet_file(result.key).metadata.metadata
 
 
 def test_rows_after_the_watermark_are_the_next_batch(seeded_source, tmp_path):
     lake = Lake(str(tmp_path))
     plan = TablePlan(table="currency", primary_key="currency_id")
     first = ingest_table(plan, seeded_source, lake)
-    high = first["high_watermark"]["timestamp"]
+    high = first.high_watermark.timestamp
     # Same timestamp as the high watermark, larger key: must come in the next batch, once.
     query(seeded_source, "INSERT INTO currency (currency_code, created_at, last_updated) "
           "VALUES ('JPY', CAST(:t AS timestamp), CAST(:t AS timestamp))", t=high)
     second = ingest_table(plan, seeded_source, lake)
     third = ingest_table(plan, seeded_source, lake)
 
-    assert second["rows"] == 1 and third["rows"] == 0 and third["key"] is None
-    assert second["key"] > first["key"]  # same data time, yet a new key after the first
-    codes = lake.parquet_file(second["key"]).read()["currency_code"].to_pylist()
+    assert second.rows == 1 and third.rows == 0 and third.key is None
+    assert second.key > first.key  # same data time, yet a new key after the first
+    codes = lake.parquet_file(second.key).read()["currency_code"].to_pylist()
     assert codes == ["JPY"]
 
 
@@ -118,9 +119,9 @@ def test_the_s3_lake_and_the_local_lake_get_identical_files(seeded_source, tmp_p
         plan = TablePlan(table=table, primary_key=f"{table}_id")
         in_local = ingest_table(plan, seeded_source, local)
         in_s3 = ingest_table(plan, seeded_source, remote)
-        assert in_local["key"] == in_s3["key"]
-        assert remote.read_bytes(in_s3["key"]) == local.read_bytes(in_local["key"])
-        assert ingest_table(plan, seeded_source, remote)["key"] is None
+        assert in_local.key == in_s3.key
+        assert remote.read_bytes(in_s3.key) == local.read_bytes(in_local.key)
+        assert ingest_table(plan, seeded_source, remote).key is None
 
     s3_keys = sorted(o["Key"] for o in boto3.client("s3").list_objects_v2(
         Bucket="lake")["Contents"])

@@ -66,7 +66,7 @@ def test_plan_names_a_missing_watermark_column(seeded_source):
 
 def test_plan_gives_one_payload_per_table(seeded_source):
     payload = plan(load_config(CONFIG), seeded_source)
-    assert payload["tables"][0] == {
+    assert payload.tables[0].model_dump() == {
         "table": "address", "primary_key": "address_id", "watermark_column": "last_updated",
         "record_batch_bytes": 8388608, "in_flight_safety_lag_seconds": 300.0}
-    assert len(payload["tables"]) == 11
+    assert len(payload.tables) == 11

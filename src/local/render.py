@@ -1,0 +1,89 @@
+"""How the command line shows stage results to a person: Rich tables on standard output,
+progress and errors on standard error. ``--json`` output does not come through here."""
+from __future__ import annotations
+
+import sys
+from datetime import datetime
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from totes.utils.stage_results import IngestResult, LoadResult, RunResult, TransformResult
+
+#: Width of tables when standard output is not a terminal (a pipe, a file, a CI log), so
+#: that they do not wrap at Rich's default of 80 columns.
+PIPED_WIDTH = 160
+FACT_SOURCES = ("sales_order", "purchase_order", "payment")
+
+
+def stdout() -> Console:
+    """A console on standard output; as wide as the terminal, or :data:`PIPED_WIDTH`."""
+    return Console(width=None if sys.stdout.isatty() else PIPED_WIDTH, highlight=False)
+
+
+def stderr() -> Console:
+    return Console(stderr=True, width=None if sys.stderr.isatty() else PIPED_WIDTH,
+                   highlight=False)
+
+
+def ingest_table(results: list[IngestResult]) -> Table:
+    table = Table("table", "rows", "files", "seconds", "high watermark", title="ingest")
+    for r in results:
+        high = r.high_watermark
+        table.add_row(r.table, f"{r.rows:,}", "1" if r.key else "0", f"{r.seconds:.2f}",
+                      f"{high.timestamp[:23]} #{high.primary_key}" if high else "-")
+    return table
+
+
+def transform_table(result: TransformResult) -> Table:
+    table = Table("warehouse table", "rows", "files", title=f"transform "
+                  f"({result.source_files} lake files, {result.seconds:.2f} s)")
+    for r in result.tables:
+        table.add_row(r.table, f"{r.rows:,}", "1")
+    if not result.tables:
+        table.add_row("(nothing new)", "0", "0")
+    return table
+
+
+def load_table(result: LoadResult) -> Table:
+    table = Table("warehouse table", "rows", "inserted", "updated",
+                  title=f"load ({len(result.batches)} batches, {result.seconds:.2f} s)")
+    for r in result.tables:
+        table.add_row(r.table, f"{r.rows:,}", f"{r.inserted:,}", f"{r.updated:,}")
+    if not result.tables:
+        table.add_row("(nothing new)", "0", "0", "0")
+    return table
+
+
+def run_summary(result: RunResult) -> str:
+    moved = sum(r.rows for r in result.ingest)
+    return (f"Run finished in {result.seconds:.1f} s: "
+            + (f"{moved:,} new row versions." if moved else "nothing new in the source."))
+
+
+def replay_table(title: str) -> Table:
+    """The table ``totes replay`` fills, one row per run (see :func:`replay_row`)."""
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False,
+                  caption="rows moved: row versions ingested, all tables; sales_order, "
+                          "purchase_order, payment: of those, per fact source; other "
+                          "tables: the dimensions' sources; fact rows added: rows inserted "
+                          "into the three fact tables; seconds: the run's duration",
+                  caption_justify="left")
+    table.add_column("run as of", no_wrap=True)
+    for header in ("rows moved", *FACT_SOURCES, "other tables", "fact rows added", "seconds"):
+        table.add_column(header, justify="right")
+    return table
+
+
+def replay_row(table: Table, moment: datetime, result: RunResult) -> str:
+    """Add one run to ``table``; returns the progress line naming what it moved."""
+    moved = {r.table: r.rows for r in result.ingest if r.rows}
+    facts = sum(t.inserted for t in result.load.tables if t.table.startswith("fact_"))
+    main = [moved.get(name, 0) for name in FACT_SOURCES]
+    other = sum(moved.values()) - sum(main)
+    table.add_row(f"{moment:%Y-%m-%d %H:%M}", f"{sum(moved.values()):,}",
+                  *[f"{n:,}" for n in main], f"{other:,}", f"{facts:,}",
+                  f"{result.seconds:.1f}")
+    detail = ", ".join(f"{name} {rows:,}" for name, rows in moved.items())
+    return f"  {moment:%Y-%m-%d %H:%M}: {detail or 'nothing new'}"

@@ -1,0 +1,188 @@
+"""The local workspace: flags, environment variables and the embedded defaults resolved into
+the resources a command uses.
+
+Search order, each the first that applies:
+
+* **Project directory**: the nearest directory, from the current one up, that holds
+  ``config/pipeline.yaml``; else the checkout totes is installed from (when it has one).
+* **Configuration**: ``--config FILE``; else ``$TOTES_CONFIG``; else
+  ``<project>/config/pipeline.yaml``.
+* **State directory** (embedded server, lake, processed area): ``$TOTES_HOME``; else
+  ``<project>/.totes``; else ``./.totes``. So ``totes run`` from any folder of the project
+  uses the same embedded server.
+* **Databases**: ``--source-url``/``--warehouse-url``; else ``$TOTES_SOURCE_URL``/
+  ``$TOTES_WAREHOUSE_URL`` (Typer reads these for the flags); else the embedded server's
+  ``totesys``/``warehouse`` databases, started on first use.
+* **Lake / processed area**: ``--lake``/``--processed`` (or ``$TOTES_LAKE``/
+  ``$TOTES_PROCESSED``); else ``<state>/lake`` and ``<state>/processed``.
+
+The configuration is read and validated before anything starts: a bad or missing file fails
+without starting a server.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Callable, Mapping, Optional
+
+from totes.local.embedded import SOURCE_DATABASE, WAREHOUSE_DATABASE, EmbeddedPostgres, \
+    recreate_databases
+from totes.local.runner import Resources
+from totes.utils.config import DEFAULT_CONFIG_PATH, PipelineConfig, load_config
+from totes.utils.db import Database
+from totes.utils.errors import ConfigError
+from totes.utils.lake import Lake
+
+#: The checkout this package is installed from (editable install); may hold no config.
+_CHECKOUT = Path(__file__).resolve().parents[2]
+REPLAY_DATABASES = ("replay_totesys", "replay_warehouse")
+
+
+def find_project(start: Optional[Path] = None) -> Optional[Path]:
+    """The nearest directory from ``start`` (the current one) up that holds
+    ``config/pipeline.yaml``; else the checkout totes is installed from, if it holds one."""
+    here = (start or Path.cwd()).absolute()
+    for folder in (here, *here.parents):
+        if (folder / DEFAULT_CONFIG_PATH).is_file():
+            return folder
+    return _CHECKOUT if (_CHECKOUT / DEFAULT_CONFIG_PATH).is_file() else None
+
+
+def home_dir(env: Mapping[str, str] = os.environ, project: Optional[Path] = None) -> Path:
+    """``$TOTES_HOME``, else ``<project>/.totes``, else ``./.totes`` (absolute)."""
+    if env.get("TOTES_HOME"):
+        return Path(env["TOTES_HOME"]).absolute()
+    project = project or find_project()
+    return (project / ".totes") if project else Path(".totes").absolute()
+
+
+def config_path(flag: Optional[str], env: Mapping[str, str] = os.environ,
+                project: Optional[Path] = None) -> Path:
+    """The configuration file by the search order above.
+
+    Raises:
+        ConfigError: none is given and no project directory was found.
+    """
+    if flag:
+        return Path(flag)
+    if env.get("TOTES_CONFIG"):
+        return Path(env["TOTES_CONFIG"])
+    project = project or find_project()
+    if project is None:
+        raise ConfigError("no configuration: give --config FILE or set TOTES_CONFIG, or run "
+                          f"inside a totes project (a directory with {DEFAULT_CONFIG_PATH})")
+    return project / DEFAULT_CONFIG_PATH
+
+
+class Workspace:
+    """What one command works on, resolved lazily: the embedded server starts only when a
+    database without a URL is first needed, and only after the configuration (when the
+    command needs one) has been read and validated.
+
+    ``on_server_start`` is called before the embedded server is started (for a progress
+    line); it must not fail.
+    """
+
+    def __init__(self, source_url: Optional[str] = None, warehouse_url: Optional[str] = None,
+                 lake: Optional[str] = None, processed: Optional[str] = None,
+                 config: Optional[str] = None, env: Mapping[str, str] = os.environ,
+                 on_server_start: Callable[[], object] = lambda: None):
+        self.project = find_project()
+        self.home = home_dir(env, self.project)
+        self.embedded = EmbeddedPostgres(self.home)
+        self._urls = {"source": source_url, "warehouse": warehouse_url}
+        self._embedded_urls: Optional[dict] = None
+        self._storage_flags = {"lake": lake, "processed": processed}
+        self.lake_uri = lake or str(self.home / "lake")
+        self.processed_uri = processed or str(self.home / "processed")
+        self._config_flag, self._env = config, env
+        self._config: Optional[PipelineConfig] = None
+        self._on_server_start = on_server_start
+
+    # ---- configuration --------------------------------------------------------------------
+    @property
+    def config_path(self) -> Path:
+        return config_path(self._config_flag, self._env, self.project)
+
+    def config(self) -> PipelineConfig:
+        """The validated configuration (read once).
+
+        Raises:
+            ConfigError: no configuration was found, or it is unreadable or invalid.
+        """
+        if self._config is None:
+            self._config = load_config(self.config_path)
+        return self._config
+
+    # ---- databases and storage ------------------------------------------------------------
+    def is_embedded(self, role: str) -> bool:
+        """Whether the ``role`` database ("source", "warehouse") is the embedded one."""
+        return not self._urls[role]
+
+    def url(self, role: str) -> str:
+        """The URL of the ``role`` database, starting the embedded server if it is needed."""
+        if self._urls[role]:
+            return self._urls[role]
+        if self._embedded_urls is None:
+            if not self.embedded.is_running():
+                self._on_server_start()
+            self._embedded_urls = self.embedded.start()
+        return self._embedded_urls[SOURCE_DATABASE if role == "source" else WAREHOUSE_DATABASE]
+
+    def database(self, role: str) -> Database:
+        return Database.from_url(role, self.url(role))
+
+    def lake(self) -> Lake:
+        return Lake(self.lake_uri)
+
+    def processed(self) -> Lake:
+        return Lake(self.processed_uri)
+
+    def resources(self) -> Resources:
+        """Everything a run needs. The configuration is checked first, then databases."""
+        self.config()
+        return Resources(self.database("source"), self.database("warehouse"), self.lake(),
+                         self.processed(), str(self.config_path))
+
+    # ---- the embedded source ---------------------------------------------------------------
+    def source_is_empty(self) -> bool:
+        """Whether the source database has no table yet (the embedded one on first use)."""
+        source = self.database("source")
+        with source.session("totes-check", f"looking for tables in the {source.describe()}") \
+                as session:
+            (tables,), = session.conn.run(
+                "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
+        return tables == 0
+
+    def seed_embedded_if_empty(self) -> Optional[dict]:
+        """On first use of the embedded source, load the ToteSys snapshot into it; returns
+        the seeder's counts, or None when the source is given by URL or already holds tables.
+        A source given by URL is never seeded."""
+        from totes.local.seed import seed
+
+        if not self.is_embedded("source") or not self.source_is_empty():
+            return None
+        return seed(self.database("source"))
+
+    # ---- replay -----------------------------------------------------------------------------
+    def replay_resources(self) -> Resources:
+        """The resources of ``totes replay``: its own embedded databases (recreated) and
+        directories under ``<state>/replay`` (emptied), except where a flag names others."""
+        self.config()
+        wanted = [name for name, role in zip(REPLAY_DATABASES, ("source", "warehouse"))
+                  if self.is_embedded(role)]
+        if wanted and not self.embedded.is_running():
+            self._on_server_start()
+        urls = recreate_databases(self.embedded, wanted) if wanted else {}
+        folders = {}
+        for name, given in self._storage_flags.items():
+            if given is None:  # no flag: the replay's own folder, emptied
+                folder = self.home / "replay" / name
+                shutil.rmtree(folder, ignore_errors=True)
+                given = str(folder)
+            folders[name] = given
+        return Resources(
+            Database.from_url("source", self._urls["source"] or urls["replay_totesys"]),
+            Database.from_url("warehouse", self._urls["warehouse"] or urls["replay_warehouse"]),
+            Lake(folders["lake"]), Lake(folders["processed"]), str(self.config_path))

@@ -1,0 +1,113 @@
+"""What each stage returns: the JSON documents that pass between the states of the state machine
+(``main-terraform/state_machine.asl.json`` selects fields of them by name), the local runner
+and the command line's ``--json``. A handler returns ``result.model_dump(mode="json")``; a test
+checks that every field the state machine selects exists here.
+
+Units: ``seconds`` are wall-clock seconds of the stage (3 decimals), ``bytes`` are bytes,
+``rows`` are rows; timestamps are UTC text as PostgreSQL prints them.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+from pydantic import BaseModel, ConfigDict
+
+from totes.utils.config import TablePlan
+from totes.utils.watermark import Watermark
+
+
+class _Result(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PlanResult(_Result):
+    """The plan step's output, the input of the Map over tables::
+
+        {"tables": [<TablePlan>, ...]}
+    """
+
+    tables: list[TablePlan]
+
+
+class IngestResult(_Result):
+    """One table's ingest (a Map item's output)::
+
+        {"table": "payment", "key": "payment/2024/11/15/144010123000.parquet" | null,
+         "rows": 15836, "row_groups": 2, "bytes": 702115,
+         "low_watermark": null | {"timestamp": "...", "primary_key": 1},
+         "high_watermark": {"timestamp": "2024-11-15 14:40:10.123000", "primary_key": 15836},
+         "cutoff": "2026-11-22 15:00:00.123456", "seconds": 1.23, "peak_arrow_bytes": 4194304}
+
+    ``key`` is null and ``high_watermark`` equals ``low_watermark`` when nothing is new.
+    ``cutoff`` is the instant the extract stopped short of (in-flight transactions).
+    ``peak_arrow_bytes`` is the most memory Arrow held at once during the extract.
+    """
+
+    table: str
+    key: Optional[str]
+    rows: int
+    row_groups: int
+    bytes: int
+    low_watermark: Optional[Watermark]
+    high_watermark: Optional[Watermark]
+    cutoff: str
+    seconds: float
+    peak_arrow_bytes: int
+
+
+class TableOutput(_Result):
+    """One processed file of a transform batch: ``{"table": "fact_payment", "key":
+    "fact_payment/2024/11/15/144010123000.parquet", "rows": 15836}``."""
+
+    table: str
+    key: str
+    rows: int
+
+
+class TransformResult(_Result):
+    """The transform step's output::
+
+        {"manifest": "_manifests/2024/11/15/144010123000.json" | null, "source_files": 11,
+         "tables": [<TableOutput>, ...], "seconds": 2.1}
+
+    ``manifest`` is null and ``tables`` empty when the lake had nothing new.
+    """
+
+    manifest: Optional[str]
+    source_files: int
+    tables: list[TableOutput]
+    seconds: float
+
+
+class LoadedTable(_Result):
+    """One warehouse table's share of a load: rows staged, rows inserted, rows updated
+    (dimension rows replaced by newer versions; facts are never updated)."""
+
+    table: str
+    rows: int = 0
+    inserted: int = 0
+    updated: int = 0
+
+
+class LoadResult(_Result):
+    """The load step's output::
+
+        {"batches": ["_manifests/2024/11/15/144010123000.json"],
+         "tables": [<LoadedTable>, ...], "seconds": 3.2}
+
+    ``batches`` are the manifest keys loaded, in batch order; empty when none was pending.
+    """
+
+    batches: list[str]
+    tables: list[LoadedTable]
+    seconds: float
+
+
+class RunResult(_Result):
+    """A whole local run (``totes run --json``): every stage's output and the run's seconds."""
+
+    plan: PlanResult
+    ingest: list[IngestResult]
+    transform: TransformResult
+    load: LoadResult
+    seconds: float
