@@ -2,8 +2,12 @@
 itself uses), a seeded ToteSys template, and fresh databases per test."""
 from __future__ import annotations
 
+import urllib.request
 import uuid
+
+import boto3
 import pytest
+from moto.server import ThreadedMotoServer
 
 from totes.local.embedded import EmbeddedPostgres
 from totes.local.runner import Resources
@@ -66,3 +70,28 @@ def resources(tmp_path, seeded_source, warehouse) -> Resources:
     """A run's resources: the seeded source, an empty warehouse, local lake and processed."""
     return Resources(seeded_source, warehouse, Lake(str(tmp_path / "lake")),
                      Lake(str(tmp_path / "processed")), CONFIG)
+
+
+@pytest.fixture
+def s3_server(monkeypatch):
+    """moto's S3 server on loopback, the AWS variables pointing at it; yields the server."""
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    # moto's backends live in this process and outlive a server: start from an empty S3.
+    urllib.request.urlopen(urllib.request.Request(  # nosec B310 (loopback, fixed URL)
+        f"http://{host}:{port}/moto-api/reset", method="POST")).close()
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_DEFAULT_REGION": "eu-west-2",
+                        "AWS_ENDPOINT_URL": f"http://{host}:{port}"}.items():
+        monkeypatch.setenv(name, value)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_lake(s3_server):
+    """A bucket ``lake`` in moto's S3 server; returns the URI ``s3://lake/ingest``."""
+    boto3.client("s3").create_bucket(Bucket="lake",
+                                     CreateBucketConfiguration={"LocationConstraint": "eu-west-2"})
+    return "s3://lake/ingest"

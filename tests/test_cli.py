@@ -1,9 +1,20 @@
-"""The totes command as a person runs it: the embedded default, twice, then a bad flag."""
+"""The totes command as a person runs it: the embedded default, twice, then bad input; from
+another directory; with --json, -v and --version."""
+import json
+import os
+import shutil
+import subprocess  # nosec B404 (the installed totes command, fixed arguments)
+import sys
+from pathlib import Path
+
 import pytest
 from typer.testing import CliRunner
 
 from support import REPO
 from totes.cli import app
+from totes.local.workspace import config_path, find_project, home_dir
+
+TOTES = str(Path(sys.executable).with_name("totes"))
 
 
 @pytest.fixture
@@ -58,15 +69,83 @@ def test_errors_are_one_line_with_an_exit_code(home, tmp_path):
     assert bad_time.exit_code == 2
 
 
+def test_with_json_an_error_is_one_document_on_stdout(home):
+    result = CliRunner().invoke(app, ["ingest", "--json", "--source-url",
+                                      "postgresql://etl:hunter2@127.0.0.1:9/totesys"])
+    assert result.exit_code == 75
+    error = json.loads(result.stdout)["error"]
+    assert error["type"] == "DatabaseUnavailable" and error["retryable"] is True
+    assert error["exit_code"] == 75
+    assert error["message"].startswith("cannot reach the source database totesys at "
+                                       "127.0.0.1:9: Connection refused. Check that the server")
+    assert "timeout is" not in error["message"] and "hunter2" not in result.output
+
+    bad_batch = CliRunner().invoke(app, ["load", "--json", "--batch", "nope"])
+    assert bad_batch.exit_code == 1
+    assert json.loads(bad_batch.stdout)["error"]["type"] == "ConfigError"
+
+
+def test_a_bad_configuration_fails_before_any_server_starts(home, tmp_path, monkeypatch):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    (elsewhere / "bad.yaml").write_text("tables:\n  payment: {extract: sideways}\n")
+    for arguments in (["run", "--config", "missing.yaml"], ["run", "--config", "bad.yaml"]):
+        result = CliRunner().invoke(app, arguments)
+        assert result.exit_code == 1, result.output
+        assert "ConfigError" in result.output
+    assert not (home / "postgres").exists()  # no server was started, no state was made
+    assert not (elsewhere / ".totes").exists()
+
+
+def test_the_project_directory_is_found_from_any_folder_inside_it(tmp_path):
+    project = tmp_path / "project"
+    (project / "config").mkdir(parents=True)
+    shutil.copy(REPO / "config" / "pipeline.yaml", project / "config")
+    deep = project / "notebooks" / "2024"
+    deep.mkdir(parents=True)
+
+    assert find_project(deep) == project
+    assert home_dir({}, find_project(deep)) == project / ".totes"
+    assert home_dir({"TOTES_HOME": str(tmp_path / "h")}, project) == tmp_path / "h"
+    assert config_path(None, {}, project) == project / "config" / "pipeline.yaml"
+    assert config_path(None, {"TOTES_CONFIG": "/etc/t.yaml"}, project) == Path("/etc/t.yaml")
+    assert config_path("mine.yaml", {"TOTES_CONFIG": "/etc/t.yaml"}, project) == \
+        Path("mine.yaml")
+    # Outside any project, the checkout totes is installed from is the project.
+    assert find_project(tmp_path) == REPO
+
+
+def test_version_and_verbose_after_the_command(home):
+    version = subprocess.run([TOTES, "--version"], capture_output=True, text=True,
+                             check=True)  # nosec B603
+    assert version.stdout.startswith("totes 0.")
+    env = dict(os.environ, TOTES_HOME=str(home))
+    first = subprocess.run([TOTES, "run", "-v"], capture_output=True, text=True, env=env,
+                           cwd=REPO)  # nosec B603
+    assert first.returncode == 0, first.stderr
+    assert "INFO totes.ingest.extract: ingested currency: 3 rows" in first.stderr
+    # The log says what the progress lines would: each table is reported once.
+    assert first.stderr.count("ingested currency") == 1
+
+
 def test_replay_prints_what_each_run_moved_on_its_own_databases(home):
     runner = CliRunner()
     result = runner.invoke(app, ["replay", "--from", "2024-11-01", "--to", "2024-11-03",
                                  "--step", "1d"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert "3 runs replayed." in result.output
-    lines = {line.split()[0] + " " + line.split()[1]: line for line in result.output.splitlines()
-             if line.strip().startswith("2024-11-0")}
-    assert set(lines) >= {"2024-11-01 00:00", "2024-11-02 00:00", "2024-11-03 00:00"}
+    rows = [line.strip() for line in result.stdout.splitlines()
+            if line.strip().startswith("2024-11-0")]
+    assert [row.split()[:2] for row in rows] == [["2024-11-01", "00:00"], ["2024-11-02", "00:00"],
+                                                 ["2024-11-03", "00:00"]]
+    assert all(len(row.split()) == 9 for row in rows)  # one line each: nothing wrapped
+    header = next(line for line in result.stdout.splitlines() if "run as of" in line)
+    assert header.split() == ["run", "as", "of", "rows", "moved", "sales_order",
+                              "purchase_order", "payment", "other", "tables", "fact", "rows",
+                              "added", "seconds"]
+    assert "Query the replay's warehouse with: psql" in result.stdout
+    assert "replay_warehouse" in result.stdout
     assert (home / "replay" / "lake").is_dir()
     assert not (home / "lake").exists()  # what `totes run` builds is left alone
 

@@ -6,7 +6,6 @@ import os
 import boto3
 import pyarrow as pa
 import pytest
-from moto.server import ThreadedMotoServer
 
 from support import query, snapshot
 from totes.ingest.extract import ingest_table
@@ -95,22 +94,6 @@ def test_a_missing_table_is_named(empty_source, tmp_path):
     with pytest.raises(SourceSchemaError, match="table 'sales_order' does not exist"):
         ingest_table(TablePlan(table="sales_order", primary_key="sales_order_id"),
                      empty_source, Lake(str(tmp_path)))
-
-
-@pytest.fixture
-def s3_lake(monkeypatch):
-    """A bucket in moto's S3 server on loopback; returns its URI."""
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    host, port = server.get_host_and_port()
-    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                        "AWS_DEFAULT_REGION": "eu-west-2",
-                        "AWS_ENDPOINT_URL": f"http://{host}:{port}"}.items():
-        monkeypatch.setenv(name, value)
-    boto3.client("s3").create_bucket(Bucket="lake",
-                                     CreateBucketConfiguration={"LocationConstraint": "eu-west-2"})
-    yield "s3://lake/ingest"
-    server.stop()
 
 
 def test_the_s3_lake_and_the_local_lake_get_identical_files(seeded_source, tmp_path, s3_lake):

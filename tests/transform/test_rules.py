@@ -63,3 +63,41 @@ def test_latest_per_key_keeps_the_newest_version():
     rows = pa.table({"k": [2, 1, 2, 1], "last_updated": [1, 5, 9, 2], "v": ["a", "b", "c", "d"]})
     assert latest_per_key(rows, "k").to_pylist() == [
         {"k": 1, "last_updated": 5, "v": "b"}, {"k": 2, "last_updated": 9, "v": "c"}]
+
+
+def test_a_microsecond_timestamp_keeps_its_microseconds_and_a_finer_one_is_truncated():
+    from totes.transform.columns import split_timestamp
+
+    moments = pa.array([datetime(2024, 11, 15, 14, 40, 10, 123456), None], pa.timestamp("us"))
+    dates, times = split_timestamp(moments)
+    assert dates.to_pylist() == [date(2024, 11, 15), None]
+    assert times.to_pylist()[0].isoformat() == "14:40:10.123456"
+    nanos = pa.array([1_700_000_000_123_456_789], pa.timestamp("ns"))
+    assert split_timestamp(nanos)[1].to_pylist()[0].isoformat() == "22:13:20.123456"
+    batch = payment_batch("2024-11-21")
+    with_micros = batch.set_column(2, "last_updated", pa.array(
+        [datetime(2024, 11, 15, 14, 40, 10, 123456)] * 2, pa.timestamp("us")))
+    rows = fact_rows(with_micros, "payment").to_pylist()
+    assert rows[0]["last_updated_time"].isoformat() == "14:40:10.123456"
+
+
+def test_a_value_too_large_for_the_warehouse_names_its_row():
+    batch = payment_batch("2024-11-21")
+    big = batch.set_column(5, "payment_amount", pa.array(
+        [Decimal("1.50"), Decimal("123456789.00")], pa.decimal128(12, 2)))
+    with pytest.raises(DataError, match=r"payment row payment_id=8: payment_amount 123456789.00 "
+                                        r"does not fit fact_payment.payment_amount "
+                                        r"\(numeric\(10, 2\)\)"):
+        fact_rows(big, "payment")
+
+
+def test_a_rule_error_without_row_ids_is_still_a_data_error():
+    from totes.transform.columns import conform
+    from totes.utils.star_schema import TABLES
+
+    columns = {"payment_type_id": pa.array([1], pa.int32()),
+               "payment_type_name": pa.array([None], pa.string()),
+               "source_last_updated": pa.array([datetime(2024, 1, 1)], pa.timestamp("us"))}
+    with pytest.raises(DataError, match="payment_type: payment_type_name is empty but "
+                                        "dim_payment_type.payment_type_name is NOT NULL"):
+        conform(columns, TABLES["dim_payment_type"], "payment_type", "no_such_id_column")

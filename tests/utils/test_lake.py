@@ -1,10 +1,13 @@
-"""Lake keys: order, newest key, keys after a key, never overwritten."""
+"""Lake storage: key order, newest key, keys after a key; never overwritten, on a local disk
+and on S3 (moto's server); every call's errors mapped by what a retry can do."""
+import os
 from datetime import datetime
 
+import boto3
 import pytest
 
-from totes.utils.errors import ConfigError, LakeError
-from totes.utils.lake import Lake, key_time
+from totes.utils.errors import ConfigError, LakeError, StorageUnavailable
+from totes.utils.lake import Lake, key_time, storage_error
 
 
 def put(lake, key, data=b"x"):
@@ -54,3 +57,115 @@ def test_a_key_is_never_overwritten(tmp_path):
 def test_an_unsupported_uri_is_a_configuration_error():
     with pytest.raises(ConfigError, match="gs://bucket"):
         Lake("gs://bucket/lake")
+
+
+# ---- S3: conditional creates and the error mapping (moto's server on loopback) -------------
+def _publish(lake, key, data):
+    with lake.staging_file() as staged:
+        with open(staged, "wb") as out:
+            out.write(data)
+        return lake.publish(staged, key)
+
+
+def test_two_concurrent_publishes_of_one_key_on_s3_one_wins_and_nothing_is_overwritten(s3_lake):
+    import threading
+
+    lake = Lake(s3_lake)
+    for round_number in range(20):
+        key = Lake.key_for("t", datetime(2024, 1, 1, 0, 0, round_number))
+        start = threading.Barrier(2)
+        outcomes = {}
+
+        def writer(name):
+            data = f"{name} {round_number}".encode() * 1000
+            start.wait()
+            try:
+                _publish(lake, key, data)
+                outcomes[name] = data
+            except LakeError as exc:
+                outcomes[name] = exc
+
+        threads = [threading.Thread(target=writer, args=(name,)) for name in ("a", "b")]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        winners = [data for data in outcomes.values() if isinstance(data, bytes)]
+        losers = [e for e in outcomes.values() if isinstance(e, LakeError)]
+        assert len(winners) == 1 and len(losers) == 1, (round_number, outcomes)
+        assert "exists; objects are never overwritten" in str(losers[0])
+        assert f"s3://lake/ingest/{key}" in str(losers[0])
+        assert lake.read_bytes(key) == winners[0]
+
+
+def test_a_large_file_goes_up_in_parts_and_is_still_never_overwritten(s3_lake, monkeypatch):
+    from totes.utils import lake as lake_module
+
+    monkeypatch.setattr(lake_module, "MULTIPART_PART_BYTES", 5 << 20)  # S3's smallest part
+    lake = Lake(s3_lake)
+    first, second = os.urandom(11 << 20), os.urandom(11 << 20)
+    assert _publish(lake, "t/2024/01/01/000000000000.parquet", first) == len(first)
+    with pytest.raises(LakeError, match="exists; objects are never overwritten"):
+        _publish(lake, "t/2024/01/01/000000000000.parquet", second)
+    assert lake.read_bytes("t/2024/01/01/000000000000.parquet") == first
+    s3 = boto3.client("s3")
+    assert s3.list_multipart_uploads(Bucket="lake").get("Uploads", []) == []  # aborted
+
+
+def test_a_store_that_cannot_be_reached_is_transient_for_every_call(s3_lake, s3_server):
+    lake = Lake(s3_lake)
+    key = "t/2024/01/01/000000000000.parquet"
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    with lake.staging_file() as staged:
+        pq.write_table(pa.table({"x": [1]}), staged)
+        lake.publish(staged, key)
+    assert lake.parquet_file(key).metadata.num_rows == 1
+    s3_server.stop()  # a network blip: nothing answers on the endpoint any more
+
+    calls = {"open a Parquet file": lambda: lake.parquet_file(key),
+             "read an object": lambda: lake.read_bytes(key),
+             "list keys": lambda: lake.newest_key("t"),
+             "write an object": lambda: _publish(lake, "t/2024/01/02/000000000000.parquet",
+                                                 b"x")}
+    for what, call in calls.items():
+        with pytest.raises(StorageUnavailable) as error:
+            call()
+        assert error.value.retryable, what
+        assert "s3://lake/ingest/t" in str(error.value), what
+
+
+def test_a_missing_or_corrupt_object_is_terminal_and_named(tmp_path):
+    lake = Lake(str(tmp_path))
+    with pytest.raises(LakeError, match="t/2024/01/01/000000000000.parquet as Parquet: no such"):
+        lake.parquet_file("t/2024/01/01/000000000000.parquet")
+    put(lake, "t/2024/01/01/000000000000.parquet", b"not parquet at all")
+    with pytest.raises(LakeError, match="as Parquet: .*magic bytes") as error:
+        lake.parquet_file("t/2024/01/01/000000000000.parquet")
+    assert not error.value.retryable
+    with pytest.raises(LakeError, match="is not a batch key"):
+        key_time("t/notes.txt")
+
+
+def test_the_error_mapping_follows_what_a_retry_can_do():
+    from botocore.exceptions import ClientError, EndpointConnectionError
+
+    def client_error(code, status):
+        return ClientError({"Error": {"Code": code, "Message": code},
+                            "ResponseMetadata": {"HTTPStatusCode": status}}, "PutObject")
+
+    cases = {
+        client_error("SlowDown", 503): StorageUnavailable,
+        client_error("InternalError", 500): StorageUnavailable,
+        EndpointConnectionError(endpoint_url="http://s3"): StorageUnavailable,
+        OSError("AWS Error NETWORK_CONNECTION during GetObject"): StorageUnavailable,
+        client_error("AccessDenied", 403): LakeError,
+        client_error("NoSuchBucket", 404): LakeError,
+        OSError("AWS Error ACCESS_DENIED during HeadObject"): LakeError,
+        FileNotFoundError("gone"): LakeError,
+    }
+    for exc, kind in cases.items():
+        assert type(storage_error(exc, "reading s3://lake/x")) is kind, exc
+    bug = TypeError("a bug")
+    assert storage_error(bug, "reading") is bug  # not a storage error: unchanged
