@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from totes.ingest.source_catalog import arrow_type, check_table, table_columns
+from totes.ingest.source_catalog import arrow_type, check_table
 from totes.utils.config import TablePlan
 from totes.utils.db import Database, quote_ident, translate_error
 from totes.utils.lake import Lake
@@ -121,8 +121,7 @@ def _inspect(conn, plan: TablePlan) -> _Source:
         SourceSchemaError: the table or its key/watermark column is missing.
     """
     table = plan.table
-    columns = table_columns(conn, table)
-    check_table(columns, table, plan.primary_key, plan.watermark_column)
+    columns = check_table(conn, table, plan.primary_key, plan.watermark_column)
     with_time_zone = "with time zone" in dict(columns)[plan.watermark_column]
     schema = pa.schema([(name, arrow_type(pg_type, table, name)) for name, pg_type in columns])
     cutoff, sees_all = _read_cutoff(conn, plan.in_flight_safety_lag_seconds, with_time_zone)

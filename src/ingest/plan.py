@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from totes.ingest.source_catalog import check_table, table_columns
+from totes.ingest.source_catalog import check_table
 from totes.utils.config import PipelineConfig, resolve_tables
 from totes.utils.db import Database
 from totes.utils.stage_results import PlanResult
@@ -22,6 +22,7 @@ def plan(config: PipelineConfig, source: Optional[Database] = None) -> PlanResul
 
     Raises:
         SourceSchemaError: a configured table or column is missing from the source (names it).
+        PermissionDenied: the source role may not read a configured table.
         DatabaseUnavailable / DatabaseRejected: the source could not be reached.
     """
     plans = resolve_tables(config)
@@ -29,6 +30,5 @@ def plan(config: PipelineConfig, source: Optional[Database] = None) -> PlanResul
         with source.session("totes-plan", f"checking the tables in the {source.describe()}") \
                 as session:
             for item in plans:
-                check_table(table_columns(session.conn, item.table), item.table,
-                            item.primary_key, item.watermark_column)
+                check_table(session.conn, item.table, item.primary_key, item.watermark_column)
     return PlanResult(tables=plans)

@@ -12,7 +12,8 @@ import re
 
 import pyarrow as pa
 
-from totes.utils.errors import SourceSchemaError
+from totes.utils.errors import PermissionDenied, SourceSchemaError
+from totes.utils.source_tables import SOURCE_TABLES
 
 _NUMERIC = re.compile(r"^numeric\((\d+),(\d+)\)$")
 _TIMESTAMP = re.compile(r"^timestamp(?:\((\d)\))? (without|with) time zone$")
@@ -68,24 +69,54 @@ def table_columns(conn, table: str) -> list[tuple[str, str]]:
     return [(name, pg_type) for name, pg_type in rows]
 
 
-def check_table(columns: list[tuple[str, str]], table: str, primary_key: str,
-                watermark_column: str) -> None:
-    """Check that ``table`` exists with an integer ``primary_key`` and a timestamp
-    ``watermark_column``.
+def check_table(conn, table: str, primary_key: str,
+                watermark_column: str) -> list[tuple[str, str]]:
+    """Check ``table`` before anything is extracted, and return its columns (as
+    :func:`table_columns`): it exists, the role may read it, ``primary_key`` is an integer
+    column with a unique index of its own (the watermark's tie-break needs a unique key),
+    ``watermark_column`` is a timestamp, and it has every column transform reads
+    (:data:`totes.utils.source_tables.SOURCE_TABLES`).
 
     Raises:
         SourceSchemaError: naming the table or the column that is missing or of the wrong type.
+        PermissionDenied: the role has no SELECT on the table.
     """
+    columns = table_columns(conn, table)
     if not columns:
         raise SourceSchemaError(f"table {table!r} does not exist in the source database")
+    (readable, unique), = conn.run(_PRIVILEGE_AND_KEY_SQL, table=table, key=primary_key)
+    if not readable:
+        raise PermissionDenied(f"the source role may not read table {table!r}: "
+                               f"GRANT SELECT ON {table} TO <role>")
     types = dict(columns)
     if primary_key not in types:
         raise SourceSchemaError(f"table {table!r} has no primary key column {primary_key!r}")
     if not is_integer(types[primary_key]):
         raise SourceSchemaError(f"{table}.{primary_key} is {types[primary_key]}; the primary "
                                 "key that orders a watermark must be an integer")
+    if not unique:
+        raise SourceSchemaError(f"{table}.{primary_key} has no unique constraint or index of "
+                                "its own; the watermark needs a unique key to order rows that "
+                                "share a timestamp (set primary_key to one)")
     if watermark_column not in types:
         raise SourceSchemaError(f"table {table!r} has no watermark column {watermark_column!r}")
     if not is_timestamp(types[watermark_column]):
         raise SourceSchemaError(f"{table}.{watermark_column} is {types[watermark_column]}; "
                                 "a watermark column must be a timestamp")
+    needed = SOURCE_TABLES[table].columns if table in SOURCE_TABLES else ()
+    missing = [c for c in needed if c not in types]
+    if missing:
+        raise SourceSchemaError(f"table {table!r} has no column {', '.join(missing)}, which "
+                                "transform reads (renamed or dropped in the source?)")
+    return columns
+
+
+_PRIVILEGE_AND_KEY_SQL = """
+SELECT has_table_privilege(c.oid, 'SELECT'),
+       EXISTS (SELECT 1 FROM pg_index i
+               JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = i.indkey[0]
+               WHERE i.indrelid = c.oid AND i.indisunique AND i.indnkeyatts = 1
+                 AND i.indpred IS NULL AND a.attname = :key)
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = current_schema() AND c.relname = :table
+"""

@@ -9,7 +9,9 @@ staging table, then one set-based statement merges it:
   newer one, never takes a dimension back to older values. ``dim_date``, whose values follow
   from its key, is only inserted;
 * a fact row (one version of a source row) is inserted unless its version key (source id +
-  last_updated date and time) is already there.
+  last_updated date and time) is already there. A fact row whose foreign key has no
+  dimension row yet is held (:mod:`totes.load.held_facts`) instead of failing the batch, and
+  inserted by the first load after its dimension row arrives.
 
 Pending work is the set of committed batches the warehouse has not recorded, in batch order
 (as dlt derives pending loads from ``_dlt_loads``). The warehouse records each batch it loads
@@ -30,8 +32,8 @@ import logging
 import time
 from typing import Optional
 
+from totes.load import held_facts
 from totes.utils.db import Database, copy_into, merge_staged, quote_ident
-from totes.utils.errors import DataError
 from totes.utils.lake import Lake
 from totes.utils.manifest import manifests_after, read_manifest
 from totes.utils.stage_results import LoadedTable, LoadResult
@@ -44,8 +46,9 @@ LOAD_LOCK_ID = 7_001_007
 #: Rows per record batch streamed from a processed file into COPY (one batch in memory).
 COPY_BATCH_ROWS = 65_536
 #: The warehouse schema this code writes. 1: the first release (time(3), no versions);
-#: 2: times keep microseconds, dimensions carry source_last_updated, totes.load_state.
-WAREHOUSE_SCHEMA_VERSION = 2
+#: 2: times keep microseconds, dimensions carry source_last_updated, totes.load_state;
+#: 3: held facts (totes.held_<fact>).
+WAREHOUSE_SCHEMA_VERSION = 3
 _BOOKKEEPING_DDL = (
     "CREATE TABLE IF NOT EXISTS totes.loaded_batch ("
     " manifest_key text PRIMARY KEY,"
@@ -74,6 +77,8 @@ def create_warehouse(conn) -> None:
     for table in TABLES.values():
         conn.run(table.ddl())
         _upgrade_columns(conn, table)
+        if table.kind == "fact":
+            conn.run(held_facts.held_ddl(table))
     conn.run("INSERT INTO totes.schema_version (version) VALUES (:v)",
              v=WAREHOUSE_SCHEMA_VERSION)
 
@@ -105,31 +110,11 @@ def _newer_version(table: WarehouseTable) -> str:
     return f"({current}) IS DISTINCT FROM ({incoming})"
 
 
-def check_foreign_keys(conn, table: WarehouseTable, stage: str) -> None:
-    """Check that every foreign key of the staged fact rows has its dimension row (the
-    dimensions of the same batch are merged first).
-
-    Raises:
-        DataError: ``fact_sales_order row sales_order_id=12: sales_staff_id 99 has no
-            dim_staff row``.
-    """
-    source_id, staged = quote_ident(table.merge_key[0]), quote_ident(stage)
-    for column, dimension in table.foreign_keys.items():
-        key, value = quote_ident(TABLES[dimension].merge_key[0]), quote_ident(column)
-        # Identifiers only, each through quote_ident; no values.
-        orphans = conn.run(
-            f"SELECT s.{source_id}, s.{value} FROM {staged} s WHERE NOT EXISTS "  # nosec B608
-            f"(SELECT 1 FROM {quote_ident(dimension)} d WHERE d.{key} = s.{value}) LIMIT 1")
-        if orphans:
-            (row_id, orphan), = orphans
-            raise DataError(table.name, f"{orphan} has no {dimension} row",
-                            key_column=table.merge_key[0], row_id=row_id, column=column,
-                            value=orphan)
-
-
-def merge_file(conn, table: WarehouseTable, processed: Lake, key: str) -> LoadedTable:
-    """Stage one processed file of ``table`` and merge it; returns its rows staged, inserted
-    and updated."""
+def merge_file(conn, table: WarehouseTable, processed: Lake, key: str,
+               batch: str) -> tuple[LoadedTable, int]:
+    """Stage one processed file of ``table`` (of ``batch``) and merge it; returns its rows
+    staged, inserted and updated, and for a fact the rows newly held for want of a dimension
+    row."""
     stage = f"stage_{table.name}"
     columns = ", ".join(quote_ident(c) for c in table.column_names)
     source = quote_ident(table.name)
@@ -138,13 +123,12 @@ def merge_file(conn, table: WarehouseTable, processed: Lake, key: str) -> Loaded
     rows = processed.parquet_file(key).metadata.num_rows
     copy_into(conn, stage, table.column_names,
               processed.iter_batches(key, COPY_BATCH_ROWS, columns=table.column_names))
-    if table.kind == "fact":
-        check_foreign_keys(conn, table, stage)
+    held = held_facts.hold_orphans(conn, table, stage, batch) if table.kind == "fact" else 0
     inserted, updated = merge_staged(conn, table.name, stage, table.column_names,
                                      list(table.merge_key),
                                      None if table.kind == "fact" else _newer_version(table))
     conn.run(f"DROP TABLE {quote_ident(stage)}")
-    return LoadedTable(table=table.name, rows=rows, inserted=inserted, updated=updated)
+    return LoadedTable(table=table.name, rows=rows, inserted=inserted, updated=updated), held
 
 
 def pending_batches(conn, processed: Lake) -> tuple[list[str], Optional[str]]:
@@ -163,7 +147,7 @@ def pending_batches(conn, processed: Lake) -> tuple[list[str], Optional[str]]:
 
 
 def _load_batch(session, conn, processed: Lake, manifest_key: str,
-                totals: dict[str, LoadedTable]) -> None:
+                totals: dict[str, LoadedTable], held: dict[str, int]) -> None:
     manifest = read_manifest(processed, manifest_key)
     counts = {}
     for name, table in TABLES.items():
@@ -172,28 +156,41 @@ def _load_batch(session, conn, processed: Lake, manifest_key: str,
             continue
         session.doing = f"loading {name} of batch {manifest_key} into the " \
                         f"{session.database.describe()}"
-        merged = merge_file(conn, table, processed, output.key)
-        counts[name] = merged.model_dump(exclude={"table"})
+        merged, newly_held = merge_file(conn, table, processed, output.key, manifest_key)
+        counts[name] = merged.model_dump(exclude={"table"}) | {"held": newly_held}
         total = totals.setdefault(name, LoadedTable(table=name))
         total.rows += merged.rows
         total.inserted += merged.inserted
         total.updated += merged.updated
+        if newly_held:
+            held[name] = held.get(name, 0) + newly_held
     conn.run("INSERT INTO totes.loaded_batch (manifest_key, rows) "
              "VALUES (:key, CAST(:rows AS jsonb)) ON CONFLICT (manifest_key) DO NOTHING",
              key=manifest_key, rows=json.dumps(counts))
 
 
+def _release_held(conn, totals: dict[str, LoadedTable]) -> dict[str, int]:
+    """Insert the held fact rows whose dimension rows have arrived; counts them as inserted."""
+    released = {}
+    for name, table in TABLES.items():
+        if table.kind == "fact":
+            count = held_facts.release(conn, table)
+            if count:
+                released[name] = count
+                totals.setdefault(name, LoadedTable(table=name)).inserted += count
+    return released
+
+
 def load(processed: Lake, warehouse: Database,
          manifest_keys: Optional[list[str]] = None) -> LoadResult:
     """Load the given transform batches (default: every committed batch not loaded yet) in
-    one transaction.
+    one transaction, then release the held fact rows whose dimension rows have arrived.
 
     Returns the stage result (:class:`~totes.utils.stage_results.LoadResult`): the batches
-    loaded, in order, and per warehouse table the rows staged, inserted and updated.
+    loaded, in order, per warehouse table the rows staged, inserted and updated, and the fact
+    rows held, released and still waiting.
 
     Raises:
-        DataError: a fact's foreign key has no dimension row (names the row and column);
-            nothing was written.
         DatabaseUnavailable: the warehouse could not be reached or the connection broke (retry).
         TerminalError: the warehouse rejected the rows (a constraint; the message names it and
             the key), nothing was written.
@@ -201,6 +198,7 @@ def load(processed: Lake, warehouse: Database,
     """
     started = time.monotonic()
     totals: dict[str, LoadedTable] = {}
+    held: dict[str, int] = {}
     with warehouse.session("totes-load", f"loading into the {warehouse.describe()}") as session:
         conn = session.conn
         conn.run("START TRANSACTION")
@@ -211,10 +209,17 @@ def load(processed: Lake, warehouse: Database,
         else:
             keys, through = list(manifest_keys), None
         for manifest_key in keys:
-            _load_batch(session, conn, processed, manifest_key, totals)
+            _load_batch(session, conn, processed, manifest_key, totals, held)
+        session.doing = f"releasing held fact rows in the {warehouse.describe()}"
+        released = _release_held(conn, totals)
+        still_waiting = held_facts.waiting(conn)
         if through is not None:
             conn.run("UPDATE totes.load_state SET loaded_through = :k", k=through)
         conn.run("COMMIT")
+    if held:
+        log.warning("held %d fact rows whose dimension rows are missing: %s",
+                    sum(held.values()), ", ".join(f"{t} {n}" for t, n in held.items()))
     log.info("loaded %d batches", len(keys))
     return LoadResult(batches=keys, tables=[totals[n] for n in TABLES if n in totals],
-                      seconds=round(time.monotonic() - started, 3))
+                      held=held, held_rows=sum(held.values()), released=released,
+                      waiting=still_waiting, seconds=round(time.monotonic() - started, 3))

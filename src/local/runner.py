@@ -14,12 +14,14 @@ from typing import Callable
 
 from totes.ingest.extract import ingest_table
 from totes.ingest.plan import plan
+from totes.load.quarantine import held_source_rows
 from totes.load.warehouse import load
 from totes.transform.run import transform
 from totes.utils.config import load_config
 from totes.utils.db import Database
 from totes.utils.lake import Lake
-from totes.utils.stage_results import IngestResult, PlanResult, RunResult
+from totes.utils.stage_results import (IngestResult, LoadResult, PlanResult, RunResult,
+                                       TransformResult)
 
 #: Tables ingested at once (each through its own connection), as the Map's MaxConcurrency.
 INGEST_WORKERS = 4
@@ -72,3 +74,13 @@ def run_pipeline(resources: Resources,
     on_stage("load", loaded)
     return RunResult(plan=planned, ingest=ingested, transform=transformed, load=loaded,
                      seconds=round(time.monotonic() - started, 3))
+
+
+def retry_quarantine(resources: Resources) -> tuple[TransformResult, LoadResult]:
+    """Put every row version the quarantine still holds through the rules again (in a new
+    transform batch, with whatever new lake files there are), then load: the versions that
+    pass now reach the warehouse, the others stay held. A load also releases the held fact
+    rows whose dimension rows have arrived."""
+    retried = transform(resources.lake, resources.processed,
+                        retry=held_source_rows(resources.processed, resources.warehouse))
+    return retried, load(resources.processed, resources.warehouse)

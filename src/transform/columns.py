@@ -1,51 +1,31 @@
-"""Column conversions shared by the dimension and fact rules, each failing with a
-:class:`DataError` that names the table, the row's id and the column."""
+"""Column conversions shared by the dimension and fact rules. Each records the rows that break
+it in a :class:`~totes.utils.quarantine.Violations` (naming the table, the row's id and the
+column) instead of failing the batch; :func:`conform` then keeps the rows that passed."""
 from __future__ import annotations
-
-from typing import Optional
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from totes.utils.errors import DataError
+from totes.utils.quarantine import Checked, Violations
 from totes.utils.star_schema import TIME, WarehouseTable
 
-
-def _first(mask) -> int:
-    return pc.index(mask, True).as_py()
+_CAST_ERRORS = (pa.ArrowInvalid, pa.ArrowNotImplementedError)
 
 
-def _row_id(ids, i: int):
-    return ids[i].as_py() if ids is not None else None
-
-
-def _row_error(table: str, id_column: Optional[str], ids, i: Optional[int], column: str,
-               problem: str, value=None) -> DataError:
-    if ids is None or i is None:
-        return DataError(table, problem, column=column, value=value)
-    return DataError(table, problem, key_column=id_column, row_id=_row_id(ids, i),
-                     column=column, value=value)
-
-
-def text_to_date(values, ids, table: str, id_column: str, column: str) -> pa.Array:
+def text_to_date(values, violations: Violations, column: str) -> pa.Array:
     """Parse text dates that must be exactly ``YYYY-MM-DD`` (as ToteSys stores them) into
-    date32; nulls stay null.
-
-    Raises:
-        DataError: ``sales_order row sales_order_id=12: agreed_delivery_date '2024-1-5' is not
-            a YYYY-MM-DD date``.
-    """
+    date32; nulls stay null. A text that is not such a date becomes null and its row a
+    ``text_date`` violation: ``sales_order row sales_order_id=12: agreed_delivery_date
+    '2024-1-5' is not a YYYY-MM-DD date``."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
     parsed = pc.strptime(values, format="%Y-%m-%d", unit="s", error_is_null=True)
     # Formatting back must give the same text: rejects '2024-1-5' and days past the month's
     # end (which strptime rolls over into the next month).
     same = pc.equal(pc.strftime(parsed, format="%Y-%m-%d"), values)
     bad = pc.and_(pc.is_valid(values), pc.invert(pc.fill_null(same, False)))
-    if pc.any(bad).as_py():
-        i = _first(bad)
-        value = values[i].as_py()
-        raise _row_error(table, id_column, ids, i, column,
-                         f"{value!r} is not a YYYY-MM-DD date", value)
-    return parsed.cast(pa.date32())
+    violations.add(bad, column, "text_date", lambda v: f"{v!r} is not a YYYY-MM-DD date", values)
+    return pc.if_else(bad, pa.scalar(None, pa.timestamp("s")), parsed).cast(pa.date32())
 
 
 def split_timestamp(values) -> tuple[pa.Array, pa.Array]:
@@ -62,46 +42,49 @@ def split_timestamp(values) -> tuple[pa.Array, pa.Array]:
     return values.cast(pa.date32()), values.cast(TIME[1])
 
 
-def _first_that_does_not_fit(values, arrow_type: pa.DataType) -> int:
-    """The index of the first value that ``cast`` rejects (``values`` as a whole does), found
-    by halving: O(log n) casts of slices, no per-row Python."""
-    low, high = 0, len(values)  # the first bad value is in [low, high)
-    while high - low > 1:
-        middle = (low + high) // 2
-        try:
-            values.slice(low, middle - low).cast(arrow_type)
-            low = middle
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            high = middle
-    return low
+def rows_that_do_not_fit(values, arrow_type: pa.DataType, offset: int = 0) -> list[int]:
+    """The indices of the values that ``cast`` to ``arrow_type`` rejects, found by halving:
+    O(k log n) casts of slices for k bad values, no per-row Python."""
+    try:
+        values.cast(arrow_type)
+        return []
+    except _CAST_ERRORS:
+        if len(values) == 1:
+            return [offset]
+    middle = len(values) // 2
+    return (rows_that_do_not_fit(values.slice(0, middle), arrow_type, offset)
+            + rows_that_do_not_fit(values.slice(middle), arrow_type, offset + middle))
 
 
-def conform(columns: dict, target: WarehouseTable, source_table: str,
-            id_column: Optional[str]) -> pa.Table:
-    """Build ``target``'s table from ``columns`` (name → array, in any order) cast to the
-    warehouse types. ``columns[id_column]`` names rows in errors (when present).
+def conform(columns: dict, target: WarehouseTable, violations: Violations) -> Checked:
+    """Build ``target``'s rows from ``columns`` (name → array, one per column of ``target``,
+    aligned with ``violations.rows``) cast to the warehouse types, keeping the rows that
+    break no rule.
 
-    Raises:
-        DataError: a column the warehouse declares NOT NULL holds a null, or a value does not
-            fit the warehouse type (``payment row payment_id=7: payment_amount 123456789.00
-            does not fit fact_payment.payment_amount (numeric(10, 2))``).
+    Violations recorded here: ``not_null`` (a column the warehouse declares NOT NULL is
+    empty) and ``fits_type`` (``payment row payment_id=7: payment_amount 123456789.00 does not
+    fit fact_payment.payment_amount (numeric(10, 2))``). Rows with an earlier violation keep
+    it (one per row).
     """
-    ids = columns.get(id_column) if id_column is not None else None
-    arrays = []
+    arrays, cast = {}, {}
     for column in target.columns:
         values = columns[column.name]
         if isinstance(values, pa.ChunkedArray):
             values = values.combine_chunks()
+        arrays[column.name] = values
         if not column.nullable and values.null_count:
-            i = _first(pc.is_null(values))
-            raise _row_error(source_table, id_column, ids, i, column.name,
-                             f"is empty but {target.name}.{column.name} is NOT NULL")
+            violations.add(pc.is_null(values), column.name, "not_null",
+                           lambda v, c=column: f"is empty but {target.name}.{c.name} is NOT "
+                                               "NULL")
         try:
-            arrays.append(values.cast(column.arrow_type))
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-            i = _first_that_does_not_fit(values, column.arrow_type)
-            value = values[i].as_py()
-            raise _row_error(source_table, id_column, ids, i, column.name,
-                             f"{value} does not fit {target.name}.{column.name} "
-                             f"({column.sql_type}): {exc}", value) from None
-    return pa.table(arrays, schema=target.arrow_schema())
+            cast[column.name] = values.cast(column.arrow_type)
+        except _CAST_ERRORS:
+            violations.add(rows_that_do_not_fit(values, column.arrow_type), column.name,
+                           "fits_type", lambda v, c=column: f"{v} does not fit "
+                           f"{target.name}.{c.name} ({c.sql_type})", values)
+    if not len(violations):
+        return Checked(pa.table([cast[c.name] for c in target.columns],
+                                schema=target.arrow_schema()))
+    good = pc.invert(violations.bad())
+    kept = [arrays[c.name].filter(good).cast(c.arrow_type) for c in target.columns]
+    return Checked(pa.table(kept, schema=target.arrow_schema()), violations.held())

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from totes.transform.columns import conform
-from totes.utils.errors import DataError
+from totes.utils.quarantine import Checked, Violations
 from totes.utils.star_schema import SOURCE_LAST_UPDATED, TABLES, VERSION
 
 
@@ -51,9 +51,10 @@ def _columns(rows: pa.Table, renames: Optional[dict[str, str]] = None,
 
 def _as_is(dimension: str, source: str, key: str, renames: Optional[dict] = None):
     """The rule of a dimension that is its source's latest rows, some columns renamed."""
-    def rule(rows: pa.Table) -> pa.Table:
-        return conform(_columns(latest_per_key(rows, key), renames), TABLES[dimension],
-                       source, key)
+    def rule(rows: pa.Table) -> Checked:
+        latest = latest_per_key(rows, key)
+        return conform(_columns(latest, renames), TABLES[dimension],
+                       Violations(source, key, latest))
     rule.__doc__ = f"{dimension} ← the latest row per {key} of {source}."
     return rule
 
@@ -64,55 +65,56 @@ dim_payment_type = _as_is("dim_payment_type", "payment_type", "payment_type_id")
 dim_transaction = _as_is("dim_transaction", "transaction", "transaction_id")
 
 
-def currency_name(code: str, currency_id: int) -> str:
-    """The ISO 4217 name of ``code`` ('GBP' → 'Pound Sterling').
-
-    Raises:
-        DataError: the code is not in ISO 4217 (names the code and the currency_id).
-    """
+def currency_name(code: Optional[str]) -> Optional[str]:
+    """The ISO 4217 name of ``code`` ('GBP' → 'Pound Sterling'), or None when ISO 4217 has
+    no such code."""
     import pycountry
 
     found = pycountry.currencies.get(alpha_3=code.strip().upper()) if code else None
-    if found is None:
-        raise DataError("currency", f"{code!r} has no ISO 4217 name", key_column="currency_id",
-                        row_id=currency_id, column="currency_code", value=code)
-    return found.name
+    return found.name if found is not None else None
 
 
-def dim_currency(currency: pa.Table) -> pa.Table:
-    """dim_currency ← the latest row per currency_id, with the code's ISO 4217 name."""
+def dim_currency(currency: pa.Table) -> Checked:
+    """dim_currency ← the latest row per currency_id, with the code's ISO 4217 name; a code
+    without one is an ``iso_4217`` violation (``currency row currency_id=9: currency_code
+    'XYZ' has no ISO 4217 name``)."""
     rows = latest_per_key(currency, "currency_id")
-    names = [currency_name(code, cid) for code, cid in
-             zip(rows["currency_code"].to_pylist(), rows["currency_id"].to_pylist())]
+    violations = Violations("currency", "currency_id", rows)
+    names = pa.array([currency_name(code) for code in rows["currency_code"].to_pylist()],
+                     pa.string())
+    violations.add(pc.and_(pc.is_null(names), pc.is_valid(rows["currency_code"])),
+                   "currency_code", "iso_4217", lambda v: f"{v!r} has no ISO 4217 name",
+                   rows["currency_code"].combine_chunks())
     columns = _columns(rows)
-    columns["currency_name"] = pa.array(names, pa.string())
-    return conform(columns, TABLES["dim_currency"], "currency", "currency_id")
+    columns["currency_name"] = names
+    return conform(columns, TABLES["dim_currency"], violations)
 
 
 _REFERENCE_VERSION = "__reference_last_updated"
+_REFERENCE_FOUND = "__reference_found"
 
 
 def _join_reference(rows: pa.Table, reference: Optional[pa.Table], key: str, reference_key: str,
                     renames: dict[str, str], table: str, id_column: str,
-                    reference_table: str) -> pa.Table:
+                    reference_table: str) -> tuple[pa.Table, Violations]:
     """``rows`` left-joined to the columns ``renames`` (new → old) of ``reference``, plus the
-    reference row's ``last_updated`` as ``__reference_last_updated``; every row must find its
-    reference row.
-
-    Raises:
-        DataError: ``staff row staff_id=3: department_id 9 has no department row``.
-    """
-    known = reference[reference_key] if reference is not None else pa.array([], pa.int32())
-    missing = pc.invert(pc.is_in(rows[key], value_set=known.cast(rows[key].type)))
-    if pc.any(missing).as_py():
-        i = pc.index(missing, True).as_py()
-        value = rows[key][i].as_py()
-        raise DataError(table, f"{value} has no {reference_table} row", key_column=id_column,
-                        row_id=rows[id_column][i].as_py(), column=key, value=value)
+    reference row's ``last_updated`` as ``__reference_last_updated``, and the violations of
+    the joined rows so far: a row whose reference row is missing is a ``reference``
+    violation (``staff row staff_id=3: department_id 9 has no department row``)."""
+    if reference is None:
+        reference = pa.table({**{old: pa.array([], rows[key].type if old == reference_key
+                                               else pa.string()) for old in renames.values()},
+                              reference_key: pa.array([], rows[key].type),
+                              "last_updated": pa.array([], pa.timestamp("ms"))})
     picked = pa.table({new: reference[old] for new, old in renames.items()}
                       | {_REFERENCE_VERSION: reference["last_updated"],
-                         "__ref_key": reference[reference_key]})
-    return rows.join(picked, keys=key, right_keys="__ref_key", join_type="left outer")
+                         _REFERENCE_FOUND: pa.repeat(True, reference.num_rows),
+                         "__ref_key": reference[reference_key].cast(rows[key].type)})
+    joined = rows.join(picked, keys=key, right_keys="__ref_key", join_type="left outer")
+    violations = Violations(table, id_column, joined, rows.column_names)
+    violations.add(pc.is_null(joined[_REFERENCE_FOUND]), key, "reference",
+                   lambda v: f"{v} has no {reference_table} row", joined[key].combine_chunks())
+    return joined, violations
 
 
 def _affected(rows: pa.Table, id_column: str, changed_ids, key: str, changed_reference_ids):
@@ -124,7 +126,7 @@ def _affected(rows: pa.Table, id_column: str, changed_ids, key: str, changed_ref
 
 
 def dim_counterparty(counterparty: Optional[pa.Table], address: Optional[pa.Table],
-                     changed_counterparty_ids, changed_address_ids) -> Optional[pa.Table]:
+                     changed_counterparty_ids, changed_address_ids) -> Optional[Checked]:
     """Rows for the counterparties that changed and those whose legal address changed;
     ``counterparty`` and ``address`` are the current state (latest row per key). Version:
     the newer of the counterparty's and its address's ``last_updated``."""
@@ -139,14 +141,14 @@ def dim_counterparty(counterparty: Optional[pa.Table], address: Optional[pa.Tabl
                "counterparty_legal_postal_code": "postal_code",
                "counterparty_legal_country": "country",
                "counterparty_legal_phone_number": "phone"}
-    joined = _join_reference(rows, address, "legal_address_id", "address_id", renames,
-                             "counterparty", "counterparty_id", "address")
+    joined, violations = _join_reference(rows, address, "legal_address_id", "address_id",
+                                         renames, "counterparty", "counterparty_id", "address")
     return conform(_columns(joined, versions=("last_updated", _REFERENCE_VERSION)),
-                   TABLES["dim_counterparty"], "counterparty", "counterparty_id")
+                   TABLES["dim_counterparty"], violations)
 
 
 def dim_staff(staff: Optional[pa.Table], department: Optional[pa.Table], changed_staff_ids,
-              changed_department_ids) -> Optional[pa.Table]:
+              changed_department_ids) -> Optional[Checked]:
     """Rows for the staff who changed and those whose department changed; ``staff`` and
     ``department`` are the current state (latest row per key). Version: the newer of the
     staff row's and its department's ``last_updated``."""
@@ -154,15 +156,17 @@ def dim_staff(staff: Optional[pa.Table], department: Optional[pa.Table], changed
         return None
     rows = _affected(staff, "staff_id", changed_staff_ids, "department_id",
                      changed_department_ids)
-    joined = _join_reference(rows, department, "department_id", "department_id",
-                             {"department_name": "department_name", "location": "location"},
-                             "staff", "staff_id", "department")
+    joined, violations = _join_reference(
+        rows, department, "department_id", "department_id",
+        {"department_name": "department_name", "location": "location"}, "staff", "staff_id",
+        "department")
     return conform(_columns(joined, versions=("last_updated", _REFERENCE_VERSION)),
-                   TABLES["dim_staff"], "staff", "staff_id")
+                   TABLES["dim_staff"], violations)
 
 
 def dim_date(dates: pa.Array) -> pa.Table:
-    """One row per distinct date in ``dates`` (date32), sorted."""
+    """One row per distinct date in ``dates`` (date32), sorted. Its values follow from the
+    date, so no row can break a rule."""
     dates = pc.unique(dates.cast(pa.date32()).drop_null()).sort() if len(dates) else \
         pa.array([], pa.date32())
     moments = dates.cast(pa.timestamp("s"))
@@ -174,7 +178,8 @@ def dim_date(dates: pa.Array) -> pa.Table:
         "month_name": pc.strftime(moments, format="%B", locale="C"),
         "quarter": pc.quarter(moments),
     }
-    return conform(columns, TABLES["dim_date"], "dim_date", "date_id")
+    return conform(columns, TABLES["dim_date"], Violations("dim_date", "date_id",
+                                                           pa.table({"date_id": dates}))).rows
 
 
 # ---- which dimension is built from what -----------------------------------------------------
@@ -198,11 +203,12 @@ class BatchInputs:
 @dataclass(frozen=True)
 class DimensionRule:
     """Dimension ``table`` is rebuilt, for the keys that changed, when any of ``sources``
-    has new rows in a batch; ``build`` returns its rows (or None)."""
+    has new rows in a batch; ``build`` returns its rows and the row versions it held back
+    (or None). Held row versions are those of ``sources[0]``."""
 
     table: str
     sources: tuple[str, ...]
-    build: Callable[[BatchInputs], Optional[pa.Table]]
+    build: Callable[[BatchInputs], Optional[Checked]]
 
 
 #: Every dimension but dim_date (which follows the facts' dates), in the order written.
@@ -224,7 +230,7 @@ DIMENSION_RULES: tuple[DimensionRule, ...] = (
 
 
 def dimension_rows(inputs: BatchInputs):
-    """``(dimension, rows)`` for every rule one of whose sources has new rows in the batch."""
+    """``(rule, checked)`` for every rule one of whose sources has new rows in the batch."""
     for rule in DIMENSION_RULES:
         if any(source in inputs.new for source in rule.sources):
-            yield rule.table, rule.build(inputs)
+            yield rule, rule.build(inputs)

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from totes.transform.columns import conform, split_timestamp, text_to_date
+from totes.utils.quarantine import Checked, Violations
 from totes.utils.source_tables import default_primary_key
 from totes.utils.star_schema import TABLES, WarehouseTable
 
@@ -25,29 +26,26 @@ _SPLIT = {"created_at": ("created_date", "created_time"),
           "last_updated": ("last_updated_date", "last_updated_time")}
 
 
-def fact_rows(batch: pa.RecordBatch, source_table: str) -> pa.Table:
+def fact_rows(batch: pa.RecordBatch, source_table: str) -> Checked:
     """The fact rows of one record batch of ``source_table`` (a lake file's rows), typed as
-    the fact table.
-
-    Raises:
-        DataError: a text date is not YYYY-MM-DD, or a NOT NULL column is empty (names the
-            table, the row's id and the column).
-    """
+    the fact table, and the row versions held in quarantine: those with a text date that is
+    not YYYY-MM-DD, an empty NOT NULL column or a value too large for its fact column."""
     fact_name, renames = FACT_SOURCES[source_table]
     target: WarehouseTable = TABLES[fact_name]
     id_column = default_primary_key(source_table)
-    ids = batch.column(id_column)
+    violations = Violations(source_table, id_column, batch)
     columns = {}
     for source, (date_column, time_column) in _SPLIT.items():
         columns[date_column], columns[time_column] = split_timestamp(batch.column(source))
     for column in target.columns:
         if column.name in columns:
             continue
-        values = batch.column(renames.get(column.name, column.name))
+        source = renames.get(column.name, column.name)
+        values = batch.column(source)
         if column.arrow_type == pa.date32() and pa.types.is_string(values.type):
-            values = text_to_date(values, ids, source_table, id_column, column.name)
+            values = text_to_date(values, violations, source)
         columns[column.name] = values
-    return conform(columns, target, source_table, id_column)
+    return conform(columns, target, violations)
 
 
 def fact_dates(rows: pa.Table) -> pa.Array:

@@ -7,6 +7,10 @@ reference tables' latest rows (:func:`merge_reference_state`); build the dimensi
 a time, with the dates they refer to (:func:`write_facts`); publish every file, then commit the
 batch with its manifest (:mod:`totes.utils.manifest`), written last.
 
+A row version that breaks a rule does not stop the batch: it is held in the batch's
+quarantine files (:mod:`totes.utils.quarantine`) and the rest goes on. ``retry`` puts
+quarantined row versions through the rules again, as part of a batch.
+
 A run that fails before its manifest leaves only files that no manifest names; the next run
 transforms the same lake files again, under new keys. The batch's time is the newest lake
 key's time (data time), so manifests sort as the data does.
@@ -26,6 +30,7 @@ from totes.transform import dimensions as dims
 from totes.transform.facts import FACT_SOURCES, fact_dates, fact_rows
 from totes.utils.lake import Lake, key_time
 from totes.utils.manifest import Manifest, commit, latest_manifest, state_prefix
+from totes.utils.quarantine import quarantine_prefix
 from totes.utils.source_tables import REFERENCE_TABLES, SOURCE_TABLES
 from totes.utils.stage_results import TableOutput, TransformResult
 from totes.utils.star_schema import TABLES
@@ -45,7 +50,8 @@ class _Outputs:
         self.rows: dict[str, int] = {}
 
     def write(self, name: str, rows: Optional[pa.Table]) -> None:
-        """Append ``rows`` to the file of ``name`` (a warehouse table or ``_state/<table>``)."""
+        """Append ``rows`` to the file of ``name`` (a warehouse table, ``_state/<table>`` or
+        ``_quarantine/<table>``)."""
         if rows is None or rows.num_rows == 0:
             return
         if name not in self.writers:
@@ -54,8 +60,15 @@ class _Outputs:
             writer = pq.ParquetWriter(path, schema, compression="zstd")
             self.stack.callback(writer.close)
             self.writers[name] = (path, writer)
-        self.writers[name][1].write_table(rows)
+        writer = self.writers[name][1]
+        if name not in TABLES and rows.schema != writer.schema:
+            rows = rows.cast(writer.schema)  # a quarantine file of lake files of two schemas
+        writer.write_table(rows)
         self.rows[name] = self.rows.get(name, 0) + rows.num_rows
+
+    def hold(self, table: str, held: Optional[pa.Table]) -> None:
+        """Add row versions of source ``table`` that broke a rule to its quarantine file."""
+        self.write(quarantine_prefix(table), held)
 
     def publish(self, moment: datetime) -> dict[str, str]:
         """Close every file and publish it under its key; returns name → key."""
@@ -76,8 +89,9 @@ def pending_lake_files(lake: Lake, previous: Optional[Manifest]) -> dict[str, li
             if (keys := lake.keys_after(table, consumed.get(table)))}
 
 
-def _read_all(lake: Lake, keys: list[str]) -> pa.Table:
-    return pa.concat_tables([lake.read_table(key) for key in keys], promote_options="default")
+def _read_all(lake: Lake, keys: list[str], retry: Optional[pa.Table] = None) -> pa.Table:
+    tables = [lake.read_table(key) for key in keys] + ([retry] if retry is not None else [])
+    return pa.concat_tables(tables, promote_options="default")
 
 
 def merge_reference_state(processed: Lake, previous: Optional[Manifest],
@@ -98,52 +112,74 @@ def merge_reference_state(processed: Lake, previous: Optional[Manifest],
     return state
 
 
-def write_facts(lake: Lake, new_keys: dict[str, list[str]], outputs: _Outputs) -> pa.Array:
-    """Stream every new lake file of the fact sources into its fact table, one record batch
-    at a time; returns the distinct dates the fact rows refer to (for dim_date)."""
+def write_facts(lake: Lake, new_keys: dict[str, list[str]], outputs: _Outputs,
+                retry: dict[str, pa.Table]) -> pa.Array:
+    """Stream every new lake file of the fact sources (and the row versions to ``retry``)
+    into its fact table, one record batch at a time, holding the row versions that break a
+    rule; returns the distinct dates the fact rows refer to (for dim_date)."""
     dates = [pa.array([], pa.date32())]
     for source_table, (fact_name, _) in FACT_SOURCES.items():
-        for key in new_keys.get(source_table, []):
-            for batch in lake.iter_batches(key, FACT_BATCH_ROWS):
-                rows = fact_rows(batch, source_table)
-                outputs.write(fact_name, rows)
-                dates.append(fact_dates(rows))
+        batches = (batch for key in new_keys.get(source_table, [])
+                   for batch in lake.iter_batches(key, FACT_BATCH_ROWS))
+        if source_table in retry:
+            batches = _chain(batches, retry[source_table].to_batches(FACT_BATCH_ROWS))
+        for batch in batches:
+            checked = fact_rows(batch, source_table)
+            outputs.write(fact_name, checked.rows)
+            outputs.hold(source_table, checked.held)
+            dates.append(fact_dates(checked.rows))
     return pa.concat_arrays(dates)
 
 
-def transform(lake: Lake, processed: Lake) -> TransformResult:
+def _chain(*iterables):
+    for iterable in iterables:
+        yield from iterable
+
+
+def transform(lake: Lake, processed: Lake,
+              retry: Optional[dict[str, pa.Table]] = None) -> TransformResult:
     """Transform every lake file newer than the last batch's, then commit a manifest.
 
+    ``retry`` maps a source table to quarantined row versions of it (source columns only) to
+    put through the rules again in this batch: those that pass now join the star schema, the
+    others are held again.
+
     Returns the stage result (:class:`~totes.utils.stage_results.TransformResult`); its
-    ``manifest`` is None and ``tables`` empty when the lake has nothing new.
+    ``manifest`` is None and ``tables`` empty when there was nothing to transform.
 
     Raises:
-        DataError: a source row breaks a rule (names table, row id and column).
         LakeError: storage broke its contract, or another transform committed the same batch
             first.
         StorageUnavailable: storage could not be reached (retry).
     """
     started = time.monotonic()
+    retry = {t: rows for t, rows in (retry or {}).items() if rows is not None and rows.num_rows}
     _, previous = latest_manifest(processed)
     new_keys = pending_lake_files(lake, previous)
-    if not new_keys:
+    if not new_keys and not retry:
         return TransformResult(manifest=None, source_files=0, tables=[],
                                seconds=round(time.monotonic() - started, 3))
-    moment = max(key_time(keys[-1]) for keys in new_keys.values())
+    moment = max([key_time(keys[-1]) for keys in new_keys.values()]
+                 + ([datetime.fromisoformat(previous.batch_time)] if previous else []))
 
     with contextlib.ExitStack() as stack:
         outputs = _Outputs(processed, stack)
-        new = {t: _read_all(lake, keys) for t, keys in new_keys.items() if t not in FACT_SOURCES}
+        new = {t: _read_all(lake, new_keys.get(t, []), retry.get(t)) for t in SOURCE_TABLES
+               if (t in new_keys or t in retry) and t not in FACT_SOURCES}
         state = merge_reference_state(processed, previous, new, outputs)
-        for name, rows in dims.dimension_rows(dims.BatchInputs(new, state)):
-            outputs.write(name, rows)
-        dates = write_facts(lake, new_keys, outputs)
+        for rule, checked in dims.dimension_rows(dims.BatchInputs(new, state)):
+            if checked is not None:
+                outputs.write(rule.table, checked.rows)
+                outputs.hold(rule.sources[0], checked.held)
+        dates = write_facts(lake, new_keys, outputs, retry)
         if len(dates):
             outputs.write("dim_date", dims.dim_date(dates))
         published = outputs.publish(moment)
 
     tables = [TableOutput(table=name, key=published[name], rows=outputs.rows[name])
               for name in TABLES if name in published]
+    quarantined = {t: outputs.rows[quarantine_prefix(t)] for t in SOURCE_TABLES
+                   if quarantine_prefix(t) in published}
     manifest = Manifest(
         batch_time=moment.isoformat(sep=" ", timespec="microseconds"),
         lake={**(previous.lake if previous else {}),
@@ -151,9 +187,16 @@ def transform(lake: Lake, processed: Lake) -> TransformResult:
         state={**(previous.state if previous else {}),
                **{t: published[state_prefix(t)] for t in REFERENCE_TABLES
                   if state_prefix(t) in published}},
-        source_files=new_keys, outputs=tables)
+        source_files=new_keys, outputs=tables, quarantined=quarantined,
+        quarantine=(previous.quarantine if previous else [])
+        + [published[quarantine_prefix(t)] for t in quarantined])
     manifest_key = commit(processed, manifest, moment)
     source_files = sum(map(len, new_keys.values()))
+    if quarantined:
+        log.warning("batch %s held %d row versions in quarantine: %s", manifest_key,
+                    sum(quarantined.values()), ", ".join(f"{t} {n}" for t, n in
+                                                         quarantined.items()))
     log.info("transformed %d lake files into %s", source_files, manifest_key)
     return TransformResult(manifest=manifest_key, source_files=source_files, tables=tables,
+                           quarantined=quarantined, quarantined_rows=sum(quarantined.values()),
                            seconds=round(time.monotonic() - started, 3))

@@ -45,6 +45,10 @@ class SourceSchemaError(TerminalError):
     """The source database lacks a configured table or column (names it)."""
 
 
+class PermissionDenied(TerminalError):
+    """A database role lacks a privilege the pipeline needs (names the table and the GRANT)."""
+
+
 class DataError(TerminalError):
     """A source row breaks a rule of the star schema.
 

@@ -51,6 +51,9 @@ class Manifest(BaseModel):
     * ``state``: per reference table, the key of its latest-rows file as of this batch.
     * ``source_files``: the lake keys this batch transformed, oldest first.
     * ``outputs``: the processed files of this batch, dimensions before facts.
+    * ``quarantined``: per source table, the row versions this batch held in quarantine.
+    * ``quarantine``: the keys of every quarantine file so far, this batch's included
+      (cumulative, as ``lake`` is): what ``totes quarantine`` reads.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -60,6 +63,8 @@ class Manifest(BaseModel):
     state: dict[str, str]
     source_files: dict[str, list[str]]
     outputs: list[TableOutput]
+    quarantined: dict[str, int] = {}
+    quarantine: list[str] = []
 
     def output(self, table: str) -> Optional[TableOutput]:
         """The processed file of warehouse ``table`` in this batch, if it has one."""

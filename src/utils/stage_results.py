@@ -68,14 +68,19 @@ class TransformResult(_Result):
     """The transform step's output::
 
         {"manifest": "_manifests/2024/11/15/144010123000.json" | null, "source_files": 11,
-         "tables": [<TableOutput>, ...], "seconds": 2.1}
+         "tables": [<TableOutput>, ...], "quarantined": {"sales_order": 1},
+         "quarantined_rows": 1, "seconds": 2.1}
 
     ``manifest`` is null and ``tables`` empty when the lake had nothing new.
+    ``quarantined`` counts, per source table, the row versions this batch held in quarantine
+    (they broke a rule; the rest of the batch went on); ``quarantined_rows`` is their sum.
     """
 
     manifest: Optional[str]
     source_files: int
     tables: list[TableOutput]
+    quarantined: dict[str, int] = {}
+    quarantined_rows: int = 0
     seconds: float
 
 
@@ -93,13 +98,22 @@ class LoadResult(_Result):
     """The load step's output::
 
         {"batches": ["_manifests/2024/11/15/144010123000.json"],
-         "tables": [<LoadedTable>, ...], "seconds": 3.2}
+         "tables": [<LoadedTable>, ...], "held": {"fact_sales_order": 1}, "held_rows": 1,
+         "released": {"fact_sales_order": 3}, "waiting": {"fact_sales_order": 1},
+         "seconds": 3.2}
 
     ``batches`` are the manifest keys loaded, in batch order; empty when none was pending.
+    ``held``: fact rows this load set aside because a foreign key has no dimension row yet
+    (``held_rows`` is their sum); ``released``: held rows this load inserted because their
+    dimension rows had arrived; ``waiting``: every fact row still held after this load.
     """
 
     batches: list[str]
     tables: list[LoadedTable]
+    held: dict[str, int] = {}
+    held_rows: int = 0
+    released: dict[str, int] = {}
+    waiting: dict[str, int] = {}
     seconds: float
 
 

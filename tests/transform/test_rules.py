@@ -1,11 +1,12 @@
-"""Derivation rules that the snapshot alone does not exercise: dim_date, bad data."""
+"""Derivation rules that the snapshot alone does not exercise: dim_date, bad data held in
+quarantine by name."""
 from datetime import date, datetime
 from decimal import Decimal
 
 import pyarrow as pa
 import pytest
 
-from totes.transform.dimensions import currency_name, dim_date, latest_per_key
+from totes.transform.dimensions import currency_name, dim_currency, dim_date, latest_per_key
 from totes.transform.facts import fact_rows
 from totes.utils.errors import DataError
 
@@ -19,11 +20,18 @@ def test_dim_date_is_iso_with_english_names_and_no_fixed_range():
          "day_of_week": 7, "day_name": "Sunday", "month_name": "December", "quarter": 4}]
 
 
-def test_currency_names_come_from_iso_4217():
-    assert currency_name("GBP", 1) == "Pound Sterling"
-    assert currency_name("USD", 2) == "US Dollar"
-    with pytest.raises(DataError, match="currency_id=9: currency_code 'XYZ' has no ISO 4217"):
-        currency_name("XYZ", 9)
+def test_currency_names_come_from_iso_4217_and_an_unknown_code_is_held():
+    assert currency_name("GBP") == "Pound Sterling" and currency_name("usd ") == "US Dollar"
+    moment = datetime(2024, 11, 15)
+    checked = dim_currency(pa.table({"currency_id": pa.array([1, 9], pa.int32()),
+                                     "currency_code": ["GBP", "XYZ"],
+                                     "created_at": [moment] * 2, "last_updated": [moment] * 2}))
+    assert checked.rows["currency_id"].to_pylist() == [1]
+    [record] = checked.held.to_pylist()
+    assert record["_totes_message"] == ("currency row currency_id=9: currency_code 'XYZ' has "
+                                        "no ISO 4217 name")
+    assert (record["currency_id"], record["_totes_rule"], record["_totes_value"]) == \
+        (9, "iso_4217", "XYZ")
 
 
 def payment_batch(payment_date):
@@ -45,18 +53,25 @@ def payment_batch(payment_date):
 
 
 def test_a_fact_splits_timestamps_and_parses_text_dates():
-    rows = fact_rows(payment_batch("2024-11-21"), "payment").to_pylist()
+    checked = fact_rows(payment_batch("2024-11-21"), "payment")
+    assert checked.held is None
+    rows = checked.rows.to_pylist()
     assert rows[1]["payment_date"] == date(2024, 11, 21)
     assert rows[0]["payment_amount"] == Decimal("1.50")
     assert rows[0]["created_time"].isoformat() == "14:40:10.123000"
     assert "company_ac_number" not in rows[0]
 
 
+def held_messages(checked) -> list:
+    return checked.held["_totes_message"].to_pylist() if checked.held is not None else []
+
+
 @pytest.mark.parametrize("bad", ["2024-1-5", "21/11/2024", "2024-02-30"])
-def test_a_bad_text_date_names_the_table_row_and_column(bad):
-    with pytest.raises(DataError, match=f"payment row payment_id=8: payment_date '{bad}' is not "
-                                        "a YYYY-MM-DD date"):
-        fact_rows(payment_batch(bad), "payment")
+def test_a_bad_text_date_is_held_naming_the_table_row_and_column(bad):
+    checked = fact_rows(payment_batch(bad), "payment")
+    assert checked.rows["payment_id"].to_pylist() == [7]  # the other row goes on
+    assert held_messages(checked) == [f"payment row payment_id=8: payment_date '{bad}' is not "
+                                      "a YYYY-MM-DD date"]
 
 
 def test_latest_per_key_keeps_the_newest_version():
@@ -77,7 +92,7 @@ def test_a_microsecond_timestamp_keeps_its_microseconds_and_a_finer_one_is_trunc
     batch = payment_batch("2024-11-21")
     with_micros = batch.set_column(2, "last_updated", pa.array(
         [datetime(2024, 11, 15, 14, 40, 10, 123456)] * 2, pa.timestamp("us")))
-    rows = fact_rows(with_micros, "payment").to_pylist()
+    rows = fact_rows(with_micros, "payment").rows.to_pylist()
     assert rows[0]["last_updated_time"].isoformat() == "14:40:10.123456"
 
 
@@ -85,19 +100,37 @@ def test_a_value_too_large_for_the_warehouse_names_its_row():
     batch = payment_batch("2024-11-21")
     big = batch.set_column(5, "payment_amount", pa.array(
         [Decimal("1.50"), Decimal("123456789.00")], pa.decimal128(12, 2)))
-    with pytest.raises(DataError, match=r"payment row payment_id=8: payment_amount 123456789.00 "
-                                        r"does not fit fact_payment.payment_amount "
-                                        r"\(numeric\(10, 2\)\)"):
-        fact_rows(big, "payment")
+    assert held_messages(fact_rows(big, "payment")) == [
+        "payment row payment_id=8: payment_amount 123456789.00 does not fit "
+        "fact_payment.payment_amount (numeric(10, 2))"]
 
 
-def test_a_rule_error_without_row_ids_is_still_a_data_error():
+def test_many_bad_rows_are_each_held_once_with_their_first_violation():
+    from totes.transform.columns import rows_that_do_not_fit
+
+    values = pa.array([Decimal(i) * 10_000_000 if i % 1000 == 0 else Decimal(i)
+                       for i in range(1, 10_001)], pa.decimal128(14, 2))
+    assert rows_that_do_not_fit(values, pa.decimal128(10, 2)) == list(range(999, 10_000, 1000))
+    batch = payment_batch("bad")
+    batch = batch.set_column(5, "payment_amount", pa.array(
+        [Decimal("1.50"), Decimal("123456789.00")], pa.decimal128(12, 2)))
+    checked = fact_rows(batch, "payment")  # row 8 breaks two rules: the first is kept
+    assert held_messages(checked) == ["payment row payment_id=8: payment_date 'bad' is not a "
+                                      "YYYY-MM-DD date"]
+
+
+def test_a_violation_without_row_ids_still_names_the_table_and_column():
     from totes.transform.columns import conform
+    from totes.utils.quarantine import Violations
     from totes.utils.star_schema import TABLES
 
     columns = {"payment_type_id": pa.array([1], pa.int32()),
                "payment_type_name": pa.array([None], pa.string()),
                "source_last_updated": pa.array([datetime(2024, 1, 1)], pa.timestamp("us"))}
-    with pytest.raises(DataError, match="payment_type: payment_type_name is empty but "
-                                        "dim_payment_type.payment_type_name is NOT NULL"):
-        conform(columns, TABLES["dim_payment_type"], "payment_type", "no_such_id_column")
+    violations = Violations("payment_type", "no_such_id_column", pa.table(columns))
+    checked = conform(columns, TABLES["dim_payment_type"], violations)
+    assert checked.rows.num_rows == 0
+    assert [str(e) for e in violations.errors()] == [
+        "payment_type: payment_type_name is empty but dim_payment_type.payment_type_name is "
+        "NOT NULL"]
+    assert isinstance(violations.errors()[0], DataError)
