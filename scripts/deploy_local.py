@@ -10,8 +10,10 @@ real state machine execution end to end, then a failing one, then everything des
    Emulator settings (endpoint, local state, few retries) go in *_override.tf files written
    here and removed afterwards; the layers themselves are unchanged.
 4. Execution 1 must SUCCEED and fill the warehouse with the snapshot's rows. Then a currency
-   with no ISO 4217 code is put in the source: execution 2 must end FAILED, and the alert it
-   publishes must arrive (an SQS queue subscribed to the alert topic receives it).
+   with no ISO 4217 code is put in the source: execution 2 must SUCCEED with that row in
+   quarantine, and its "rows held back" alert must arrive (an SQS queue subscribed to the
+   alert topic receives it). Then a column transform reads is renamed in the source:
+   execution 3 must end FAILED, and its alert must name the column.
 5. terraform destroy, both layers; the emulator and PostgreSQL stop.
 """
 from __future__ import annotations
@@ -207,20 +209,37 @@ def main() -> int:
         if counts != FACT_ROWS:
             raise SystemExit(f"expected {FACT_ROWS}")
 
-        say("execution 2: a currency with no ISO 4217 code must fail the run and alert")
+        def alerts() -> list[str]:
+            messages = sqs.receive_message(QueueUrl=queue, WaitTimeSeconds=5,
+                                           MaxNumberOfMessages=10).get("Messages", [])
+            for message in messages:
+                sqs.delete_message(QueueUrl=queue, ReceiptHandle=message["ReceiptHandle"])
+            found = [json.loads(m["Body"]).get("Message", m["Body"]) for m in messages]
+            print("alerts received: " + (" | ".join(found) if found else "(none)"))
+            return found
+
+        say("execution 2: a currency with no ISO 4217 code is quarantined, the run lands")
         with source.session("deploy-local", "injecting a bad currency") as session:
             session.conn.run("INSERT INTO currency (currency_code, last_updated) "
                              "VALUES ('XYZ', '2024-11-16')")
         second = execute(stepfunctions, machine, "deploy-local-2")
         print(f"execution 2 ended {second['status']}")
-        messages = sqs.receive_message(QueueUrl=queue, WaitTimeSeconds=5,
-                                       MaxNumberOfMessages=10).get("Messages", [])
-        alerts = [json.loads(m["Body"]).get("Message", m["Body"]) for m in messages]
-        print("alert received: " + (alerts[0] if alerts else "(none)"))
-        if second["status"] != "FAILED" or not any("XYZ" in a for a in alerts):
-            raise SystemExit("execution 2 should have FAILED with an alert naming XYZ")
-        say("deploy-local: both layers applied, execution 1 SUCCEEDED, execution 2 FAILED "
-            "and alerted")
+        held = alerts()
+        if second["status"] != "SUCCEEDED" or not any(
+                "set rows aside" in a and '"currency":1' in a for a in held):
+            raise SystemExit("execution 2 should have SUCCEEDED with one alert for the "
+                             "quarantined currency row")
+
+        say("execution 3: a column transform reads is renamed: the run fails and alerts")
+        with source.session("deploy-local", "renaming a column") as session:
+            session.conn.run("ALTER TABLE design RENAME COLUMN design_name TO name")
+        third = execute(stepfunctions, machine, "deploy-local-3")
+        print(f"execution 3 ended {third['status']}")
+        failed = alerts()
+        if third["status"] != "FAILED" or not any("design_name" in a for a in failed):
+            raise SystemExit("execution 3 should have FAILED with an alert naming design_name")
+        say("deploy-local: both layers applied; execution 1 SUCCEEDED, execution 2 SUCCEEDED "
+            "with a quarantined row and one alert, execution 3 FAILED and alerted")
         return 0
     finally:
         for layer in reversed(applied):

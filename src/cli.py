@@ -3,7 +3,9 @@ and renders their results; where things are is resolved by :mod:`totes.local.wor
 results look by :mod:`totes.local.render`.
 
 Exit codes: 0 success, 1 an error a retry cannot fix, 75 a transient error (retry later),
-2 a usage error. With ``--json``, an error is also printed on standard output as
+2 a usage error, 65 the run landed but set row versions aside (quarantined, or fact rows
+held for a missing dimension row: ``totes quarantine`` lists them). With ``--json``, an
+error is also printed on standard output as
 ``{"error": {"type": ..., "message": ..., "retryable": ..., "exit_code": ...}}``.
 """
 from __future__ import annotations
@@ -30,6 +32,8 @@ embedded_app = typer.Typer(no_args_is_help=True, help="The embedded PostgreSQL s
 app.add_typer(embedded_app, name="embedded")
 
 EXIT_TERMINAL, EXIT_TRANSIENT = 1, 75
+#: sysexits.h EX_DATAERR: the input data was incorrect. The run landed; some rows are held.
+EXIT_ROWS_HELD = 65
 _state = {"verbose": False}
 
 
@@ -192,14 +196,23 @@ def run(source_url: Optional[str] = SourceUrl, warehouse_url: Optional[str] = Wa
             result = run_pipeline(resources, on_stage, lambda r: progress.line(
                 f"  ingested {r.table}: {r.rows:,} rows"))
         if as_json:
-            return _print_json(result.model_dump(mode="json"))
-        console = render.stdout()
-        console.print(render.ingest_table(result.ingest))
-        console.print(render.transform_table(result.transform))
-        console.print(render.load_table(result.load))
-        console.print(render.run_summary(result))
-        _connect_hint(workspace)
+            _print_json(result.model_dump(mode="json"))
+        else:
+            console = render.stdout()
+            console.print(render.ingest_table(result.ingest))
+            console.print(render.transform_table(result.transform))
+            console.print(render.load_table(result.load))
+            console.print(render.run_summary(result))
+            for line in render.held_back(result.transform, result.load):
+                progress.console.print(f"[yellow]{line}[/]")
+            _connect_hint(workspace)
+        _exit_if_held(result.transform.quarantined_rows + result.load.held_rows)
     _guard(work, as_json)
+
+
+def _exit_if_held(newly_held: int) -> None:
+    if newly_held:
+        raise typer.Exit(EXIT_ROWS_HELD)
 
 
 @app.command()
@@ -259,8 +272,12 @@ def transform(lake: Optional[str] = LakeUri, processed: Optional[str] = Processe
         with progress.status("transform…"):
             result = run_transform(workspace.lake(), workspace.processed())
         if as_json:
-            return _print_json(result.model_dump(mode="json"))
-        render.stdout().print(render.transform_table(result))
+            _print_json(result.model_dump(mode="json"))
+        else:
+            render.stdout().print(render.transform_table(result))
+            for line in render.held_back(result, None):
+                progress.console.print(f"[yellow]{line}[/]")
+        _exit_if_held(result.quarantined_rows)
     _guard(work, as_json)
 
 
@@ -280,9 +297,56 @@ def load(warehouse_url: Optional[str] = WarehouseUrl, processed: Optional[str] =
             result = run_load(workspace.processed(), workspace.database("warehouse"),
                               batch or None)
         if as_json:
-            return _print_json(result.model_dump(mode="json"))
-        render.stdout().print(render.load_table(result))
-        _connect_hint(workspace)
+            _print_json(result.model_dump(mode="json"))
+        else:
+            render.stdout().print(render.load_table(result))
+            for line in render.held_back(None, result):
+                progress.console.print(f"[yellow]{line}[/]")
+            _connect_hint(workspace)
+        _exit_if_held(result.held_rows)
+    _guard(work, as_json)
+
+
+@app.command()
+def quarantine(warehouse_url: Optional[str] = WarehouseUrl,
+               processed: Optional[str] = ProcessedUri, lake: Optional[str] = LakeUri,
+               retry: bool = typer.Option(False, "--retry", help="Put the held row versions "
+                                          "through the rules again, then load"),
+               everything: bool = typer.Option(False, "--all", help="Also list the versions "
+                                               "superseded or released"),
+               limit: int = typer.Option(100, "--limit", min=1, help="At most this many rows "
+                                         "per table"),
+               as_json: bool = JsonOutput, verbose: bool = Verbose):
+    """List the row versions held back: quarantined by transform (they broke a rule) and fact
+    rows load holds until their dimension row arrives. Exit 0; with --retry, 65 if rows are
+    still held afterwards."""
+    from totes.load.quarantine import quarantine_report
+    from totes.local.runner import retry_quarantine
+
+    def work():
+        progress = _Progress()
+        workspace = _workspace(progress, warehouse_url=warehouse_url, processed=processed,
+                               lake=lake)
+        warehouse = workspace.database("warehouse")
+        retried = None
+        if retry:
+            with progress.status("retrying the quarantine…"):
+                retried = retry_quarantine(workspace.lake(), workspace.processed(), warehouse)
+        report = quarantine_report(workspace.processed(), warehouse, limit, everything)
+        if as_json:
+            document = report.model_dump(mode="json")
+            if retried:
+                document["retry"] = {"transform": retried[0].model_dump(mode="json"),
+                                     "load": retried[1].model_dump(mode="json")}
+            _print_json(document)
+        else:
+            if retried:
+                for line in render.retried(*retried):
+                    progress.console.print(line)
+            render.stdout().print(render.quarantine_table(report))
+        still_held = report.counts.get("held", 0) + report.counts.get("waiting", 0)
+        if retry and still_held:
+            raise typer.Exit(EXIT_ROWS_HELD)
     _guard(work, as_json)
 
 

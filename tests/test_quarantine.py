@@ -188,7 +188,8 @@ def test_a_retry_puts_held_versions_through_the_rules_again(resources, monkeypat
     known = dimensions.currency_name
     monkeypatch.setattr(dimensions, "currency_name",
                         lambda code: "Testing code" if code == "ZZZ" else known(code))
-    retried, loaded = retry_quarantine(resources)
+    retried, loaded = retry_quarantine(resources.lake, resources.processed,
+                                       resources.warehouse)
 
     assert retried.source_files == 0 and retried.quarantined == {}
     assert loaded.batches == [retried.manifest]

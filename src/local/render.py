@@ -9,6 +9,8 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from typing import Optional
+
 from totes.utils.stage_results import IngestResult, LoadResult, RunResult, TransformResult
 
 #: Width of tables when standard output is not a terminal (a pipe, a file, a CI log), so
@@ -87,3 +89,46 @@ def replay_row(table: Table, moment: datetime, result: RunResult) -> str:
                   f"{result.seconds:.1f}")
     detail = ", ".join(f"{name} {rows:,}" for name, rows in moved.items())
     return f"  {moment:%Y-%m-%d %H:%M}: {detail or 'nothing new'}"
+
+
+def held_back(transform: Optional[TransformResult], load: Optional[LoadResult]) -> list[str]:
+    """Lines saying what a run set aside, for standard error (empty when nothing was)."""
+    lines = []
+    if transform is not None and transform.quarantined_rows:
+        detail = ", ".join(f"{t} {n:,}" for t, n in transform.quarantined.items())
+        lines.append(f"Quarantined {transform.quarantined_rows:,} row versions that break a "
+                     f"rule ({detail}); the rest of the batch landed. See: totes quarantine")
+    if load is not None and load.held_rows:
+        detail = ", ".join(f"{t} {n:,}" for t, n in load.held.items())
+        lines.append(f"Held {load.held_rows:,} fact rows whose dimension row is missing "
+                     f"({detail}); the next load inserts them once it arrives.")
+    if load is not None and load.released:
+        detail = ", ".join(f"{t} {n:,}" for t, n in load.released.items())
+        lines.append(f"Released held fact rows whose dimension rows arrived: {detail}.")
+    return lines
+
+
+def retried(transform: TransformResult, load: LoadResult) -> list[str]:
+    """What ``totes quarantine --retry`` did."""
+    if transform.manifest is None:
+        return ["Nothing was held in quarantine to retry."] + held_back(None, load)
+    passed = sum(t.rows for t in transform.tables)
+    return [f"Retried the quarantine in batch {transform.manifest}: {passed:,} rows written, "
+            f"{transform.quarantined_rows:,} row versions still break a rule."] \
+        + held_back(None, load)
+
+
+def quarantine_table(report) -> Table:
+    """The rows ``totes quarantine`` lists, one per held row version."""
+    counts = ", ".join(f"{status} {n:,}" for status, n in sorted(report.counts.items()))
+    table = Table("stage", "table", "row", "version", "rule", "status", "message",
+                  title=f"quarantine ({counts or 'empty'})", caption="held: broke a rule, "
+                  "waits for a fix in the source or a retry; waiting: a fact row whose "
+                  "dimension row has not arrived; superseded/released: resolved (--all)",
+                  caption_justify="left")
+    for e in report.entries:
+        table.add_row(e.stage, e.table, f"{e.key_column}={e.row_id}", e.version[:26], e.rule,
+                      e.status, e.message.split(": ", 1)[-1])
+    if not report.entries:
+        table.add_row("-", "(nothing held)", "", "", "", "", "")
+    return table

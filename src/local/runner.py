@@ -76,11 +76,11 @@ def run_pipeline(resources: Resources,
                      seconds=round(time.monotonic() - started, 3))
 
 
-def retry_quarantine(resources: Resources) -> tuple[TransformResult, LoadResult]:
+def retry_quarantine(lake: Lake, processed: Lake,
+                     warehouse: Database) -> tuple[TransformResult, LoadResult]:
     """Put every row version the quarantine still holds through the rules again (in a new
     transform batch, with whatever new lake files there are), then load: the versions that
     pass now reach the warehouse, the others stay held. A load also releases the held fact
     rows whose dimension rows have arrived."""
-    retried = transform(resources.lake, resources.processed,
-                        retry=held_source_rows(resources.processed, resources.warehouse))
-    return retried, load(resources.processed, resources.warehouse)
+    retried = transform(lake, processed, retry=held_source_rows(processed, warehouse))
+    return retried, load(processed, warehouse)
