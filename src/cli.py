@@ -203,8 +203,9 @@ def run(source_url: Optional[str] = SourceUrl, warehouse_url: Optional[str] = Wa
             console.print(render.transform_table(result.transform))
             console.print(render.load_table(result.load))
             console.print(render.run_summary(result))
-            for line in render.held_back(result.transform, result.load):
-                progress.console.print(f"[yellow]{line}[/]")
+            for line in (render.source_warnings(result.ingest)
+                         + render.held_back(result.transform, result.load)):
+                progress.console.print(f"[yellow]{escape(line)}[/]")
             _connect_hint(workspace)
         _exit_if_held(result.transform.quarantined_rows + result.load.held_rows)
     _guard(work, as_json)
@@ -257,6 +258,8 @@ def ingest(source_url: Optional[str] = SourceUrl, lake: Optional[str] = LakeUri,
         if as_json:
             return _print_json([r.model_dump(mode="json") for r in results])
         render.stdout().print(render.ingest_table(results))
+        for line in render.source_warnings(results):
+            progress.console.print(f"[yellow]{escape(line)}[/]")
     _guard(work, as_json)
 
 
@@ -276,7 +279,7 @@ def transform(lake: Optional[str] = LakeUri, processed: Optional[str] = Processe
         else:
             render.stdout().print(render.transform_table(result))
             for line in render.held_back(result, None):
-                progress.console.print(f"[yellow]{line}[/]")
+                progress.console.print(f"[yellow]{escape(line)}[/]")
         _exit_if_held(result.quarantined_rows)
     _guard(work, as_json)
 
@@ -301,7 +304,7 @@ def load(warehouse_url: Optional[str] = WarehouseUrl, processed: Optional[str] =
         else:
             render.stdout().print(render.load_table(result))
             for line in render.held_back(None, result):
-                progress.console.print(f"[yellow]{line}[/]")
+                progress.console.print(f"[yellow]{escape(line)}[/]")
             _connect_hint(workspace)
         _exit_if_held(result.held_rows)
     _guard(work, as_json)
@@ -342,7 +345,7 @@ def quarantine(warehouse_url: Optional[str] = WarehouseUrl,
         else:
             if retried:
                 for line in render.retried(*retried):
-                    progress.console.print(line)
+                    progress.console.print(escape(line))
             render.stdout().print(render.quarantine_table(report))
         still_held = report.counts.get("held", 0) + report.counts.get("waiting", 0)
         if retry and still_held:

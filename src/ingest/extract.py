@@ -35,7 +35,8 @@ from totes.ingest.source_catalog import arrow_type, check_table
 from totes.utils.config import TablePlan
 from totes.utils.db import Database, quote_ident, translate_error
 from totes.utils.lake import Lake
-from totes.utils.stage_results import IngestResult
+from totes.utils.errors import DataError
+from totes.utils.stage_results import HeldBackBy, IngestResult
 from totes.utils.watermark import Watermark, footer_metadata, read_high_watermark
 
 log = logging.getLogger(__name__)
@@ -44,10 +45,16 @@ _CUTOFF_SQL = """
 WITH role AS (
     SELECT rolsuper OR pg_has_role(current_user, 'pg_read_all_stats', 'USAGE') AS sees_all
     FROM pg_roles WHERE rolname = current_user
-), activity AS (
-    SELECT min(xact_start) AS oldest FROM pg_stat_activity
+), open_transactions AS (
+    SELECT pid, usename, application_name, state, xact_start FROM pg_stat_activity
     WHERE datname = current_database() AND pid <> pg_backend_pid()
       AND backend_type = 'client backend' AND xact_start IS NOT NULL
+), activity AS (
+    SELECT min(xact_start) AS oldest FROM open_transactions
+), oldest AS (
+    SELECT pid, usename, application_name, state,
+           extract(epoch FROM clock_timestamp() - xact_start)::float8 AS age
+    FROM open_transactions ORDER BY xact_start LIMIT 1
 ), cutoff AS (
     SELECT role.sees_all,
            CASE WHEN role.sees_all THEN least(activity.oldest, clock_timestamp())
@@ -57,14 +64,30 @@ WITH role AS (
     FROM role, activity
 )
 SELECT sees_all, instant::text,
-       (instant AT TIME ZONE (SELECT reset_val FROM pg_settings WHERE name = 'TimeZone'))::text
-FROM cutoff
+       (instant AT TIME ZONE (SELECT reset_val FROM pg_settings WHERE name = 'TimeZone'))::text,
+       oldest.pid, oldest.usename, oldest.application_name, oldest.state, oldest.age
+FROM cutoff LEFT JOIN oldest ON true
 """
+#: An open transaction older than this (seconds) that holds the cutoff back is reported.
+HELD_BACK_WARNING_SECONDS = 60.0
+#: The largest CSV block a row may need (pyarrow's block size is a 32-bit int).
+MAX_RECORD_BATCH_BYTES = (1 << 31) - 1
 
 
-def _read_cutoff(conn, lag_seconds: float, with_time_zone: bool) -> tuple[str, bool]:
-    (sees_all, instant, local), = conn.run(_CUTOFF_SQL, lag=lag_seconds)
-    return (instant if with_time_zone else local), bool(sees_all)
+class _RowLargerThanBlock(Exception):
+    """A row did not fit in one CSV block of ``record_batch_bytes``; the extract is redone
+    with larger blocks."""
+
+
+def _read_cutoff(conn, lag_seconds: float,
+                 with_time_zone: bool) -> tuple[str, bool, Optional[HeldBackBy]]:
+    (sees_all, instant, local, pid, role, application, state, age), = conn.run(
+        _CUTOFF_SQL, lag=lag_seconds)
+    held_back = None
+    if pid is not None and age is not None and age > HELD_BACK_WARNING_SECONDS:
+        held_back = HeldBackBy(pid=pid, role=role, application_name=application or "",
+                               state=state or "", transaction_age_seconds=round(age, 1))
+    return (instant if with_time_zone else local), bool(sees_all), held_back
 
 
 def _copy_through_pipe(conn, sql: str, consume, doing: str):
@@ -94,7 +117,7 @@ def _copy_through_pipe(conn, sql: str, consume, doing: str):
     except BaseException as consumer_error:
         reader.close()
         thread.join()
-        if failures:
+        if failures and not isinstance(consumer_error, _RowLargerThanBlock):
             raise translate_error(failures[0], doing) from consumer_error
         raise
     reader.close()
@@ -112,6 +135,7 @@ class _Source:
     schema: pa.Schema
     watermark_cast: str  # "timestamp" or "timestamptz"
     cutoff: str
+    held_back_by: Optional[HeldBackBy]
 
 
 def _inspect(conn, plan: TablePlan) -> _Source:
@@ -124,12 +148,19 @@ def _inspect(conn, plan: TablePlan) -> _Source:
     columns = check_table(conn, table, plan.primary_key, plan.watermark_column)
     with_time_zone = "with time zone" in dict(columns)[plan.watermark_column]
     schema = pa.schema([(name, arrow_type(pg_type, table, name)) for name, pg_type in columns])
-    cutoff, sees_all = _read_cutoff(conn, plan.in_flight_safety_lag_seconds, with_time_zone)
+    cutoff, sees_all, held_back = _read_cutoff(conn, plan.in_flight_safety_lag_seconds,
+                                               with_time_zone)
     if not sees_all:
         log.info("%s: the source role cannot see other sessions; stopping %ss short of the "
                  "database clock (grant pg_read_all_stats to remove the lag)",
                  table, plan.in_flight_safety_lag_seconds)
-    return _Source(schema, "timestamptz" if with_time_zone else "timestamp", cutoff)
+    if held_back is not None:
+        log.warning("%s: rows changed after %s wait for a transaction open for %.0f s "
+                    "(pid %s, role %s, %s); they are extracted once it ends", table, cutoff,
+                    held_back.transaction_age_seconds, held_back.pid, held_back.role,
+                    held_back.state)
+    return _Source(schema, "timestamptz" if with_time_zone else "timestamp", cutoff,
+                   held_back)
 
 
 def _extract_sql(conn, plan: TablePlan, source: _Source, low: Optional[Watermark]) -> str:
@@ -160,16 +191,29 @@ class _Written:
 
 
 def _csv_to_parquet(reader, staged: str, plan: TablePlan, schema: pa.Schema,
-                    low: Optional[Watermark], pool: pa.MemoryPool) -> Optional[_Written]:
-    """Parse the CSV stream of ``reader`` into record batches of ``plan.record_batch_bytes``
-    and write each as one row group of the Parquet file ``staged``, the watermarks in its
-    footer. Returns None (and writes nothing) when the stream is empty."""
+                    low: Optional[Watermark], pool: pa.MemoryPool,
+                    block_bytes: int) -> Optional[_Written]:
+    """Parse the CSV stream of ``reader`` into record batches of ``block_bytes`` and write
+    each as one row group of the Parquet file ``staged``, the watermarks in its footer.
+    Returns None (and writes nothing) when the stream is empty.
+
+    Raises:
+        _RowLargerThanBlock: a row does not fit in one block.
+    """
+    try:
+        return _write_parquet(reader, staged, plan, schema, low, pool, block_bytes)
+    except pa.ArrowInvalid as exc:
+        if "straddl" in str(exc):  # "straddling object straddles two block boundaries"
+            raise _RowLargerThanBlock(str(exc)) from exc
+        raise
+
+
+def _write_parquet(reader, staged, plan, schema, low, pool, block_bytes) -> Optional[_Written]:
     if not reader.peek(1):
         return None
     batches = pacsv.open_csv(
         reader,
-        read_options=pacsv.ReadOptions(column_names=schema.names,
-                                       block_size=plan.record_batch_bytes),
+        read_options=pacsv.ReadOptions(column_names=schema.names, block_size=block_bytes),
         parse_options=pacsv.ParseOptions(newlines_in_values=True),
         convert_options=pacsv.ConvertOptions(
             column_types=schema, true_values=["t"], false_values=["f"], null_values=[""],
@@ -208,9 +252,34 @@ def ingest_table(plan: TablePlan, source: Database, lake: Lake) -> IngestResult:
     started = time.monotonic()
     table = plan.table
     low = read_high_watermark(lake, table)
-    doing = f"extracting table {table} from the {source.describe()}"
     pool = pa.proxy_memory_pool(pa.default_memory_pool())
-    with source.session(f"totes-ingest-{table}", doing) as session:
+    block = plan.record_batch_bytes
+    while True:
+        try:
+            inspected, written, key, size = _extract(plan, source, lake, low, pool, block)
+            break
+        except _RowLargerThanBlock:
+            if block >= MAX_RECORD_BATCH_BYTES:
+                raise DataError(table, f"has a row larger than {MAX_RECORD_BATCH_BYTES:,} "
+                                "bytes of CSV, more than one record batch can hold") from None
+            block = min(block * 4, MAX_RECORD_BATCH_BYTES)
+            log.info("%s: a row is larger than the CSV block; extracting again with blocks "
+                     "of %d bytes", table, block)
+    log.info("ingested %s: %d rows into %s", table, written.rows if written else 0,
+             key or "(no file)")
+    return IngestResult(
+        table=table, key=key, rows=written.rows if written else 0,
+        row_groups=written.row_groups if written else 0, bytes=size, low_watermark=low,
+        high_watermark=written.high if written else low, cutoff=inspected.cutoff,
+        held_back_by=inspected.held_back_by, seconds=round(time.monotonic() - started, 3),
+        peak_arrow_bytes=pool.max_memory())
+
+
+def _extract(plan: TablePlan, source: Database, lake: Lake, low: Optional[Watermark],
+             pool: pa.MemoryPool, block: int):
+    """One attempt: the rows after ``low`` into a published lake file (none if no row)."""
+    doing = f"extracting table {plan.table} from the {source.describe()}"
+    with source.session(f"totes-ingest-{plan.table}", doing) as session:
         conn = session.conn
         inspected = _inspect(conn, plan)
         conn.run("START TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -218,16 +287,11 @@ def ingest_table(plan: TablePlan, source: Database, lake: Lake) -> IngestResult:
         with lake.staging_file() as staged:
             written = _copy_through_pipe(
                 conn, sql, lambda reader: _csv_to_parquet(reader, staged, plan,
-                                                          inspected.schema, low, pool), doing)
+                                                          inspected.schema, low, pool, block),
+                doing)
             conn.run("COMMIT")
             key, size = None, 0
             if written is not None:
-                key = lake.next_key(table, written.high.moment())
+                key = lake.next_key(plan.table, written.high.moment())
                 size = lake.publish(staged, key)
-    log.info("ingested %s: %d rows into %s", table, written.rows if written else 0,
-             key or "(no file)")
-    return IngestResult(
-        table=table, key=key, rows=written.rows if written else 0,
-        row_groups=written.row_groups if written else 0, bytes=size, low_watermark=low,
-        high_watermark=written.high if written else low, cutoff=inspected.cutoff,
-        seconds=round(time.monotonic() - started, 3), peak_arrow_bytes=pool.max_memory())
+    return inspected, written, key, size

@@ -29,13 +29,16 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from typing import Optional
 
 from totes.load import held_facts
 from totes.utils.db import Database, copy_into, merge_staged, quote_ident
+from totes.utils.errors import ConfigError
 from totes.utils.lake import Lake
 from totes.utils.manifest import manifests_after, read_manifest
+from totes.utils.source_tables import SOURCE_TABLES
 from totes.utils.stage_results import LoadedTable, LoadResult
 from totes.utils.star_schema import TABLES, TIME, WarehouseTable
 
@@ -62,6 +65,40 @@ _BOOKKEEPING_DDL = (
 )
 
 
+#: Set to 1 to let the warehouse share the source's database (a deliberate choice, never a
+#: default: the star schema would be created among the source's tables).
+ALLOW_SHARED_DATABASE = "TOTES_ALLOW_SHARED_DATABASE"
+
+
+def _shared_allowed() -> bool:
+    return os.environ.get(ALLOW_SHARED_DATABASE, "") in ("1", "true", "yes")
+
+
+def check_separate(source: Database, warehouse: Database) -> None:
+    """Refuse a warehouse that is the source database (same server and database name).
+
+    Raises:
+        ConfigError: both name the same database, and ``TOTES_ALLOW_SHARED_DATABASE`` is not 1.
+    """
+    if source.location() == warehouse.location() and not _shared_allowed():
+        raise ConfigError(f"the warehouse is the {source.describe()}: point the warehouse at "
+                          f"another database, or set {ALLOW_SHARED_DATABASE}=1 to keep the "
+                          "star schema beside the source's tables")
+
+
+def _refuse_source_tables(conn) -> None:
+    """Before the first creation: refuse a database that holds the ToteSys tables."""
+    found = [name for name, in conn.run(
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p') "
+        "AND c.relname = ANY(CAST(:names AS text[])) ORDER BY 1", names=list(SOURCE_TABLES))]
+    if len(found) >= 3 and not _shared_allowed():
+        (database,), = conn.run("SELECT current_database()")
+        raise ConfigError(f"the warehouse database {database} holds the ToteSys source tables "
+                          f"({', '.join(found[:4])}, …): it looks like the source. Point the "
+                          f"warehouse at another database, or set {ALLOW_SHARED_DATABASE}=1")
+
+
 def create_warehouse(conn) -> None:
     """Create the star schema and the load bookkeeping where absent, and upgrade a warehouse
     of an older schema version in place (adding the dimensions' version column, widening
@@ -72,6 +109,9 @@ def create_warehouse(conn) -> None:
     (current,), = conn.run("SELECT coalesce(max(version), 0) FROM totes.schema_version")
     if current >= WAREHOUSE_SCHEMA_VERSION:
         return
+    (created,), = conn.run("SELECT to_regclass('totes.loaded_batch') IS NOT NULL")
+    if not created:
+        _refuse_source_tables(conn)
     for statement in _BOOKKEEPING_DDL:
         conn.run(statement)
     for table in TABLES.values():

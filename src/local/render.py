@@ -91,6 +91,19 @@ def replay_row(table: Table, moment: datetime, result: RunResult) -> str:
     return f"  {moment:%Y-%m-%d %H:%M}: {detail or 'nothing new'}"
 
 
+def source_warnings(results: list[IngestResult]) -> list[str]:
+    """Lines naming old open source transactions that held an extract back."""
+    lines = []
+    for r in results:
+        if r.held_back_by is not None:
+            b = r.held_back_by
+            lines.append(f"{r.table}: rows changed after {r.cutoff} wait for a transaction "
+                         f"open for {b.transaction_age_seconds:,.0f} s (pid {b.pid}, role "
+                         f"{b.role}, {b.state or 'state unknown'}"
+                         f"{', ' + b.application_name if b.application_name else ''}).")
+    return lines
+
+
 def held_back(transform: Optional[TransformResult], load: Optional[LoadResult]) -> list[str]:
     """Lines saying what a run set aside, for standard error (empty when nothing was)."""
     lines = []

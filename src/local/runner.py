@@ -15,7 +15,7 @@ from typing import Callable
 from totes.ingest.extract import ingest_table
 from totes.ingest.plan import plan
 from totes.load.quarantine import held_source_rows
-from totes.load.warehouse import load
+from totes.load.warehouse import check_separate, load
 from totes.transform.run import transform
 from totes.utils.config import load_config
 from totes.utils.db import Database
@@ -64,6 +64,7 @@ def run_pipeline(resources: Resources,
     table's ingest ends (for progress). Errors raise as the stages raise them.
     """
     started = time.monotonic()
+    check_separate(resources.source, resources.warehouse)
     planned = plan(load_config(resources.config_path), resources.source)
     on_stage("plan", planned)
     ingested = ingest_all(resources.source, resources.lake, planned, on_table)

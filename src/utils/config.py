@@ -78,10 +78,28 @@ def load_config(path: str | Path = DEFAULT_CONFIG_PATH) -> PipelineConfig:
     except OSError as exc:
         raise ConfigError(f"cannot read configuration {path}: {exc.strerror}") from None
     try:
-        document = yaml.safe_load(text)
+        document = yaml.load(text, Loader=_UniqueKeyLoader)  # nosec B506 (a SafeLoader)
     except yaml.YAMLError as exc:
         raise ConfigError(f"configuration {path} is not valid YAML: {exc}") from None
     return parse_config(document, source=str(path))
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error (PyYAML
+    keeps the last silently: a table listed twice would lose its first settings)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, (str, int, float, bool)):
+                continue  # the safe loader itself rejects what cannot be a key
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"{key!r} is given twice (first on line {seen[key] + 1})",
+                    key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
 
 
 def parse_config(document: object, source: str = "configuration") -> PipelineConfig:

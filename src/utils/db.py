@@ -12,11 +12,12 @@ Passwords never appear in messages or ``repr``.
 from __future__ import annotations
 
 import json
+import os
 import re
 import ssl
 import threading
 from dataclasses import dataclass, field
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, unquote
 
 import pg8000.native
 from pg8000.exceptions import DatabaseError, InterfaceError
@@ -24,8 +25,31 @@ from pg8000.exceptions import DatabaseError, InterfaceError
 from totes.utils.errors import ConfigError, DatabaseRejected, DatabaseUnavailable
 
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
-#: Seconds pg8000 waits for a connection, and for each network read or write on it.
-CONNECT_TIMEOUT_SECONDS = 60
+#: How long a database may keep totes waiting, in seconds: for a connection, for each network
+#: read or write on it (pg8000's timeout), and for a lock (the session's ``lock_timeout``).
+#: Set by ``TOTES_DB_TIMEOUT_SECONDS``; a wait that runs out is transient (retry later).
+DEFAULT_TIMEOUT_SECONDS = 60.0
+TIMEOUT_VARIABLE = "TOTES_DB_TIMEOUT_SECONDS"
+
+
+def timeout_seconds(env=os.environ) -> float:
+    """``TOTES_DB_TIMEOUT_SECONDS`` or 60.
+
+    Raises:
+        ConfigError: the variable is not a positive number.
+    """
+    text = env.get(TIMEOUT_VARIABLE)
+    if not text:
+        return DEFAULT_TIMEOUT_SECONDS
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise ConfigError(f"{TIMEOUT_VARIABLE}={text!r}: give a positive number of seconds")
+    return value
+
+
 # SQLSTATE classes a retry cannot fix: invalid authorization (28), invalid catalog name (3D).
 _TERMINAL_SQLSTATE_PREFIXES = ("28", "3D")
 
@@ -57,24 +81,40 @@ class Database:
     def from_url(cls, role: str, url: str) -> "Database":
         """Parse ``postgresql://user:password@host:port/dbname[?host=/socket/dir&sslmode=require]``.
 
+        How it is read (libpq's URI form, made robust for passwords): the credentials are
+        everything before the **last** ``@``, the user before their first ``:`` and the
+        password after it, so a password may hold any character, ``/ ? # @ :`` included.
+        Every part is percent-decoded (``%2F`` is ``/``; write a ``%`` followed by two hex
+        digits as ``%25``). A user name holding ``:`` or ``@``, and a database name or query
+        value holding ``/ ? # @``, must be percent-encoded. The URL is never echoed in a
+        message.
+
         Raises:
-            ConfigError: the URL is not a PostgreSQL URL or names no database.
+            ConfigError: the URL is not a PostgreSQL URL, its port is not a number from 1 to
+                65535, or it names no database (the message names the role, not the URL).
         """
-        parts = urlsplit(url)
-        if parts.scheme not in ("postgresql", "postgres"):
-            raise ConfigError(f"{role} database URL must start with postgresql:// "
-                              f"(got scheme {parts.scheme!r})")
-        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-        database = unquote(parts.path.lstrip("/"))
+        scheme, separator, rest = url.partition("://")
+        if not separator or scheme not in ("postgresql", "postgres"):
+            raise ConfigError(f"{role} database URL must look like postgresql://user:password"
+                              "@host:port/dbname")
+        userinfo, at, location = rest.rpartition("@")
+        if not at:
+            userinfo, location = "", rest
+        location, _, query_text = location.partition("?")
+        hostport, _, database = location.partition("/")
+        query = {k: v[-1] for k, v in parse_qs(query_text).items()}
+        database = unquote(database.split("#", 1)[0])
         if not database:
             raise ConfigError(f"{role} database URL names no database (…/dbname)")
+        user, colon, password = userinfo.partition(":")
         params: dict = {
-            "user": unquote(parts.username or query.get("user", "postgres")),
-            "password": unquote(parts.password) if parts.password else None,
+            "user": unquote(user) or query.get("user", "postgres"),
+            "password": unquote(password) if colon and password else None,
             "database": database,
         }
-        host = query.get("host") or parts.hostname or "localhost"
-        port = parts.port or int(query.get("port", 5432))
+        hostname, port_text = _host_and_port(hostport)
+        host = query.get("host") or unquote(hostname) or "localhost"
+        port = _port(role, port_text or query.get("port") or "5432")
         if host.startswith("/"):
             params["unix_sock"] = f"{host}/.s.PGSQL.{port}"
         else:
@@ -138,6 +178,11 @@ class Database:
                            "dbname": self.params["database"],
                            "sslmode": _SSLMODE[type(self.params.get("ssl_context", None))]})
 
+    def location(self) -> tuple:
+        """Where the database is: ``(socket path or (host, port), database name)``."""
+        where = self.params.get("unix_sock") or (self.params["host"].lower(), self.params["port"])
+        return where, self.params["database"]
+
     def describe(self) -> str:
         """``source database totesys at db.example.com:5432`` (no user, no password)."""
         where = self.params.get("unix_sock") or f"{self.params['host']}:{self.params['port']}"
@@ -151,22 +196,30 @@ class Database:
     def connect(self, application_name: str = "totes") -> pg8000.native.Connection:
         """Open a pg8000 native connection with UTC, ISO dates and ``application_name``.
 
+        The session waits at most :func:`timeout_seconds` for a lock (``lock_timeout``).
+
         Raises:
-            DatabaseUnavailable: the server could not be reached (retry may help).
+            DatabaseUnavailable: the server could not be reached, or did not answer within
+                :func:`timeout_seconds` (retry may help).
             DatabaseRejected: authentication failed or the database does not exist.
         """
+        timeout = timeout_seconds()
         try:
             if "ssl_context" in self.params:
                 conn = pg8000.native.Connection(application_name=application_name,
-                                                timeout=CONNECT_TIMEOUT_SECONDS, **self.params)
+                                                timeout=timeout, **self.params)
             else:
                 # sslmode=prefer: pg8000 builds an SSL context per connection, and OpenSSL's
                 # certificate loading crashed when parallel ingest threads did it at once.
                 with _PREFER_TLS_LOCK:
                     conn = pg8000.native.Connection(application_name=application_name,
-                                                    timeout=CONNECT_TIMEOUT_SECONDS,
-                                                    **self.params)
-        except (InterfaceError, DatabaseError) as exc:
+                                                    timeout=timeout, **self.params)
+        except TimeoutError:
+            raise DatabaseUnavailable(
+                f"the {self.describe()} accepted the connection but did not answer within "
+                f"{timeout:g} s; check the server's load, or wait longer with "
+                f"{TIMEOUT_VARIABLE}") from None
+        except (InterfaceError, DatabaseError, OSError) as exc:
             server_error = _server_error(exc)
             if server_error is None:
                 raise DatabaseUnavailable(
@@ -181,6 +234,7 @@ class Database:
                         f"(SQLSTATE {state})") from None
         conn.run("SET TIME ZONE 'UTC'")
         conn.run("SET datestyle TO ISO, YMD")
+        conn.run("SELECT set_config('lock_timeout', :ms, false)", ms=f"{int(timeout * 1000)}ms")
         return conn
 
 
@@ -197,6 +251,25 @@ def _set_tls(params: dict, sslmode: str) -> None:
         params["ssl_context"] = False
     elif sslmode in ("require", "verify-ca", "verify-full"):
         params["ssl_context"] = ssl.create_default_context()
+
+
+def _host_and_port(hostport: str) -> tuple[str, str]:
+    """``("db.example.com", "5432")`` of ``db.example.com:5432``; IPv6 in brackets."""
+    if hostport.startswith("["):
+        host, _, rest = hostport[1:].partition("]")
+        return host, rest.removeprefix(":")
+    host, _, port = hostport.partition(":")
+    return host, port
+
+
+def _port(role: str, text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"{role} database URL: port {text!r} is not a number from 1 to 65535")
+    return port
 
 
 def _server_error(exc: BaseException) -> DatabaseError | None:
@@ -233,8 +306,9 @@ def _network_reason(exc: BaseException) -> str:
 
 # SQLSTATE classes where the same statement can succeed later: connection exception (08),
 # transaction rollback such as serialization failure or deadlock (40), insufficient
-# resources (53), operator intervention such as a shutdown (57).
-_TRANSIENT_SQLSTATE_PREFIXES = ("08", "40", "53", "57")
+# resources (53), operator intervention such as a shutdown or a cancelled query (57), and a
+# lock not granted within lock_timeout (55P03).
+_TRANSIENT_SQLSTATE_PREFIXES = ("08", "40", "53", "57", "55P03")
 
 
 def translate_error(exc: Exception, doing: str) -> Exception:
@@ -243,8 +317,11 @@ def translate_error(exc: Exception, doing: str) -> Exception:
     ``TerminalError`` subclass; other exceptions are returned unchanged."""
     from totes.utils.errors import TerminalError
 
-    if isinstance(exc, InterfaceError):
-        return DatabaseUnavailable(f"{doing}: connection lost ({exc})")
+    if isinstance(exc, TimeoutError):
+        return DatabaseUnavailable(f"{doing}: no answer within {timeout_seconds():g} s (the "
+                                   f"wait is set by {TIMEOUT_VARIABLE})")
+    if isinstance(exc, (InterfaceError, OSError)):
+        return DatabaseUnavailable(f"{doing}: connection lost ({_network_reason(exc)})")
     if isinstance(exc, DatabaseError):
         state, message = _sqlstate(exc)
         kind = DatabaseUnavailable if state.startswith(_TRANSIENT_SQLSTATE_PREFIXES) \

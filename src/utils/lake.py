@@ -44,6 +44,10 @@ _LEVELS = (re.compile(r"^\d{4}$"), re.compile(r"^\d{2}$"), re.compile(r"^\d{2}$"
 _KEY_TIME_FORMAT = "%Y/%m/%d/%H%M%S%f"
 #: Files up to this size go to S3 in one PutObject; larger ones in parts of this size.
 MULTIPART_PART_BYTES = 64 << 20
+#: A staging file (or folder) untouched for this long was left by a process that was killed:
+#: the longest a stage may run (Lambda's 15 minutes), with a margin. Such files are removed.
+STAGING_ABANDONED_AFTER_SECONDS = 20 * 60
+_STAGING_PREFIX = "totes-"
 # S3 error codes a retry cannot fix (botocore's Error.Code, pyarrow's "AWS Error <CODE>").
 _TERMINAL_S3_CODES = ("AccessDenied", "ACCESS_DENIED", "NoSuchBucket", "NO_SUCH_BUCKET",
                       "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled")
@@ -109,6 +113,21 @@ def storage_call(doing: str) -> Iterator[None]:
         raise mapped from exc
 
 
+def _last_touched(path: str) -> float:
+    """The newest modification time of ``path`` and, for a folder, of the files in it."""
+    times = [os.stat(path).st_mtime]
+    if os.path.isdir(path):
+        times += [os.stat(os.path.join(path, n)).st_mtime for n in _listdir(path)]
+    return max(times)
+
+
+def _listdir(folder: str) -> list[str]:
+    try:
+        return os.listdir(folder)
+    except FileNotFoundError:
+        return []
+
+
 def _s3_error_code(exc: BaseException) -> Optional[str]:
     response = getattr(exc, "response", None)
     if isinstance(response, dict):
@@ -148,6 +167,7 @@ class Lake:
         self.uri = uri.rstrip("/")
         self._s3_client = None
         self._client_lock = threading.Lock()
+        self._cleaned = False
         if self.uri.startswith("s3://"):
             self.fs = _s3_filesystem()
             self.root = self.uri[len("s3://"):]
@@ -235,7 +255,12 @@ class Lake:
     # ---- writing ------------------------------------------------------------------------
     @contextlib.contextmanager
     def staging_file(self) -> Iterator[str]:
-        """A local path to write an object to before :meth:`publish`; removed afterwards."""
+        """A local path to write an object to before :meth:`publish`; removed afterwards.
+        Staging files that a killed process left behind (untouched for
+        :data:`STAGING_ABANDONED_AFTER_SECONDS`) are removed the first time."""
+        if not self._cleaned:
+            self._cleaned = True
+            self.remove_abandoned_staging()
         if self.is_local:
             folder = os.path.join(self.root, ".staging")
             os.makedirs(folder, exist_ok=True)
@@ -246,11 +271,41 @@ class Lake:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
         else:
-            folder = tempfile.mkdtemp(prefix="totes-")
+            folder = tempfile.mkdtemp(prefix=_STAGING_PREFIX)
             try:
                 yield os.path.join(folder, "object.partial")
             finally:
                 shutil.rmtree(folder, ignore_errors=True)
+
+    def remove_abandoned_staging(self, older_than: float = STAGING_ABANDONED_AFTER_SECONDS
+                                 ) -> list[str]:
+        """Remove the staging files (local lake: ``.staging/*.partial``) or folders (S3: the
+        temporary ``totes-*`` folders) untouched for ``older_than`` seconds; returns their
+        paths. A file being written is touched as it grows, so it is never one of them."""
+        import time
+
+        limit = time.time() - older_than
+        if self.is_local:
+            folder = os.path.join(self.root, ".staging")
+            candidates = [os.path.join(folder, n) for n in _listdir(folder)
+                          if n.endswith(".partial")]
+        else:
+            folder = tempfile.gettempdir()
+            candidates = [os.path.join(folder, n) for n in _listdir(folder)
+                          if n.startswith(_STAGING_PREFIX)]
+        removed = []
+        for path in candidates:
+            try:
+                if _last_touched(path) >= limit:
+                    continue
+                if os.path.isdir(path):
+                    shutil.rmtree(path)
+                else:
+                    os.unlink(path)
+                removed.append(path)
+            except FileNotFoundError:
+                continue  # another process removed it first
+        return removed
 
     def publish(self, staged_path: str, key: str) -> int:
         """Create ``key`` from the staged file in one conditional create; returns its size in

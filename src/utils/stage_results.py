@@ -29,6 +29,19 @@ class PlanResult(_Result):
     tables: list[TablePlan]
 
 
+class HeldBackBy(_Result):
+    """The source transaction that held an extract's cutoff back for more than a minute:
+    rows changed after it started wait until it ends. An idle one (``idle in transaction``)
+    is usually a client that forgot to commit: ``SELECT pg_terminate_backend(<pid>)`` ends
+    it."""
+
+    pid: int
+    role: Optional[str]
+    application_name: str
+    state: str
+    transaction_age_seconds: float
+
+
 class IngestResult(_Result):
     """One table's ingest (a Map item's output)::
 
@@ -41,6 +54,7 @@ class IngestResult(_Result):
     ``key`` is null and ``high_watermark`` equals ``low_watermark`` when nothing is new.
     ``cutoff`` is the instant the extract stopped short of (in-flight transactions).
     ``peak_arrow_bytes`` is the most memory Arrow held at once during the extract.
+    ``held_back_by`` names an old open source transaction that held the cutoff back.
     """
 
     table: str
@@ -51,6 +65,7 @@ class IngestResult(_Result):
     low_watermark: Optional[Watermark]
     high_watermark: Optional[Watermark]
     cutoff: str
+    held_back_by: Optional[HeldBackBy] = None
     seconds: float
     peak_arrow_bytes: int
 

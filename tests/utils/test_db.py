@@ -27,11 +27,70 @@ def test_tls_follows_libpq_sslmode():
     assert isinstance(tls("postgresql://u@db.example.com/db?sslmode=require"), ssl.SSLContext)
 
 
-def test_a_bad_url_is_a_configuration_error():
-    with pytest.raises(ConfigError, match="source database URL must start with postgresql"):
-        Database.from_url("source", "mysql://x@y/z")
-    with pytest.raises(ConfigError, match="names no database"):
-        Database.from_url("source", "postgresql://x@y")
+def test_a_bad_url_is_a_configuration_error_that_never_echoes_it():
+    cases = {"mysql://x:hunter2@y/z": "source database URL must look like postgresql://",
+             "hunter2": "source database URL must look like postgresql://",
+             "postgresql://x:hunter2@y": "names no database",
+             "postgresql://x:hunter2@y:abc/db": "port 'abc' is not a number from 1 to 65535",
+             "postgresql://x:hunter2@y:70000/db": "port '70000' is not a number from 1 to",
+             "postgresql://x:hunter2@y:0/db": "port '0' is not a number from 1 to 65535"}
+    for url, message in cases.items():
+        with pytest.raises(ConfigError, match=message) as error:
+            Database.from_url("source", url)
+        assert "hunter2" not in str(error.value), url
+
+
+PRINTABLE = [chr(c) for c in range(32, 127)]
+
+
+@pytest.mark.parametrize("character", PRINTABLE)
+def test_every_printable_character_survives_in_credentials_and_names(character):
+    from urllib.parse import quote
+
+    password, user, name = f"p{character}w", f"u{character}", f"db{character}x"
+    raw = Database.from_url("source", f"postgresql://{quote(user, safe='')}:{password}"
+                                      f"@db.example.com:6543/{quote(name, safe='')}")
+    encoded = Database.from_url("source", f"postgresql://{quote(user, safe='')}:"
+                                          f"{quote(password, safe='')}@db.example.com:6543/"
+                                          f"{quote(name, safe='')}")
+    for parsed in (raw, encoded):
+        assert (parsed.params["user"], parsed.params["password"], parsed.params["database"],
+                parsed.params["host"], parsed.params["port"]) == \
+            (user, password, name, "db.example.com", 6543)
+        assert password not in repr(parsed) and "p" + character + "w" not in parsed.describe()
+
+
+def test_a_password_with_url_characters_never_reaches_a_message():
+    database = Database.from_url("source", "postgresql://etl:SECRET/part@q#x@127.0.0.1:9/db")
+    assert database.params["password"] == "SECRET/part@q#x"
+    with pytest.raises(DatabaseUnavailable) as error:
+        database.connect()
+    assert "SECRET" not in str(error.value) and "part" not in str(error.value)
+    assert str(error.value).startswith("cannot reach the source database db at 127.0.0.1:9")
+
+
+def test_a_server_that_accepts_but_never_answers_is_transient(monkeypatch):
+    import socket
+    import threading
+    import time
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    accepted = []
+    threading.Thread(target=lambda: accepted.append(listener.accept()), daemon=True).start()
+    monkeypatch.setenv("TOTES_DB_TIMEOUT_SECONDS", "0.5")
+    database = Database.from_url("source", f"postgresql://etl@127.0.0.1:"
+                                           f"{listener.getsockname()[1]}/db")
+    started = time.monotonic()
+    with pytest.raises(DatabaseUnavailable, match="accepted the connection but did not answer "
+                                                  "within 0.5 s.*TOTES_DB_TIMEOUT_SECONDS"):
+        database.connect()
+    assert time.monotonic() - started < 5
+    listener.close()
+    monkeypatch.setenv("TOTES_DB_TIMEOUT_SECONDS", "soon")
+    with pytest.raises(ConfigError, match="TOTES_DB_TIMEOUT_SECONDS='soon': give a positive"):
+        database.connect()
 
 
 def test_an_unreachable_server_is_transient_and_hides_the_password():
