@@ -153,3 +153,30 @@ def test_replay_prints_what_each_run_moved_on_its_own_databases(home):
                                    "--step", "fortnightly"])
     assert bad_step.exit_code == 1
     assert "step 'fortnightly': use a positive number and d, h, m or s" in bad_step.output
+
+
+def test_a_run_that_quarantines_rows_exits_65_and_totes_quarantine_lists_them(home):
+    from support import query
+    from totes.utils.db import Database
+
+    runner = CliRunner()
+    assert runner.invoke(app, ["run"]).exit_code == 0
+    source = Database.from_url("source", f"postgresql://postgres:@/totesys?host={home}/postgres")
+    query(source, "INSERT INTO sales_order (created_at, last_updated, design_id, staff_id, "
+                  "counterparty_id, units_sold, unit_price, currency_id, agreed_delivery_date, "
+                  "agreed_payment_date, agreed_delivery_location_id) VALUES ('2024-11-16', "
+                  "'2024-11-16', 1, 1, 1, 1, 1.00, 1, '20/11/2024', '2024-11-21', 1)")
+
+    held = runner.invoke(app, ["run"])
+    assert held.exit_code == 65, held.output
+    assert "Quarantined 1 row versions that break a rule (sales_order 1)" in held.stderr
+    listing = runner.invoke(app, ["quarantine", "--json"])
+    assert listing.exit_code == 0
+    report = json.loads(listing.stdout)
+    assert report["counts"] == {"held": 1}
+    assert report["entries"][0]["message"] == ("sales_order row sales_order_id=11188: "
+                                               "agreed_delivery_date '20/11/2024' is not a "
+                                               "YYYY-MM-DD date")
+    assert runner.invoke(app, ["run"]).exit_code == 0  # held, but nothing new set aside
+    retried = runner.invoke(app, ["quarantine", "--retry"])
+    assert retried.exit_code == 65 and "1 row versions still break a rule" in retried.stderr
