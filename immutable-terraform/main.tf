@@ -114,6 +114,34 @@ resource "aws_sns_topic_policy" "alerts" {
   policy = data.aws_iam_policy_document.alerts.json
 }
 
+# ---- The run ledger ----------------------------------------------------------------------
+# One record per table per stage run, and the leases that keep runs off the same table
+# (src/utils/ledger.py: pk = run#<stage>#<table> | lease#<name>, sk = <started>#<run> | lease).
+# It outlives deployments: the history of runs is kept across them.
+resource "aws_dynamodb_table" "ledger" {
+  name         = "${local.prefix}-ledger"
+  billing_mode = "PAY_PER_REQUEST"
+  hash_key     = "pk"
+  range_key    = "sk"
+
+  attribute {
+    name = "pk"
+    type = "S"
+  }
+  attribute {
+    name = "sk"
+    type = "S"
+  }
+  point_in_time_recovery {
+    enabled = true
+  }
+  server_side_encryption {
+    enabled     = true
+    kms_key_arn = aws_kms_key.data.arn
+  }
+  deletion_protection_enabled = var.ledger_deletion_protection
+}
+
 # ---- Published for main-terraform ---------------------------------------------------------
 locals {
   parameters = {
@@ -125,6 +153,8 @@ locals {
     "warehouse_secret_arn" = aws_secretsmanager_secret.this["warehouse"].arn
     "alerts_secret_arn"    = aws_secretsmanager_secret.this["alerts"].arn
     "alert_topic_arn"      = aws_sns_topic.alerts.arn
+    "ledger_table"         = aws_dynamodb_table.ledger.name
+    "ledger_table_arn"     = aws_dynamodb_table.ledger.arn
   }
 }
 

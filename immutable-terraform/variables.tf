@@ -37,3 +37,9 @@ variable "force_destroy" {
   type        = bool
   default     = false
 }
+
+variable "ledger_deletion_protection" {
+  description = "Protect the run ledger table from deletion (false only for throwaway environments, such as the emulator's)."
+  type        = bool
+  default     = true
+}

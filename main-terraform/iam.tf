@@ -1,7 +1,8 @@
 # One role per function, allowed exactly what that stage touches (README.md, "Data flow"):
 #   plan: the source secret; ingest: the source secret, list/read/add lake objects;
 #   transform: read the lake, list/read/add processed objects; load: read processed, the
-#   warehouse secret. Nobody may delete or overwrite-by-delete anything.
+#   warehouse secret. Ingest, transform and load write their runs and leases in the ledger
+#   table. Nobody may delete or overwrite-by-delete an object.
 data "aws_iam_policy_document" "assume_lambda" {
   statement {
     actions = ["sts:AssumeRole"]
@@ -18,10 +19,10 @@ locals {
     processed = "arn:${data.aws_partition.current.partition}:s3:::${local.imported.processed_bucket}"
   }
   access = {
-    plan      = { secrets = [local.imported.source_secret_arn], read = [], write = [] }
-    ingest    = { secrets = [local.imported.source_secret_arn], read = ["ingest"], write = ["ingest"] }
-    transform = { secrets = [], read = ["ingest", "processed"], write = ["processed"] }
-    load      = { secrets = [local.imported.warehouse_secret_arn], read = ["processed"], write = [] }
+    plan      = { secrets = [local.imported.source_secret_arn], read = [], write = [], ledger = false }
+    ingest    = { secrets = [local.imported.source_secret_arn], read = ["ingest"], write = ["ingest"], ledger = true }
+    transform = { secrets = [], read = ["ingest", "processed"], write = ["processed"], ledger = true }
+    load      = { secrets = [local.imported.warehouse_secret_arn], read = ["processed"], write = [], ledger = true }
   }
 }
 
@@ -67,6 +68,17 @@ data "aws_iam_policy_document" "function" {
       sid       = "AddObjects"
       actions   = ["s3:PutObject", "s3:AbortMultipartUpload"]
       resources = [for b in local.access[each.key].write : "${local.bucket_arn[b]}/*"]
+    }
+  }
+  dynamic "statement" {
+    for_each = local.access[each.key].ledger ? [1] : []
+    content {
+      # What src/utils/ledger.py calls: records (put, query, scan) and leases (conditional
+      # put, get, conditional delete).
+      sid = "RecordRunsAndLeases"
+      actions = ["dynamodb:PutItem", "dynamodb:GetItem", "dynamodb:DeleteItem",
+      "dynamodb:Query", "dynamodb:Scan"]
+      resources = [local.imported.ledger_table_arn]
     }
   }
   statement {

@@ -8,7 +8,8 @@ locals {
   # every SSM value sensitive.
   imported = {
     for name in ["ingest_bucket", "processed_bucket", "artifacts_bucket", "data_key_arn",
-    "source_secret_arn", "warehouse_secret_arn", "alert_topic_arn"] :
+      "source_secret_arn", "warehouse_secret_arn", "alert_topic_arn", "ledger_table",
+    "ledger_table_arn"] :
     name => nonsensitive(data.aws_ssm_parameter.imported[name].value)
   }
   # The stages (README.md, "Data flow"): handler, what each reads and writes.
@@ -18,6 +19,7 @@ locals {
     transform = { handler = "totes.transform.handler.handler" }
     load      = { handler = "totes.load.handler.handler" }
   }
+  ledger = "dynamodb://${local.imported.ledger_table}"
   environment = {
     plan = {
       TOTES_SOURCE_SECRET = local.imported.source_secret_arn
@@ -27,21 +29,25 @@ locals {
       TOTES_SOURCE_SECRET = local.imported.source_secret_arn
       TOTES_LAKE          = "s3://${local.imported.ingest_bucket}"
       TOTES_CONFIG        = "config/pipeline.yaml"
+      TOTES_LEDGER        = local.ledger
     }
     transform = {
       TOTES_LAKE      = "s3://${local.imported.ingest_bucket}"
       TOTES_PROCESSED = "s3://${local.imported.processed_bucket}"
+      TOTES_LEDGER    = local.ledger
     }
     load = {
       TOTES_PROCESSED        = "s3://${local.imported.processed_bucket}"
       TOTES_WAREHOUSE_SECRET = local.imported.warehouse_secret_arn
+      TOTES_LEDGER           = local.ledger
     }
   }
 }
 
 data "aws_ssm_parameter" "imported" {
   for_each = toset(["ingest_bucket", "processed_bucket", "artifacts_bucket", "data_key_arn",
-  "source_secret_arn", "warehouse_secret_arn", "alert_topic_arn"])
+    "source_secret_arn", "warehouse_secret_arn", "alert_topic_arn", "ledger_table",
+  "ledger_table_arn"])
   name = "/${var.project}/${var.environment}/${each.key}"
 }
 

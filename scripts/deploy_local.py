@@ -172,7 +172,8 @@ def main() -> int:
 
         immutable = Terraform("immutable-terraform", endpoint, {
             "environment": ENVIRONMENT, "region": REGION, "ingest_object_lock_days": 0,
-            "force_destroy": "true", "secret_recovery_window_days": 0})
+            "force_destroy": "true", "secret_recovery_window_days": 0,
+            "ledger_deletion_protection": "false"})
         main_layer = Terraform("main-terraform", endpoint, {
             "environment": ENVIRONMENT, "region": REGION, "python": sys.executable})
         terraforms = [immutable, main_layer]

@@ -236,10 +236,18 @@ def ingest(source_url: Optional[str] = SourceUrl, lake: Optional[str] = LakeUri,
            config: Optional[str] = ConfigFile,
            table: Optional[List[str]] = typer.Option(None, "--table",
                                                      help="Only this table (repeatable)"),
+           reingest: bool = typer.Option(False, "--reingest", help="Extract the tables from "
+                                         "the beginning, whatever the lake holds"),
+           low: Optional[str] = typer.Option(None, "--from", help="Backfill: the row versions "
+                                             "whose watermark is at or after this value"),
+           high: Optional[str] = typer.Option(None, "--to", help="Backfill: … and before this "
+                                              "value"),
            as_json: bool = JsonOutput, verbose: bool = Verbose):
-    """Run the ingest stage: new row versions of every table into the lake."""
+    """Run the ingest stage: new row versions of every table into the lake (or, with
+    --reingest or --from/--to, a reingest or a backfill of the --table given)."""
     from totes.ingest.plan import plan as run_plan
     from totes.local.runner import ingest_all
+    from totes.utils.ledger import new_run_id
 
     def work():
         progress = _Progress()
@@ -249,18 +257,41 @@ def ingest(source_url: Optional[str] = SourceUrl, lake: Optional[str] = LakeUri,
         if unknown:
             raise ConfigError(f"--table {', '.join(sorted(unknown))}: not in "
                               f"{workspace.config_path}")
+        mode = _mode(reingest, low, high, table)
         source = workspace.database("source")
-        planned = run_plan(resolved, source)
+        planned = run_plan(resolved, source, run_id=new_run_id())
         if table:
             planned.tables = [t for t in planned.tables if t.table in table]
+        if mode is not None:
+            planned.tables = [t.with_mode(mode, low, high) for t in planned.tables]
         with progress.status("ingest…"):
-            results = ingest_all(source, workspace.lake(), planned)
+            results = ingest_all(source, workspace.lake(), planned,
+                                 ledger=workspace.ledger())
         if as_json:
             return _print_json([r.model_dump(mode="json") for r in results])
         render.stdout().print(render.ingest_table(results))
         for line in render.source_warnings(results):
             progress.console.print(f"[yellow]{escape(line)}[/]")
     _guard(work, as_json)
+
+
+def _mode(reingest: bool, low: Optional[str], high: Optional[str],
+          tables: Optional[List[str]]) -> Optional[str]:
+    """The mode the flags ask for (None: each table's own).
+
+    Raises:
+        ConfigError: --reingest with --from/--to, one bound without the other, or a mode
+            without --table.
+    """
+    if reingest and (low is not None or high is not None):
+        raise ConfigError("--reingest extracts everything; --from/--to make a backfill: give "
+                          "one or the other")
+    if (low is None) != (high is None):
+        raise ConfigError("a backfill needs both --from and --to (the range is [from, to))")
+    mode = "reingest" if reingest else "backfill" if low is not None else None
+    if mode is not None and not tables:
+        raise ConfigError(f"a {mode} needs --table: name the tables to {mode}")
+    return mode
 
 
 @app.command()
@@ -273,7 +304,8 @@ def transform(lake: Optional[str] = LakeUri, processed: Optional[str] = Processe
         progress = _Progress()
         workspace = _workspace(progress, lake=lake, processed=processed)
         with progress.status("transform…"):
-            result = run_transform(workspace.lake(), workspace.processed())
+            result = run_transform(workspace.lake(), workspace.processed(),
+                                   ledger=workspace.ledger())
         if as_json:
             _print_json(result.model_dump(mode="json"))
         else:
@@ -298,7 +330,7 @@ def load(warehouse_url: Optional[str] = WarehouseUrl, processed: Optional[str] =
         workspace = _workspace(progress, warehouse_url=warehouse_url, processed=processed)
         with progress.status("load…"):
             result = run_load(workspace.processed(), workspace.database("warehouse"),
-                              batch or None)
+                              batch or None, ledger=workspace.ledger())
         if as_json:
             _print_json(result.model_dump(mode="json"))
         else:
@@ -334,7 +366,8 @@ def quarantine(warehouse_url: Optional[str] = WarehouseUrl,
         retried = None
         if retry:
             with progress.status("retrying the quarantine…"):
-                retried = retry_quarantine(workspace.lake(), workspace.processed(), warehouse)
+                retried = retry_quarantine(workspace.lake(), workspace.processed(), warehouse,
+                                           workspace.ledger())
         report = quarantine_report(workspace.processed(), warehouse, limit, everything)
         if as_json:
             document = report.model_dump(mode="json")
@@ -350,6 +383,48 @@ def quarantine(warehouse_url: Optional[str] = WarehouseUrl,
         still_held = report.counts.get("held", 0) + report.counts.get("waiting", 0)
         if retry and still_held:
             raise typer.Exit(EXIT_ROWS_HELD)
+    _guard(work, as_json)
+
+
+@app.command()
+def status(source_url: Optional[str] = SourceUrl, warehouse_url: Optional[str] = WarehouseUrl,
+           lake: Optional[str] = LakeUri, processed: Optional[str] = ProcessedUri,
+           config: Optional[str] = ConfigFile,
+           check_source: bool = typer.Option(True, "--source/--no-source",
+                                             help="Read the source's newest rows for the lag"),
+           as_json: bool = JsonOutput, verbose: bool = Verbose):
+    """Per table: mode, last success, lag behind the source, pending work, last failure."""
+    from totes.local.status import pipeline_status
+
+    def work():
+        progress = _Progress()
+        workspace = _workspace(progress, source_url=source_url, warehouse_url=warehouse_url,
+                               lake=lake, processed=processed, config=config)
+        resolved = workspace.config()
+        result = pipeline_status(resolved, workspace.ledger(), workspace.lake(),
+                                 workspace.processed(), workspace.database("warehouse"),
+                                 workspace.database("source") if check_source else None)
+        if as_json:
+            return _print_json(result.model_dump(mode="json"))
+        render.stdout().print(render.status_table(result))
+        for note in result.notes:
+            progress.console.print(f"[yellow]{escape(note)}[/]")
+    _guard(work, as_json)
+
+
+@app.command()
+def history(table: Optional[str] = typer.Option(None, "--table", help="Only this table"),
+            stage: Optional[str] = typer.Option(None, "--stage",
+                                                help="Only ingest, transform or load"),
+            limit: int = typer.Option(20, "--limit", min=1, help="At most this many records"),
+            as_json: bool = JsonOutput, verbose: bool = Verbose):
+    """The ledger's records, newest first: every stage run with its result."""
+    def work():
+        ledger = _workspace(_Progress()).ledger()
+        records = ledger.resolved(ledger.history(stage, table, limit))
+        if as_json:
+            return _print_json([r.model_dump(mode="json") for r in records])
+        render.stdout().print(render.history_table(records))
     _guard(work, as_json)
 
 

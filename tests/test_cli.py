@@ -124,7 +124,7 @@ def test_version_and_verbose_after_the_command(home):
     first = subprocess.run([TOTES, "run", "-v"], capture_output=True, text=True, env=env,
                            cwd=REPO)  # nosec B603
     assert first.returncode == 0, first.stderr
-    assert "INFO totes.ingest.extract: ingested currency: 3 rows" in first.stderr
+    assert "INFO totes.ingest.extract: ingested currency (incremental): 3 rows" in first.stderr
     # The log says what the progress lines would: each table is reported once.
     assert first.stderr.count("ingested currency") == 1
 

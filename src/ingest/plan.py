@@ -16,16 +16,17 @@ from totes.utils.db import Database
 from totes.utils.stage_results import PlanResult
 
 
-def plan(config: PipelineConfig, source: Optional[Database] = None) -> PlanResult:
-    """Resolve ``config`` into payloads; with ``source``, also check every table against the
-    source catalog before any work starts.
+def plan(config: PipelineConfig, source: Optional[Database] = None,
+         run_id: Optional[str] = None) -> PlanResult:
+    """Resolve ``config`` into payloads (each naming ``run_id``); with ``source``, also check
+    every table against the source catalog before any work starts.
 
     Raises:
         SourceSchemaError: a configured table or column is missing from the source (names it).
         PermissionDenied: the source role may not read a configured table.
         DatabaseUnavailable / DatabaseRejected: the source could not be reached.
     """
-    plans = resolve_tables(config)
+    plans = [p.model_copy(update={"run_id": run_id}) for p in resolve_tables(config)]
     if source is not None:
         with source.session("totes-plan", f"checking the tables in the {source.describe()}") \
                 as session:

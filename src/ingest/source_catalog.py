@@ -9,6 +9,7 @@ string (text dates stay text until transform).
 from __future__ import annotations
 
 import re
+from typing import Optional
 
 import pyarrow as pa
 
@@ -70,11 +71,12 @@ def table_columns(conn, table: str) -> list[tuple[str, str]]:
 
 
 def check_table(conn, table: str, primary_key: str,
-                watermark_column: str) -> list[tuple[str, str]]:
+                watermark_column: Optional[str]) -> list[tuple[str, str]]:
     """Check ``table`` before anything is extracted, and return its columns (as
     :func:`table_columns`): it exists, the role may read it, ``primary_key`` is an integer
     column with a unique index of its own (the watermark's tie-break needs a unique key),
-    ``watermark_column`` is a timestamp, and it has every column transform reads
+    ``watermark_column`` (when there is one) is a timestamp or an integer, and it has every
+    column transform reads
     (:data:`totes.utils.source_tables.SOURCE_TABLES`).
 
     Raises:
@@ -98,11 +100,12 @@ def check_table(conn, table: str, primary_key: str,
         raise SourceSchemaError(f"{table}.{primary_key} has no unique constraint or index of "
                                 "its own; the watermark needs a unique key to order rows that "
                                 "share a timestamp (set primary_key to one)")
-    if watermark_column not in types:
+    if watermark_column is not None and watermark_column not in types:
         raise SourceSchemaError(f"table {table!r} has no watermark column {watermark_column!r}")
-    if not is_timestamp(types[watermark_column]):
+    if watermark_column is not None and not (is_timestamp(types[watermark_column])
+                                             or is_integer(types[watermark_column])):
         raise SourceSchemaError(f"{table}.{watermark_column} is {types[watermark_column]}; "
-                                "a watermark column must be a timestamp")
+                                "a watermark column must be a timestamp or an integer")
     needed = SOURCE_TABLES[table].columns if table in SOURCE_TABLES else ()
     missing = [c for c in needed if c not in types]
     if missing:

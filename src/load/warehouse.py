@@ -37,9 +37,11 @@ from totes.load import held_facts
 from totes.utils.db import Database, copy_into, merge_staged, quote_ident
 from totes.utils.errors import ConfigError
 from totes.utils.lake import Lake
+from totes.utils.ledger import ALL_TABLES, Ledger, new_run_id
 from totes.utils.manifest import manifests_after, read_manifest
 from totes.utils.source_tables import SOURCE_TABLES
 from totes.utils.stage_results import LoadedTable, LoadResult
+from totes.utils.run_tracking import skip_reason, tracked
 from totes.utils.star_schema import TABLES, TIME, WarehouseTable
 
 log = logging.getLogger(__name__)
@@ -221,10 +223,11 @@ def _release_held(conn, totals: dict[str, LoadedTable]) -> dict[str, int]:
     return released
 
 
-def load(processed: Lake, warehouse: Database,
-         manifest_keys: Optional[list[str]] = None) -> LoadResult:
+def load(processed: Lake, warehouse: Database, manifest_keys: Optional[list[str]] = None,
+         ledger: Optional[Ledger] = None, run_id: Optional[str] = None) -> LoadResult:
     """Load the given transform batches (default: every committed batch not loaded yet) in
-    one transaction, then release the held fact rows whose dimension rows have arrived.
+    one transaction, then release the held fact rows whose dimension rows have arrived;
+    with a ``ledger``, under the ``load`` lease (waited for) and recorded there.
 
     Returns the stage result (:class:`~totes.utils.stage_results.LoadResult`): the batches
     loaded, in order, per warehouse table the rows staged, inserted and updated, and the fact
@@ -236,6 +239,25 @@ def load(processed: Lake, warehouse: Database,
             the key), nothing was written.
         LakeError / StorageUnavailable: a batch's file is missing or unreadable.
     """
+    def skipped(holder) -> LoadResult:
+        return LoadResult(batches=[], tables=[], skipped=skip_reason(holder), seconds=0.0)
+
+    def summary(result: LoadResult) -> dict:
+        return {"rows": sum(t.inserted + t.updated for t in result.tables),
+                "key": result.batches[-1] if result.batches else None,
+                "details": {"batches": result.batches,
+                            "tables": {t.table: t.model_dump(exclude={"table"})
+                                       for t in result.tables},
+                            "held": result.held, "released": result.released}}
+
+    return tracked(ledger, "load", ALL_TABLES, run_id or new_run_id(),
+                   "batches" if manifest_keys else None,
+                   lambda: _load(processed, warehouse, manifest_keys), skipped, summary,
+                   wait=True)
+
+
+def _load(processed: Lake, warehouse: Database,
+          manifest_keys: Optional[list[str]]) -> LoadResult:
     started = time.monotonic()
     totals: dict[str, LoadedTable] = {}
     held: dict[str, int] = {}

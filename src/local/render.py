@@ -30,11 +30,15 @@ def stderr() -> Console:
 
 
 def ingest_table(results: list[IngestResult]) -> Table:
-    table = Table("table", "rows", "files", "seconds", "high watermark", title="ingest")
+    table = Table("table", "mode", "rows", "files", "seconds", "high watermark", "note",
+                  title="ingest")
     for r in results:
         high = r.high_watermark
-        table.add_row(r.table, f"{r.rows:,}", "1" if r.key else "0", f"{r.seconds:.2f}",
-                      f"{high.timestamp[:23]} #{high.primary_key}" if high else "-")
+        note = f"skipped: {r.skipped}" if r.skipped else \
+            f"range [{r.range['from']}, {r.range['to']})" if r.range else \
+            f"{r.vanished_rows:,} rows gone from the source" if r.vanished_rows else ""
+        table.add_row(r.table, r.mode, f"{r.rows:,}", "1" if r.key else "0",
+                      f"{r.seconds:.2f}", _mark(high.model_dump()) if high else "-", note)
     return table
 
 
@@ -115,6 +119,10 @@ def held_back(transform: Optional[TransformResult], load: Optional[LoadResult]) 
         detail = ", ".join(f"{t} {n:,}" for t, n in load.held.items())
         lines.append(f"Held {load.held_rows:,} fact rows whose dimension row is missing "
                      f"({detail}); the next load inserts them once it arrives.")
+    if transform is not None and transform.skipped:
+        lines.append(f"Transform skipped: {transform.skipped}; the next run takes its work.")
+    if load is not None and load.skipped:
+        lines.append(f"Load skipped: {load.skipped}; the next run takes its work.")
     if load is not None and load.released:
         detail = ", ".join(f"{t} {n:,}" for t, n in load.released.items())
         lines.append(f"Released held fact rows whose dimension rows arrived: {detail}.")
@@ -144,4 +152,61 @@ def quarantine_table(report) -> Table:
                       e.status, e.message.split(": ", 1)[-1])
     if not report.entries:
         table.add_row("-", "(nothing held)", "", "", "", "", "")
+    return table
+
+
+def _when(iso: Optional[str]) -> str:
+    return iso[:19].replace("T", " ") if iso else "-"
+
+
+def _mark(mark: Optional[dict]) -> str:
+    if not mark:
+        return "-"
+    value = mark.get("timestamp", mark.get("integer"))
+    return f"{str(value)[:23]} #{mark.get('primary_key')}"
+
+
+def _lag(status) -> str:
+    if status.lag_unit == "everything":
+        return "all (nothing extracted)"
+    if status.lag is None:
+        return "-"
+    if status.lag_unit == "rows":
+        return f"{status.lag:,.0f} ids"
+    seconds = status.lag
+    return f"{seconds:,.0f} s" if seconds < 3600 else f"{seconds / 3600:,.1f} h"
+
+
+def status_table(result) -> Table:
+    """``totes status``: one row per table, the pipeline's pending batches in the title."""
+    pending = "?" if result.pending_batches is None else f"{result.pending_batches:,}"
+    loaded = result.last_load
+    table = Table("table", "mode", "last success", "rows", "high watermark", "lag",
+                  "lake files pending", "now", "last failure",
+                  title=f"status (batches not loaded: {pending}; last load: "
+                        f"{_when(loaded.ended_at) if loaded else '-'}"
+                        f"{' ' + loaded.status if loaded else ''})")
+    for s in result.tables:
+        ok, bad = s.last_success, s.last_failure
+        table.add_row(s.table, s.mode, _when(ok.ended_at) if ok else "-",
+                      f"{ok.rows:,}" if ok else "-", _mark(s.high_watermark), _lag(s),
+                      f"{s.pending_lake_files:,}", f"running ({s.running})" if s.running
+                      else "", f"{_when(bad.ended_at)} {bad.error_type}" if bad else "")
+    return table
+
+
+def history_table(records) -> Table:
+    """``totes history``: one row per stage run, newest first."""
+    table = Table("started", "stage", "table", "mode", "status", "rows", "seconds", "key",
+                  "run", "error", title="history")
+    for r in records:
+        table.add_row(_when(r.started_at), r.stage, r.table, r.mode or "", r.status,
+                      f"{r.rows:,}" if r.rows >= 0 else "-",
+                      f"{r.seconds:.2f}" if r.seconds is not None else "-",
+                      r.key or "", r.run_id,
+                      f"{r.error_type}: {r.error_message}"[:80] if r.error_type else
+                      (r.details.get("lease_holder", "") and
+                       f"lease held by {r.details['lease_holder']}"))
+    if not records:
+        table.add_row("-", "(no runs recorded)", "", "", "", "", "", "", "", "")
     return table

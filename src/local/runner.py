@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 from totes.ingest.extract import ingest_table
 from totes.ingest.plan import plan
@@ -20,6 +20,7 @@ from totes.transform.run import transform
 from totes.utils.config import load_config
 from totes.utils.db import Database
 from totes.utils.lake import Lake
+from totes.utils.ledger import Ledger, new_run_id
 from totes.utils.stage_results import (IngestResult, LoadResult, PlanResult, RunResult,
                                        TransformResult)
 
@@ -29,23 +30,25 @@ INGEST_WORKERS = 4
 
 @dataclass(frozen=True)
 class Resources:
-    """Where one run reads and writes."""
+    """Where one run reads and writes, and the ledger it records in (None: no records, no
+    leases)."""
 
     source: Database
     warehouse: Database
     lake: Lake
     processed: Lake
     config_path: str
+    ledger: Optional[Ledger] = None
 
 
 def ingest_all(source: Database, lake: Lake, planned: PlanResult,
-               on_table: Callable[[IngestResult], None] = lambda result: None
-               ) -> list[IngestResult]:
+               on_table: Callable[[IngestResult], None] = lambda result: None,
+               ledger: Optional[Ledger] = None) -> list[IngestResult]:
     """Ingest every table of ``planned`` from ``source`` into ``lake`` in parallel (as the
     state machine's Map does); returns the results in plan order. The first failure raises
     once all tables are done."""
     def one(item) -> IngestResult:
-        result = ingest_table(item, source, lake)
+        result = ingest_table(item, source, lake, ledger)
         on_table(result)
         return result
 
@@ -64,24 +67,29 @@ def run_pipeline(resources: Resources,
     table's ingest ends (for progress). Errors raise as the stages raise them.
     """
     started = time.monotonic()
+    run_id = new_run_id()
     check_separate(resources.source, resources.warehouse)
-    planned = plan(load_config(resources.config_path), resources.source)
+    planned = plan(load_config(resources.config_path), resources.source, run_id=run_id)
     on_stage("plan", planned)
-    ingested = ingest_all(resources.source, resources.lake, planned, on_table)
+    ingested = ingest_all(resources.source, resources.lake, planned, on_table, resources.ledger)
     on_stage("ingest", ingested)
-    transformed = transform(resources.lake, resources.processed)
+    transformed = transform(resources.lake, resources.processed, ledger=resources.ledger,
+                            run_id=run_id)
     on_stage("transform", transformed)
-    loaded = load(resources.processed, resources.warehouse)
+    loaded = load(resources.processed, resources.warehouse, ledger=resources.ledger,
+                  run_id=run_id)
     on_stage("load", loaded)
-    return RunResult(plan=planned, ingest=ingested, transform=transformed, load=loaded,
-                     seconds=round(time.monotonic() - started, 3))
+    return RunResult(run_id=run_id, plan=planned, ingest=ingested, transform=transformed,
+                     load=loaded, seconds=round(time.monotonic() - started, 3))
 
 
-def retry_quarantine(lake: Lake, processed: Lake,
-                     warehouse: Database) -> tuple[TransformResult, LoadResult]:
+def retry_quarantine(lake: Lake, processed: Lake, warehouse: Database,
+                     ledger: Optional[Ledger] = None) -> tuple[TransformResult, LoadResult]:
     """Put every row version the quarantine still holds through the rules again (in a new
     transform batch, with whatever new lake files there are), then load: the versions that
     pass now reach the warehouse, the others stay held. A load also releases the held fact
     rows whose dimension rows have arrived."""
-    retried = transform(lake, processed, retry=held_source_rows(processed, warehouse))
-    return retried, load(processed, warehouse)
+    run_id = new_run_id()
+    retried = transform(lake, processed, retry=held_source_rows(processed, warehouse),
+                        ledger=ledger, run_id=run_id)
+    return retried, load(processed, warehouse, ledger=ledger, run_id=run_id)

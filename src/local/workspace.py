@@ -15,6 +15,8 @@ Search order, each the first that applies:
   ``totesys``/``warehouse`` databases, started on first use.
 * **Lake / processed area**: ``--lake``/``--processed`` (or ``$TOTES_LAKE``/
   ``$TOTES_PROCESSED``); else ``<state>/lake`` and ``<state>/processed``.
+* **Ledger**: ``$TOTES_LEDGER`` (``sqlite:///path`` or ``dynamodb://table``); else
+  ``<state>/ledger.sqlite3``.
 
 The configuration is read and validated before anything starts: a bad or missing file fails
 without starting a server.
@@ -33,6 +35,7 @@ from totes.utils.config import DEFAULT_CONFIG_PATH, PipelineConfig, load_config
 from totes.utils.db import Database
 from totes.utils.errors import ConfigError
 from totes.utils.lake import Lake
+from totes.utils.ledger import Ledger, SqliteLedger
 
 #: The checkout this package is installed from (editable install); may hold no config.
 _CHECKOUT = Path(__file__).resolve().parents[2]
@@ -139,11 +142,17 @@ class Workspace:
     def processed(self) -> Lake:
         return Lake(self.processed_uri)
 
+    def ledger(self) -> Ledger:
+        """The run ledger (see the search order above)."""
+        from totes.utils.settings import ledger_from_env
+
+        return ledger_from_env(self._env) or SqliteLedger(str(self.home / "ledger.sqlite3"))
+
     def resources(self) -> Resources:
         """Everything a run needs. The configuration is checked first, then databases."""
         self.config()
         return Resources(self.database("source"), self.database("warehouse"), self.lake(),
-                         self.processed(), str(self.config_path))
+                         self.processed(), str(self.config_path), self.ledger())
 
     # ---- the embedded source ---------------------------------------------------------------
     def source_is_empty(self) -> bool:
@@ -182,7 +191,12 @@ class Workspace:
                 shutil.rmtree(folder, ignore_errors=True)
                 given = str(folder)
             folders[name] = given
+        ledger = self.home / "replay" / "ledger.sqlite3"
+        for leftover in (ledger, ledger.with_suffix(".sqlite3-wal"),
+                         ledger.with_suffix(".sqlite3-shm")):
+            leftover.unlink(missing_ok=True)
         return Resources(
             Database.from_url("source", self._urls["source"] or urls["replay_totesys"]),
             Database.from_url("warehouse", self._urls["warehouse"] or urls["replay_warehouse"]),
-            Lake(folders["lake"]), Lake(folders["processed"]), str(self.config_path))
+            Lake(folders["lake"]), Lake(folders["processed"]), str(self.config_path),
+            SqliteLedger(str(ledger)))

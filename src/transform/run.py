@@ -29,6 +29,8 @@ import pyarrow.parquet as pq
 from totes.transform import dimensions as dims
 from totes.transform.facts import FACT_SOURCES, fact_dates, fact_rows
 from totes.utils.lake import Lake, key_time
+from totes.utils.ledger import ALL_TABLES, Ledger, new_run_id
+from totes.utils.run_tracking import skip_reason, tracked
 from totes.utils.manifest import Manifest, commit, latest_manifest, state_prefix
 from totes.utils.quarantine import quarantine_prefix
 from totes.utils.source_tables import REFERENCE_TABLES, SOURCE_TABLES
@@ -136,9 +138,12 @@ def _chain(*iterables):
         yield from iterable
 
 
-def transform(lake: Lake, processed: Lake,
-              retry: Optional[dict[str, pa.Table]] = None) -> TransformResult:
-    """Transform every lake file newer than the last batch's, then commit a manifest.
+def transform(lake: Lake, processed: Lake, retry: Optional[dict[str, pa.Table]] = None,
+              ledger: Optional[Ledger] = None, run_id: Optional[str] = None
+              ) -> TransformResult:
+    """Transform every lake file newer than the last batch's, then commit a manifest; with a
+    ``ledger``, under the ``transform`` lease (waited for: transforms are serialised) and
+    recorded there.
 
     ``retry`` maps a source table to quarantined row versions of it (source columns only) to
     put through the rules again in this batch: those that pass now join the star schema, the
@@ -152,6 +157,23 @@ def transform(lake: Lake, processed: Lake,
             first.
         StorageUnavailable: storage could not be reached (retry).
     """
+    def skipped(holder) -> TransformResult:
+        return TransformResult(manifest=None, source_files=0, tables=[],
+                               skipped=skip_reason(holder), seconds=0.0)
+
+    def summary(result: TransformResult) -> dict:
+        return {"rows": sum(t.rows for t in result.tables), "key": result.manifest,
+                "details": {"source_files": result.source_files,
+                            "tables": {t.table: t.rows for t in result.tables},
+                            "quarantined": result.quarantined}}
+
+    return tracked(ledger, "transform", ALL_TABLES, run_id or new_run_id(),
+                   "retry" if retry else None, lambda: _transform(lake, processed, retry),
+                   skipped, summary, wait=True)
+
+
+def _transform(lake: Lake, processed: Lake,
+               retry: Optional[dict[str, pa.Table]]) -> TransformResult:
     started = time.monotonic()
     retry = {t: rows for t, rows in (retry or {}).items() if rows is not None and rows.num_rows}
     _, previous = latest_manifest(processed)

@@ -3,12 +3,14 @@
 File shape (``config/pipeline.yaml``)::
 
     defaults:                          # applies to every table unless the table overrides it
-      watermark_column: last_updated   # timestamp column that moves when a row changes
+      extract_type: incremental        # or full: the whole table as one snapshot each run
+      watermark_column: last_updated   # timestamp or integer column that moves on change
       record_batch_bytes: 8388608      # CSV bytes per Arrow record batch / Parquet row group
       in_flight_safety_lag_seconds: 300
     tables:
       sales_order: {}                  # primary key from the source registry, else <table>_id
       payment: {primary_key: payment_id}
+      currency: {extract_type: full}   # a full table has a watermark only if it names one
 
 Unknown keys, wrong types and invalid identifiers fail before any work, naming the key.
 The same rule as the Meltano SDK: validate up front, name the key and the rule it broke.
@@ -16,10 +18,10 @@ The same rule as the Meltano SDK: validate up front, name the key and the rule i
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from totes.utils.db import quote_ident
 from totes.utils.errors import ConfigError
@@ -33,6 +35,7 @@ class TableOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
+    extract_type: Optional[Literal["incremental", "full"]] = None
     primary_key: Optional[str] = None
     watermark_column: Optional[str] = None
     record_batch_bytes: Optional[int] = Field(None, ge=1024, le=1 << 30)
@@ -48,21 +51,69 @@ class PipelineConfig(BaseModel):
     tables: dict[str, Optional[TableOptions]] = Field(min_length=1)
 
 
+#: What one ingest of a table does: its ``extract_type`` (incremental, full), or a reingest
+#: (from the beginning, whatever the lake holds) or a backfill (a ``[from, to)`` range).
+Mode = Literal["incremental", "full", "reingest", "backfill"]
+
+
 class TablePlan(BaseModel):
     """The payload of one table for ingest (the Map state's item), as JSON::
 
         {"table": "sales_order", "primary_key": "sales_order_id",
+         "extract_type": "incremental", "mode": "incremental",
          "watermark_column": "last_updated", "record_batch_bytes": 8388608,
-         "in_flight_safety_lag_seconds": 300.0}
+         "in_flight_safety_lag_seconds": 300.0,
+         "backfill_from": null, "backfill_to": null, "run_id": null}
+
+    ``mode`` is what this run does: the table's ``extract_type``, or ``reingest``, or
+    ``backfill`` of the row versions whose watermark is in ``[backfill_from, backfill_to)``
+    (text as the source prints the column's values: ``2024-11-01 00:00:00`` or ``1200``).
+    ``watermark_column`` is None only for a ``full`` table that names none.
+    ``run_id`` names the run in the ledger (the state machine's execution, or the local run).
     """
 
     model_config = ConfigDict(extra="forbid")
 
     table: str
     primary_key: str
-    watermark_column: str = "last_updated"
+    extract_type: Literal["incremental", "full"] = "incremental"
+    mode: Mode = "incremental"
+    watermark_column: Optional[str] = "last_updated"
     record_batch_bytes: int = 8 << 20
     in_flight_safety_lag_seconds: float = 300.0
+    backfill_from: Optional[str] = None
+    backfill_to: Optional[str] = None
+    run_id: Optional[str] = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "TablePlan":
+        where = f"table {self.table}"
+        if self.mode in ("incremental", "reingest", "backfill") and not self.watermark_column:
+            raise ValueError(f"{where}: {self.mode} needs a watermark_column")
+        if self.extract_type == "full" and self.mode == "incremental":
+            self.mode = "full"
+        if self.mode == "backfill":
+            if self.backfill_from is None or self.backfill_to is None:
+                raise ValueError(f"{where}: a backfill needs both --from and --to")
+        elif self.backfill_from is not None or self.backfill_to is not None:
+            raise ValueError(f"{where}: --from/--to make a backfill; they cannot go with "
+                             f"{self.mode}")
+        return self
+
+    def with_mode(self, mode: Mode, backfill_from: Optional[str] = None,
+                  backfill_to: Optional[str] = None) -> "TablePlan":
+        """This plan for a run in ``mode`` (reingest, backfill).
+
+        Raises:
+            ConfigError: the combination is impossible (``--reingest`` with ``--from``, a
+                backfill without both bounds, a mode without the watermark it needs).
+        """
+        try:
+            return TablePlan.model_validate(self.model_dump() | {
+                "mode": mode, "backfill_from": backfill_from, "backfill_to": backfill_to})
+        except ValidationError as exc:
+            raise ConfigError("; ".join(e["msg"].removeprefix("Value error, ")
+                                        for e in exc.errors())) from None
 
 
 def load_config(path: str | Path = DEFAULT_CONFIG_PATH) -> PipelineConfig:
@@ -136,8 +187,17 @@ def resolve_tables(config: PipelineConfig) -> list[TablePlan]:
     configuration was parsed."""
     plans = []
     for table, own in config.tables.items():
+        own = own or TableOptions()
         merged = config.defaults.model_dump(exclude_none=True)
-        merged.update((own or TableOptions()).model_dump(exclude_none=True))
+        merged.update(own.model_dump(exclude_none=True))
         merged.setdefault("primary_key", default_primary_key(table))
-        plans.append(TablePlan(table=table, **merged))
+        if merged.get("extract_type") == "full":
+            # A full extract needs no watermark: the defaults' does not apply to it.
+            merged["watermark_column"] = own.watermark_column
+            merged["mode"] = "full"
+        try:
+            plans.append(TablePlan(table=table, **merged))
+        except ValidationError as exc:
+            raise ConfigError("; ".join(e["msg"].removeprefix("Value error, ")
+                                        for e in exc.errors())) from None
     return plans

@@ -419,15 +419,16 @@ class Lake:
         with storage_call(f"reading {self.describe(key)} as Parquet"):
             return pq.ParquetFile(self.fs.open_input_file(self.path(key)))
 
-    def read_table(self, key: str) -> pa.Table:
-        """The whole Parquet file at ``key`` (only for small files: state, dimensions' rows).
+    def read_table(self, key: str, columns: Optional[list[str]] = None) -> pa.Table:
+        """The whole Parquet file at ``key``, or its ``columns`` (only for small files or few
+        columns: state, dimensions' rows, a snapshot's keys).
 
         Raises:
             LakeError / StorageUnavailable: as :meth:`parquet_file`.
         """
         parquet = self.parquet_file(key)
         with storage_call(f"reading {self.describe(key)} as Parquet"):
-            return parquet.read()
+            return parquet.read(columns=columns)
 
     def iter_batches(self, key: str, batch_size: int,
                      columns: Optional[list[str]] = None) -> Iterator[pa.RecordBatch]:

@@ -10,6 +10,8 @@ override them).
 ``TOTES_LAKE``             ingest lake: a directory or ``s3://bucket/prefix``
 ``TOTES_PROCESSED``        processed area: a directory or ``s3://bucket/prefix``
 ``TOTES_CONFIG``           pipeline YAML (default ``config/pipeline.yaml``)
+``TOTES_LEDGER``           run ledger: ``dynamodb://table`` or ``sqlite:///path`` (none: no
+                           records, no leases)
 =========================  ==============================================================
 """
 from __future__ import annotations
@@ -21,6 +23,7 @@ from totes.utils.config import DEFAULT_CONFIG_PATH
 from totes.utils.db import Database
 from totes.utils.errors import ConfigError
 from totes.utils.lake import Lake
+from totes.utils.ledger import Ledger, ledger_from_uri
 
 
 def database_from_env(role: str, env: Mapping[str, str] = os.environ) -> Database:
@@ -53,3 +56,13 @@ def lake_from_env(variable: str, env: Mapping[str, str] = os.environ) -> Lake:
 def config_path_from_env(env: Mapping[str, str] = os.environ) -> str:
     """``TOTES_CONFIG`` or the default ``config/pipeline.yaml``."""
     return env.get("TOTES_CONFIG") or DEFAULT_CONFIG_PATH
+
+
+def ledger_from_env(env: Mapping[str, str] = os.environ) -> Optional[Ledger]:
+    """The ledger ``TOTES_LEDGER`` names, or None when it is not set.
+
+    Raises:
+        ConfigError: an unsupported scheme.
+    """
+    uri = env.get("TOTES_LEDGER")
+    return ledger_from_uri(uri) if uri else None

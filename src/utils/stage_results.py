@@ -45,27 +45,38 @@ class HeldBackBy(_Result):
 class IngestResult(_Result):
     """One table's ingest (a Map item's output)::
 
-        {"table": "payment", "key": "payment/2024/11/15/144010123000.parquet" | null,
+        {"table": "payment", "mode": "incremental",
+         "key": "payment/2024/11/15/144010123000.parquet" | null,
          "rows": 15836, "row_groups": 2, "bytes": 702115,
          "low_watermark": null | {"timestamp": "...", "primary_key": 1},
          "high_watermark": {"timestamp": "2024-11-15 14:40:10.123000", "primary_key": 15836},
          "cutoff": "2026-11-22 15:00:00.123456", "seconds": 1.23, "peak_arrow_bytes": 4194304}
 
-    ``key`` is null and ``high_watermark`` equals ``low_watermark`` when nothing is new.
+    ``key`` is null when no row was extracted; ``high_watermark`` is the table's incremental
+    watermark after the run (a backfill leaves it as it was; a full snapshot gives its
+    greatest). ``range`` is a backfill's ``{"from", "to"}``; ``vanished_rows`` counts, for a
+    full snapshot, the rows of the previous snapshot no longer in the source.
+    ``skipped`` says why the table was not extracted (another run holds its lease).
     ``cutoff`` is the instant the extract stopped short of (in-flight transactions).
     ``peak_arrow_bytes`` is the most memory Arrow held at once during the extract.
     ``held_back_by`` names an old open source transaction that held the cutoff back.
     """
 
     table: str
+    mode: str = "incremental"
     key: Optional[str]
     rows: int
     row_groups: int
     bytes: int
     low_watermark: Optional[Watermark]
     high_watermark: Optional[Watermark]
+    range: Optional[dict[str, str]] = None
+    vanished_rows: Optional[int] = None
     cutoff: str
     held_back_by: Optional[HeldBackBy] = None
+    skipped: Optional[str] = None
+    ledger_note: Optional[str] = None
+    run_id: Optional[str] = None
     seconds: float
     peak_arrow_bytes: int
 
@@ -86,7 +97,8 @@ class TransformResult(_Result):
          "tables": [<TableOutput>, ...], "quarantined": {"sales_order": 1},
          "quarantined_rows": 1, "seconds": 2.1}
 
-    ``manifest`` is null and ``tables`` empty when the lake had nothing new.
+    ``manifest`` is null and ``tables`` empty when the lake had nothing new, or when another
+    run held the transform lease for longer than this one waited (``skipped`` says so).
     ``quarantined`` counts, per source table, the row versions this batch held in quarantine
     (they broke a rule; the rest of the batch went on); ``quarantined_rows`` is their sum.
     """
@@ -96,6 +108,7 @@ class TransformResult(_Result):
     tables: list[TableOutput]
     quarantined: dict[str, int] = {}
     quarantined_rows: int = 0
+    skipped: Optional[str] = None
     seconds: float
 
 
@@ -117,7 +130,8 @@ class LoadResult(_Result):
          "released": {"fact_sales_order": 3}, "waiting": {"fact_sales_order": 1},
          "seconds": 3.2}
 
-    ``batches`` are the manifest keys loaded, in batch order; empty when none was pending.
+    ``batches`` are the manifest keys loaded, in batch order; empty when none was pending (or
+    another run held the load lease: ``skipped``).
     ``held``: fact rows this load set aside because a foreign key has no dimension row yet
     (``held_rows`` is their sum); ``released``: held rows this load inserted because their
     dimension rows had arrived; ``waiting``: every fact row still held after this load.
@@ -129,12 +143,14 @@ class LoadResult(_Result):
     held_rows: int = 0
     released: dict[str, int] = {}
     waiting: dict[str, int] = {}
+    skipped: Optional[str] = None
     seconds: float
 
 
 class RunResult(_Result):
     """A whole local run (``totes run --json``): every stage's output and the run's seconds."""
 
+    run_id: Optional[str] = None
     plan: PlanResult
     ingest: list[IngestResult]
     transform: TransformResult

@@ -1,19 +1,28 @@
 """The lake's watermark contract: what a batch file says about where it starts and ends.
 
-A batch of a source table holds the row versions whose ``(watermark_column, primary_key)``
-comes after the previous batch's high watermark, in that order. Each lake file keeps, in its
-Parquet footer's key-value metadata (UTF-8 JSON):
+A batch of a source table holds row versions in ``(watermark_column, primary_key)`` order.
+Each lake file keeps, in its Parquet footer's key-value metadata (UTF-8 JSON):
 
-* ``totes.high_watermark``: the pair of its last row, ``{"timestamp": "2024-11-15
-  14:40:10.123000", "primary_key": 11187}``: the next batch starts after it;
-* ``totes.low_watermark``: the high watermark of the batch before it, or ``null`` for the
-  first batch.
+* ``totes.high_watermark``: the table's incremental watermark *after* this batch: the pair of
+  its last row for an incremental batch or a reingest, ``{"timestamp": "2024-11-15
+  14:40:10.123000", "primary_key": 11187}`` (or ``{"integer": 1200, "primary_key": 1200}``
+  for an integer watermark column); for a backfill, which never moves it, the watermark it
+  found; for a full snapshot, the greatest pair it holds (``null`` without a watermark).
+  The next incremental batch starts after it.
+* ``totes.low_watermark``: the watermark the batch started after (``null``: the beginning).
+* ``totes.mode``: ``incremental``, ``full``, ``reingest`` or ``backfill`` (absent in files of
+  the first release: ``incremental``).
+* ``totes.range``: for a backfill, ``{"from": "...", "to": "..."}``: the batch holds exactly
+  the versions whose watermark is in ``[from, to)``.
 
-The timestamp is ISO 8601 with a space and microseconds, as PostgreSQL prints it; a
-``timestamptz`` watermark carries its offset (``+00:00``). The key of the file is named after
-the high watermark's moment in UTC (:meth:`Watermark.moment`). The low watermark of the next
-run is read back from the newest key of the table: four small listings and one footer,
-whatever the history. The lake is the truth: nothing else stores a watermark.
+A timestamp is ISO 8601 with a space and microseconds, as PostgreSQL prints it; a
+``timestamptz`` watermark carries its offset (``+00:00``). Keys are created in commit order
+(each one after the newest, :meth:`totes.utils.lake.Lake.next_key`): an incremental batch's
+key is named after its high watermark's moment in UTC (one microsecond past the newest key
+when that is not later); a backfill's, a full snapshot's and an integer-watermark batch's
+after the extract's moment. So the newest key always holds the table's current watermark,
+read with four small listings and one footer, whatever the history. The lake is the truth:
+nothing else stores a watermark.
 """
 from __future__ import annotations
 
@@ -22,48 +31,94 @@ from datetime import datetime, timezone
 from typing import Optional
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import (BaseModel, ConfigDict, ValidationError, model_serializer,
+                      model_validator)
 
 from totes.utils.errors import LakeError
 from totes.utils.lake import Lake
 
 HIGH_WATERMARK_KEY = b"totes.high_watermark"
 LOW_WATERMARK_KEY = b"totes.low_watermark"
+MODE_KEY = b"totes.mode"
+RANGE_KEY = b"totes.range"
 
 
 class Watermark(BaseModel):
-    """One position in a table's ``(watermark_column, primary_key)`` order."""
+    """One position in a table's ``(watermark_column, primary_key)`` order: a ``timestamp``
+    (text) or an ``integer`` watermark value, and the primary key that breaks ties."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    timestamp: str
+    timestamp: Optional[str] = None
+    integer: Optional[int] = None
     primary_key: int
 
-    @classmethod
-    def of_last_row(cls, batch: pa.RecordBatch, watermark_column: str,
-                    primary_key: str) -> "Watermark":
-        """The watermark of the last row of ``batch``."""
-        last = batch.slice(batch.num_rows - 1)
-        moment = last.column(watermark_column)[0].as_py()
-        return cls(timestamp=moment.isoformat(sep=" ", timespec="microseconds"),
-                   primary_key=last.column(primary_key)[0].as_py())
+    @model_validator(mode="after")
+    def _one_value(self) -> "Watermark":
+        if (self.timestamp is None) == (self.integer is None):
+            raise ValueError("a watermark has a timestamp or an integer, not both or neither")
+        return self
 
-    def moment(self) -> datetime:
-        """The timestamp as a naive UTC datetime (what the batch's key is named after)."""
+    @model_serializer(mode="wrap")
+    def _without_nulls(self, handler):
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+    @classmethod
+    def of_row(cls, batch, i: int, watermark_column: str, primary_key: str) -> "Watermark":
+        """The watermark of row ``i`` of ``batch`` (a record batch or table)."""
+        value = batch.column(watermark_column)[i].as_py()
+        key = batch.column(primary_key)[i].as_py()
+        if isinstance(value, datetime):
+            return cls(timestamp=value.isoformat(sep=" ", timespec="microseconds"),
+                       primary_key=key)
+        return cls(integer=value, primary_key=key)
+
+    @classmethod
+    def of_last_row(cls, batch, watermark_column: str, primary_key: str) -> "Watermark":
+        """The watermark of the last row of ``batch``."""
+        return cls.of_row(batch, batch.num_rows - 1, watermark_column, primary_key)
+
+    @property
+    def value(self) -> str:
+        """The watermark value as text, to bind in SQL."""
+        return self.timestamp if self.timestamp is not None else str(self.integer)
+
+    def moment(self) -> Optional[datetime]:
+        """A timestamp watermark as a naive UTC datetime (what an incremental batch's key is
+        named after); None for an integer watermark."""
+        if self.timestamp is None:
+            return None
         moment = datetime.fromisoformat(self.timestamp)
         if moment.tzinfo is not None:
             moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
         return moment
 
 
-def footer_metadata(high: Watermark, low: Optional[Watermark]) -> dict[bytes, str]:
+class Footer(BaseModel):
+    """What a lake file's footer says of its batch (see the module docstring)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    high: Optional[Watermark]
+    low: Optional[Watermark] = None
+    mode: str = "incremental"
+    range: Optional[dict[str, str]] = None
+
+
+def footer_metadata(high: Optional[Watermark], low: Optional[Watermark],
+                    mode: str = "incremental",
+                    backfill_range: Optional[dict[str, str]] = None) -> dict[bytes, str]:
     """The key-value metadata a batch file's writer adds to its footer."""
-    return {HIGH_WATERMARK_KEY: high.model_dump_json(),
-            LOW_WATERMARK_KEY: low.model_dump_json() if low is not None else "null"}
+    metadata = {HIGH_WATERMARK_KEY: high.model_dump_json() if high is not None else "null",
+                LOW_WATERMARK_KEY: low.model_dump_json() if low is not None else "null",
+                MODE_KEY: json.dumps(mode)}
+    if backfill_range is not None:
+        metadata[RANGE_KEY] = json.dumps(backfill_range)
+    return metadata
 
 
-def read_footer(lake: Lake, key: str) -> tuple[Watermark, Optional[Watermark]]:
-    """The ``(high, low)`` watermarks kept in the footer of the batch file at ``key``.
+def read_footer(lake: Lake, key: str) -> Footer:
+    """What the footer of the batch file at ``key`` says.
 
     Raises:
         LakeError: the file has no or a malformed ``totes.high_watermark`` (it was not written
@@ -75,22 +130,48 @@ def read_footer(lake: Lake, key: str) -> tuple[Watermark, Optional[Watermark]]:
         raise LakeError(f"{lake.describe(key)} has no totes.high_watermark metadata; "
                         "it was not written by ingest")
     try:
-        high = Watermark.model_validate_json(metadata[HIGH_WATERMARK_KEY])
-        low_json = json.loads(metadata.get(LOW_WATERMARK_KEY, b"null"))
-        low = Watermark.model_validate(low_json) if low_json is not None else None
-    except (ValidationError, ValueError) as exc:
+        return Footer(high=json.loads(metadata[HIGH_WATERMARK_KEY]),
+                      low=json.loads(metadata.get(LOW_WATERMARK_KEY, b"null")),
+                      mode=json.loads(metadata.get(MODE_KEY, b'"incremental"')),
+                      range=json.loads(metadata.get(RANGE_KEY, b"null")))
+    except (ValidationError, ValueError, TypeError) as exc:
         raise LakeError(f"{lake.describe(key)} has a malformed watermark in its footer: "
                         f"{exc}") from None
-    return high, low
 
 
 def read_high_watermark(lake: Lake, table: str) -> Optional[Watermark]:
-    """The high watermark of the newest batch of ``table`` in ``lake``, or None when the table
-    has no batch yet (first run: everything).
+    """The table's incremental watermark: the high watermark in the footer of its newest
+    batch, or None when the table has no batch yet (first run: everything).
 
     Raises:
         LakeError: the newest file has no or a malformed watermark.
         StorageUnavailable: the lake could not be read (retry).
     """
     key = lake.newest_key(table)
-    return None if key is None else read_footer(lake, key)[0]
+    return None if key is None else read_footer(lake, key).high
+
+
+def greatest(batch: pa.RecordBatch, watermark_column: str, primary_key: str,
+             current: Optional[Watermark]) -> Optional[Watermark]:
+    """The greater of ``current`` and the greatest ``(watermark, key)`` pair of ``batch``
+    (for a full snapshot, which is not in watermark order)."""
+    if batch.num_rows == 0:
+        return current
+    import pyarrow.compute as pc
+
+    values = batch.column(watermark_column)
+    top = pc.max(values)
+    if not top.is_valid:
+        return current
+    among = pc.indices_nonzero(pc.fill_null(pc.equal(values, top), False))
+    keys = pc.take(batch.column(primary_key), among)
+    i = among[pc.index(keys, pc.max(keys)).as_py()].as_py()
+    candidate = Watermark.of_row(batch, i, watermark_column, primary_key)
+    if current is None:
+        return candidate
+    return candidate if _order(candidate) > _order(current) else current
+
+
+def _order(mark: Watermark):
+    return ((mark.moment() or datetime.min) if mark.timestamp is not None else mark.integer,
+            mark.primary_key)

@@ -1,0 +1,129 @@
+"""``totes status``: per table, what the ledger, the lake, the processed area, the warehouse and
+the source say about where the pipeline stands.
+
+Per table: its mode; its last successful ingest (when, rows, high watermark); whether a run
+holds its lease now; its last failure; its lag (the source's newest watermark minus the one
+extracted: seconds for a timestamp, a count for an integer watermark; only when the source is
+reachable); the lake files no transform batch has taken. For the pipeline: the committed
+batches the warehouse has not loaded, and the last transform and load.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Optional
+
+from pydantic import BaseModel
+
+from totes.utils.config import PipelineConfig, resolve_tables
+from totes.utils.db import Database, quote_ident
+from totes.utils.errors import TotesError
+from totes.utils.lake import Lake
+from totes.utils.ledger import ALL_TABLES, Ledger, LedgerRecord, lease_name
+from totes.utils.manifest import latest_manifest, manifests_after
+from totes.utils.watermark import Watermark, read_high_watermark
+
+
+class TableStatus(BaseModel):
+    """One table's line of ``totes status --json``."""
+
+    table: str
+    mode: str
+    last_success: Optional[LedgerRecord] = None
+    last_failure: Optional[LedgerRecord] = None
+    running: Optional[str] = None           # the run holding the lease now
+    high_watermark: Optional[dict] = None   # the lake's (the truth)
+    source_newest: Optional[str] = None
+    lag: Optional[float] = None             # seconds, or rows for an integer watermark
+    lag_unit: Optional[str] = None
+    pending_lake_files: int = 0
+
+
+class PipelineStatus(BaseModel):
+    """``totes status --json``."""
+
+    tables: list[TableStatus]
+    pending_batches: Optional[int] = None   # None: the warehouse could not be asked
+    last_transform: Optional[LedgerRecord] = None
+    last_load: Optional[LedgerRecord] = None
+    notes: list[str] = []
+
+
+def _source_newest(source: Database, plan) -> Optional[object]:
+    with source.session("totes-status", f"reading the newest {plan.table} rows") as session:
+        (newest,), = session.conn.run(
+            f"SELECT max({quote_ident(plan.watermark_column)}) "  # nosec B608 (identifiers)
+            f"FROM {quote_ident(plan.table)}")
+    return newest
+
+
+def _lag(newest, high: Optional[Watermark]) -> tuple[Optional[float], Optional[str]]:
+    if newest is None:
+        return None, None
+    if high is None:
+        return None, "everything"
+    if high.integer is not None:
+        return float(newest - high.integer), "rows"
+    extracted = datetime.fromisoformat(high.timestamp)
+    if isinstance(newest, datetime) and newest.tzinfo is not None:
+        newest = newest.astimezone(timezone.utc).replace(tzinfo=None)
+    if extracted.tzinfo is not None:
+        extracted = extracted.astimezone(timezone.utc).replace(tzinfo=None)
+    return max((newest - extracted).total_seconds(), 0.0), "seconds"
+
+
+def pipeline_status(config: PipelineConfig, ledger: Ledger, lake: Lake, processed: Lake,
+                    warehouse: Optional[Database], source: Optional[Database]
+                    ) -> PipelineStatus:
+    """Where the pipeline stands. A source or warehouse that cannot be reached leaves its
+    columns empty, with a note (status never fails for them).
+
+    Raises:
+        LakeError / StorageUnavailable: the lake or processed area could not be read.
+    """
+    notes = []
+    _, manifest = latest_manifest(processed)
+    taken = manifest.lake if manifest else {}
+    tables = []
+    for plan in resolve_tables(config):
+        high = read_high_watermark(lake, plan.table)
+        holder = ledger.holder(lease_name("ingest", plan.table))
+        status = TableStatus(
+            table=plan.table, mode=plan.mode,
+            last_success=ledger.last("ingest", plan.table, "succeeded"),
+            last_failure=ledger.last("ingest", plan.table, "failed"),
+            running=holder.owner if holder else None,
+            high_watermark=high.model_dump() if high else None,
+            pending_lake_files=len(lake.keys_after(plan.table, taken.get(plan.table))))
+        if source is not None and plan.watermark_column:
+            try:
+                newest = _source_newest(source, plan)
+                status.source_newest = None if newest is None else str(newest)
+                status.lag, status.lag_unit = _lag(newest, high)
+            except TotesError as exc:
+                notes.append(f"source not read for {plan.table}: {exc}")
+                source = None  # one note, not one per table
+        tables.append(status)
+    pending = None
+    if warehouse is not None:
+        try:
+            pending = _pending_batches(warehouse, processed)
+        except TotesError as exc:
+            notes.append(f"warehouse not read: {exc}")
+    return PipelineStatus(tables=tables, pending_batches=pending,
+                          last_transform=ledger.last("transform", ALL_TABLES),
+                          last_load=ledger.last("load", ALL_TABLES), notes=notes)
+
+
+def _pending_batches(warehouse: Database, processed: Lake) -> int:
+    with warehouse.session("totes-status", f"reading the {warehouse.describe()}") as session:
+        conn = session.conn
+        (exists,), = conn.run("SELECT to_regclass('totes.load_state') IS NOT NULL")
+        if not exists:
+            return len(manifests_after(processed, None))
+        (through,), = conn.run("SELECT loaded_through FROM totes.load_state")
+        listed = manifests_after(processed, through)
+        if not listed:
+            return 0
+        (loaded,), = conn.run("SELECT count(*) FROM totes.loaded_batch WHERE manifest_key = "
+                              "ANY(CAST(:keys AS text[]))", keys=listed)
+        return len(listed) - loaded
