@@ -180,3 +180,42 @@ def test_a_run_that_quarantines_rows_exits_65_and_totes_quarantine_lists_them(ho
     assert runner.invoke(app, ["run"]).exit_code == 0  # held, but nothing new set aside
     retried = runner.invoke(app, ["quarantine", "--retry"])
     assert retried.exit_code == 65 and "1 row versions still break a rule" in retried.stderr
+
+
+def test_status_and_history_after_runs_a_failure_and_a_backfill(home):
+    runner = CliRunner()
+    assert runner.invoke(app, ["run"]).exit_code == 0
+    bad = runner.invoke(app, ["ingest", "--table", "payment", "--from", "soon", "--to",
+                              "2024-11-03"])
+    assert bad.exit_code == 1 and "--from 'soon' is not a timestamp" in bad.output
+    backfill = runner.invoke(app, ["ingest", "--table", "payment", "--from", "2024-11-01",
+                                   "--to", "2024-11-03", "--json"])
+    assert backfill.exit_code == 0, backfill.output
+    [result] = json.loads(backfill.stdout)
+    assert result["mode"] == "backfill" and result["rows"] > 0
+    assert runner.invoke(app, ["run"]).exit_code == 0
+
+    status = runner.invoke(app, ["status", "--json"])
+    assert status.exit_code == 0, status.output
+    report = json.loads(status.stdout)
+    tables = {t["table"]: t for t in report["tables"]}
+    assert set(tables) == {"address", "counterparty", "currency", "department", "design",
+                           "staff", "payment_type", "sales_order", "purchase_order",
+                           "transaction", "payment"}
+    payment = tables["payment"]
+    assert payment["last_failure"]["error_type"] == "ConfigError"
+    assert payment["last_success"]["status"] == "succeeded"
+    assert payment["lag"] == 0 and payment["lag_unit"] == "seconds"
+    assert payment["high_watermark"]["primary_key"] == 15836
+    assert report["pending_batches"] == 0
+    assert report["last_load"]["status"] == "succeeded"
+    human = runner.invoke(app, ["status"])
+    assert "batches not loaded: 0" in human.stdout and "ConfigError" in human.stdout
+
+    history = runner.invoke(app, ["history", "--table", "payment", "--json"])
+    records = json.loads(history.stdout)
+    assert [r["status"] for r in records][:3] == ["succeeded", "succeeded", "failed"]
+    assert records[1]["mode"] == "backfill" and records[1]["details"]["range"] == {
+        "from": "2024-11-01", "to": "2024-11-03"}
+    listing = runner.invoke(app, ["history", "--limit", "3"])
+    assert listing.exit_code == 0 and "load" in listing.stdout

@@ -67,6 +67,8 @@ def test_plan_names_a_missing_watermark_column(seeded_source):
 def test_plan_gives_one_payload_per_table(seeded_source):
     payload = plan(load_config(CONFIG), seeded_source)
     assert payload.tables[0].model_dump() == {
-        "table": "address", "primary_key": "address_id", "watermark_column": "last_updated",
-        "record_batch_bytes": 8388608, "in_flight_safety_lag_seconds": 300.0}
+        "table": "address", "primary_key": "address_id", "extract_type": "incremental",
+        "mode": "incremental", "watermark_column": "last_updated",
+        "record_batch_bytes": 8388608, "in_flight_safety_lag_seconds": 300.0,
+        "backfill_from": None, "backfill_to": None, "run_id": None}
     assert len(payload.tables) == 11
