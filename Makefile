@@ -10,7 +10,7 @@ DEV_INSTALLED := $(VENV)/.dev-installed
 
 .PHONY: help run test install-requirements install-dev-tools run-pytest check-pep8-compliance \
 	security-checks bandit dependency-audit run-checks bench stop clean-state clean \
-	layer package tf-validate deploy-local put-secrets
+	layer package tf-validate deploy-local put-secrets upload-config
 
 help:
 	@echo "make run                    run the pipeline once on the embedded PostgreSQL"
@@ -24,6 +24,7 @@ help:
 	@echo "make tf-validate            terraform fmt + validate, asl-validator, checkov (offline)"
 	@echo "make deploy-local           apply both layers on an AWS emulator, run the state machine"
 	@echo "make put-secrets            put the secrets' values in AWS (ENVIRONMENT=prod)"
+	@echo "make upload-config          check config/pipeline.yaml and upload it for plan (ENVIRONMENT=prod)"
 	@echo "make stop / clean-state     stop the embedded PostgreSQL / also delete .totes"
 
 $(BIN)/python:
@@ -115,6 +116,9 @@ deploy-local: $(DEV_INSTALLED)
 ENVIRONMENT ?= prod
 put-secrets: $(INSTALLED)
 	$(BIN)/python scripts/put_secrets.py --environment $(ENVIRONMENT)
+
+upload-config: $(INSTALLED)
+	$(BIN)/python scripts/upload_config.py --environment $(ENVIRONMENT)
 
 stop:
 	-@[ -x $(BIN)/totes ] && $(BIN)/totes embedded stop

@@ -1,8 +1,10 @@
 # One role per function, allowed exactly what that stage touches (README.md, "Data flow"):
-#   plan: the source secret; ingest: the source secret, list/read/add lake objects;
-#   transform: read the lake, list/read/add processed objects; load: read processed, the
-#   warehouse secret. Ingest, transform and load write their runs and leases in the ledger
-#   table. Nobody may delete or overwrite-by-delete an object.
+#   plan: the source secret, the configuration object; ingest: the source secret,
+#   list/read/add lake objects; status: the ledger; pending: list/read the lake and the
+#   processed area, the warehouse secret; transform: read the lake, list/read/add processed
+#   objects; load: read processed, the warehouse secret; alert: nothing. Ingest, status,
+#   transform and load write their runs and leases in the ledger table. Nobody may delete or
+#   overwrite-by-delete an object.
 data "aws_iam_policy_document" "assume_lambda" {
   statement {
     actions = ["sts:AssumeRole"]
@@ -19,10 +21,13 @@ locals {
     processed = "arn:${data.aws_partition.current.partition}:s3:::${local.imported.processed_bucket}"
   }
   access = {
-    plan      = { secrets = [local.imported.source_secret_arn], read = [], write = [], ledger = false }
-    ingest    = { secrets = [local.imported.source_secret_arn], read = ["ingest"], write = ["ingest"], ledger = true }
-    transform = { secrets = [], read = ["ingest", "processed"], write = ["processed"], ledger = true }
-    load      = { secrets = [local.imported.warehouse_secret_arn], read = ["processed"], write = [], ledger = true }
+    plan      = { secrets = [local.imported.source_secret_arn], read = [], write = [], ledger = false, config = true }
+    ingest    = { secrets = [local.imported.source_secret_arn], read = ["ingest"], write = ["ingest"], ledger = true, config = false }
+    status    = { secrets = [], read = [], write = [], ledger = true, config = false }
+    pending   = { secrets = [local.imported.warehouse_secret_arn], read = ["ingest", "processed"], write = [], ledger = false, config = false }
+    transform = { secrets = [], read = ["ingest", "processed"], write = ["processed"], ledger = true, config = false }
+    load      = { secrets = [local.imported.warehouse_secret_arn], read = ["processed"], write = [], ledger = true, config = false }
+    alert     = { secrets = [], read = [], write = [], ledger = false, config = false }
   }
 }
 
@@ -81,10 +86,21 @@ data "aws_iam_policy_document" "function" {
       resources = [local.imported.ledger_table_arn]
     }
   }
-  statement {
-    sid       = "UseDataKey"
-    actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
-    resources = [local.imported.data_key_arn]
+  dynamic "statement" {
+    for_each = local.access[each.key].config ? [1] : []
+    content {
+      sid       = "ReadConfiguration"
+      actions   = ["s3:GetObject"]
+      resources = ["arn:${data.aws_partition.current.partition}:s3:::${local.imported.artifacts_bucket}/${local.config_key}"]
+    }
+  }
+  dynamic "statement" {
+    for_each = each.key == "alert" ? [] : [1]
+    content {
+      sid       = "UseDataKey"
+      actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
+      resources = [local.imported.data_key_arn]
+    }
   }
   dynamic "statement" {
     for_each = length(var.subnet_ids) > 0 ? [1] : []

@@ -12,25 +12,38 @@ locals {
     "ledger_table_arn"] :
     name => nonsensitive(data.aws_ssm_parameter.imported[name].value)
   }
-  # The stages (README.md, "Data flow"): handler, what each reads and writes.
+  # The states (README.md, "Deploying to AWS"): handler, what each reads and writes.
   functions = {
     plan      = { handler = "totes.ingest.handler.plan_handler" }
     ingest    = { handler = "totes.ingest.handler.ingest_handler" }
+    status    = { handler = "totes.ingest.handler.status_handler" }
+    pending   = { handler = "totes.load.handler.pending_handler" }
     transform = { handler = "totes.transform.handler.handler" }
     load      = { handler = "totes.load.handler.handler" }
+    alert     = { handler = "totes.notify.handler.handler" }
   }
-  ledger = "dynamodb://${local.imported.ledger_table}"
+  ledger     = "dynamodb://${local.imported.ledger_table}"
+  config_key = "config/${var.source_name}/pipeline.yaml"
+  config_uri = "s3://${local.imported.artifacts_bucket}/${local.config_key}"
   environment = {
     plan = {
       TOTES_SOURCE_SECRET = local.imported.source_secret_arn
-      TOTES_CONFIG        = "config/pipeline.yaml"
+      TOTES_CONFIG        = local.config_uri
     }
     ingest = {
       TOTES_SOURCE_SECRET = local.imported.source_secret_arn
       TOTES_LAKE          = "s3://${local.imported.ingest_bucket}"
-      TOTES_CONFIG        = "config/pipeline.yaml"
       TOTES_LEDGER        = local.ledger
     }
+    status = {
+      TOTES_LEDGER = local.ledger
+    }
+    pending = {
+      TOTES_LAKE             = "s3://${local.imported.ingest_bucket}"
+      TOTES_PROCESSED        = "s3://${local.imported.processed_bucket}"
+      TOTES_WAREHOUSE_SECRET = local.imported.warehouse_secret_arn
+    }
+    alert = {}
     transform = {
       TOTES_LAKE      = "s3://${local.imported.ingest_bucket}"
       TOTES_PROCESSED = "s3://${local.imported.processed_bucket}"
@@ -53,10 +66,10 @@ data "aws_ssm_parameter" "imported" {
 
 # ---- Build: the layer and the code package, rebuilt when their inputs change -------------
 locals {
-  code_hash = sha256(join("", concat(
-    [for f in sort(fileset("${local.repo}/src", "**/*.{py,sql}")) : filesha256("${local.repo}/src/${f}")],
-    [filesha256("${local.repo}/config/pipeline.yaml")]
-  )))
+  # The configuration is not part of the code: it is read from S3 (aws_s3_object.config).
+  code_hash = sha256(join("", [
+    for f in sort(fileset("${local.repo}/src", "**/*.{py,sql}")) : filesha256("${local.repo}/src/${f}")
+  ]))
   layer_hash = sha256(join("", [
     filesha256("${local.repo}/requirements.txt"),
     filesha256("${local.repo}/scripts/build_lambda.py"),
@@ -87,6 +100,16 @@ resource "aws_s3_object" "package" {
   key         = "lambda/code-${terraform_data.build["package"].output}.zip"
   source      = "${local.repo}/build/code.zip"
   source_hash = terraform_data.build["package"].output
+}
+
+# The extract configuration, read by plan at every execution: change a table's settings by
+# uploading the file again (make upload-config, or this apply), with no code deployment.
+resource "aws_s3_object" "config" {
+  bucket       = local.imported.artifacts_bucket
+  key          = local.config_key
+  source       = "${local.repo}/config/pipeline.yaml"
+  source_hash  = filemd5("${local.repo}/config/pipeline.yaml")
+  content_type = "application/yaml"
 }
 
 resource "aws_lambda_layer_version" "dependencies" {

@@ -5,9 +5,14 @@ locals {
   definition = templatefile("${path.module}/state_machine.asl.json", {
     plan_arn        = aws_lambda_function.stage["plan"].arn
     ingest_arn      = aws_lambda_function.stage["ingest"].arn
+    status_arn      = aws_lambda_function.stage["status"].arn
+    pending_arn     = aws_lambda_function.stage["pending"].arn
     transform_arn   = aws_lambda_function.stage["transform"].arn
     load_arn        = aws_lambda_function.stage["load"].arn
+    alert_arn       = aws_lambda_function.stage["alert"].arn
     alert_topic_arn = local.imported.alert_topic_arn
+    environment     = var.environment
+    region          = var.region
     max_concurrency = var.ingest_max_concurrency
     retry           = file("${path.module}/retry_transient.json")
   })

@@ -37,13 +37,13 @@ variable "ingest_max_concurrency" {
 variable "lambda_memory_mb" {
   description = "Memory of each function, in MB."
   type        = map(number)
-  default     = { plan = 256, ingest = 1024, transform = 1024, load = 1024 }
+  default     = { plan = 256, ingest = 1024, status = 256, pending = 256, transform = 1024, load = 1024, alert = 128 }
 }
 
 variable "lambda_timeout_seconds" {
   description = "Timeout of each function, in seconds."
   type        = map(number)
-  default     = { plan = 60, ingest = 600, transform = 600, load = 600 }
+  default     = { plan = 60, ingest = 600, status = 30, pending = 60, transform = 600, load = 600, alert = 30 }
 }
 
 variable "extra_environment" {
@@ -74,4 +74,20 @@ variable "python" {
   description = "Python that runs scripts/build_lambda.py during apply."
   type        = string
   default     = "python3"
+}
+
+variable "freshness_hours" {
+  description = "Alert once when no execution has succeeded for this many hours (an execution succeeds only once nothing is left pending), and again when one succeeds."
+  type        = number
+  default     = 2
+  validation {
+    condition     = var.freshness_hours >= 1 && var.freshness_hours <= 24
+    error_message = "freshness_hours must be from 1 to 24."
+  }
+}
+
+variable "source_name" {
+  description = "The source the extract configuration is for: it is uploaded to s3://<artifacts bucket>/config/<source_name>/pipeline.yaml."
+  type        = string
+  default     = "totesys"
 }

@@ -9,11 +9,17 @@ real state machine execution end to end, then a failing one, then everything des
    terraform applies main-terraform (which builds the layer and the code package itself).
    Emulator settings (endpoint, local state, few retries) go in *_override.tf files written
    here and removed afterwards; the layers themselves are unchanged.
-4. Execution 1 must SUCCEED and fill the warehouse with the snapshot's rows. Then a currency
-   with no ISO 4217 code is put in the source: execution 2 must SUCCEED with that row in
-   quarantine, and its "rows held back" alert must arrive (an SQS queue subscribed to the
-   alert topic receives it). Then a column transform reads is renamed in the source:
-   execution 3 must end FAILED, and its alert must name the column.
+4. Executions, each checked with the alerts that arrive (an SQS queue subscribed to the
+   alert topic receives them):
+   (a) execution 1 must SUCCEED and fill the warehouse with the snapshot's rows;
+   a currency with no ISO 4217 code: execution 2 SUCCEEDS, with one "rows held back" alert;
+   (b) a column of design renamed, a new sales order: execution 3 FAILS with exactly one
+   alert naming design, and the sales order reaches the lake;
+   (c) the transform function pointed at a missing bucket: execution 4 fails in Transform
+   with one alert; the function restored, execution 5 (no new source rows) completes the
+   pending transform and load;
+   (d) payment_type removed from the configuration in S3: execution 6 ingests the ten other
+   tables, with no redeploy.
 5. terraform destroy, both layers; the emulator and PostgreSQL stop.
 """
 from __future__ import annotations
@@ -30,6 +36,7 @@ import urllib.request
 from pathlib import Path
 
 import boto3
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / "build" / "deploy-local"
@@ -197,27 +204,52 @@ def main() -> int:
         stepfunctions = aws.client("stepfunctions")
         machine = stepfunctions.list_state_machines()["stateMachines"][0]["stateMachineArn"]
 
-        say("execution 1: the real snapshot into the warehouse")
-        first = execute(stepfunctions, machine, "deploy-local-1")
-        if first["status"] != "SUCCEEDED":
-            raise SystemExit(f"execution 1 ended {first['status']}: {first.get('error')} "
-                             f"{first.get('cause')}")
-        with warehouse.session("deploy-local", "counting warehouse rows") as session:
-            # Table names from the constant FACT_ROWS, no values.
-            counts = {t: session.conn.run(f"SELECT count(*) FROM {t}")[0][0]  # nosec B608
-                      for t in FACT_ROWS}
-        print(f"warehouse after execution 1: {counts}")
-        if counts != FACT_ROWS:
-            raise SystemExit(f"expected {FACT_ROWS}")
+        s3 = aws.client("s3")
+        found = {p["Name"].rsplit("/", 1)[1]: p["Value"] for p in aws.client("ssm")
+                 .get_parameters_by_path(Path=f"/totes/{ENVIRONMENT}/")["Parameters"]}
+        lake_bucket = found["ingest_bucket"]
 
         def alerts() -> list[str]:
             messages = sqs.receive_message(QueueUrl=queue, WaitTimeSeconds=5,
                                            MaxNumberOfMessages=10).get("Messages", [])
             for message in messages:
                 sqs.delete_message(QueueUrl=queue, ReceiptHandle=message["ReceiptHandle"])
-            found = [json.loads(m["Body"]).get("Message", m["Body"]) for m in messages]
-            print("alerts received: " + (" | ".join(found) if found else "(none)"))
-            return found
+            found = [json.loads(m["Body"]) for m in messages]
+            for alert in found:
+                print(f"alert received: {alert.get('Subject')}\n{alert.get('Message')}")
+            if not found:
+                print("alerts received: (none)")
+            return [f"{a.get('Subject')}\n{a.get('Message')}" for a in found]
+
+        def lake_files(table: str) -> int:
+            listed = s3.list_objects_v2(Bucket=lake_bucket, Prefix=f"{table}/")
+            return len(listed.get("Contents", []))
+
+        def fact_count(table: str) -> int:
+            with warehouse.session("deploy-local", "counting warehouse rows") as session:
+                # Table names from the constant FACT_ROWS, no values.
+                return session.conn.run(f"SELECT count(*) FROM {table}")[0][0]  # nosec B608
+
+        def new_order() -> None:
+            with source.session("deploy-local", "adding a sales order") as session:
+                session.conn.run(
+                    "INSERT INTO sales_order (created_at, last_updated, design_id, staff_id, "
+                    "counterparty_id, units_sold, unit_price, currency_id, "
+                    "agreed_delivery_date, agreed_payment_date, agreed_delivery_location_id) "
+                    "SELECT now(), now(), 1, 1, 1, 5, 2.50, 1, '2024-12-01', '2024-12-02', 1")
+
+        def check(condition: bool, message: str) -> None:
+            if not condition:
+                raise SystemExit(f"deploy-local: {message}")
+
+        say("(a) execution 1: the real snapshot into the warehouse")
+        first = execute(stepfunctions, machine, "deploy-local-1")
+        check(first["status"] == "SUCCEEDED",
+              f"execution 1 ended {first['status']}: {first.get('error')} {first.get('cause')}")
+        counts = {t: fact_count(t) for t in FACT_ROWS}
+        print(f"warehouse after execution 1: {counts}")
+        check(counts == FACT_ROWS, f"expected {FACT_ROWS}")
+        check(alerts() == [], "a successful execution sent an alert")
 
         say("execution 2: a currency with no ISO 4217 code is quarantined, the run lands")
         with source.session("deploy-local", "injecting a bad currency") as session:
@@ -226,21 +258,75 @@ def main() -> int:
         second = execute(stepfunctions, machine, "deploy-local-2")
         print(f"execution 2 ended {second['status']}")
         held = alerts()
-        if second["status"] != "SUCCEEDED" or not any(
-                "set rows aside" in a and '"currency":1' in a for a in held):
-            raise SystemExit("execution 2 should have SUCCEEDED with one alert for the "
-                             "quarantined currency row")
+        check(second["status"] == "SUCCEEDED" and len(held) == 1
+              and '"currency":1' in held[0], "execution 2 should have SUCCEEDED with one "
+              "alert for the quarantined currency row")
 
-        say("execution 3: a column transform reads is renamed: the run fails and alerts")
+        say("(b) execution 3: one table fails (a column transform reads is renamed), "
+            "the others land")
         with source.session("deploy-local", "renaming a column") as session:
             session.conn.run("ALTER TABLE design RENAME COLUMN design_name TO name")
+        new_order()
+        orders_before = lake_files("sales_order")
         third = execute(stepfunctions, machine, "deploy-local-3")
         print(f"execution 3 ended {third['status']}")
         failed = alerts()
-        if third["status"] != "FAILED" or not any("design_name" in a for a in failed):
-            raise SystemExit("execution 3 should have FAILED with an alert naming design_name")
-        say("deploy-local: both layers applied; execution 1 SUCCEEDED, execution 2 SUCCEEDED "
-            "with a quarantined row and one alert, execution 3 FAILED and alerted")
+        check(third["status"] == "FAILED", "execution 3 should have FAILED")
+        check(len(failed) == 1 and "design" in failed[0].splitlines()[0]
+              and "design_name" in failed[0] and "Traceback" not in failed[0],
+              "execution 3 should send exactly one readable alert naming design")
+        check(lake_files("sales_order") == orders_before + 1,
+              "the other tables' new rows should have reached the lake")
+        with source.session("deploy-local", "renaming the column back") as session:
+            session.conn.run("ALTER TABLE design RENAME COLUMN name TO design_name")
+
+        say("(c) execution 4 fails in Transform; execution 5, with no new source rows, "
+            "completes the pending transform and load")
+        lambdas = aws.client("lambda")
+        transform_name = f"totes-{ENVIRONMENT}-transform"
+        settings = lambdas.get_function_configuration(FunctionName=transform_name)
+        variables = settings["Environment"]["Variables"]
+        new_order()
+        lambdas.update_function_configuration(FunctionName=transform_name, Environment={
+            "Variables": {**variables, "TOTES_PROCESSED": "s3://no-such-bucket-here"}})
+        fourth = execute(stepfunctions, machine, "deploy-local-4")
+        print(f"execution 4 ended {fourth['status']}")
+        broken = alerts()
+        check(fourth["status"] == "FAILED" and len(broken) == 1
+              and "Transform" in broken[0].splitlines()[0],
+              "execution 4 should fail in Transform with one alert")
+        lambdas.update_function_configuration(FunctionName=transform_name,
+                                              Environment={"Variables": variables})
+        orders = fact_count("fact_sales_order")
+        fifth = execute(stepfunctions, machine, "deploy-local-5")
+        output = json.loads(fifth.get("output") or "{}")
+        print(f"execution 5 ended {fifth['status']}: ingested "
+              f"{sum(i['rows'] for i in output.get('ingested', []))} rows, pending "
+              f"{output.get('pending')}")
+        check(fifth["status"] == "SUCCEEDED", "execution 5 should have SUCCEEDED")
+        check(sum(i["rows"] for i in output["ingested"]) == 0, "no new source rows expected")
+        check(fact_count("fact_sales_order") == orders + 1,
+              "execution 5 should have loaded the pending sales order")
+        check(alerts() == [], "execution 5 should send no alert")
+
+        say("(d) the configuration changed in S3 (payment_type removed): the next execution "
+            "uses it, with no redeploy")
+        key = "config/totesys/pipeline.yaml"
+        config = yaml.safe_load(s3.get_object(Bucket=found["artifacts_bucket"],
+                                              Key=key)["Body"].read())
+        del config["tables"]["payment_type"]
+        s3.put_object(Bucket=found["artifacts_bucket"], Key=key,
+                      Body=yaml.safe_dump(config).encode())
+        sixth = execute(stepfunctions, machine, "deploy-local-6")
+        tables = [i["table"] for i in json.loads(sixth["output"])["ingested"]]
+        print(f"execution 6 ended {sixth['status']}, ingesting {len(tables)} tables")
+        check(sixth["status"] == "SUCCEEDED" and "payment_type" not in tables
+              and len(tables) == 10, "execution 6 should use the new configuration")
+        say("deploy-local: both layers applied; (a) a normal execution filled the warehouse; "
+            "a quarantined row sent one alert; (b) one failing table failed the execution with "
+            "one alert while the others landed; (c) a failed transform was completed by the "
+            "next execution with no new rows; (d) a configuration change in S3 was used "
+            "without a redeploy")
         return 0
     finally:
         for layer in reversed(applied):

@@ -135,14 +135,21 @@ def test_a_table_given_twice_in_the_configuration_is_named(tmp_path):
 
 
 def test_staging_files_a_killed_run_left_are_removed(resources):
+    import subprocess  # nosec B404 (a process that ends at once, for a dead pid)
+
+    dead = subprocess.Popen(["true"])  # nosec B603 B607
+    dead.wait()
     folder = resources.lake.root + "/.staging"
     os.makedirs(folder)
-    for name, age in (("abandoned.partial", 3600), ("in-progress.partial", 5)):
+    names = {f"{dead.pid}-killed.partial": 5, f"{os.getpid()}-live-but-old.partial": 3600,
+             "unnamed-old.partial": 3600, "unnamed-fresh.partial": 5}
+    for name, age in names.items():
         with open(f"{folder}/{name}", "wb") as out:
             out.write(b"x" * 100)
         os.utime(f"{folder}/{name}", (time.time() - age, time.time() - age))
     run_pipeline(resources)
-    assert sorted(os.listdir(folder)) == ["in-progress.partial"]
+    assert sorted(os.listdir(folder)) == [f"{os.getpid()}-live-but-old.partial",
+                                          "unnamed-fresh.partial"]
 
 
 def test_an_old_open_transaction_that_holds_rows_back_is_named(seeded_source, tmp_path,
@@ -163,3 +170,19 @@ def test_an_old_open_transaction_that_holds_rows_back_is_named(seeded_source, tm
                                                              "forgotten-client")
     assert held.role == seeded_source.params["user"] and held.transaction_age_seconds >= 1
     assert result.rows == snapshot("currency").num_rows  # older rows still come
+
+
+def test_a_value_arrow_cannot_read_is_a_data_error_naming_the_table(empty_source, tmp_path):
+    query(empty_source, "CREATE TABLE odd (odd_id int PRIMARY KEY, at timestamp, "
+                        "last_updated timestamp(3) NOT NULL)")
+    query(empty_source, "INSERT INTO odd SELECT i, CASE WHEN i = 7 THEN 'infinity' ELSE "
+                        "timestamp '2024-01-01' END, timestamp '2024-01-01' + i * interval "
+                        "'1 second' FROM generate_series(1, 5000) i")
+    lake = Lake(str(tmp_path))
+    from totes.utils.errors import DataError
+
+    with pytest.raises(DataError, match="odd: has a value that cannot be read as its "
+                                        "column's type") as error:
+        ingest_table(TablePlan(table="odd", primary_key="odd_id"), empty_source, lake)
+    assert not error.value.retryable
+    assert files(lake.root) == []

@@ -31,7 +31,7 @@ def empty_resources(tmp_path, empty_source, warehouse) -> Resources:
 
 
 def batch_versions(lake: Lake, key: str, table: str) -> list:
-    rows = lake.parquet_file(key).read()
+    rows = lake.read_table(key)
     return list(zip(rows[f"{table}_id"].to_pylist(), rows["last_updated"].to_pylist()))
 
 
@@ -139,7 +139,7 @@ def test_a_row_committed_late_by_an_open_transaction_is_extracted_once(seeded_so
 
     # The run stopped short of the open transaction, so the later row waited with it.
     assert during.rows == 0
-    codes = lake.parquet_file(after.key).read()["currency_code"].to_pylist()
+    codes = lake.read_table(after.key)["currency_code"].to_pylist()
     assert sorted(codes) == ["CHF", "JPY"] and last.rows == 0
 
 

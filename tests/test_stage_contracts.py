@@ -72,18 +72,30 @@ def test_reloading_an_older_batch_changes_nothing(resources):
     assert fingerprint(resources.warehouse) == before
 
 
-def test_a_dimension_row_keeps_the_newest_version_of_its_sources(resources):
+def test_a_dimension_row_changes_with_either_of_its_sources(resources):
     run_pipeline(resources)
     (staff_updated, department_id), = query(
         resources.source, "SELECT last_updated, department_id FROM staff WHERE staff_id = 1")
     query(resources.source, "UPDATE department SET location = 'Moved', last_updated = "
           "'2025-01-01 00:00:00' WHERE department_id = :d", d=department_id)
     run_pipeline(resources)
-    (version, location), = query(resources.warehouse, "SELECT source_last_updated, location "
-                                                      "FROM dim_staff WHERE staff_id = 1")
-    # The department changed last: its last_updated is the dimension row's version.
-    assert (version, location) == (datetime(2025, 1, 1), "Moved")
-    assert version > staff_updated
+    (own, reference, location), = query(
+        resources.warehouse, "SELECT source_last_updated, reference_last_updated, location "
+                             "FROM dim_staff WHERE staff_id = 1")
+    # The version is (the staff row's, its department's): the department's change is newer.
+    assert (own, reference, location) == (staff_updated, datetime(2025, 1, 1), "Moved")
+
+    # A move to a department last changed long ago is still a newer version of the staff row.
+    (other,), = query(resources.source, "SELECT department_id FROM department WHERE "
+                      "department_id <> :d ORDER BY last_updated LIMIT 1", d=department_id)
+    query(resources.source, "UPDATE staff SET department_id = :o, last_updated = "
+          "'2025-01-02 00:00:00' WHERE staff_id = 1", o=other)
+    run_pipeline(resources)
+    (moved_to,), = query(resources.warehouse, "SELECT department_name FROM dim_staff "
+                                              "WHERE staff_id = 1")
+    (expected,), = query(resources.source, "SELECT department_name FROM department "
+                                           "WHERE department_id = :o", o=other)
+    assert moved_to == expected
 
 
 def test_microsecond_timestamps_keep_their_microseconds_in_the_facts(resources):
@@ -116,6 +128,8 @@ def test_a_warehouse_of_the_first_release_is_upgraded_in_place(resources):
         for dimension in ("dim_staff", "dim_location", "dim_design", "dim_currency",
                           "dim_counterparty", "dim_payment_type", "dim_transaction"):
             conn.run(f"ALTER TABLE {dimension} DROP COLUMN source_last_updated")
+        for dimension in ("dim_staff", "dim_counterparty"):
+            conn.run(f"ALTER TABLE {dimension} DROP COLUMN reference_last_updated")
         for fact in ("fact_sales_order", "fact_purchase_order", "fact_payment"):
             for column in ("created_time", "last_updated_time"):
                 conn.run(f"ALTER TABLE {fact} ALTER COLUMN {column} TYPE time(3)")

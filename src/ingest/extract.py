@@ -38,9 +38,9 @@ from totes.ingest.source_catalog import arrow_type, check_table, is_integer
 from totes.utils.config import TablePlan
 from totes.utils.db import Database, quote_ident, translate_error
 from totes.utils.lake import Lake
-from totes.utils.errors import ConfigError, DataError
+from totes.utils.errors import ConfigError, DataError, StorageUnavailable, TotesError
 from totes.utils.ledger import Ledger, new_run_id, record_json
-from totes.utils.run_tracking import skip_reason, tracked
+from totes.utils.run_tracking import check_lease, skip_reason, tracked
 from totes.utils.stage_results import HeldBackBy, IngestResult
 from totes.utils.watermark import (Watermark, footer_metadata, greatest, read_footer,
                                    read_high_watermark)
@@ -78,6 +78,23 @@ FROM cutoff LEFT JOIN oldest ON true
 HELD_BACK_WARNING_SECONDS = 60.0
 #: The largest CSV block a row may need (pyarrow's block size is a 32-bit int).
 MAX_RECORD_BATCH_BYTES = (1 << 31) - 1
+
+
+#: Every memory pool an extract measured its peak with. Arrow's buffers point at their pool
+#: without owning it, and the garbage collector may free a buffer (held in a reference cycle,
+#: say a traceback's frames) after the pool's Python object: a pool that died first would be
+#: used after being freed, corrupting the heap (seen as crashes in unrelated code). So pools
+#: are kept for the life of the process: a few hundred bytes per extract.
+_POOLS: list[pa.MemoryPool] = []
+_POOLS_LOCK = threading.Lock()
+
+
+def _measuring_pool() -> pa.MemoryPool:
+    """A new proxy of the default memory pool, to measure one extract's peak; never freed."""
+    pool = pa.proxy_memory_pool(pa.default_memory_pool())
+    with _POOLS_LOCK:
+        _POOLS.append(pool)
+    return pool
 
 
 class _RowLargerThanBlock(Exception):
@@ -126,7 +143,9 @@ def _copy_through_pipe(conn, sql: str, consume, doing: str):
     except BaseException as consumer_error:
         reader.close()
         thread.join()
-        if failures and not isinstance(consumer_error, _RowLargerThanBlock):
+        # The consumer's own error comes first when it is one of ours (bad data, a row larger
+        # than a block, a full disk): the database then only saw its end of the pipe close.
+        if failures and not isinstance(consumer_error, (_RowLargerThanBlock, TotesError)):
             raise translate_error(failures[0], doing) from consumer_error
         raise
     reader.close()
@@ -216,8 +235,10 @@ def _extract_sql(conn, plan: TablePlan, source: _Source, low: Optional[Watermark
     * full: every row, in key order.
 
     Before the cutoff means: a timestamp watermark older than the oldest open transaction
-    (or the safety lag); for an integer watermark, a row written by a transaction that had
-    ended when the oldest open one began (``xmin`` older than the snapshot's ``xmin``).
+    (or the safety lag); for an integer watermark, a row whose writing transaction's id is
+    older than the oldest open one's (``xmin`` older than the snapshot's ``xmin``). That is
+    exact when a transaction takes its id (its first write) with the insert that takes the
+    row's id, as an ``INSERT`` with a sequence default does; the README says when it is not.
     Values are bound with ``set_config``; the statement holds identifiers only, each through
     ``quote_ident``.
     """
@@ -256,35 +277,53 @@ class _Written:
     vanished: Optional[int] = None
 
 
-def _csv_to_parquet(reader, staged: str, plan: TablePlan, schema: pa.Schema,
-                    low: Optional[Watermark], pool: pa.MemoryPool, block_bytes: int,
-                    previous_ids: Optional[pa.Array]) -> Optional[_Written]:
-    """Parse the CSV stream of ``reader`` into record batches of ``block_bytes`` and write
+@dataclass(frozen=True)
+class _Job:
+    """One extract attempt's settings: the plan, the lake file's schema, where it starts,
+    the memory pool it allocates from, the CSV block size, the previous full snapshot's keys,
+    and the cutoff below which a full snapshot's greatest watermark is taken."""
+
+    plan: TablePlan
+    schema: pa.Schema
+    low: Optional[Watermark]
+    pool: pa.MemoryPool
+    block_bytes: int
+    previous_ids: Optional[pa.Array]
+    cutoff: Optional[datetime]
+
+
+def _csv_to_parquet(reader, staged: str, job: _Job) -> Optional[_Written]:
+    """Parse the CSV stream of ``reader`` into record batches of ``job.block_bytes`` and write
     each as one row group of the Parquet file ``staged``, the watermarks in its footer.
     Returns None (and writes nothing) when the stream is empty.
 
     Raises:
         _RowLargerThanBlock: a row does not fit in one block.
+        DataError: a value could not be read as its column's type.
+        StorageUnavailable: the staging file could not be written (a full disk).
     """
     try:
-        return _write_parquet(reader, staged, plan, schema, low, pool, block_bytes,
-                              previous_ids)
+        return _write_parquet(reader, staged, job)
     except pa.ArrowInvalid as exc:
         if "straddl" in str(exc):  # "straddling object straddles two block boundaries"
             raise _RowLargerThanBlock(str(exc)) from exc
-        raise
+        raise DataError(job.plan.table, f"has a value that cannot be read as its column's "
+                        f"type: {exc}") from None
+    except OSError as exc:  # the local disk (a full /tmp), not the database
+        raise StorageUnavailable(f"writing the staging file of {job.plan.table}: {exc}") \
+            from exc
 
 
-def _write_parquet(reader, staged, plan: TablePlan, schema, low, pool, block_bytes,
-                   previous_ids) -> Optional[_Written]:
+def _write_parquet(reader, staged, job: _Job) -> Optional[_Written]:
+    plan, schema, low, pool = job.plan, job.schema, job.low, job.pool
     if not reader.peek(1):
         return None
     batches = pacsv.open_csv(
         reader,
         # One thread: Arrow's readahead threads would read the pipe (a Python file) and
         # allocate from this extract's memory pool after it ends; a crash seen in testing.
-        read_options=pacsv.ReadOptions(column_names=schema.names, block_size=block_bytes,
-                                       use_threads=False),
+        read_options=pacsv.ReadOptions(column_names=schema.names,
+                                       block_size=job.block_bytes, use_threads=False),
         parse_options=pacsv.ParseOptions(newlines_in_values=True),
         convert_options=pacsv.ConvertOptions(
             column_types=schema, true_values=["t"], false_values=["f"], null_values=[""],
@@ -303,16 +342,29 @@ def _write_parquet(reader, staged, plan: TablePlan, schema, low, pool, block_byt
             if plan.mode == "full":
                 ids.append(batch.column(plan.primary_key))
                 if plan.watermark_column:
-                    top = greatest(batch, plan.watermark_column, plan.primary_key, top)
+                    top = greatest(_before(batch, plan.watermark_column, job.cutoff),
+                                   plan.watermark_column, plan.primary_key, top)
             log.debug("%s: %d rows so far", plan.table, rows)
         high = _high(plan, last, low, top)
         parquet.add_key_value_metadata(footer_metadata(high, low, plan.mode, _range(plan)))
-    vanished = None
+    vanished, previous_ids = None, job.previous_ids
     if previous_ids is not None:
         current = pa.chunked_array(ids, previous_ids.type).combine_chunks()
         vanished = len(previous_ids) - pc.sum(pc.is_in(previous_ids, value_set=current)
                                               ).as_py() if len(previous_ids) else 0
     return _Written(rows, row_groups, high, vanished)
+
+
+def _before(batch: pa.RecordBatch, column: str, cutoff: Optional[datetime]) -> pa.RecordBatch:
+    """The rows of ``batch`` whose ``column`` is before the in-flight ``cutoff``: a full
+    snapshot's high watermark must not pass rows that open transactions may still commit
+    (the next incremental run re-reads those; a version is loaded once all the same)."""
+    if cutoff is None:
+        return batch
+    values = batch.column(column)
+    bound = pa.scalar(cutoff if values.type.tz else cutoff.replace(tzinfo=None),
+                      type=values.type)
+    return batch.filter(pc.fill_null(pc.less(values, bound), False))
 
 
 def _high(plan: TablePlan, last, low: Optional[Watermark],
@@ -337,8 +389,7 @@ def _previous_snapshot_ids(lake: Lake, plan: TablePlan) -> Optional[pa.Array]:
     key = lake.newest_key(plan.table)
     if key is None or read_footer(lake, key).mode != "full":
         return None
-    parquet = lake.parquet_file(key)
-    if plan.primary_key not in parquet.schema_arrow.names:
+    if plan.primary_key not in lake.metadata(key).schema.to_arrow_schema().names:
         return None
     return lake.read_table(key, columns=[plan.primary_key])[plan.primary_key].combine_chunks()
 
@@ -414,7 +465,7 @@ def _ingest(plan: TablePlan, source: Database, lake: Lake) -> IngestResult:
     low = read_high_watermark(lake, table) if plan.mode in ("incremental", "backfill") \
         else None
     previous_ids = _previous_snapshot_ids(lake, plan) if plan.mode == "full" else None
-    pool = pa.proxy_memory_pool(pa.default_memory_pool())
+    pool = _measuring_pool()
     block = plan.record_batch_bytes
     while True:
         try:
@@ -455,11 +506,12 @@ def _extract(plan: TablePlan, source: Database, lake: Lake, low: Optional[Waterm
         inspected = _inspect(conn, plan)
         conn.run("START TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         sql = _extract_sql(conn, plan, inspected, low)
+        cutoff = datetime.fromisoformat(inspected.cutoff) \
+            if inspected.watermark_cast in ("timestamp", "timestamptz") else None
+        job = _Job(plan, inspected.schema, low, pool, block, previous_ids, cutoff)
         with lake.staging_file() as staged:
             written = _copy_through_pipe(
-                conn, sql, lambda reader: _csv_to_parquet(
-                    reader, staged, plan, inspected.schema, low, pool, block, previous_ids),
-                doing)
+                conn, sql, lambda reader: _csv_to_parquet(reader, staged, job), doing)
             conn.run("COMMIT")
             key, size = None, 0
             if written is not None:
@@ -469,5 +521,6 @@ def _extract(plan: TablePlan, source: Database, lake: Lake, low: Optional[Waterm
                 moment = (written.high.moment() if written.high is not None else None) \
                     or inspected.moment
                 key = lake.next_key(plan.table, moment)
+                check_lease()  # no other run may have taken the table meanwhile
                 size = lake.publish(staged, key)
     return inspected, written, key, size

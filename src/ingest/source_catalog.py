@@ -35,7 +35,11 @@ def arrow_type(pg_type: str, table: str, column: str) -> pa.DataType:
         return _FIXED[pg_type]
     match = _NUMERIC.match(pg_type)
     if match:
-        return pa.decimal128(int(match.group(1)), int(match.group(2)))
+        precision, scale = int(match.group(1)), int(match.group(2))
+        if precision > 38:
+            raise SourceSchemaError(f"{table}.{column} is {pg_type}: more than 38 digits, which "
+                                    "no exact decimal type here holds")
+        return pa.decimal128(precision, scale)
     if pg_type == "numeric":
         raise SourceSchemaError(f"{table}.{column} is numeric without precision; declare "
                                 "numeric(p,s) so that it can be kept decimal")
@@ -98,8 +102,9 @@ def check_table(conn, table: str, primary_key: str,
                                 "key that orders a watermark must be an integer")
     if not unique:
         raise SourceSchemaError(f"{table}.{primary_key} has no unique constraint or index of "
-                                "its own; the watermark needs a unique key to order rows that "
-                                "share a timestamp (set primary_key to one)")
+                                "its own, or may be NULL; the watermark needs a unique, not "
+                                "null key to order rows that share a timestamp (set "
+                                "primary_key to one)")
     if watermark_column is not None and watermark_column not in types:
         raise SourceSchemaError(f"table {table!r} has no watermark column {watermark_column!r}")
     if watermark_column is not None and not (is_timestamp(types[watermark_column])
@@ -119,7 +124,7 @@ SELECT has_table_privilege(c.oid, 'SELECT'),
        EXISTS (SELECT 1 FROM pg_index i
                JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = i.indkey[0]
                WHERE i.indrelid = c.oid AND i.indisunique AND i.indnkeyatts = 1
-                 AND i.indpred IS NULL AND a.attname = :key)
+                 AND i.indpred IS NULL AND a.attname = :key AND a.attnotnull)
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = current_schema() AND c.relname = :table
 """

@@ -78,7 +78,8 @@ def hold_orphans(conn, table: WarehouseTable, stage: str, batch: str) -> int:
 
 def release(conn, table: WarehouseTable) -> int:
     """Insert the held rows of fact ``table`` whose dimension rows have all arrived, and
-    remove them from the held table; returns how many were released."""
+    remove them from the held table; returns how many were inserted (a version that had
+    reached the fact table by another way leaves the held table without a second row)."""
     checks = _found(table, "h")
     if not checks:
         return 0
@@ -91,7 +92,7 @@ def release(conn, table: WarehouseTable) -> int:
         f"RETURNING {', '.join('h.' + quote_ident(c) for c in table.column_names)}), "
         f"inserted AS (INSERT INTO {quote_ident(table.name)} ({names}) "
         f"SELECT {names} FROM ready ON CONFLICT ({key}) DO NOTHING RETURNING 1) "
-        "SELECT count(*) FROM ready")
+        "SELECT count(*) FROM inserted")
     return released
 
 

@@ -12,6 +12,7 @@ Two places hold row versions back (see :mod:`totes.utils.quarantine` and
 """
 from __future__ import annotations
 
+from datetime import timezone
 from typing import Optional
 
 import pyarrow as pa
@@ -80,7 +81,7 @@ def _warehouse_versions(conn, table: str, ids: list) -> list:
         return [None] * len(ids)
     key = quote_ident(target.merge_key[0])
     newest = ("max(w.last_updated_date + w.last_updated_time)" if target.kind == "fact"
-              else f"max(w.{quote_ident(target.version_column)})")
+              else f"max(w.{quote_ident(target.version_columns[0])})")
     # Identifiers only, each through quote_ident; ids and versions are bound arrays.
     rows = conn.run(
         f"SELECT (SELECT {newest} FROM {quote_ident(target.name)} w "  # nosec B608
@@ -89,7 +90,14 @@ def _warehouse_versions(conn, table: str, ids: list) -> list:
     return [row[0] for row in rows]
 
 
+def _naive_utc(moment):
+    if moment is not None and getattr(moment, "tzinfo", None) is not None:
+        moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
+    return moment
+
+
 def _status(version, newest) -> str:
+    version, newest = _naive_utc(version), _naive_utc(newest)
     if newest is None or newest < version:
         return "held"
     return "released" if newest == version else "superseded"

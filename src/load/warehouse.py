@@ -5,9 +5,9 @@ For each batch (a transform manifest) and each of its tables, dimensions before 
 staging table, then one set-based statement merges it:
 
 * a dimension row is inserted, or replaces the row of its key when it is a newer version
-  (its ``source_last_updated`` is later): loading a batch again, or an older batch after a
-  newer one, never takes a dimension back to older values. ``dim_date``, whose values follow
-  from its key, is only inserted;
+  (its version columns, compared as a tuple, are later): loading a batch again, or an older
+  batch after a newer one, never takes a dimension back to older values. ``dim_date``, whose
+  values follow from its key, has no version: a row is rewritten only if a value differs;
 * a fact row (one version of a source row) is inserted unless its version key (source id +
   last_updated date and time) is already there. A fact row whose foreign key has no
   dimension row yet is held (:mod:`totes.load.held_facts`) instead of failing the batch, and
@@ -41,7 +41,7 @@ from totes.utils.ledger import ALL_TABLES, Ledger, new_run_id
 from totes.utils.manifest import manifests_after, read_manifest
 from totes.utils.source_tables import SOURCE_TABLES
 from totes.utils.stage_results import LoadedTable, LoadResult
-from totes.utils.run_tracking import skip_reason, tracked
+from totes.utils.run_tracking import check_lease, skip_reason, tracked
 from totes.utils.star_schema import TABLES, TIME, WarehouseTable
 
 log = logging.getLogger(__name__)
@@ -52,8 +52,8 @@ LOAD_LOCK_ID = 7_001_007
 COPY_BATCH_ROWS = 65_536
 #: The warehouse schema this code writes. 1: the first release (time(3), no versions);
 #: 2: times keep microseconds, dimensions carry source_last_updated, totes.load_state;
-#: 3: held facts (totes.held_<fact>).
-WAREHOUSE_SCHEMA_VERSION = 3
+#: 3: held facts (totes.held_<fact>); 4: joined dimensions carry reference_last_updated.
+WAREHOUSE_SCHEMA_VERSION = 4
 _BOOKKEEPING_DDL = (
     "CREATE TABLE IF NOT EXISTS totes.loaded_batch ("
     " manifest_key text PRIMARY KEY,"
@@ -74,6 +74,25 @@ ALLOW_SHARED_DATABASE = "TOTES_ALLOW_SHARED_DATABASE"
 
 def _shared_allowed() -> bool:
     return os.environ.get(ALLOW_SHARED_DATABASE, "") in ("1", "true", "yes")
+
+
+#: The most batches one load takes (``TOTES_LOAD_MAX_BATCHES``): a backlog is loaded over
+#: several runs, each well inside a Lambda's time limit.
+DEFAULT_MAX_BATCHES = 48
+
+
+def max_batches() -> int:
+    """``TOTES_LOAD_MAX_BATCHES`` or 48.
+
+    Raises:
+        ConfigError: not a positive integer.
+    """
+    text = os.environ.get("TOTES_LOAD_MAX_BATCHES")
+    if not text:
+        return DEFAULT_MAX_BATCHES
+    if not text.isdigit() or int(text) < 1:
+        raise ConfigError(f"TOTES_LOAD_MAX_BATCHES={text!r}: give a positive whole number")
+    return int(text)
 
 
 def check_separate(source: Database, warehouse: Database) -> None:
@@ -140,12 +159,15 @@ def _upgrade_columns(conn, table: WarehouseTable) -> None:
 
 def _newer_version(table: WarehouseTable) -> str:
     """The condition under which an existing dimension row is replaced: the incoming row is
-    a newer version (or, for a table without versions, a value differs)."""
+    a newer version, its version columns compared as a tuple (a row loaded before versions
+    existed has none: any version is newer); for a table without versions, a value
+    differs."""
     target = quote_ident(table.name)
-    if table.version_column:
-        version = quote_ident(table.version_column)
-        return (f"({target}.{version} IS NULL OR "
-                f"{target}.{version} < EXCLUDED.{version})")
+    if table.version_columns:
+        versions = [quote_ident(c) for c in table.version_columns]
+        current = ", ".join(f"coalesce({target}.{v}, '-infinity')" for v in versions)
+        incoming = ", ".join(f"coalesce(EXCLUDED.{v}, '-infinity')" for v in versions)
+        return f"(({current}) < ({incoming}))"
     others = [quote_ident(c) for c in table.column_names if c not in table.merge_key]
     current = ", ".join(f"{target}.{c}" for c in others)
     incoming = ", ".join(f"EXCLUDED.{c}" for c in others)
@@ -162,7 +184,7 @@ def merge_file(conn, table: WarehouseTable, processed: Lake, key: str,
     source = quote_ident(table.name)
     conn.run(f"CREATE TEMP TABLE {quote_ident(stage)} ON COMMIT DROP AS "  # nosec B608
              f"SELECT {columns} FROM {source} WITH NO DATA")
-    rows = processed.parquet_file(key).metadata.num_rows
+    rows = processed.metadata(key).num_rows
     copy_into(conn, stage, table.column_names,
               processed.iter_batches(key, COPY_BATCH_ROWS, columns=table.column_names))
     held = held_facts.hold_orphans(conn, table, stage, batch) if table.kind == "fact" else 0
@@ -173,11 +195,12 @@ def merge_file(conn, table: WarehouseTable, processed: Lake, key: str,
     return LoadedTable(table=table.name, rows=rows, inserted=inserted, updated=updated), held
 
 
-def pending_batches(conn, processed: Lake) -> tuple[list[str], Optional[str]]:
-    """The committed batches the warehouse has not loaded, oldest first, and the newest
-    manifest key up to which every batch will be loaded once they are (the next
-    ``loaded_through``; None when it stays). Lists only the manifests after
-    ``totes.load_state.loaded_through``."""
+def pending_batches(conn, processed: Lake,
+                    limit: Optional[int] = None) -> tuple[list[str], Optional[str]]:
+    """The committed batches the warehouse has not loaded, oldest first (at most ``limit``:
+    the rest wait for the next load), and the newest manifest key up to which every batch
+    is loaded once these are (the next ``loaded_through``; None when it stays). Lists only
+    the manifests after ``totes.load_state.loaded_through``."""
     (through,), = conn.run("SELECT loaded_through FROM totes.load_state")
     listed = manifests_after(processed, through)
     if not listed:
@@ -185,7 +208,13 @@ def pending_batches(conn, processed: Lake) -> tuple[list[str], Optional[str]]:
     loaded = {key for key, in conn.run(
         "SELECT manifest_key FROM totes.loaded_batch WHERE manifest_key = ANY(CAST(:keys AS "
         "text[]))", keys=listed)}
-    return [key for key in listed if key not in loaded], listed[-1]
+    pending = [key for key in listed if key not in loaded][:limit]
+    done, new_through = loaded | set(pending), None
+    for key in listed:
+        if key not in done:
+            break
+        new_through = key
+    return pending, new_through
 
 
 def _load_batch(session, conn, processed: Lake, manifest_key: str,
@@ -267,7 +296,7 @@ def _load(processed: Lake, warehouse: Database,
         conn.run("SELECT pg_advisory_xact_lock(:id)", id=LOAD_LOCK_ID)
         create_warehouse(conn)
         if manifest_keys is None:
-            keys, through = pending_batches(conn, processed)
+            keys, through = pending_batches(conn, processed, max_batches())
         else:
             keys, through = list(manifest_keys), None
         for manifest_key in keys:
@@ -277,6 +306,7 @@ def _load(processed: Lake, warehouse: Database,
         still_waiting = held_facts.waiting(conn)
         if through is not None:
             conn.run("UPDATE totes.load_state SET loaded_through = :k", k=through)
+        check_lease()
         conn.run("COMMIT")
     if held:
         log.warning("held %d fact rows whose dimension rows are missing: %s",

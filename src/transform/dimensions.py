@@ -24,7 +24,8 @@ import pyarrow.compute as pc
 
 from totes.transform.columns import conform
 from totes.utils.quarantine import Checked, Violations
-from totes.utils.star_schema import SOURCE_LAST_UPDATED, TABLES, VERSION
+from totes.utils.star_schema import (REFERENCE_LAST_UPDATED, SOURCE_LAST_UPDATED, TABLES,
+                                     VERSION)
 
 
 def latest_per_key(rows: pa.Table, key: str, order: str = "last_updated") -> pa.Table:
@@ -37,15 +38,15 @@ def latest_per_key(rows: pa.Table, key: str, order: str = "last_updated") -> pa.
     return rows.filter(pc.fill_null(pc.not_equal(keys, following), True))
 
 
-def _columns(rows: pa.Table, renames: Optional[dict[str, str]] = None,
-             versions: tuple[str, ...] = ("last_updated",)) -> dict:
-    """The columns of ``rows``, plus ``renames`` (new → old name), plus the version column:
-    the greatest of the ``versions`` columns of ``rows``."""
+def _columns(rows: pa.Table, renames: Optional[dict[str, str]] = None) -> dict:
+    """The columns of ``rows``, plus ``renames`` (new → old name), plus the version columns:
+    the row's own ``last_updated`` and, for rows joined to a reference row, its
+    ``last_updated``."""
     columns = {name: rows[name] for name in rows.column_names}
     columns.update({new: rows[old] for new, old in (renames or {}).items()})
-    moments = [rows[name].cast(VERSION[1]) for name in versions]
-    columns[SOURCE_LAST_UPDATED] = moments[0] if len(moments) == 1 else \
-        pc.max_element_wise(*moments)
+    columns[SOURCE_LAST_UPDATED] = rows["last_updated"].cast(VERSION[1])
+    if _REFERENCE_VERSION in rows.column_names:
+        columns[REFERENCE_LAST_UPDATED] = rows[_REFERENCE_VERSION].cast(VERSION[1])
     return columns
 
 
@@ -143,8 +144,7 @@ def dim_counterparty(counterparty: Optional[pa.Table], address: Optional[pa.Tabl
                "counterparty_legal_phone_number": "phone"}
     joined, violations = _join_reference(rows, address, "legal_address_id", "address_id",
                                          renames, "counterparty", "counterparty_id", "address")
-    return conform(_columns(joined, versions=("last_updated", _REFERENCE_VERSION)),
-                   TABLES["dim_counterparty"], violations)
+    return conform(_columns(joined), TABLES["dim_counterparty"], violations)
 
 
 def dim_staff(staff: Optional[pa.Table], department: Optional[pa.Table], changed_staff_ids,
@@ -160,8 +160,7 @@ def dim_staff(staff: Optional[pa.Table], department: Optional[pa.Table], changed
         rows, department, "department_id", "department_id",
         {"department_name": "department_name", "location": "location"}, "staff", "staff_id",
         "department")
-    return conform(_columns(joined, versions=("last_updated", _REFERENCE_VERSION)),
-                   TABLES["dim_staff"], violations)
+    return conform(_columns(joined), TABLES["dim_staff"], violations)
 
 
 def dim_date(dates: pa.Array) -> pa.Table:

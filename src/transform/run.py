@@ -30,7 +30,7 @@ from totes.transform import dimensions as dims
 from totes.transform.facts import FACT_SOURCES, fact_dates, fact_rows
 from totes.utils.lake import Lake, key_time
 from totes.utils.ledger import ALL_TABLES, Ledger, new_run_id
-from totes.utils.run_tracking import skip_reason, tracked
+from totes.utils.run_tracking import check_lease, skip_reason, tracked
 from totes.utils.manifest import Manifest, commit, latest_manifest, state_prefix
 from totes.utils.quarantine import quarantine_prefix
 from totes.utils.source_tables import REFERENCE_TABLES, SOURCE_TABLES
@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 
 #: Rows per record batch when streaming a fact table's lake file (one batch in memory).
 FACT_BATCH_ROWS = 65_536
+#: The most lake files of one table a batch takes: a backlog is transformed over several
+#: batches (the next run takes the rest), each well inside a Lambda's time limit.
+MAX_FILES_PER_TABLE = 96
 
 
 class _Outputs:
@@ -87,7 +90,7 @@ def pending_lake_files(lake: Lake, previous: Optional[Manifest]) -> dict[str, li
     """Per source table, the lake keys after the newest one ``previous`` took (all of them
     before the first batch), oldest first; tables with none are left out."""
     consumed = previous.lake if previous is not None else {}
-    return {table: keys for table in SOURCE_TABLES
+    return {table: keys[:MAX_FILES_PER_TABLE] for table in SOURCE_TABLES
             if (keys := lake.keys_after(table, consumed.get(table)))}
 
 
@@ -196,6 +199,7 @@ def _transform(lake: Lake, processed: Lake,
         dates = write_facts(lake, new_keys, outputs, retry)
         if len(dates):
             outputs.write("dim_date", dims.dim_date(dates))
+        check_lease()
         published = outputs.publish(moment)
 
     tables = [TableOutput(table=name, key=published[name], rows=outputs.rows[name])
@@ -212,6 +216,7 @@ def _transform(lake: Lake, processed: Lake,
         source_files=new_keys, outputs=tables, quarantined=quarantined,
         quarantine=(previous.quarantine if previous else [])
         + [published[quarantine_prefix(t)] for t in quarantined])
+    check_lease()  # the manifest makes the batch visible: only while the lease is ours
     manifest_key = commit(processed, manifest, moment)
     source_files = sum(map(len, new_keys.values()))
     if quarantined:

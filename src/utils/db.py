@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import ssl
 import threading
 from dataclasses import dataclass, field
@@ -25,11 +26,16 @@ from pg8000.exceptions import DatabaseError, InterfaceError
 from totes.utils.errors import ConfigError, DatabaseRejected, DatabaseUnavailable
 
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
-#: How long a database may keep totes waiting, in seconds: for a connection, for each network
-#: read or write on it (pg8000's timeout), and for a lock (the session's ``lock_timeout``).
-#: Set by ``TOTES_DB_TIMEOUT_SECONDS``; a wait that runs out is transient (retry later).
+#: How long a database may keep totes waiting, in seconds: for a lock (the session's
+#: ``lock_timeout``), and twice that for a connection to be answered (twice, so that the
+#: server's own lock timeout, which names the lock, comes first). Set by
+#: ``TOTES_DB_TIMEOUT_SECONDS``; a wait that runs out is transient (retry later).
 DEFAULT_TIMEOUT_SECONDS = 60.0
 TIMEOUT_VARIABLE = "TOTES_DB_TIMEOUT_SECONDS"
+#: Once connected, how long one network read may wait: a statement may legitimately send
+#: nothing for minutes (the sort before a large extract's first row), so this is the longest
+#: a stage may run (Lambda's 15 minutes), not the connection wait.
+READ_TIMEOUT_SECONDS = 900.0
 
 
 def timeout_seconds(env=os.environ) -> float:
@@ -204,20 +210,21 @@ class Database:
             DatabaseRejected: authentication failed or the database does not exist.
         """
         timeout = timeout_seconds()
+        network_timeout = 2 * timeout
         try:
             if "ssl_context" in self.params:
                 conn = pg8000.native.Connection(application_name=application_name,
-                                                timeout=timeout, **self.params)
+                                                timeout=network_timeout, **self.params)
             else:
                 # sslmode=prefer: pg8000 builds an SSL context per connection, and OpenSSL's
                 # certificate loading crashed when parallel ingest threads did it at once.
                 with _PREFER_TLS_LOCK:
                     conn = pg8000.native.Connection(application_name=application_name,
-                                                    timeout=timeout, **self.params)
+                                                    timeout=network_timeout, **self.params)
         except TimeoutError:
             raise DatabaseUnavailable(
                 f"the {self.describe()} accepted the connection but did not answer within "
-                f"{timeout:g} s; check the server's load, or wait longer with "
+                f"{network_timeout:g} s; check the server's load, or wait longer with "
                 f"{TIMEOUT_VARIABLE}") from None
         except (InterfaceError, DatabaseError, OSError) as exc:
             server_error = _server_error(exc)
@@ -232,6 +239,9 @@ class Database:
                      else DatabaseUnavailable)
             raise error(f"the {self.describe()} refused the connection: {message} "
                         f"(SQLSTATE {state})") from None
+        socket_ = getattr(conn, "_usock", None)  # pg8000 keeps the socket there
+        if socket_ is not None:
+            socket_.settimeout(READ_TIMEOUT_SECONDS)
         conn.run("SET TIME ZONE 'UTC'")
         conn.run("SET datestyle TO ISO, YMD")
         conn.run("SELECT set_config('lock_timeout', :ms, false)", ms=f"{int(timeout * 1000)}ms")
@@ -318,9 +328,8 @@ def translate_error(exc: Exception, doing: str) -> Exception:
     from totes.utils.errors import TerminalError
 
     if isinstance(exc, TimeoutError):
-        return DatabaseUnavailable(f"{doing}: no answer within {timeout_seconds():g} s (the "
-                                   f"wait is set by {TIMEOUT_VARIABLE})")
-    if isinstance(exc, (InterfaceError, OSError)):
+        return DatabaseUnavailable(f"{doing}: no answer for {READ_TIMEOUT_SECONDS:g} s")
+    if isinstance(exc, (InterfaceError, ConnectionError, socket.gaierror)):
         return DatabaseUnavailable(f"{doing}: connection lost ({_network_reason(exc)})")
     if isinstance(exc, DatabaseError):
         state, message = _sqlstate(exc)

@@ -48,6 +48,8 @@ MULTIPART_PART_BYTES = 64 << 20
 #: the longest a stage may run (Lambda's 15 minutes), with a margin. Such files are removed.
 STAGING_ABANDONED_AFTER_SECONDS = 20 * 60
 _STAGING_PREFIX = "totes-"
+#: S3 object metadata naming the writer that created the object (a random token).
+_WRITER = "totes-writer"
 # S3 error codes a retry cannot fix (botocore's Error.Code, pyarrow's "AWS Error <CODE>").
 _TERMINAL_S3_CODES = ("AccessDenied", "ACCESS_DENIED", "NoSuchBucket", "NO_SUCH_BUCKET",
                       "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled")
@@ -111,6 +113,22 @@ def storage_call(doing: str) -> Iterator[None]:
         if mapped is exc:
             raise
         raise mapped from exc
+
+
+def _staging_pid(name: str) -> Optional[int]:
+    """The process id a staging name starts with (``1234-….partial``, ``totes-1234-…``)."""
+    head = name.removeprefix(_STAGING_PREFIX).split("-", 1)[0]
+    return int(head) if head.isdigit() and "-" in name.removeprefix(_STAGING_PREFIX) else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process: alive
+    return True
 
 
 def _last_touched(path: str) -> float:
@@ -256,22 +274,22 @@ class Lake:
     @contextlib.contextmanager
     def staging_file(self) -> Iterator[str]:
         """A local path to write an object to before :meth:`publish`; removed afterwards.
-        Staging files that a killed process left behind (untouched for
-        :data:`STAGING_ABANDONED_AFTER_SECONDS`) are removed the first time."""
+        Its name carries this process's id, so that staging files a killed process left
+        behind are removed (the first time, see :meth:`remove_abandoned_staging`)."""
         if not self._cleaned:
             self._cleaned = True
             self.remove_abandoned_staging()
         if self.is_local:
             folder = os.path.join(self.root, ".staging")
             os.makedirs(folder, exist_ok=True)
-            path = os.path.join(folder, f"{uuid.uuid4().hex}.partial")
+            path = os.path.join(folder, f"{os.getpid()}-{uuid.uuid4().hex}.partial")
             try:
                 yield path
             finally:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
         else:
-            folder = tempfile.mkdtemp(prefix=_STAGING_PREFIX)
+            folder = tempfile.mkdtemp(prefix=f"{_STAGING_PREFIX}{os.getpid()}-")
             try:
                 yield os.path.join(folder, "object.partial")
             finally:
@@ -279,9 +297,10 @@ class Lake:
 
     def remove_abandoned_staging(self, older_than: float = STAGING_ABANDONED_AFTER_SECONDS
                                  ) -> list[str]:
-        """Remove the staging files (local lake: ``.staging/*.partial``) or folders (S3: the
-        temporary ``totes-*`` folders) untouched for ``older_than`` seconds; returns their
-        paths. A file being written is touched as it grows, so it is never one of them."""
+        """Remove the staging files (local lake: ``.staging/<pid>-*.partial``) or folders (S3:
+        the temporary ``totes-<pid>-*`` folders) of processes that are no longer running, and
+        any untouched for ``older_than`` seconds whose process is unknown; returns their
+        paths. A live process's files are never removed."""
         import time
 
         limit = time.time() - older_than
@@ -295,8 +314,11 @@ class Lake:
                           if n.startswith(_STAGING_PREFIX)]
         removed = []
         for path in candidates:
+            owner = _staging_pid(os.path.basename(path))
             try:
-                if _last_touched(path) >= limit:
+                if owner is not None and _alive(owner):
+                    continue
+                if owner is None and _last_touched(path) >= limit:
                     continue
                 if os.path.isdir(path):
                     shutil.rmtree(path)
@@ -316,8 +338,9 @@ class Lake:
                 never overwritten); or the store refused the write for good (access denied).
             StorageUnavailable: the store could not be written (retry).
         """
-        size = os.path.getsize(staged_path)
         doing = f"writing {self.describe(key)}"
+        with storage_call(f"reading the staging file of {self.describe(key)}"):
+            size = os.path.getsize(staged_path)
         if self.is_local:
             target = self.path(key)
             try:
@@ -328,21 +351,36 @@ class Lake:
             except OSError as exc:
                 raise storage_error(exc, doing) from exc
             return size
+        # The writer's token, kept in the object's metadata: when a create succeeded but its
+        # answer was lost, the SDK's retry finds the key taken, and the token says by us.
+        token = uuid.uuid4().hex
         try:
             if size <= MULTIPART_PART_BYTES:
                 with open(staged_path, "rb") as body:
                     self._s3().put_object(Bucket=self.bucket, Key=self._s3_key(key), Body=body,
-                                          IfNoneMatch="*")
+                                          IfNoneMatch="*", Metadata={_WRITER: token})
             else:
-                self._multipart_create(staged_path, key)
+                self._multipart_create(staged_path, key, token)
         except Exception as exc:
             if _s3_error_code(exc) in _EXISTS_S3_CODES:
+                if self._written_by(key, token):
+                    return size
                 raise self._exists(key) from None
             mapped = storage_error(exc, doing)
             if mapped is exc:
                 raise
             raise mapped from exc
         return size
+
+    def _written_by(self, key: str, token: str) -> bool:
+        with storage_call(f"looking up {self.describe(key)}"):
+            try:
+                head = self._s3().head_object(Bucket=self.bucket, Key=self._s3_key(key))
+            except Exception as exc:
+                if _s3_error_code(exc) in ("404", "NoSuchKey", "NotFound"):
+                    return False  # another writer's create still in flight (409)
+                raise
+        return head.get("Metadata", {}).get(_WRITER) == token
 
     def _exists(self, key: str) -> LakeError:
         return LakeError(f"{self.describe(key)} exists; objects are never overwritten")
@@ -358,11 +396,12 @@ class Lake:
                 self._s3_client = boto3.session.Session().client("s3")
             return self._s3_client
 
-    def _multipart_create(self, staged_path: str, key: str) -> None:
+    def _multipart_create(self, staged_path: str, key: str, token: str) -> None:
         """Upload in parts of :data:`MULTIPART_PART_BYTES` (one part in memory at a time),
         then complete with ``If-None-Match: *``; an upload that fails is aborted."""
         client, s3_key = self._s3(), self._s3_key(key)
-        upload_id = client.create_multipart_upload(Bucket=self.bucket, Key=s3_key)["UploadId"]
+        upload_id = client.create_multipart_upload(Bucket=self.bucket, Key=s3_key,
+                                                   Metadata={_WRITER: token})["UploadId"]
         try:
             parts = []
             with open(staged_path, "rb") as source:
@@ -409,15 +448,33 @@ class Lake:
             with self.fs.open_input_stream(self.path(key)) as stream:
                 return stream.read()
 
-    def parquet_file(self, key: str) -> pq.ParquetFile:
-        """Open ``key`` as a Parquet file, to read its footer or stream its row groups.
+    @contextlib.contextmanager
+    def parquet_file(self, key: str) -> Iterator[pq.ParquetFile]:
+        """``with lake.parquet_file(key) as parquet:`` the Parquet file at ``key``, open for
+        the block and closed after it. :meth:`metadata`, :meth:`read_table` and
+        :meth:`iter_batches` serve most needs.
 
         Raises:
             LakeError: ``key`` does not exist or is not Parquet.
             StorageUnavailable: the store could not be read (retry).
         """
         with storage_call(f"reading {self.describe(key)} as Parquet"):
-            return pq.ParquetFile(self.fs.open_input_file(self.path(key)))
+            source = self.fs.open_input_file(self.path(key))
+        try:
+            with storage_call(f"reading {self.describe(key)} as Parquet"):
+                parquet = pq.ParquetFile(source)
+            yield parquet
+        finally:
+            source.close()
+
+    def metadata(self, key: str) -> pq.FileMetaData:
+        """The footer of the Parquet file at ``key``: rows, schema, key-value metadata.
+
+        Raises:
+            LakeError / StorageUnavailable: as :meth:`parquet_file`.
+        """
+        with self.parquet_file(key) as parquet:
+            return parquet.metadata
 
     def read_table(self, key: str, columns: Optional[list[str]] = None) -> pa.Table:
         """The whole Parquet file at ``key``, or its ``columns`` (only for small files or few
@@ -426,8 +483,8 @@ class Lake:
         Raises:
             LakeError / StorageUnavailable: as :meth:`parquet_file`.
         """
-        parquet = self.parquet_file(key)
-        with storage_call(f"reading {self.describe(key)} as Parquet"):
+        with self.parquet_file(key) as parquet, \
+                storage_call(f"reading {self.describe(key)} as Parquet"):
             return parquet.read(columns=columns)
 
     def iter_batches(self, key: str, batch_size: int,
@@ -438,6 +495,6 @@ class Lake:
         Raises:
             LakeError / StorageUnavailable: as :meth:`parquet_file`, also midway.
         """
-        parquet = self.parquet_file(key)
-        with storage_call(f"reading {self.describe(key)} as Parquet"):
+        with self.parquet_file(key) as parquet, \
+                storage_call(f"reading {self.describe(key)} as Parquet"):
             yield from parquet.iter_batches(batch_size=batch_size, columns=columns)

@@ -36,7 +36,7 @@ from typing import Any, Iterator, Optional
 
 from pydantic import BaseModel
 
-from totes.utils.errors import ConfigError, StorageUnavailable, TotesError
+from totes.utils.errors import ConfigError, StorageUnavailable, TotesError, TransientError
 
 #: How long a lease lasts without renewal, in seconds (``TOTES_LEASE_SECONDS``).
 DEFAULT_LEASE_SECONDS = 60.0
@@ -96,6 +96,7 @@ class LedgerRecord(BaseModel):
     key: Optional[str] = None
     error_type: Optional[str] = None
     error_message: Optional[str] = None
+    attempt: Optional[str] = None   # the lease owner of this attempt (a run may retry a step)
     details: dict[str, Any] = {}
 
 
@@ -134,13 +135,13 @@ class Ledger(ABC):
 
     # ---- derived ------------------------------------------------------------------------
     def resolved(self, records: list[LedgerRecord]) -> list[LedgerRecord]:
-        """``records`` with ``running`` ones whose run no longer holds the lease shown as
+        """``records`` with ``running`` ones whose attempt no longer holds the lease shown as
         ``abandoned``."""
         out = []
         for record in records:
             if record.status == "running":
                 holder = self.holder(lease_name(record.stage, record.table))
-                if holder is None or holder.owner != record.run_id:
+                if holder is None or holder.owner != (record.attempt or record.run_id):
                     record = record.model_copy(update={"status": "abandoned"})
             out.append(record)
         return out
@@ -155,10 +156,12 @@ class Ledger(ABC):
 
     @contextmanager
     def lease(self, name: str, owner: str, wait_seconds: float = 0.0,
-              seconds: Optional[float] = None) -> Iterator[Optional[LeaseHolder]]:
-        """Hold lease ``name`` for the block, renewing it in the background; yields None when
-        held, or the holder when it could not be taken within ``wait_seconds`` (the block
-        then runs without it and must skip its work)."""
+              seconds: Optional[float] = None) -> Iterator["Lease"]:
+        """Hold lease ``name`` for the block, renewing it in the background. Yields a
+        :class:`Lease`: ``lease.holder`` is None when it is held, or the other holder when it
+        could not be taken within ``wait_seconds`` (the block must then skip its work). Before
+        it makes its work visible (a publish, a commit), the block calls ``lease.check()``,
+        which raises :class:`LeaseLost` when a renewal failed or another run took it over."""
         seconds = seconds or lease_seconds()
         deadline = time.monotonic() + wait_seconds
         while True:
@@ -166,26 +169,66 @@ class Ledger(ABC):
             if holder is None or time.monotonic() >= deadline:
                 break
             time.sleep(min(0.5, max(deadline - time.monotonic(), 0.01)))
+        lease = Lease(self, name, owner, seconds, holder)
         if holder is not None:
-            yield holder
+            yield lease
             return
         stop = threading.Event()
 
         def renew():
             while not stop.wait(seconds / 3):
                 try:
-                    self.try_lease(name, owner, seconds)
-                except TotesError:
-                    continue  # a blip; the next renewal (or the expiry) settles it
+                    other = self.try_lease(name, owner, seconds)
+                except Exception as exc:  # handed to the work through lease.check()
+                    lease.lost = f"renewing it failed: {exc}"
+                    return
+                if other is not None:
+                    lease.lost = f"{other.owner} took it over"
+                    return
 
         renewer = threading.Thread(target=renew, name=f"lease-{name}", daemon=True)
         renewer.start()
         try:
-            yield None
+            yield lease
         finally:
             stop.set()
             renewer.join()
-            self.release(name, owner)
+            if lease.lost is None:
+                self.release(name, owner)
+
+
+class LeaseLost(TransientError):
+    """The lease of some work was lost while the work ran (a renewal failed, or it expired
+    and another run took it over): nothing was made visible; a retry can succeed."""
+
+
+class Lease:
+    """A lease being held (or not) by a block of work; see :meth:`Ledger.lease`."""
+
+    def __init__(self, ledger: Ledger, name: str, owner: str, seconds: float,
+                 holder: Optional[LeaseHolder]):
+        self.ledger, self.name, self.owner, self.seconds = ledger, name, owner, seconds
+        self.holder = holder
+        self.lost: Optional[str] = None
+        self._renewed_at = time.monotonic()
+
+    def check(self) -> None:
+        """Confirm the lease is still ours, renewing it now.
+
+        Raises:
+            LeaseLost: it was lost (and the work must not be made visible).
+        """
+        if self.lost is None:
+            try:
+                other = self.ledger.try_lease(self.name, self.owner, self.seconds)
+            except TotesError as exc:
+                self.lost = f"renewing it failed: {exc}"
+            else:
+                if other is not None:
+                    self.lost = f"{other.owner} took it over"
+        if self.lost is not None:
+            raise LeaseLost(f"lease {self.name} of {self.owner} was lost ({self.lost}); "
+                            "nothing was published")
 
 
 def lease_name(stage: str, table: str) -> str:
@@ -226,8 +269,13 @@ class SqliteLedger(Ledger):
             raise StorageUnavailable(f"cannot open the ledger {self.path}: {exc}") from exc
         try:
             yield db
-        except sqlite3.OperationalError as exc:  # locked past the timeout, disk full
-            raise StorageUnavailable(f"ledger {self.path}: {exc}") from exc
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):  # another writer, past the wait
+                raise StorageUnavailable(f"ledger {self.path}: {exc}") from exc
+            raise ConfigError(f"ledger {self.path}: {exc} (a read-only file, a full disk, "
+                              "or not a ledger)") from exc
+        except sqlite3.DatabaseError as exc:
+            raise ConfigError(f"ledger {self.path} is not a SQLite ledger: {exc}") from exc
         finally:
             db.close()
 

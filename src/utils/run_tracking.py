@@ -10,13 +10,31 @@ its lease expires, and the record reads as ``abandoned``.
 """
 from __future__ import annotations
 
+import contextvars
 import time
+import uuid
 from typing import Callable, Optional, TypeVar
 
-from totes.utils.ledger import (Ledger, LeaseHolder, LedgerRecord, lease_name,
+from totes.utils.ledger import (Lease, Ledger, LeaseHolder, LedgerRecord, lease_name,
                                 lease_seconds, now)
 
 R = TypeVar("R")
+#: The lease of the work running in this thread (set by :func:`tracked`).
+_current: contextvars.ContextVar[Optional[Lease]] = contextvars.ContextVar(
+    "lease", default=None)
+
+
+def check_lease() -> None:
+    """Called by a stage right before it makes its work visible (publishes a lake file,
+    commits a manifest, commits the warehouse transaction): confirms the work's lease is
+    still held. Does nothing when the work runs without a ledger.
+
+    Raises:
+        LeaseLost: the lease was lost; nothing must be made visible (a retry can succeed).
+    """
+    lease = _current.get()
+    if lease is not None:
+        lease.check()
 
 
 def _iso(moment) -> str:
@@ -37,10 +55,12 @@ def tracked(ledger: Optional[Ledger], stage: str, table: str, run_id: str,
     if ledger is None:
         return work()
     wait_seconds = 2 * lease_seconds() if wait else 0.0
-    with ledger.lease(lease_name(stage, table), run_id, wait_seconds) as holder:
+    attempt = f"{run_id}/{uuid.uuid4().hex[:8]}"  # a retry of the same run is another owner
+    with ledger.lease(lease_name(stage, table), attempt, wait_seconds) as lease:
+        holder = lease.holder
         started = now()
         record = LedgerRecord(stage=stage, table=table, run_id=run_id, mode=mode,
-                              status="running", started_at=_iso(started))
+                              status="running", started_at=_iso(started), attempt=attempt)
         if holder is not None:
             ledger.put(record.model_copy(update={
                 "status": "skipped", "ended_at": _iso(now()), "rows": 0,
@@ -49,6 +69,7 @@ def tracked(ledger: Optional[Ledger], stage: str, table: str, run_id: str,
             return skipped(holder)
         ledger.put(record)
         clock = time.monotonic()
+        token = _current.set(lease)
         try:
             result = work()
         except BaseException as exc:
@@ -61,6 +82,8 @@ def tracked(ledger: Optional[Ledger], stage: str, table: str, run_id: str,
             except Exception as ledger_error:
                 exc.add_note(f"the ledger could not record this failure: {ledger_error}")
             raise
+        finally:
+            _current.reset(token)
         ledger.put(record.model_copy(update={
             "status": "succeeded", "ended_at": _iso(now()),
             "seconds": round(time.monotonic() - clock, 3), **summary(result)}))

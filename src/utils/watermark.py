@@ -17,12 +17,13 @@ Each lake file keeps, in its Parquet footer's key-value metadata (UTF-8 JSON):
 
 A timestamp is ISO 8601 with a space and microseconds, as PostgreSQL prints it; a
 ``timestamptz`` watermark carries its offset (``+00:00``). Keys are created in commit order
-(each one after the newest, :meth:`totes.utils.lake.Lake.next_key`): an incremental batch's
-key is named after its high watermark's moment in UTC (one microsecond past the newest key
-when that is not later); a backfill's, a full snapshot's and an integer-watermark batch's
-after the extract's moment. So the newest key always holds the table's current watermark,
-read with four small listings and one footer, whatever the history. The lake is the truth:
-nothing else stores a watermark.
+(each one after the newest, :meth:`totes.utils.lake.Lake.next_key`): a batch's key is named
+after its high watermark's moment in UTC, or one microsecond past the newest key when that is
+not later (so a backfill, which carries the watermark it found, follows the newest), or after
+the extract's moment when the batch has no timestamp watermark (an integer watermark, a full
+snapshot without one). So the newest key always holds the table's current watermark, read
+with four small listings and one footer, whatever the history. The lake is the truth: nothing
+else stores a watermark.
 """
 from __future__ import annotations
 
@@ -125,7 +126,7 @@ def read_footer(lake: Lake, key: str) -> Footer:
             by ingest).
         StorageUnavailable: the lake could not be read (retry).
     """
-    metadata = lake.parquet_file(key).metadata.metadata or {}
+    metadata = lake.metadata(key).metadata or {}
     if HIGH_WATERMARK_KEY not in metadata:
         raise LakeError(f"{lake.describe(key)} has no totes.high_watermark metadata; "
                         "it was not written by ingest")

@@ -36,24 +36,25 @@ def test_a_large_table_streams_in_row_groups_with_bounded_memory(empty_source, t
 
     assert small.rows == whole.rows == 300_000
     assert small.row_groups >= 40 and whole.row_groups == 1
-    parquet = Lake(str(tmp_path / "small")).parquet_file(small.key)
-    assert parquet.metadata.num_row_groups == small.row_groups
+    small_lake = Lake(str(tmp_path / "small"))
+    assert small_lake.metadata(small.key).num_row_groups == small.row_groups
     # Memory follows the batch, not the table: a fraction of what one batch of everything takes.
     assert small.peak_arrow_bytes * 5 < whole.peak_arrow_bytes
     assert small.peak_arrow_bytes < 16 << 20
-    assert parquet.read().equals(Lake(str(tmp_path / "whole")).parquet_file(whole.key).read())
+    assert small_lake.read_table(small.key).equals(
+        Lake(str(tmp_path / "whole")).read_table(whole.key))
 
 
 def test_parquet_types_follow_the_source(seeded_source, tmp_path):
     lake = Lake(str(tmp_path))
     result = ingest_table(TablePlan(table="transaction", primary_key="transaction_id"),
                           seeded_source, lake)
-    schema = lake.parquet_file(result.key).schema_arrow
+    schema = lake.metadata(result.key).schema.to_arrow_schema()
     assert schema.field("sales_order_id").type == pa.int32()
     assert schema.field("created_at").type == pa.timestamp("ms")
     payment = ingest_table(TablePlan(table="payment", primary_key="payment_id"),
                            seeded_source, lake)
-    payment_schema = lake.parquet_file(payment.key).schema_arrow
+    payment_schema = lake.metadata(payment.key).schema.to_arrow_schema()
     assert payment_schema.field("payment_amount").type == pa.decimal128(10, 2)
     assert payment_schema.field("payment_date").type == pa.string()
     assert payment_schema.field("paid").type == pa.bool_()
@@ -70,7 +71,7 @@ def test_the_high_watermark_is_the_last_row_and_names_the_key(seeded_source, tmp
         "primary_key": newest[1]}
     assert result.key == newest[0].strftime("payment/%Y/%m/%d/%H%M%S%f.parquet")
     assert read_high_watermark(lake, "payment") == result.high_watermark
-    assert HIGH_WATERMARK_KEY in lake.parquet_file(result.key).metadata.metadata
+    assert HIGH_WATERMARK_KEY in lake.metadata(result.key).metadata
 
 
 def test_rows_after_the_watermark_are_the_next_batch(seeded_source, tmp_path):
@@ -86,7 +87,7 @@ def test_rows_after_the_watermark_are_the_next_batch(seeded_source, tmp_path):
 
     assert second.rows == 1 and third.rows == 0 and third.key is None
     assert second.key > first.key  # same data time, yet a new key after the first
-    codes = lake.parquet_file(second.key).read()["currency_code"].to_pylist()
+    codes = lake.read_table(second.key)["currency_code"].to_pylist()
     assert codes == ["JPY"]
 
 

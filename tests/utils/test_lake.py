@@ -121,10 +121,10 @@ def test_a_store_that_cannot_be_reached_is_transient_for_every_call(s3_lake, s3_
     with lake.staging_file() as staged:
         pq.write_table(pa.table({"x": [1]}), staged)
         lake.publish(staged, key)
-    assert lake.parquet_file(key).metadata.num_rows == 1
+    assert lake.metadata(key).num_rows == 1
     s3_server.stop()  # a network blip: nothing answers on the endpoint any more
 
-    calls = {"open a Parquet file": lambda: lake.parquet_file(key),
+    calls = {"open a Parquet file": lambda: lake.metadata(key),
              "read an object": lambda: lake.read_bytes(key),
              "list keys": lambda: lake.newest_key("t"),
              "write an object": lambda: _publish(lake, "t/2024/01/02/000000000000.parquet",
@@ -139,10 +139,10 @@ def test_a_store_that_cannot_be_reached_is_transient_for_every_call(s3_lake, s3_
 def test_a_missing_or_corrupt_object_is_terminal_and_named(tmp_path):
     lake = Lake(str(tmp_path))
     with pytest.raises(LakeError, match="t/2024/01/01/000000000000.parquet as Parquet: no such"):
-        lake.parquet_file("t/2024/01/01/000000000000.parquet")
+        lake.metadata("t/2024/01/01/000000000000.parquet")
     put(lake, "t/2024/01/01/000000000000.parquet", b"not parquet at all")
     with pytest.raises(LakeError, match="as Parquet: .*magic bytes") as error:
-        lake.parquet_file("t/2024/01/01/000000000000.parquet")
+        lake.metadata("t/2024/01/01/000000000000.parquet")
     assert not error.value.retryable
     with pytest.raises(LakeError, match="is not a batch key"):
         key_time("t/notes.txt")

@@ -79,8 +79,8 @@ def test_of_many_runs_racing_for_a_lease_exactly_one_wins(ledger):
 
 
 def test_a_held_lease_is_renewed_and_a_dead_runs_record_reads_abandoned(ledger):
-    with ledger.lease("ingest:staff", "run-live", seconds=0.6) as holder:
-        assert holder is None
+    with ledger.lease("ingest:staff", "run-live", seconds=0.6) as lease:
+        assert lease.holder is None
         ledger.put(record("ingest", "staff", 1, run="run-live", status="running", rows=-1))
         time.sleep(1.5)  # past the first expiry: the renewals keep it
         assert ledger.try_lease("ingest:staff", "run-other", 0.6).owner == "run-live"
@@ -98,3 +98,43 @@ def test_the_ledger_uri_names_the_backend(tmp_path):
     from totes.utils.errors import ConfigError
     with pytest.raises(ConfigError, match="use sqlite:///path/ledger.sqlite3 or dynamodb://"):
         ledger_from_uri("redis://x")
+
+
+def test_work_whose_lease_was_taken_over_publishes_nothing(ledger, tmp_path):
+    from totes.utils.errors import TransientError
+    from totes.utils.lake import Lake
+    from totes.utils.ledger import LeaseLost
+    from totes.utils.run_tracking import check_lease, tracked
+
+    lake = Lake(str(tmp_path / "lake"))
+
+    def work():
+        ledger.release("ingest:payment", ledger.holder("ingest:payment").owner)
+        assert ledger.try_lease("ingest:payment", "run-other", 30) is None  # taken over
+        check_lease()
+        lake.put_bytes("payment/2024/01/01/000000000000.parquet", b"x")
+
+    with pytest.raises(LeaseLost, match="lease ingest:payment of run-1/.* was lost "
+                                        r"\(run-other took it over\)") as error:
+        tracked(ledger, "ingest", "payment", "run-1", "incremental", work,
+                lambda holder: None, lambda result: {})
+    assert isinstance(error.value, TransientError)
+    assert lake.newest_key("payment") is None
+    assert ledger.holder("ingest:payment").owner == "run-other"  # not released by the loser
+    [record] = ledger.history("ingest", "payment")
+    assert (record.status, record.error_type) == ("failed", "LeaseLost")
+
+
+def test_a_retry_of_the_same_run_does_not_share_its_lease(ledger):
+    from totes.utils.run_tracking import tracked
+
+    inner = []
+
+    def first_attempt():
+        inner.append(tracked(ledger, "ingest", "staff", "run-1", None, lambda: "ran",
+                             lambda holder: f"skipped: {holder.owner}", lambda r: {}))
+        return "first"
+
+    tracked(ledger, "ingest", "staff", "run-1", None, first_attempt, lambda h: "skip",
+            lambda r: {})
+    assert inner[0].startswith("skipped: run-1/")  # the same run, another attempt: skipped

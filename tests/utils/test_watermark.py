@@ -26,8 +26,10 @@ def test_the_footer_round_trips_high_and_low(tmp_path):
     write_batch(lake, "sales_order/2024/11/01/000000000000.parquet", footer_metadata(low, None))
     write_batch(lake, "sales_order/2024/11/15/144010123000.parquet", footer_metadata(high, low))
 
-    assert read_footer(lake, "sales_order/2024/11/15/144010123000.parquet") == (high, low)
-    assert read_footer(lake, "sales_order/2024/11/01/000000000000.parquet") == (low, None)
+    newer = read_footer(lake, "sales_order/2024/11/15/144010123000.parquet")
+    assert (newer.high, newer.low, newer.mode, newer.range) == (high, low, "incremental", None)
+    older = read_footer(lake, "sales_order/2024/11/01/000000000000.parquet")
+    assert (older.high, older.low) == (low, None)
     assert read_high_watermark(lake, "sales_order") == high  # the newest key's
     assert read_high_watermark(lake, "payment") is None  # no batch: extract everything
 

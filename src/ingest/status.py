@@ -1,0 +1,79 @@
+"""The status step of each Map item: after a table's ingest, on success and (through the item's
+Catch) on failure, the ledger is brought up to date and the item ends with a small summary,
+so that one table's failure never aborts the others.
+
+* ``ingested``: the ingest function recorded its run itself; the step checks the record is
+  there (``succeeded`` or ``skipped``) and writes it from the ingest result if not (the
+  ledger write failed after the extract landed).
+* ``failed``: the ingest function failed. When it could record that itself, its ``failed``
+  record stays; when it could not (killed by its time limit, out of memory), the step writes
+  ``failed`` with the error Step Functions reports.
+
+Item summary (the Map's output for the table)::
+
+    {"table": "payment", "status": "succeeded" | "skipped" | "failed", "rows": 12,
+     "key": "payment/...parquet" | null, "reason": null | "leased by run-…",
+     "error_type": null | "SourceSchemaError", "error_message": null | "..."}
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+from pydantic import BaseModel
+
+from totes.notify.alerts import error_of
+from totes.utils.ledger import Ledger, LedgerRecord, now, record_json
+from totes.utils.stage_results import IngestResult
+
+
+class ItemStatus(BaseModel):
+    """What one Map item ends with (see the module docstring)."""
+
+    table: str
+    status: str
+    rows: int = 0
+    key: Optional[str] = None
+    reason: Optional[str] = None
+    error_type: Optional[str] = None
+    error_message: Optional[str] = None
+
+
+def _own_record(ledger: Ledger, table: str, run_id: str) -> Optional[LedgerRecord]:
+    return next((r for r in ledger.history("ingest", table, 20) if r.run_id == run_id), None)
+
+
+def record_ingested(ledger: Optional[Ledger], result: IngestResult) -> ItemStatus:
+    """The success path of a Map item."""
+    status = "skipped" if result.skipped else "succeeded"
+    if ledger is not None and result.run_id and _own_record(ledger, result.table,
+                                                            result.run_id) is None:
+        moment = now().isoformat(timespec="microseconds")
+        ledger.put(LedgerRecord(
+            stage="ingest", table=result.table, run_id=result.run_id, status=status,
+            mode=result.mode, started_at=moment, ended_at=moment, seconds=result.seconds,
+            rows=result.rows, bytes=result.bytes, key=result.key,
+            low_watermark=record_json(result.low_watermark),
+            high_watermark=record_json(result.high_watermark),
+            details={"recorded_by": "status step"}))
+    return ItemStatus(table=result.table, status=status, rows=result.rows, key=result.key,
+                      reason=result.skipped)
+
+
+def record_failed(ledger: Optional[Ledger], item: dict, error: Optional[dict]) -> ItemStatus:
+    """The Catch path of a Map item: ``item`` is the table's payload, ``error`` what Step
+    Functions caught (``{"Error": ..., "Cause": ...}``)."""
+    kind, message = error_of(error)
+    table, run_id = item.get("table", "?"), item.get("run_id")
+    if ledger is not None and run_id:
+        own = _own_record(ledger, table, run_id)
+        if own is None or own.status == "running":
+            moment = now().isoformat(timespec="microseconds")
+            base = own or LedgerRecord(stage="ingest", table=table, run_id=run_id,
+                                       status="running", mode=item.get("mode"),
+                                       started_at=moment)
+            ledger.put(base.model_copy(update={
+                "status": "failed", "ended_at": moment, "rows": 0, "error_type": kind,
+                "error_message": message[:2000],
+                "details": {**base.details, "recorded_by": "status step"}}))
+    return ItemStatus(table=table, status="failed", error_type=kind,
+                      error_message=message[:1000])

@@ -1,0 +1,1 @@
+"""Notify: the one readable alert a failed execution sends (:mod:`totes.notify.alerts`)."""

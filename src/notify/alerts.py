@@ -1,0 +1,117 @@
+"""The one alert a failed execution sends: readable, naming what failed and what to do.
+
+Step Functions hands a Catch the error as ``{"Error": "DataError", "Cause": "<text>"}``; for a
+Lambda's exception the cause is the function's error JSON (``{"errorType", "errorMessage",
+"stackTrace", ...}``), for a timeout or a service error it is plain text. :func:`render`
+turns that, plus the state that failed and the tables that failed inside the Map, into a
+subject and a body with the environment, the failed state, the table(s), the error type and
+its message (never a traceback), the execution's console link, and what to do next.
+
+Event of the alert step (the state machine builds it)::
+
+    {"environment": "prod", "region": "eu-west-2", "execution": "arn:aws:states:...",
+     "state": "Transform", "error": {"Error": "DataError", "Cause": "..."} | null,
+     "failed_tables": [{"table": "payment", "error_type": "...", "error_message": "..."}],
+     "skipped_tables": [{"table": "staff", "reason": "leased by run-…"}]}
+
+Returns ``{"subject": "...", "message": "..."}`` for SNS (the subject at most 100
+characters, as SNS requires).
+"""
+from __future__ import annotations
+
+import json
+from typing import Optional
+from urllib.parse import quote
+
+#: SNS rejects longer subjects.
+MAX_SUBJECT = 100
+MAX_MESSAGE = 2000
+
+_NEXT_STEPS = {
+    "DataError": "A source row breaks a rule: fix it in the source (the message names the row); "
+                 "the next execution resumes.",
+    "SourceSchemaError": "The source lacks a table or column the configuration names: fix the "
+                         "source or the configuration (TOTES_CONFIG); the next execution "
+                         "resumes.",
+    "ConfigError": "The configuration or a setting is invalid: fix it (the message names the "
+                   "key) and upload it again; the next execution resumes.",
+    "PermissionDenied": "The database role lacks a privilege: run the GRANT the message gives; "
+                        "the next execution resumes.",
+    "DatabaseRejected": "The database refused the login (password or database name): fix the "
+                        "secret; the next execution resumes.",
+    "LakeError": "Storage broke its contract (a missing or unreadable object): check the "
+                 "object the message names before the next execution.",
+}
+_TRANSIENT = ("DatabaseUnavailable", "StorageUnavailable", "TransientError", "States.Timeout",
+              "Lambda.ServiceException", "Lambda.TooManyRequestsException")
+
+
+def error_of(error: Optional[dict]) -> tuple[str, str]:
+    """(error type, message) of what a Catch caught (``{"Error", "Cause"}``), without any
+    traceback: the Lambda's ``errorType`` and ``errorMessage`` when the cause is its error
+    JSON, else the error name and the cause's first line."""
+    if not error:
+        return "", ""
+    kind, cause = error.get("Error") or "Error", error.get("Cause") or ""
+    try:
+        document = json.loads(cause)
+    except (TypeError, ValueError):
+        document = None
+    if isinstance(document, dict):
+        kind = document.get("errorType") or kind
+        message = document.get("errorMessage") or ""
+    else:
+        message = cause.splitlines()[0] if cause else ""
+    if kind == "States.Timeout" and not message:
+        message = "the state ran longer than its time limit (a Lambda killed by its timeout)"
+    return kind, message
+
+
+def console_link(region: str, execution: str) -> str:
+    """The Step Functions console page of ``execution`` (an execution ARN)."""
+    return (f"https://{region}.console.aws.amazon.com/states/home?region={region}"
+            f"#/v2/executions/details/{quote(execution, safe=':')}")
+
+
+def _next_step(kind: str) -> str:
+    if kind in _NEXT_STEPS:
+        return _NEXT_STEPS[kind]
+    if kind in _TRANSIENT:
+        return ("A database, storage or AWS service did not answer, even after the retries: "
+                "check it is up; the next execution resumes by itself.")
+    return "Look at the state's log for the error; the next execution resumes once it is fixed."
+
+
+def render(event: dict) -> dict:
+    """The alert's subject and message (see the module docstring)."""
+    environment = event.get("environment", "?")
+    state = event.get("state") or "Ingest"
+    failed = event.get("failed_tables") or []
+    skipped = event.get("skipped_tables") or []
+    kind, message = error_of(event.get("error"))
+    if failed and not kind:
+        kind, message = failed[0].get("error_type", ""), failed[0].get("error_message", "")
+    tables = ", ".join(t["table"] for t in failed)
+    where = f"{state} of {tables}" if tables else state
+    subject = f"totes {environment}: {where} failed ({kind or 'error'})"
+    if len(subject) > MAX_SUBJECT:
+        subject = subject[:MAX_SUBJECT - 1] + "…"
+    lines = [f"The totes pipeline ({environment}) failed in {state}."]
+    if failed:
+        lines.append("Tables that failed:")
+        lines += [f"  - {t['table']}: {t.get('error_type', '')}: "
+                  f"{(t.get('error_message') or '')[:400]}" for t in failed]
+        lines.append("The other tables landed: their batches are in the lake, and the next "
+                     "execution transforms and loads them with the rest (nothing is lost or "
+                     "loaded twice).")
+    else:
+        lines.append(f"Error: {kind}: {message[:MAX_MESSAGE // 2]}")
+    if skipped:
+        lines.append("Skipped, because another execution was extracting them: "
+                     + ", ".join(t["table"] for t in skipped) + ".")
+    lines.append(f"What to do: {_next_step(kind)}")
+    lines.append("See where it stands: totes status --processed s3://<processed bucket> "
+                 "--lake s3://<ingest bucket> (and totes history --table <table>).")
+    if event.get("execution") and event.get("region"):
+        lines.append(f"Execution: {console_link(event['region'], event['execution'])}")
+    return {"subject": subject, "message": "\n".join(lines)[:MAX_MESSAGE * 2]}
