@@ -11,9 +11,14 @@ output "definition" {
   value = templatefile("$top/main-terraform/state_machine.asl.json", {
     plan_arn        = "$arn-plan"
     ingest_arn      = "$arn-ingest"
+    status_arn      = "$arn-status"
+    pending_arn     = "$arn-pending"
     transform_arn   = "$arn-transform"
     load_arn        = "$arn-load"
+    alert_arn       = "$arn-alert"
     alert_topic_arn = "arn:aws:sns:eu-west-2:123456789012:totes-prod-alerts"
+    environment     = "prod"
+    region          = "eu-west-2"
     max_concurrency = 4
     retry           = file("$top/main-terraform/retry_transient.json")
   })

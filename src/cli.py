@@ -169,8 +169,11 @@ def seed(source_url: Optional[str] = SourceUrl,
 @app.command()
 def run(source_url: Optional[str] = SourceUrl, warehouse_url: Optional[str] = WarehouseUrl,
         lake: Optional[str] = LakeUri, processed: Optional[str] = ProcessedUri,
-        config: Optional[str] = ConfigFile, as_json: bool = JsonOutput,
-        verbose: bool = Verbose):
+        config: Optional[str] = ConfigFile,
+        table: Optional[List[str]] = typer.Option(
+            None, "--table", help="Only ingest this table (repeatable); transform and load "
+                                  "take all pending work"),
+        as_json: bool = JsonOutput, verbose: bool = Verbose):
     """Run the main job once: plan → ingest → transform → load."""
     from totes.local.runner import run_pipeline
 
@@ -194,7 +197,7 @@ def run(source_url: Optional[str] = SourceUrl, warehouse_url: Optional[str] = Wa
                     status.update(f"{following[stage]}…")
 
             result = run_pipeline(resources, on_stage, lambda r: progress.line(
-                f"  ingested {r.table}: {r.rows:,} rows"))
+                f"  ingested {r.table}: {r.rows:,} rows"), tables=table or None)
         if as_json:
             _print_json(result.model_dump(mode="json"))
         else:

@@ -219,3 +219,16 @@ def test_status_and_history_after_runs_a_failure_and_a_backfill(home):
         "from": "2024-11-01", "to": "2024-11-03"}
     listing = runner.invoke(app, ["history", "--limit", "3"])
     assert listing.exit_code == 0 and "load" in listing.stdout
+
+
+def test_run_can_be_limited_to_some_tables(home):
+    runner = CliRunner()
+    limited = runner.invoke(app, ["run", "--table", "currency", "--table", "design", "--json"])
+    assert limited.exit_code == 0, limited.output
+    result = json.loads(limited.stdout)
+    assert [r["table"] for r in result["ingest"]] == ["currency", "design"]
+    assert len(result["plan"]["left_out"]) == 9
+    assert {t["table"] for t in result["transform"]["tables"]} == {"dim_currency", "dim_design"}
+    unknown = runner.invoke(app, ["run", "--table", "refund"])
+    assert unknown.exit_code == 1 and "table 'refund' is not in the configuration" in \
+        unknown.output

@@ -53,3 +53,108 @@ def test_a_handler_without_its_settings_names_the_variable(monkeypatch):
     monkeypatch.delenv("TOTES_LAKE", raising=False)
     with pytest.raises(ConfigError, match="TOTES_LAKE is not set"):
         transform_handler({}, None)
+
+
+def run_map(tables, ledger_env=True):
+    """The Map as the state machine runs it: per item, the check, the ingest, the status
+    step on success or through the Catch on failure; returns the items' outputs."""
+    from totes.ingest.handler import status_handler
+
+    items = []
+    for item in tables:
+        if item.get("check_error"):
+            items.append(through_json(status_handler({"action": "failed", "item": item}, None)))
+            continue
+        try:
+            result = through_json(ingest_handler(item, None))
+        except Exception as exc:  # what the item's Catch receives
+            error = {"Error": type(exc).__name__, "Cause": json.dumps(
+                {"errorType": type(exc).__name__, "errorMessage": str(exc),
+                 "stackTrace": ["File ..."]})}
+            items.append(through_json(status_handler(
+                {"action": "failed", "item": item, "error": error}, None)))
+            continue
+        items.append(through_json(status_handler({"action": "ingested", "result": result},
+                                                 None)))
+    return items
+
+
+def test_one_failing_table_is_recorded_and_the_others_land(lambda_environment, monkeypatch,
+                                                           tmp_path, seeded_source):
+    from totes.load.handler import pending_handler
+    from totes.notify.handler import handler as alert_handler
+    from totes.utils.ledger import SqliteLedger
+
+    monkeypatch.setenv("TOTES_LEDGER", f"sqlite://{tmp_path}/ledger.sqlite3")
+    query(seeded_source, "ALTER TABLE design RENAME COLUMN design_name TO name")
+    query(seeded_source, f"REVOKE SELECT ON payment_type FROM {seeded_source.params['user']}")
+    planned = through_json(plan_handler({"run_id": "execution-1"}, None))
+    checked = {t["table"]: t["check_error"] for t in planned["tables"]}
+    assert checked["design"]["Error"] == "SourceSchemaError"
+    assert sum(1 for error in checked.values() if error) == 1  # a superuser reads everything
+
+    items = run_map(planned["tables"])
+    pending = through_json(pending_handler({"items": items}, None))
+
+    statuses = {i["table"]: i["status"] for i in items}
+    assert statuses.pop("design") == "failed" and set(statuses.values()) == {"succeeded"}
+    assert [t["table"] for t in pending["failed_tables"]] == ["design"]
+    assert pending["transform"] and pending["lake_files"] == 10
+    ledger = SqliteLedger(str(tmp_path / "ledger.sqlite3"))
+    [design] = ledger.history("ingest", "design")
+    assert (design.status, design.error_type, design.run_id) == ("failed", "SourceSchemaError",
+                                                                 "execution-1")
+    assert "design_name" in design.error_message
+    assert {r.status for r in ledger.history("ingest", limit=100) if r.table != "design"} == \
+        {"succeeded"}
+    alert = alert_handler({"environment": "test", "region": "eu-west-2", "state": "Ingest",
+                           "execution": "arn:aws:states:eu-west-2:1:execution:p:execution-1",
+                           "input": {"pending": pending}}, None)
+    assert alert["subject"] == "totes test: Ingest of design failed (SourceSchemaError)"
+    assert "design: SourceSchemaError: table 'design' has no column design_name" in \
+        alert["message"]
+
+
+def test_a_lambda_killed_by_its_time_limit_is_recorded_as_failed(lambda_environment,
+                                                                 monkeypatch, tmp_path):
+    from totes.ingest.handler import status_handler
+    from totes.utils.ledger import LedgerRecord, SqliteLedger
+
+    monkeypatch.setenv("TOTES_LEDGER", f"sqlite://{tmp_path}/ledger.sqlite3")
+    ledger = SqliteLedger(str(tmp_path / "ledger.sqlite3"))
+    ledger.put(LedgerRecord(stage="ingest", table="payment", run_id="execution-2",
+                            status="running", started_at="2026-12-01T10:00:00.000000+00:00",
+                            attempt="execution-2/dead"))
+    item = {"table": "payment", "run_id": "execution-2", "mode": "incremental"}
+    status = status_handler({"action": "failed", "item": item, "error": {
+        "Error": "States.Timeout", "Cause": "Task timed out after 600.00 seconds"}}, None)
+    assert (status["status"], status["error_type"]) == ("failed", "States.Timeout")
+    [record] = ledger.history("ingest", "payment")
+    assert (record.status, record.error_message) == ("failed", "Task timed out after 600.00 "
+                                                               "seconds")
+
+
+def test_pending_work_runs_transform_and_load_without_new_rows(lambda_environment):
+    from totes.load.handler import pending_handler
+
+    tables = through_json(plan_handler({}, None))["tables"]
+    for item in tables:
+        ingest_handler(item, None)
+    assert pending_handler({"items": []}, None)["transform"] is True
+    transform_handler({}, None)  # the execution that failed in load, say
+    pending = pending_handler({"items": []}, None)
+    assert (pending["transform"], pending["load"], pending["batches"]) == (False, True, 1)
+    load_handler({}, None)
+    pending = pending_handler({"items": []}, None)
+    assert (pending["transform"], pending["load"]) == (False, False)
+
+
+def test_plan_takes_the_tables_of_this_run_and_names_the_rest(lambda_environment):
+    planned = plan_handler({"request": {"tables": ["sales_order", {
+        "table": "payment", "mode": "backfill", "from": "2024-11-01", "to": "2024-11-03"}]}},
+        None)
+    assert [(t["table"], t["mode"]) for t in planned["tables"]] == [
+        ("sales_order", "incremental"), ("payment", "backfill")]
+    assert len(planned["left_out"]) == 9 and "staff" in planned["left_out"]
+    with pytest.raises(ConfigError, match="table 'refund' is not in the configuration"):
+        plan_handler({"request": {"tables": ["refund"]}}, None)

@@ -13,12 +13,33 @@ from totes.utils.settings import (config_path_from_env, database_from_env, lake_
 
 
 def plan_handler(event, context):
-    """Event: ``{"run_id": "<execution name>"}`` (optional). Returns
-    :class:`~totes.utils.stage_results.PlanResult` as JSON: ``{"tables": [<TablePlan JSON>,
-    ...]}``, each naming the run."""
-    path = config_path_from_env()
-    return plan(load_config(path), database_from_env("source"),
-                run_id=(event or {}).get("run_id") or new_run_id()).model_dump(mode="json")
+    """Event: ``{"run_id": "<execution name>", "request": <the execution's input>}``; the
+    input may name the tables of this run (``{"tables": ["sales_order", {"table": "payment",
+    "mode": "reingest"}]}``). Returns :class:`~totes.utils.stage_results.PlanResult` as JSON:
+    ``{"tables": [<TablePlan JSON>, ...], "left_out": [...]}``; a table the source check
+    rejects keeps its payload, with ``check_error``, so that only its Map item fails."""
+    event = event or {}
+    request = event.get("request") or {}
+    return plan(load_config(config_path_from_env()), database_from_env("source"),
+                run_id=event.get("run_id") or new_run_id(), tables=request.get("tables"),
+                per_table_errors=True).model_dump(mode="json")
+
+
+def status_handler(event, context):
+    """The status step of a Map item. Event: ``{"action": "ingested", "result": <IngestResult
+    JSON>}`` after the ingest succeeded, or ``{"action": "failed", "item": <TablePlan JSON>,
+    "error": {"Error", "Cause"}}`` from its Catch. Records the table's outcome in the ledger
+    and returns :class:`~totes.ingest.status.ItemStatus` as JSON."""
+    from totes.ingest.status import record_failed, record_ingested
+    from totes.utils.stage_results import IngestResult
+
+    ledger = ledger_from_env()
+    if event.get("action") == "ingested":
+        status = record_ingested(ledger, IngestResult.model_validate(event["result"]))
+    else:
+        item = event.get("item") or {}
+        status = record_failed(ledger, item, event.get("error") or item.get("check_error"))
+    return status.model_dump(mode="json")
 
 
 def ingest_handler(event, context):

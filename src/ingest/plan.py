@@ -2,34 +2,86 @@
 
 Its output is the input of the state machine's Map over tables and of the local runner::
 
-    {"tables": [{"table": "address", "primary_key": "address_id",
-                 "watermark_column": "last_updated", "record_batch_bytes": 8388608,
-                 "in_flight_safety_lag_seconds": 300.0}, ...]}
+    {"tables": [{"table": "address", "primary_key": "address_id", "mode": "incremental",
+                 "watermark_column": "last_updated", ...}, ...],
+     "left_out": []}
+
+Its event names the run and may name the tables of this run (``{"run_id": "...",
+"request": {"tables": ["sales_order", {"table": "payment", "mode": "reingest"}]}}``).
 """
 from __future__ import annotations
 
+import json
+import logging
 from typing import Optional
 
 from totes.ingest.source_catalog import check_table
-from totes.utils.config import PipelineConfig, resolve_tables
+from totes.utils.config import PipelineConfig, TablePlan, resolve_tables
 from totes.utils.db import Database
+from totes.utils.errors import ConfigError, PermissionDenied, SourceSchemaError
 from totes.utils.stage_results import PlanResult
+
+log = logging.getLogger(__name__)
+
+
+def select(plans: list[TablePlan],
+           request: Optional[list]) -> tuple[list[TablePlan], list[str]]:
+    """The plans a run asks for, and the configured tables it leaves out. ``request`` lists
+    table names, or objects naming a mode: ``["sales_order", {"table": "payment", "mode":
+    "backfill", "from": "2024-11-01", "to": "2024-11-03"}, {"table": "staff", "mode":
+    "reingest"}]``; None or empty: every configured table, in its own mode.
+
+    Raises:
+        ConfigError: a name that is not in the configuration, or a mode that cannot be.
+    """
+    if not request:
+        return plans, []
+    by_name = {p.table: p for p in plans}
+    chosen: dict[str, TablePlan] = {}
+    for item in request:
+        spec = {"table": item} if isinstance(item, str) else item
+        name = spec.get("table") if isinstance(spec, dict) else None
+        if name not in by_name:
+            raise ConfigError(f"table {name!r} is not in the configuration (configured: "
+                              f"{', '.join(by_name)})")
+        chosen[name] = by_name[name] if "mode" not in spec else by_name[name].with_mode(
+            spec["mode"], spec.get("from"), spec.get("to"))
+    return list(chosen.values()), [p.table for p in plans if p.table not in chosen]
 
 
 def plan(config: PipelineConfig, source: Optional[Database] = None,
-         run_id: Optional[str] = None) -> PlanResult:
-    """Resolve ``config`` into payloads (each naming ``run_id``); with ``source``, also check
-    every table against the source catalog before any work starts.
+         run_id: Optional[str] = None, tables: Optional[list] = None,
+         per_table_errors: bool = False) -> PlanResult:
+    """Resolve ``config`` into payloads (each naming ``run_id``), for the ``tables`` of this
+    run (see :func:`select`); with ``source``, also check every table against the source
+    catalog before any work starts.
+
+    By default a table that fails its check fails the plan (a local run: nothing starts).
+    With ``per_table_errors`` (the state machine), the table keeps its payload with the error
+    in ``check_error``, so that its Map item records the failure and the others go on.
 
     Raises:
-        SourceSchemaError: a configured table or column is missing from the source (names it).
-        PermissionDenied: the source role may not read a configured table.
+        ConfigError: a requested table is not configured, or its mode is impossible.
+        SourceSchemaError: a table or column is missing from the source (names it).
+        PermissionDenied: the source role may not read a table.
         DatabaseUnavailable / DatabaseRejected: the source could not be reached.
     """
-    plans = [p.model_copy(update={"run_id": run_id}) for p in resolve_tables(config)]
+    plans, left_out = select(
+        [p.model_copy(update={"run_id": run_id}) for p in resolve_tables(config)], tables)
     if source is not None:
         with source.session("totes-plan", f"checking the tables in the {source.describe()}") \
                 as session:
-            for item in plans:
-                check_table(session.conn, item.table, item.primary_key, item.watermark_column)
-    return PlanResult(tables=plans)
+            for i, item in enumerate(plans):
+                try:
+                    check_table(session.conn, item.table, item.primary_key,
+                                item.watermark_column)
+                except (SourceSchemaError, PermissionDenied) as exc:
+                    if not per_table_errors:
+                        raise
+                    plans[i] = item.model_copy(update={"check_error": {
+                        "Error": type(exc).__name__,
+                        "Cause": json.dumps({"errorType": type(exc).__name__,
+                                             "errorMessage": str(exc)})}})
+    if left_out:
+        log.info("this run leaves out: %s", ", ".join(left_out))
+    return PlanResult(tables=plans, left_out=left_out)

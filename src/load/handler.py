@@ -7,6 +7,23 @@ from totes.load.warehouse import load
 from totes.utils.settings import database_from_env, lake_from_env, ledger_from_env
 
 
+def pending_handler(event, context):
+    """After the Map. Event: ``{"items": [<ItemStatus JSON>, ...]}``. Returns
+    :class:`~totes.load.pending.PendingResult` as JSON: what transform and load have left to
+    do, and which tables failed or were skipped."""
+    from totes.load.pending import PendingResult, pending_work
+
+    items = (event or {}).get("items") or []
+    work = pending_work(lake_from_env("TOTES_LAKE"), lake_from_env("TOTES_PROCESSED"),
+                        database_from_env("warehouse"))
+    return PendingResult(
+        **work.model_dump(),
+        failed_tables=[{k: i.get(k) for k in ("table", "error_type", "error_message")}
+                       for i in items if i.get("status") == "failed"],
+        skipped_tables=[{"table": i.get("table"), "reason": i.get("reason")}
+                        for i in items if i.get("status") == "skipped"]).model_dump(mode="json")
+
+
 def handler(event, context):
     """Returns :class:`~totes.utils.stage_results.LoadResult` as JSON:
     ``{"batches": [...], "tables": [...], "seconds": s}``."""

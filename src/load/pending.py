@@ -30,6 +30,18 @@ class PendingWork(BaseModel):
     load: bool
 
 
+class PendingResult(PendingWork):
+    """The pending step's output: :class:`PendingWork`, and how the Map's tables fared::
+
+        {"transform": true, "load": true, "lake_files": 3, "batches": 0,
+         "failed_tables": [{"table": "design", "error_type": "...", "error_message": "..."}],
+         "skipped_tables": [{"table": "staff", "reason": "leased by run-…"}]}
+    """
+
+    failed_tables: list[dict] = []
+    skipped_tables: list[dict] = []
+
+
 def untransformed_files(lake: Lake, processed: Lake, tables=None) -> int:
     """How many lake files (of ``tables``, default the registry's) no batch has taken."""
     _, manifest = latest_manifest(processed)

@@ -59,17 +59,21 @@ def ingest_all(source: Database, lake: Lake, planned: PlanResult,
 
 def run_pipeline(resources: Resources,
                  on_stage: Callable[[str, object], None] = lambda stage, output: None,
-                 on_table: Callable[[IngestResult], None] = lambda result: None) -> RunResult:
+                 on_table: Callable[[IngestResult], None] = lambda result: None,
+                 tables: Optional[list] = None) -> RunResult:
     """Run the main job once and return every stage's result
     (:class:`~totes.utils.stage_results.RunResult`).
 
     ``on_stage(stage, result)`` is called as each stage ends, ``on_table(result)`` as each
-    table's ingest ends (for progress). Errors raise as the stages raise them.
+    table's ingest ends (for progress). ``tables`` limits the ingest to those tables (names,
+    or objects naming a mode: see :func:`totes.ingest.plan.select`); transform and load take
+    all pending work. Errors raise as the stages raise them.
     """
     started = time.monotonic()
     run_id = new_run_id()
     check_separate(resources.source, resources.warehouse)
-    planned = plan(load_config(resources.config_path), resources.source, run_id=run_id)
+    planned = plan(load_config(resources.config_path), resources.source, run_id=run_id,
+                   tables=tables)
     on_stage("plan", planned)
     ingested = ingest_all(resources.source, resources.lake, planned, on_table, resources.ledger)
     on_stage("ingest", ingested)

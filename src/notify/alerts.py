@@ -23,6 +23,8 @@ import json
 from typing import Optional
 from urllib.parse import quote
 
+from pydantic import BaseModel
+
 #: SNS rejects longer subjects.
 MAX_SUBJECT = 100
 MAX_MESSAGE = 2000
@@ -82,7 +84,14 @@ def _next_step(kind: str) -> str:
     return "Look at the state's log for the error; the next execution resumes once it is fixed."
 
 
-def render(event: dict) -> dict:
+class Alert(BaseModel):
+    """What the alert step returns, for SNS: ``{"subject": "...", "message": "..."}``."""
+
+    subject: str
+    message: str
+
+
+def render(event: dict) -> Alert:
     """The alert's subject and message (see the module docstring)."""
     environment = event.get("environment", "?")
     state = event.get("state") or "Ingest"
@@ -101,9 +110,9 @@ def render(event: dict) -> dict:
         lines.append("Tables that failed:")
         lines += [f"  - {t['table']}: {t.get('error_type', '')}: "
                   f"{(t.get('error_message') or '')[:400]}" for t in failed]
-        lines.append("The other tables landed: their batches are in the lake, and the next "
-                     "execution transforms and loads them with the rest (nothing is lost or "
-                     "loaded twice).")
+        lines.append("The other tables landed: this execution transformed and loaded them. "
+                     "The failed tables' new rows wait in the source; the first execution "
+                     "after the fix takes them (nothing is lost or loaded twice).")
     else:
         lines.append(f"Error: {kind}: {message[:MAX_MESSAGE // 2]}")
     if skipped:
@@ -114,4 +123,4 @@ def render(event: dict) -> dict:
                  "--lake s3://<ingest bucket> (and totes history --table <table>).")
     if event.get("execution") and event.get("region"):
         lines.append(f"Execution: {console_link(event['region'], event['execution'])}")
-    return {"subject": subject, "message": "\n".join(lines)[:MAX_MESSAGE * 2]}
+    return Alert(subject=subject, message="\n".join(lines)[:MAX_MESSAGE * 2])

@@ -17,4 +17,4 @@ def handler(event, context):
     pending = state.get("pending") or {}
     return render({**event, "error": state.get("error") or None,
                    "failed_tables": pending.get("failed_tables") or [],
-                   "skipped_tables": pending.get("skipped_tables") or []})
+                   "skipped_tables": pending.get("skipped_tables") or []}).model_dump()

@@ -24,7 +24,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from totes.utils.db import quote_ident
-from totes.utils.errors import ConfigError
+from totes.utils.errors import ConfigError, StorageUnavailable
 from totes.utils.source_tables import default_primary_key
 
 DEFAULT_CONFIG_PATH = "config/pipeline.yaml"
@@ -70,6 +70,9 @@ class TablePlan(BaseModel):
     (text as the source prints the column's values: ``2024-11-01 00:00:00`` or ``1200``).
     ``watermark_column`` is None only for a ``full`` table that names none.
     ``run_id`` names the run in the ledger (the state machine's execution, or the local run).
+    ``check_error`` (state machine only): plan found the table unusable in the source
+    (``{"Error": "SourceSchemaError", "Cause": "<error JSON>"}``); its Map item records the
+    failure instead of extracting, and the other tables go on.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -84,6 +87,7 @@ class TablePlan(BaseModel):
     backfill_from: Optional[str] = None
     backfill_to: Optional[str] = None
     run_id: Optional[str] = None
+    check_error: Optional[dict] = None
 
     @model_validator(mode="after")
     def _consistent(self) -> "TablePlan":
@@ -117,22 +121,48 @@ class TablePlan(BaseModel):
 
 
 def load_config(path: str | Path = DEFAULT_CONFIG_PATH) -> PipelineConfig:
-    """Read and validate the YAML file at ``path``.
+    """Read and validate the YAML file at ``path``: a local file, or ``s3://bucket/key.yaml``
+    (where the state machine's plan reads it, so that a change needs no deployment).
 
     Raises:
         ConfigError: the file is missing, is not YAML, or breaks the schema; the message names
             the file and the key, e.g. ``tables.payment.watermark_colum: extra inputs are not
             permitted``.
+        StorageUnavailable: S3 could not be reached (retry).
     """
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise ConfigError(f"cannot read configuration {path}: {exc.strerror}") from None
+    if str(path).startswith("s3://"):
+        text = _read_s3(str(path))
+    else:
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read configuration {path}: {exc.strerror}") from None
     try:
         document = yaml.load(text, Loader=_UniqueKeyLoader)  # nosec B506 (a SafeLoader)
     except yaml.YAMLError as exc:
         raise ConfigError(f"configuration {path} is not valid YAML: {exc}") from None
     return parse_config(document, source=str(path))
+
+
+def _read_s3(uri: str) -> str:
+    """The text of the object at ``s3://bucket/key``."""
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, _, key = uri[len("s3://"):].partition("/")
+    try:
+        body = boto3.session.Session().client("s3").get_object(Bucket=bucket, Key=key)["Body"]
+        return body.read().decode("utf-8")
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code in ("NoSuchKey", "NoSuchBucket", "AccessDenied", "404", "403"):
+            raise ConfigError(f"cannot read configuration {uri}: {code}") from None
+        raise StorageUnavailable(f"cannot read configuration {uri}: {code}") from exc
+    except BotoCoreError as exc:
+        raise StorageUnavailable(f"cannot read configuration {uri}: "
+                                 f"{type(exc).__name__}") from exc
+    except UnicodeDecodeError:
+        raise ConfigError(f"configuration {uri} is not UTF-8 text") from None
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

@@ -23,10 +23,13 @@ class _Result(BaseModel):
 class PlanResult(_Result):
     """The plan step's output, the input of the Map over tables::
 
-        {"tables": [<TablePlan>, ...]}
+        {"tables": [<TablePlan>, ...], "left_out": ["currency", ...]}
+
+    ``left_out``: the configured tables this run does not extract (the run named others).
     """
 
     tables: list[TablePlan]
+    left_out: list[str] = []
 
 
 class HeldBackBy(_Result):

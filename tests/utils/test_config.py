@@ -70,5 +70,24 @@ def test_plan_gives_one_payload_per_table(seeded_source):
         "table": "address", "primary_key": "address_id", "extract_type": "incremental",
         "mode": "incremental", "watermark_column": "last_updated",
         "record_batch_bytes": 8388608, "in_flight_safety_lag_seconds": 300.0,
-        "backfill_from": None, "backfill_to": None, "run_id": None}
+        "backfill_from": None, "backfill_to": None, "run_id": None, "check_error": None}
     assert len(payload.tables) == 11
+
+
+def test_the_configuration_is_read_from_s3(s3_server, tmp_path):
+    import boto3
+
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="artifacts",
+                     CreateBucketConfiguration={"LocationConstraint": "eu-west-2"})
+    s3.put_object(Bucket="artifacts", Key="config/totesys/pipeline.yaml",
+                  Body=open(CONFIG, "rb").read())
+    config = load_config("s3://artifacts/config/totesys/pipeline.yaml")
+    assert len(config.tables) == 11
+    with pytest.raises(ConfigError, match="cannot read configuration s3://artifacts/missing."
+                                          "yaml: NoSuchKey"):
+        load_config("s3://artifacts/missing.yaml")
+    s3.put_object(Bucket="artifacts", Key="bad.yaml", Body=b"tables:\n  payment: {extract: 1}")
+    with pytest.raises(ConfigError, match="s3://artifacts/bad.yaml is invalid: "
+                                          "tables.payment.extract"):
+        load_config("s3://artifacts/bad.yaml")

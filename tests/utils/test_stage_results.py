@@ -4,11 +4,16 @@ import json
 import re
 
 from support import REPO
+from totes.ingest.status import ItemStatus
+from totes.load.pending import PendingResult
+from totes.notify.alerts import Alert
 from totes.utils.stage_results import (IngestResult, LoadResult, PlanResult, TransformResult)
 from totes.utils.watermark import Watermark
 
-STATE_RESULTS = {"Plan": PlanResult, "IngestTable": IngestResult,
-                 "Transform": TransformResult, "Load": LoadResult}
+STATE_RESULTS = {"Plan": PlanResult, "IngestTable": IngestResult, "RecordSuccess": ItemStatus,
+                 "RecordFailure": ItemStatus, "RecordCheckFailure": ItemStatus,
+                 "Pending": PendingResult, "Transform": TransformResult, "Load": LoadResult,
+                 "Alert": Alert}
 
 
 def states(node):
@@ -25,7 +30,11 @@ def test_every_field_the_state_machine_selects_is_in_the_stage_result():
     selected = {}
     for name, state in states(definition):
         for path in state.get("ResultSelector", {}).values():
-            selected.setdefault(name, set()).add(path.removeprefix("$.Payload.").split(".")[0])
+            if path != "$.Payload":  # the whole result
+                selected.setdefault(name, set()).add(
+                    path.removeprefix("$.Payload.").split(".")[0])
+            else:
+                selected.setdefault(name, set())
     assert set(selected) == set(STATE_RESULTS)
     for name, fields in selected.items():
         assert fields <= set(STATE_RESULTS[name].model_fields), (name, fields)
