@@ -3,7 +3,7 @@ progress and errors on standard error. ``--json`` output does not come through h
 from __future__ import annotations
 
 import sys
-from datetime import datetime
+from datetime import datetime, timezone
 
 from rich import box
 from rich.console import Console
@@ -15,7 +15,7 @@ from totes.utils.stage_results import IngestResult, LoadResult, RunResult, Trans
 
 #: Width of tables when standard output is not a terminal (a pipe, a file, a CI log), so
 #: that they do not wrap at Rich's default of 80 columns.
-PIPED_WIDTH = 160
+PIPED_WIDTH = 200
 FACT_SOURCES = ("sales_order", "purchase_order", "payment")
 
 
@@ -159,6 +159,14 @@ def _when(iso: Optional[str]) -> str:
     return iso[:19].replace("T", " ") if iso else "-"
 
 
+def _short_when(iso: Optional[str]) -> str:
+    """``14:02:11`` today (UTC), else ``2026-11-30 14:02``."""
+    if not iso:
+        return "-"
+    today = datetime.now(timezone.utc).date().isoformat()
+    return iso[11:19] if iso.startswith(today) else iso[:16].replace("T", " ")
+
+
 def _mark(mark: Optional[dict]) -> str:
     if not mark:
         return "-"
@@ -181,17 +189,19 @@ def status_table(result) -> Table:
     """``totes status``: one row per table, the pipeline's pending batches in the title."""
     pending = "?" if result.pending_batches is None else f"{result.pending_batches:,}"
     loaded = result.last_load
-    table = Table("table", "mode", "last success", "rows", "high watermark", "lag",
-                  "lake files pending", "now", "last failure",
+    table = Table("table", "mode", "last success", "last batch", "high watermark", "lag",
+                  "untransformed", "running", "last failure",
                   title=f"status (batches not loaded: {pending}; last load: "
                         f"{_when(loaded.ended_at) if loaded else '-'}"
                         f"{' ' + loaded.status if loaded else ''})")
     for s in result.tables:
-        ok, bad = s.last_success, s.last_failure
-        table.add_row(s.table, s.mode, _when(ok.ended_at) if ok else "-",
-                      f"{ok.rows:,}" if ok else "-", _mark(s.high_watermark), _lag(s),
-                      f"{s.pending_lake_files:,}", f"running ({s.running})" if s.running
-                      else "", f"{_when(bad.ended_at)} {bad.error_type}" if bad else "")
+        ok, bad, batch = s.last_success, s.last_failure, s.last_batch
+        table.add_row(s.table, s.mode, _short_when(ok.ended_at) if ok else "-",
+                      f"{batch.rows:,} rows at {_short_when(batch.ended_at)}"
+                      + (f" ({batch.mode})" if batch.mode != "incremental" else "")
+                      if batch else "-", _mark(s.high_watermark), _lag(s),
+                      f"{s.pending_lake_files:,} files", s.running or "",
+                      f"{_short_when(bad.ended_at)} {bad.error_type}" if bad else "")
     return table
 
 

@@ -29,6 +29,7 @@ class TableStatus(BaseModel):
     table: str
     mode: str
     last_success: Optional[LedgerRecord] = None
+    last_batch: Optional[LedgerRecord] = None  # the last success that extracted rows
     last_failure: Optional[LedgerRecord] = None
     running: Optional[str] = None           # the run holding the lease now
     high_watermark: Optional[dict] = None   # the lake's (the truth)
@@ -90,6 +91,8 @@ def pipeline_status(config: PipelineConfig, ledger: Ledger, lake: Lake, processe
         status = TableStatus(
             table=plan.table, mode=plan.mode,
             last_success=ledger.last("ingest", plan.table, "succeeded"),
+            last_batch=next((r for r in ledger.history("ingest", plan.table, 200)
+                             if r.status == "succeeded" and r.key), None),
             last_failure=ledger.last("ingest", plan.table, "failed"),
             running=holder.owner if holder else None,
             high_watermark=high.model_dump() if high else None,
