@@ -9,7 +9,7 @@ INSTALLED := $(VENV)/.installed
 DEV_INSTALLED := $(VENV)/.dev-installed
 
 .PHONY: help run test install-requirements install-dev-tools run-pytest check-pep8-compliance \
-	security-checks bandit dependency-audit run-checks bench stop clean-state clean \
+	security-checks bandit dependency-audit run-checks bench bench-large stop clean-state clean \
 	layer package tf-validate deploy-local put-secrets upload-config
 
 help:
@@ -20,6 +20,7 @@ help:
 	@echo "make check-pep8-compliance  flake8"
 	@echo "make security-checks        bandit and a dependency audit (needs the network)"
 	@echo "make bench                  time small incremental runs after 1, 10, 100 batches"
+	@echo "make bench-large            time every stage on a 2,000,000-row sales_order"
 	@echo "make layer / package        build the Lambda layer / code zip into build/ (sizes printed)"
 	@echo "make tf-validate            terraform fmt + validate, asl-validator, checkov (offline)"
 	@echo "make deploy-local           apply both layers on an AWS emulator, run the state machine"
@@ -74,6 +75,10 @@ run-checks: check-pep8-compliance security-checks run-pytest
 
 bench: $(INSTALLED)
 	$(BIN)/python benchmarks/incremental_run.py
+
+# A 2,000,000-row sales_order: stages, floors, no-change and 10-row runs (about 5 minutes).
+bench-large: $(INSTALLED)
+	$(BIN)/python benchmarks/large_source.py
 
 # ---- AWS deployment ----------------------------------------------------------------------
 TF := scripts/tf

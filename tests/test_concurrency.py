@@ -69,7 +69,12 @@ def test_three_runs_started_at_once_land_every_row_version_once(resources, tmp_p
     runs = [subprocess.Popen(argv, env=env, stdout=subprocess.PIPE,  # nosec B603
                              stderr=subprocess.PIPE, text=True) for _ in range(3)]
     outputs = [run.communicate(timeout=300) for run in runs]
-    assert [run.returncode for run in runs] == [0, 0, 0], [err for _, err in outputs]
+    # 65: a run's load held fact rows whose dimension rows another run was still bringing;
+    # a later load of the three released them (checked below: nothing is left held).
+    assert {run.returncode for run in runs} <= {0, 65}, [err for _, err in outputs]
+    assert query(resources.warehouse, "SELECT (SELECT count(*) FROM totes.held_fact_sales_order)"
+                 " + (SELECT count(*) FROM totes.held_fact_payment) + (SELECT count(*) FROM "
+                 "totes.held_fact_purchase_order)") == [[0]]
 
     assert_exact(resources)
     for table in SOURCE_TABLES:

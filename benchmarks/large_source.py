@@ -1,0 +1,207 @@
+"""Benchmark: totes on a source whose ``sales_order`` holds 2,000,000 rows (``make bench-large``).
+
+The source is the real ToteSys snapshot, with ``sales_order`` grown to 2,000,000 rows by a
+deterministic generator (:data:`GROW_SALES_ORDER`): every foreign key points at an existing
+row (designs, staff, counterparties, currencies, addresses taken in turn), ``created_at``
+steps by 29 seconds from 2022-11-03 (two years), ``units_sold`` ranges 1,000-100,000 and
+``unit_price`` 2.00-4.99, agreed dates 2-15 days after creation: the shapes of the real rows.
+
+Each stage runs in its own process (the ``totes`` command), so its wall-clock seconds and its
+peak resident memory are its own (RSS sampled every 20 ms). Next to them, the floors the
+server reaches alone in the same run: ``COPY (SELECT …) TO '/dev/null'`` for the extract and
+``COPY … FROM`` a server-side file into an empty table with the fact's primary key for the
+load. Then the first run as a whole, a run with nothing new, and a run that brings 10 rows
+(median of three each). Prints numbers; asserts nothing. About 5 minutes on 2 cores.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess  # nosec B404 (the installed totes command, fixed arguments)
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+TOTES = str(Path(sys.executable).with_name("totes"))
+ROWS = 2_000_000
+REPEATS = 3
+
+GROW_SALES_ORDER = """
+WITH ids AS (
+    SELECT (SELECT array_agg(design_id ORDER BY design_id) FROM design) AS designs,
+           (SELECT array_agg(staff_id ORDER BY staff_id) FROM staff) AS staff,
+           (SELECT array_agg(counterparty_id ORDER BY counterparty_id) FROM counterparty)
+               AS counterparties,
+           (SELECT array_agg(currency_id ORDER BY currency_id) FROM currency) AS currencies,
+           (SELECT array_agg(address_id ORDER BY address_id) FROM address) AS addresses
+), rows AS (
+    SELECT i, timestamp '2022-11-03 14:20:52' + i * interval '29 seconds' AS moment
+    FROM generate_series(1, :missing) i
+)
+INSERT INTO sales_order (created_at, last_updated, design_id, staff_id, counterparty_id,
+                         units_sold, unit_price, currency_id, agreed_delivery_date,
+                         agreed_payment_date, agreed_delivery_location_id)
+SELECT moment, moment,
+       designs[1 + (i * 7919) % cardinality(designs)],
+       staff[1 + (i * 104729) % cardinality(staff)],
+       counterparties[1 + (i * 1299709) % cardinality(counterparties)],
+       1000 + (i * 48271) % 99001,
+       2.00 + ((i * 16807) % 300) / 100.0,
+       currencies[1 + i % cardinality(currencies)],
+       to_char(moment::date + 2 + i % 14, 'YYYY-MM-DD'),
+       to_char(moment::date + 3 + (i * 7) % 13, 'YYYY-MM-DD'),
+       addresses[1 + (i * 3571) % cardinality(addresses)]
+FROM rows, ids
+"""
+NEW_ORDERS = """
+INSERT INTO sales_order (created_at, last_updated, design_id, staff_id, counterparty_id,
+    units_sold, unit_price, currency_id, agreed_delivery_date, agreed_payment_date,
+    agreed_delivery_location_id)
+SELECT n.moment, n.moment, design_id, staff_id, counterparty_id, units_sold, unit_price,
+       currency_id, agreed_delivery_date, agreed_payment_date, agreed_delivery_location_id
+FROM (SELECT * FROM sales_order ORDER BY sales_order_id LIMIT 10) s,
+     (SELECT max(last_updated) + interval '1 second' AS moment FROM sales_order) n
+"""
+
+
+def measured(argv: list[str], env: dict) -> tuple[float, int, str]:
+    """(seconds, peak RSS in bytes, stdout) of one command."""
+    started = time.monotonic()
+    process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE,  # nosec B603
+                               stderr=subprocess.PIPE, text=True)
+    watched, peak = psutil.Process(process.pid), 0
+    while process.poll() is None:
+        try:
+            peak = max(peak, watched.memory_info().rss)
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(0.02)
+    out, err = process.communicate()
+    seconds = time.monotonic() - started
+    if process.returncode not in (0, 65):
+        raise SystemExit(f"{' '.join(argv[1:3])} failed ({process.returncode}): {err[-2000:]}")
+    return seconds, peak, out
+
+
+def main() -> int:
+    from totes.local.embedded import EmbeddedPostgres
+    from totes.local.seed import seed
+    from totes.utils.db import Database
+
+    with tempfile.TemporaryDirectory(prefix="totes-bench-large-") as folder:
+        home = Path(folder)
+        server = EmbeddedPostgres(home)
+        urls = server.start()
+        try:
+            source = Database.from_url("source", urls["totesys"])
+            env = dict(os.environ, TOTES_HOME=str(home), TOTES_LEDGER=f"sqlite://{home}/l.db")
+            flags = ["--source-url", urls["totesys"], "--warehouse-url", urls["warehouse"]]
+            started = time.monotonic()
+            seed(source)
+            with source.session("bench", "growing sales_order") as session:
+                (have,), = session.conn.run("SELECT count(*) FROM sales_order")
+                session.conn.run(GROW_SALES_ORDER, missing=ROWS - have)
+                session.conn.run("ANALYZE sales_order")
+                floor_extract = _server_copy_out(session.conn)
+            print(f"source: sales_order {ROWS:,} rows (built in {time.monotonic() - started:.0f}"
+                  " s); other tables from the real snapshot", flush=True)
+
+            stages = {}
+            for stage, argv in (
+                    ("ingest", [TOTES, "ingest", "--json", "--source-url", urls["totesys"]]),
+                    ("transform", [TOTES, "transform", "--json"]),
+                    ("load", [TOTES, "load", "--json", "--warehouse-url", urls["warehouse"]])):
+                stages[stage] = measured(argv, env)
+            ingest = {r["table"]: r for r in json.loads(stages["ingest"][2])}
+            with Database.from_url("warehouse", urls["warehouse"]).session(
+                    "bench", "timing a server-side load") as session:
+                floor_load = _server_copy_in(session.conn, Database.from_url(
+                    "source", urls["totesys"]), home)
+
+            def run(label):
+                times = []
+                for _ in range(REPEATS):
+                    if label == "10 new rows":
+                        with source.session("bench", "adding rows") as session:
+                            session.conn.run(NEW_ORDERS)
+                    times.append(measured([TOTES, "run", "--json", *flags], env)[0])
+                return statistics.median(times)
+
+            fresh = home / "fresh"
+            first_env = dict(env, TOTES_LEDGER=f"sqlite://{fresh}/l.db")
+            with Database.from_url("warehouse", urls["warehouse"]).session(
+                    "bench", "a second warehouse") as session:
+                session.conn.run("CREATE DATABASE warehouse_first")
+            first = measured([TOTES, "run", "--json", "--source-url", urls["totesys"],
+                              "--warehouse-url", urls["warehouse"].replace(
+                                  "/warehouse?", "/warehouse_first?"),
+                              "--lake", str(fresh / "lake"), "--processed",
+                              str(fresh / "processed")], first_env)
+            nothing_new, ten_rows = run("nothing new"), run("10 new rows")
+            start_only = measured([TOTES, "--version"], env)[0]
+        finally:
+            server.stop()
+
+    sales = ingest["sales_order"]
+    print(f"\n{'stage':<34}{'seconds':>9}{'rows/s':>12}{'peak RSS':>11}{'floor s':>9}"
+          f"{'ratio':>7}")
+
+    def line(name, seconds, rows=None, rss=None, floor=None):
+        rate = f"{rows / seconds:>12,.0f}" if rows else f"{'':>12}"
+        memory = f"{rss / 2**20:>9.0f}MB" if rss else f"{'':>11}"
+        ratio = f"{floor:>9.2f}{seconds / floor:>7.1f}" if floor else ""
+        print(f"{name:<34}{seconds:>9.2f}{rate}{memory}{ratio}", flush=True)
+
+    all_rows = sum(r["rows"] for r in ingest.values())
+    line("ingest, all tables (first)", stages["ingest"][0], all_rows, stages["ingest"][1])
+    line("  of which sales_order extract", sales["seconds"], sales["rows"], None,
+         floor_extract)
+    line("transform (first batch)", stages["transform"][0], sales["rows"],
+         stages["transform"][1])
+    line("load (first batch)", stages["load"][0], sales["rows"], stages["load"][1], floor_load)
+    line("first totes run, whole", first[0], None, first[1])
+    line("run with nothing new (median)", nothing_new)
+    line("run with 10 new rows (median)", ten_rows)
+    line("process start (totes --version)", start_only)
+    return 0
+
+
+def _server_copy_out(conn) -> float:
+    """Seconds the server takes to produce the extract alone (COPY to /dev/null)."""
+    started = time.monotonic()
+    conn.run("COPY (SELECT * FROM sales_order ORDER BY last_updated, sales_order_id) "
+             "TO '/dev/null' WITH (FORMAT csv)")
+    return time.monotonic() - started
+
+
+def _server_copy_in(conn, source, home: Path) -> float:
+    """Seconds the server takes to load the fact rows from a file of its own into an empty
+    table with the fact's primary key (the floor of a load)."""
+    path = home / "postgres" / "floor.csv"  # the data directory: the server may write there
+    with source.session("bench", "writing the load floor's file") as session:
+        # A fixed statement (the path is this benchmark's own temporary folder).
+        session.conn.run(f"COPY (SELECT sales_order_id, created_at::date, created_at::time, "
+                         f"last_updated::date, last_updated::time, staff_id, counterparty_id, "
+                         f"units_sold, unit_price, currency_id, design_id, "
+                         f"agreed_payment_date::date, agreed_delivery_date::date, "
+                         f"agreed_delivery_location_id FROM sales_order) TO '{path}' "
+                         "WITH (FORMAT csv)")  # nosec B608
+    conn.run("CREATE TABLE floor_fact (LIKE fact_sales_order INCLUDING DEFAULTS)")
+    conn.run("ALTER TABLE floor_fact ADD PRIMARY KEY (sales_order_id, last_updated_date, "
+             "last_updated_time)")
+    columns = ("sales_order_id, created_date, created_time, last_updated_date, "
+               "last_updated_time, sales_staff_id, counterparty_id, units_sold, unit_price, "
+               "currency_id, design_id, agreed_payment_date, agreed_delivery_date, "
+               "agreed_delivery_location_id")
+    started = time.monotonic()
+    conn.run(f"COPY floor_fact ({columns}) FROM '{path}' WITH (FORMAT csv)")  # nosec
+    return time.monotonic() - started
+
+
+if __name__ == "__main__":
+    sys.exit(main())
