@@ -206,7 +206,7 @@ def run(source_url: Optional[str] = SourceUrl, warehouse_url: Optional[str] = Wa
             console.print(render.transform_table(result.transform))
             console.print(render.load_table(result.load))
             console.print(render.run_summary(result))
-            for line in (render.source_warnings(result.ingest)
+            for line in (render.source_warnings(result.ingest, tuple(result.plan.warnings))
                          + render.held_back(result.transform, result.load)):
                 progress.console.print(f"[yellow]{escape(line)}[/]")
             _connect_hint(workspace)

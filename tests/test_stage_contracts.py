@@ -166,3 +166,34 @@ def test_loading_a_batch_that_is_not_there_is_named(resources, bad_key, message)
     run_pipeline(resources)
     with pytest.raises((ConfigError, LakeError), match=message):
         load(resources.processed, resources.warehouse, [bad_key])
+
+
+def test_a_bulk_load_keeps_every_key_and_loads_each_version_once(resources, monkeypatch):
+    from totes.load import warehouse as warehouse_module
+    from totes.local.runner import ingest_all
+    from totes.ingest.extract import ingest_table
+
+    monkeypatch.setattr(warehouse_module, "BULK_MIN_ROWS", 1)  # every fact batch in bulk
+    planned = plan(load_config(resources.config_path), resources.source)
+    ingest_all(resources.source, resources.lake, planned)
+    sales = next(p for p in planned.tables if p.table == "sales_order")
+    ingest_table(sales.with_mode("reingest"), resources.source, resources.lake)  # twice over
+    transform(resources.lake, resources.processed)
+    loaded = load(resources.processed, resources.warehouse)
+
+    inserted = {t.table: t.inserted for t in loaded.tables}
+    for table, fact in (("sales_order", "fact_sales_order"), ("payment", "fact_payment")):
+        versions = fact_versions(resources.warehouse, fact, f"{table}_id")
+        assert len(versions) == len(set(versions)) == snapshot(table).num_rows == \
+            inserted[fact]
+    declared = query(resources.warehouse, "SELECT conrelid::regclass::text, contype, "
+                     "count(*), bool_and(convalidated) FROM pg_constraint WHERE conrelid IN "
+                     "('fact_sales_order'::regclass, 'fact_payment'::regclass) GROUP BY 1, 2 "
+                     "ORDER BY 1, 2")
+    assert declared == [["fact_payment", "f", 7, True], ["fact_payment", "p", 1, True],
+                        ["fact_payment", "u", 1, True], ["fact_sales_order", "f", 9, True],
+                        ["fact_sales_order", "p", 1, True], ["fact_sales_order", "u", 1, True]]
+    before = fingerprint(resources.warehouse)
+    assert sum(t.inserted for t in load(resources.processed, resources.warehouse,
+                                        loaded.batches).tables) == 0  # a reload: nothing
+    assert fingerprint(resources.warehouse) == before

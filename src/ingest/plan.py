@@ -15,7 +15,7 @@ import json
 import logging
 from typing import Optional
 
-from totes.ingest.source_catalog import check_table
+from totes.ingest.source_catalog import check_table, watermark_index_advice
 from totes.utils.config import PipelineConfig, TablePlan, resolve_tables
 from totes.utils.db import Database
 from totes.utils.errors import ConfigError, PermissionDenied, SourceSchemaError
@@ -68,6 +68,7 @@ def plan(config: PipelineConfig, source: Optional[Database] = None,
     """
     plans, left_out = select(
         [p.model_copy(update={"run_id": run_id}) for p in resolve_tables(config)], tables)
+    warnings = []
     if source is not None:
         with source.session("totes-plan", f"checking the tables in the {source.describe()}") \
                 as session:
@@ -75,6 +76,12 @@ def plan(config: PipelineConfig, source: Optional[Database] = None,
                 try:
                     check_table(session.conn, item.table, item.primary_key,
                                 item.watermark_column)
+                    if item.mode != "full" and item.watermark_column:
+                        advice = watermark_index_advice(session.conn, item.table,
+                                                        item.watermark_column, item.primary_key)
+                        if advice:
+                            log.warning(advice)
+                            warnings.append(advice)
                 except (SourceSchemaError, PermissionDenied) as exc:
                     if not per_table_errors:
                         raise
@@ -84,4 +91,4 @@ def plan(config: PipelineConfig, source: Optional[Database] = None,
                                              "errorMessage": str(exc)})}})
     if left_out:
         log.info("this run leaves out: %s", ", ".join(left_out))
-    return PlanResult(tables=plans, left_out=left_out)
+    return PlanResult(tables=plans, left_out=left_out, warnings=warnings)

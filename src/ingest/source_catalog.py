@@ -13,6 +13,7 @@ from typing import Optional
 
 import pyarrow as pa
 
+from totes.utils.db import quote_ident
 from totes.utils.errors import PermissionDenied, SourceSchemaError
 from totes.utils.source_tables import SOURCE_TABLES
 
@@ -117,6 +118,35 @@ def check_table(conn, table: str, primary_key: str,
         raise SourceSchemaError(f"table {table!r} has no column {', '.join(missing)}, which "
                                 "transform reads (renamed or dropped in the source?)")
     return columns
+
+
+#: A table with more rows than this and no index that serves its watermark predicate is
+#: worth an index: each incremental run would read it whole.
+LARGE_TABLE_ROWS = 100_000
+
+
+def watermark_index_advice(conn, table: str, watermark_column: str,
+                           primary_key: str) -> Optional[str]:
+    """When ``table`` is large (by the planner's estimate) and no index starts with
+    ``watermark_column``: a warning with the ``CREATE INDEX CONCURRENTLY`` statement that
+    makes incremental runs cheap (the project never changes the source itself); else None."""
+    (estimate, indexed), = conn.run(_WATERMARK_INDEX_SQL, table=table, column=watermark_column)
+    if indexed or estimate is None or estimate < LARGE_TABLE_ROWS:
+        return None
+    return (f"{table} holds about {int(estimate):,} rows and no index starts with "
+            f"{watermark_column}: each incremental run reads the whole table. In the source: "
+            f"CREATE INDEX CONCURRENTLY ON {quote_ident(table)} "
+            f"({quote_ident(watermark_column)}, {quote_ident(primary_key)});")
+
+
+_WATERMARK_INDEX_SQL = """
+SELECT c.reltuples,
+       EXISTS (SELECT 1 FROM pg_index i
+               JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = i.indkey[0]
+               WHERE i.indrelid = c.oid AND i.indpred IS NULL AND a.attname = :column)
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = current_schema() AND c.relname = :table
+"""
 
 
 _PRIVILEGE_AND_KEY_SQL = """

@@ -95,9 +95,10 @@ def replay_row(table: Table, moment: datetime, result: RunResult) -> str:
     return f"  {moment:%Y-%m-%d %H:%M}: {detail or 'nothing new'}"
 
 
-def source_warnings(results: list[IngestResult]) -> list[str]:
-    """Lines naming old open source transactions that held an extract back."""
-    lines = []
+def source_warnings(results: list[IngestResult], advice: tuple = ()) -> list[str]:
+    """Lines naming old open source transactions that held an extract back (and plan's
+    ``advice``)."""
+    lines = list(advice)
     for r in results:
         if r.held_back_by is not None:
             b = r.held_back_by

@@ -19,13 +19,18 @@ def text_to_date(values, violations: Violations, column: str) -> pa.Array:
     '2024-1-5' is not a YYYY-MM-DD date``."""
     if isinstance(values, pa.ChunkedArray):
         values = values.combine_chunks()
-    parsed = pc.strptime(values, format="%Y-%m-%d", unit="s", error_is_null=True)
+    # A column of dates repeats a few hundred values: parse each distinct text once.
+    encoded = values.dictionary_encode()
+    texts = encoded.dictionary
+    parsed = pc.strptime(texts, format="%Y-%m-%d", unit="s", error_is_null=True)
     # Formatting back must give the same text: rejects '2024-1-5' and days past the month's
     # end (which strptime rolls over into the next month).
-    same = pc.equal(pc.strftime(parsed, format="%Y-%m-%d"), values)
-    bad = pc.and_(pc.is_valid(values), pc.invert(pc.fill_null(same, False)))
+    same = pc.fill_null(pc.equal(pc.strftime(parsed, format="%Y-%m-%d"), texts), False)
+    dates = pc.if_else(same, parsed, pa.scalar(None, pa.timestamp("s"))).cast(pa.date32())
+    bad = pc.and_(pc.is_valid(values), pc.invert(pc.fill_null(pc.take(same, encoded.indices),
+                                                              False)))
     violations.add(bad, column, "text_date", lambda v: f"{v!r} is not a YYYY-MM-DD date", values)
-    return pc.if_else(bad, pa.scalar(None, pa.timestamp("s")), parsed).cast(pa.date32())
+    return pc.take(dates, encoded.indices)
 
 
 def split_timestamp(values) -> tuple[pa.Array, pa.Array]:

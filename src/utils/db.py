@@ -303,6 +303,11 @@ def _sqlstate(exc: Exception) -> tuple[str, str]:
     return fields.get("C", ""), message
 
 
+def sqlstate_of(exc: Exception) -> str:
+    """The SQLSTATE of a pg8000 ``DatabaseError`` (``"23505"``), or ``""``."""
+    return _sqlstate(exc)[0]
+
+
 def _network_reason(exc: BaseException) -> str:
     """What the operating system said when a connection failed (``Connection refused``,
     ``Name or service not known``, ``timed out``), not the driver's own wording."""

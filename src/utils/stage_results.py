@@ -26,10 +26,13 @@ class PlanResult(_Result):
         {"tables": [<TablePlan>, ...], "left_out": ["currency", ...]}
 
     ``left_out``: the configured tables this run does not extract (the run named others).
+    ``warnings``: what plan advises without failing (a large table without an index on its
+    watermark, with the statement that adds one).
     """
 
     tables: list[TablePlan]
     left_out: list[str] = []
+    warnings: list[str] = []
 
 
 class HeldBackBy(_Result):

@@ -113,3 +113,18 @@ def test_the_s3_lake_and_the_local_lake_get_identical_files(seeded_source, tmp_p
                         for d, _, files in os.walk(local.root) if ".staging" not in d
                         for f in files)
     assert s3_keys == ["ingest/" + k for k in local_keys]
+
+
+def test_plan_advises_an_index_for_a_large_table_without_one(empty_source):
+    from totes.ingest.plan import plan
+    from totes.utils.config import parse_config
+
+    make_big_table(empty_source, 150_000)
+    query(empty_source, "ANALYZE big")
+    config = parse_config({"tables": {"big": {"primary_key": "big_id"}}})
+    [advice] = plan(config, empty_source).warnings
+    assert advice.startswith("big holds about 150,000 rows and no index starts with "
+                             "last_updated")
+    assert advice.endswith('CREATE INDEX CONCURRENTLY ON "big" ("last_updated", "big_id");')
+    query(empty_source, 'CREATE INDEX ON "big" ("last_updated", "big_id")')
+    assert plan(config, empty_source).warnings == []
