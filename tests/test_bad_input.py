@@ -9,7 +9,7 @@ import pytest
 
 from support import CONFIG, query, snapshot
 from test_end_to_end import fingerprint
-from totes.ingest import extract
+from totes.ingest import postgres_reader
 from totes.ingest.extract import ingest_table
 from totes.ingest.plan import plan
 from totes.load.warehouse import load
@@ -154,7 +154,7 @@ def test_staging_files_a_killed_run_left_are_removed(resources):
 
 def test_an_old_open_transaction_that_holds_rows_back_is_named(seeded_source, tmp_path,
                                                                monkeypatch):
-    monkeypatch.setattr(extract, "HELD_BACK_WARNING_SECONDS", 0.5)
+    monkeypatch.setattr(postgres_reader, "HELD_BACK_WARNING_SECONDS", 0.5)
     idle = seeded_source.connect("forgotten-client")
     try:
         idle.run("START TRANSACTION")

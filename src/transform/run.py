@@ -35,6 +35,7 @@ from totes.utils.manifest import Manifest, commit, latest_manifest, state_prefix
 from totes.utils.quarantine import quarantine_prefix
 from totes.utils.source_tables import REFERENCE_TABLES, SOURCE_TABLES
 from totes.utils.stage_results import TableOutput, TransformResult
+from totes.utils.watermark import batch_files
 from totes.utils.star_schema import TABLES
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,8 @@ def pending_lake_files(lake: Lake, previous: Optional[Manifest]) -> dict[str, li
 
 
 def _read_all(lake: Lake, keys: list[str], retry: Optional[pa.Table] = None) -> pa.Table:
-    tables = [lake.read_table(key) for key in keys] + ([retry] if retry is not None else [])
+    tables = [lake.read_table(file) for key in keys for file in batch_files(lake, key)] + \
+        ([retry] if retry is not None else [])
     return pa.concat_tables(tables, promote_options="default")
 
 
@@ -125,7 +127,8 @@ def write_facts(lake: Lake, new_keys: dict[str, list[str]], outputs: _Outputs,
     dates = [pa.array([], pa.date32())]
     for source_table, (fact_name, _) in FACT_SOURCES.items():
         batches = (batch for key in new_keys.get(source_table, [])
-                   for batch in lake.iter_batches(key, FACT_BATCH_ROWS))
+                   for file in batch_files(lake, key)
+                   for batch in lake.iter_batches(file, FACT_BATCH_ROWS))
         if source_table in retry:
             batches = _chain(batches, retry[source_table].to_batches(FACT_BATCH_ROWS))
         for batch in batches:

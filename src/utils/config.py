@@ -40,6 +40,10 @@ class TableOptions(BaseModel):
     watermark_column: Optional[str] = None
     record_batch_bytes: Optional[int] = Field(None, ge=1024, le=1 << 30)
     in_flight_safety_lag_seconds: Optional[float] = Field(None, ge=0)
+    partition_column: Optional[str] = None
+    num_partitions: Optional[int] = Field(None, ge=1, le=1024)
+    lower_bound: Optional[str] = None
+    upper_bound: Optional[str] = None
 
 
 class PipelineConfig(BaseModel):
@@ -70,6 +74,9 @@ class TablePlan(BaseModel):
     (text as the source prints the column's values: ``2024-11-01 00:00:00`` or ``1200``).
     ``watermark_column`` is None only for a ``full`` table that names none.
     ``run_id`` names the run in the ledger (the state machine's execution, or the local run).
+    ``partition_column``/``num_partitions``/``lower_bound``/``upper_bound``: read the table as
+    that many ranges of an integer or timestamp column in parallel (bounds: the column's
+    minimum and maximum when not given; see :mod:`totes.ingest.partitions`).
     ``check_error`` (state machine only): plan found the table unusable in the source
     (``{"Error": "SourceSchemaError", "Cause": "<error JSON>"}``); its Map item records the
     failure instead of extracting, and the other tables go on.
@@ -86,6 +93,10 @@ class TablePlan(BaseModel):
     in_flight_safety_lag_seconds: float = 300.0
     backfill_from: Optional[str] = None
     backfill_to: Optional[str] = None
+    partition_column: Optional[str] = None
+    num_partitions: int = 1
+    lower_bound: Optional[str] = None
+    upper_bound: Optional[str] = None
     run_id: Optional[str] = None
     check_error: Optional[dict] = None
 
@@ -96,6 +107,8 @@ class TablePlan(BaseModel):
             raise ValueError(f"{where}: {self.mode} needs a watermark_column")
         if self.extract_type == "full" and self.mode == "incremental":
             self.mode = "full"
+        if self.num_partitions > 1 and not self.partition_column:
+            raise ValueError(f"{where}: num_partitions needs a partition_column")
         if self.mode == "backfill":
             if self.backfill_from is None or self.backfill_to is None:
                 raise ValueError(f"{where}: a backfill needs both --from and --to")
@@ -196,7 +209,7 @@ def parse_config(document: object, source: str = "configuration") -> PipelineCon
         _check_identifier(source, f"tables.{table}", table)
     for key, options in [("defaults", config.defaults)] + [
             (f"tables.{table}", own) for table, own in config.tables.items() if own]:
-        for column in ("primary_key", "watermark_column"):
+        for column in ("primary_key", "watermark_column", "partition_column"):
             value = getattr(options, column)
             if value is not None:
                 _check_identifier(source, f"{key}.{column}", value)

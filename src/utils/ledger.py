@@ -291,9 +291,11 @@ class SqliteLedger(Ledger):
             if value is not None:
                 where.append(f"{column} = ?")
                 values.append(value)
-        sql = "SELECT record FROM runs" + (f" WHERE {' AND '.join(where)}" if where else "")
+        # Fixed column names only; the values are bound (?).
+        sql = "SELECT record FROM runs" + (  # nosec B608
+            f" WHERE {' AND '.join(where)}" if where else "")
         with self._connect() as db:
-            rows = db.execute(sql + " ORDER BY started_at DESC, run_id DESC LIMIT ?",  # nosec
+            rows = db.execute(sql + " ORDER BY started_at DESC, run_id DESC LIMIT ?",
                               (*values, limit)).fetchall()
         return [LedgerRecord.model_validate_json(record) for record, in rows]
 

@@ -62,6 +62,7 @@ class IngestResult(_Result):
     watermark after the run (a backfill leaves it as it was; a full snapshot gives its
     greatest). ``range`` is a backfill's ``{"from", "to"}``; ``vanished_rows`` counts, for a
     full snapshot, the rows of the previous snapshot no longer in the source.
+    ``parts`` lists a partitioned batch's parts (key, rows, bounds).
     ``skipped`` says why the table was not extracted (another run holds its lease).
     ``cutoff`` is the instant the extract stopped short of (in-flight transactions).
     ``peak_arrow_bytes`` is the most memory Arrow held at once during the extract.
@@ -78,6 +79,7 @@ class IngestResult(_Result):
     high_watermark: Optional[Watermark]
     range: Optional[dict[str, str]] = None
     vanished_rows: Optional[int] = None
+    parts: Optional[list[dict]] = None
     cutoff: str
     held_back_by: Optional[HeldBackBy] = None
     skipped: Optional[str] = None

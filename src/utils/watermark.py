@@ -14,6 +14,9 @@ Each lake file keeps, in its Parquet footer's key-value metadata (UTF-8 JSON):
   the first release: ``incremental``).
 * ``totes.range``: for a backfill, ``{"from": "...", "to": "..."}``: the batch holds exactly
   the versions whose watermark is in ``[from, to)``.
+* ``totes.parts``: for a partitioned batch, whose file is then a commit with no rows, the
+  parts that hold its rows: ``[{"key": "<table>/_parts/<batch>/part-00001-of-00004.parquet",
+  "rows": 500000, "lower": null, "upper": "500001"}, ...]`` (:func:`batch_files`).
 
 A timestamp is ISO 8601 with a space and microseconds, as PostgreSQL prints it; a
 ``timestamptz`` watermark carries its offset (``+00:00``). Keys are created in commit order
@@ -42,6 +45,7 @@ HIGH_WATERMARK_KEY = b"totes.high_watermark"
 LOW_WATERMARK_KEY = b"totes.low_watermark"
 MODE_KEY = b"totes.mode"
 RANGE_KEY = b"totes.range"
+PARTS_KEY = b"totes.parts"
 
 
 class Watermark(BaseModel):
@@ -104,18 +108,39 @@ class Footer(BaseModel):
     low: Optional[Watermark] = None
     mode: str = "incremental"
     range: Optional[dict[str, str]] = None
+    parts: Optional[list[dict]] = None
 
 
 def footer_metadata(high: Optional[Watermark], low: Optional[Watermark],
                     mode: str = "incremental",
-                    backfill_range: Optional[dict[str, str]] = None) -> dict[bytes, str]:
+                    backfill_range: Optional[dict[str, str]] = None,
+                    parts: Optional[list[dict]] = None) -> dict[bytes, str]:
     """The key-value metadata a batch file's writer adds to its footer."""
     metadata = {HIGH_WATERMARK_KEY: high.model_dump_json() if high is not None else "null",
                 LOW_WATERMARK_KEY: low.model_dump_json() if low is not None else "null",
                 MODE_KEY: json.dumps(mode)}
     if backfill_range is not None:
         metadata[RANGE_KEY] = json.dumps(backfill_range)
+    if parts is not None:
+        metadata[PARTS_KEY] = json.dumps(parts)
     return metadata
+
+
+def batch_files(lake: Lake, key: str) -> list[str]:
+    """The files that hold the rows of the batch at ``key``: its parts for a partitioned
+    batch (whose own file has no rows), else ``[key]``.
+
+    Raises:
+        LakeError / StorageUnavailable: as :func:`read_footer`.
+    """
+    parts = read_footer(lake, key).parts
+    return [part["key"] for part in parts] if parts is not None else [key]
+
+
+def highest(marks) -> Optional[Watermark]:
+    """The greatest of ``marks`` in ``(value, primary key)`` order, None when there is none."""
+    found = [mark for mark in marks if mark is not None]
+    return max(found, key=_order) if found else None
 
 
 def read_footer(lake: Lake, key: str) -> Footer:
@@ -134,7 +159,8 @@ def read_footer(lake: Lake, key: str) -> Footer:
         return Footer(high=json.loads(metadata[HIGH_WATERMARK_KEY]),
                       low=json.loads(metadata.get(LOW_WATERMARK_KEY, b"null")),
                       mode=json.loads(metadata.get(MODE_KEY, b'"incremental"')),
-                      range=json.loads(metadata.get(RANGE_KEY, b"null")))
+                      range=json.loads(metadata.get(RANGE_KEY, b"null")),
+                      parts=json.loads(metadata.get(PARTS_KEY, b"null")))
     except (ValidationError, ValueError, TypeError) as exc:
         raise LakeError(f"{lake.describe(key)} has a malformed watermark in its footer: "
                         f"{exc}") from None

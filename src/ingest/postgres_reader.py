@@ -1,0 +1,397 @@
+"""Reading a PostgreSQL source table: the in-flight cutoff, the ``COPY (SELECT ...) TO STDOUT``
+of a run's rows (by mode, for a partition, in one snapshot), and the CSV stream parsed into
+Arrow record batches written one Parquet row group at a time, the watermarks in the footer.
+
+* **In-flight transactions.** Before taking its snapshot a run reads the start of the oldest
+  transaction still open in the source database (``pg_stat_activity``; the role needs
+  ``pg_read_all_stats`` to see other roles' sessions) and extracts only rows whose watermark is
+  older than that and than the database's clock. A role that cannot see other sessions stops
+  ``in_flight_safety_lag_seconds`` short of the database's clock instead.
+* **Streaming.** ``COPY (SELECT ...) TO STDOUT (FORMAT csv)`` is written by pg8000 into a pipe,
+  parsed by pyarrow's streaming CSV reader into record batches of ``record_batch_bytes`` and
+  written one Parquet row group per batch: memory stays bounded whatever the table's size.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Optional
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+from pg8000.exceptions import DatabaseError
+
+from totes.ingest.partitions import Partition, column_cast
+from totes.ingest.source_catalog import arrow_type, check_table, is_integer
+from totes.utils.config import TablePlan
+from totes.utils.db import quote_ident, translate_error
+from totes.utils.errors import ConfigError, DataError, StorageUnavailable, TotesError
+from totes.utils.stage_results import HeldBackBy
+from totes.utils.watermark import Watermark, footer_metadata, greatest
+
+log = logging.getLogger(__name__)
+
+_CUTOFF_SQL = """
+WITH role AS (
+    SELECT rolsuper OR pg_has_role(current_user, 'pg_read_all_stats', 'USAGE') AS sees_all
+    FROM pg_roles WHERE rolname = current_user
+), open_transactions AS (
+    SELECT pid, usename, application_name, state, xact_start FROM pg_stat_activity
+    WHERE datname = current_database() AND pid <> pg_backend_pid()
+      AND backend_type = 'client backend' AND xact_start IS NOT NULL
+), activity AS (
+    SELECT min(xact_start) AS oldest FROM open_transactions
+), oldest AS (
+    SELECT pid, usename, application_name, state,
+           extract(epoch FROM clock_timestamp() - xact_start)::float8 AS age
+    FROM open_transactions ORDER BY xact_start LIMIT 1
+), cutoff AS (
+    SELECT role.sees_all,
+           CASE WHEN role.sees_all THEN least(activity.oldest, clock_timestamp())
+                ELSE least(activity.oldest,
+                           clock_timestamp() - make_interval(secs => CAST(:lag AS float8)))
+           END AS instant
+    FROM role, activity
+)
+SELECT sees_all, instant::text,
+       (instant AT TIME ZONE (SELECT reset_val FROM pg_settings WHERE name = 'TimeZone'))::text,
+       oldest.pid, oldest.usename, oldest.application_name, oldest.state, oldest.age
+FROM cutoff LEFT JOIN oldest ON true
+"""
+#: An open transaction older than this (seconds) that holds the cutoff back is reported.
+HELD_BACK_WARNING_SECONDS = 60.0
+#: The largest CSV block a row may need (pyarrow's block size is a 32-bit int).
+MAX_RECORD_BATCH_BYTES = (1 << 31) - 1
+
+
+#: Every memory pool an extract measured its peak with. Arrow's buffers point at their pool
+#: without owning it, and the garbage collector may free a buffer (held in a reference cycle,
+#: say a traceback's frames) after the pool's Python object: a pool that died first would be
+#: used after being freed, corrupting the heap (seen as crashes in unrelated code). So pools
+#: are kept for the life of the process: a few hundred bytes per extract.
+_POOLS: list[pa.MemoryPool] = []
+_POOLS_LOCK = threading.Lock()
+
+
+def measuring_pool() -> pa.MemoryPool:
+    """A new proxy of the default memory pool, to measure one extract's peak; never freed."""
+    pool = pa.proxy_memory_pool(pa.default_memory_pool())
+    with _POOLS_LOCK:
+        _POOLS.append(pool)
+    return pool
+
+
+class RowLargerThanBlock(Exception):
+    """A row did not fit in one CSV block of ``record_batch_bytes``; the extract is redone
+    with larger blocks."""
+
+
+def _read_cutoff(conn, lag_seconds: float, with_time_zone: bool
+                 ) -> tuple[str, datetime, bool, Optional[HeldBackBy]]:
+    """(the cutoff as the watermark column's type prints it, the cutoff in UTC, whether the
+    role sees every session, the old open transaction that holds it back)."""
+    (sees_all, instant, local, pid, role, application, state, age), = conn.run(
+        _CUTOFF_SQL, lag=lag_seconds)
+    held_back = None
+    if pid is not None and age is not None and age > HELD_BACK_WARNING_SECONDS:
+        held_back = HeldBackBy(pid=pid, role=role, application_name=application or "",
+                               state=state or "", transaction_age_seconds=round(age, 1))
+    moment = datetime.fromisoformat(instant).astimezone(timezone.utc).replace(tzinfo=None)
+    return (instant if with_time_zone else local), moment, bool(sees_all), held_back
+
+
+def copy_through_pipe(conn, sql: str, consume, doing: str):
+    """Run ``COPY ... TO STDOUT`` in a thread writing into a pipe while ``consume(reader)``
+    parses the other end; returns what ``consume`` returns. A failure of either side raises,
+    the database's first."""
+    read_fd, write_fd = os.pipe()
+    reader = os.fdopen(read_fd, "rb", buffering=1 << 20)
+    writer = os.fdopen(write_fd, "wb", buffering=1 << 20)
+    failures: list[BaseException] = []
+
+    def produce():
+        try:
+            conn.run(sql, stream=writer)
+        except BaseException as exc:  # handed to the consuming thread below, which raises it
+            failures.append(exc)
+        finally:
+            try:
+                writer.close()
+            except OSError:
+                pass  # the consumer closed its end first; its own error is raised
+
+    thread = threading.Thread(target=produce, name="copy-out", daemon=True)
+    thread.start()
+    try:
+        result = consume(reader)
+    except BaseException as consumer_error:
+        reader.close()
+        thread.join()
+        # The consumer's own error comes first when it is one of ours (bad data, a row larger
+        # than a block, a full disk): the database then only saw its end of the pipe close.
+        if failures and not isinstance(consumer_error, (RowLargerThanBlock, TotesError)):
+            raise translate_error(failures[0], doing) from consumer_error
+        raise
+    reader.close()
+    thread.join()
+    if failures:
+        raise translate_error(failures[0], doing) from failures[0]
+    return result
+
+
+@dataclass(frozen=True)
+class Inspected:
+    """What ingest learns of a table before it reads rows: the Arrow schema of its columns,
+    the SQL type of its watermark, the cutoff that stops short of in-flight writes (and the
+    extract's moment, UTC), and the backfill bounds checked against the column's type."""
+
+    schema: pa.Schema
+    watermark_cast: Optional[str]  # "timestamp", "timestamptz", "bigint" or None
+    cutoff: str
+    moment: datetime
+    held_back_by: Optional[HeldBackBy]
+
+
+def inspect_table(conn, plan: TablePlan) -> Inspected:
+    """Check the table, the backfill bounds, and read its columns and the cutoff (before the
+    snapshot is taken).
+
+    Raises:
+        SourceSchemaError: the table or its key/watermark column is missing.
+        ConfigError: a backfill bound is not a value of the watermark's type, or ``from`` is
+            not before ``to``.
+    """
+    table = plan.table
+    columns = check_table(conn, table, plan.primary_key, plan.watermark_column)
+    types = dict(columns)
+    wm_type = types[plan.watermark_column] if plan.watermark_column else None
+    cast = None if wm_type is None else "bigint" if is_integer(wm_type) else \
+        "timestamptz" if "with time zone" in wm_type else "timestamp"
+    if plan.mode == "backfill":
+        _check_range(conn, plan, cast)
+    schema = pa.schema([(name, arrow_type(pg_type, table, name)) for name, pg_type in columns])
+    cutoff, instant, sees_all, held_back = _read_cutoff(
+        conn, plan.in_flight_safety_lag_seconds, cast == "timestamptz")
+    if not sees_all and cast in ("timestamp", "timestamptz"):
+        log.info("%s: the source role cannot see other sessions; stopping %ss short of the "
+                 "database clock (grant pg_read_all_stats to remove the lag)",
+                 table, plan.in_flight_safety_lag_seconds)
+    if held_back is not None:
+        log.warning("%s: rows changed after %s wait for a transaction open for %.0f s "
+                    "(pid %s, role %s, %s); they are extracted once it ends", table, cutoff,
+                    held_back.transaction_age_seconds, held_back.pid, held_back.role,
+                    held_back.state)
+    return Inspected(schema, cast, cutoff, instant, held_back)
+
+
+def _check_range(conn, plan: TablePlan, cast: str) -> None:
+    column = f"{plan.table}.{plan.watermark_column}"
+    bounds = {}
+    for flag, value in (("--from", plan.backfill_from), ("--to", plan.backfill_to)):
+        try:
+            (bounds[flag],), = conn.run(f"SELECT CAST(CAST(:v AS text) AS {cast})", v=value)
+        except DatabaseError:  # outside any transaction: nothing to roll back
+            raise ConfigError(f"backfill {flag} {value!r} is not a {cast}, the type of "
+                              f"{column}") from None
+    if not bounds["--from"] < bounds["--to"]:
+        raise ConfigError(f"backfill of {plan.table}: --from {plan.backfill_from!r} must be "
+                          f"before --to {plan.backfill_to!r} (the range is [from, to))")
+
+
+def _set(conn, **values) -> None:
+    """Bind ``values`` into the transaction's settings ``totes.<name>`` (read back once per
+    statement in scalar subqueries, so the predicate costs nothing per row)."""
+    for name, value in values.items():
+        conn.run("SELECT set_config(:name, :value, true)", name=f"totes.{name}",
+                 value=str(value))
+
+
+def _setting(name: str, cast: str) -> str:
+    return f"(SELECT current_setting('totes.{name}')::{cast})"
+
+
+def extract_sql(conn, plan: TablePlan, source: Inspected, low: Optional[Watermark],
+                part: Optional[Partition] = None) -> str:
+    """The ``COPY (SELECT ...) TO STDOUT`` of this run's rows (of partition ``part``, when
+    given), by mode:
+
+    * incremental: after ``low``, before the cutoff, in ``(watermark, key)`` order;
+    * reingest: before the cutoff, from the beginning;
+    * backfill: watermark in ``[from, to)`` and before the cutoff;
+    * full: every row, in key order.
+
+    Before the cutoff means: a timestamp watermark older than the oldest open transaction
+    (or the safety lag); for an integer watermark, a row whose writing transaction's id is
+    older than the oldest open one's (``xmin`` older than the snapshot's ``xmin``). That is
+    exact when a transaction takes its id (its first write) with the insert that takes the
+    row's id, as an ``INSERT`` with a sequence default does; the README says when it is not.
+    Values are bound with ``set_config``; the statement holds identifiers only, each through
+    ``quote_ident``.
+    """
+    q_pk = quote_ident(plan.primary_key)
+    conditions = []
+    if plan.mode != "full":
+        q_wm, cast = quote_ident(plan.watermark_column), source.watermark_cast
+        if cast == "bigint":
+            conditions.append("age(xmin) > age((pg_snapshot_xmin(pg_current_snapshot())"
+                              "::text::bigint % 4294967296)::text::xid)")
+        else:
+            _set(conn, cutoff=source.cutoff)
+            conditions.append(f"{q_wm} < {_setting('cutoff', cast)}")
+        if plan.mode == "incremental" and low is not None:
+            _set(conn, low_value=low.value, low_pk=low.primary_key)
+            conditions.append(f"({q_wm}, {q_pk}) > ({_setting('low_value', cast)}, "
+                              f"{_setting('low_pk', 'bigint')})")
+        if plan.mode == "backfill":
+            _set(conn, range_from=plan.backfill_from, range_to=plan.backfill_to)
+            conditions.append(f"{q_wm} >= {_setting('range_from', cast)}")
+            conditions.append(f"{q_wm} < {_setting('range_to', cast)}")
+        order = f"{q_wm}, {q_pk}"
+    else:
+        order = q_pk
+    if part is not None and (part.lower is not None or part.upper is not None):
+        condition, values = part.predicate(plan.partition_column,
+                                           column_cast(source.schema, plan))
+        _set(conn, **values)
+        conditions.append(condition)
+    select_list = ", ".join(quote_ident(name) for name in source.schema.names)
+    where = f"WHERE {' AND '.join(conditions)} " if conditions else ""
+    return (f"COPY (SELECT {select_list} FROM {quote_ident(plan.table)} "  # nosec B608
+            f"{where}ORDER BY {order}) TO STDOUT WITH (FORMAT csv)")
+
+
+@dataclass(frozen=True)
+class Written:
+    """What a file of the batch holds: rows, row groups, its high watermark (as the footer
+    keeps it) and, for a full snapshot, its keys (to count the rows that vanished)."""
+
+    rows: int
+    row_groups: int
+    high: Optional[Watermark]
+    ids: Optional[pa.Array] = None
+
+
+@dataclass(frozen=True)
+class Job:
+    """One extract attempt's settings: the plan, the lake file's schema, where it starts,
+    the memory pool it allocates from, the CSV block size, and the cutoff below which a full
+    snapshot's greatest watermark is taken."""
+
+    plan: TablePlan
+    schema: pa.Schema
+    low: Optional[Watermark]
+    pool: pa.MemoryPool
+    block_bytes: int
+    cutoff: Optional[datetime]
+
+
+def csv_to_parquet(reader, staged: str, job: Job) -> Optional[Written]:
+    """Parse the CSV stream of ``reader`` into record batches of ``job.block_bytes`` and write
+    each as one row group of the Parquet file ``staged``, the watermarks in its footer.
+    Returns None (and writes nothing) when the stream is empty.
+
+    Raises:
+        RowLargerThanBlock: a row does not fit in one block.
+        DataError: a value could not be read as its column's type.
+        StorageUnavailable: the staging file could not be written (a full disk).
+    """
+    try:
+        return _write_parquet(reader, staged, job)
+    except pa.ArrowInvalid as exc:
+        if "straddl" in str(exc):  # "straddling object straddles two block boundaries"
+            raise RowLargerThanBlock(str(exc)) from exc
+        raise DataError(job.plan.table, f"has a value that cannot be read as its column's "
+                        f"type: {exc}") from None
+    except OSError as exc:  # the local disk (a full /tmp), not the database
+        raise StorageUnavailable(f"writing the staging file of {job.plan.table}: {exc}") \
+            from exc
+
+
+def _write_parquet(reader, staged, job: Job) -> Optional[Written]:
+    plan, schema, low, pool = job.plan, job.schema, job.low, job.pool
+    if not reader.peek(1):
+        return None
+    batches = pacsv.open_csv(
+        reader,
+        # One thread: Arrow's readahead threads would read the pipe (a Python file) and
+        # allocate from this extract's memory pool after it ends; a crash seen in testing.
+        read_options=pacsv.ReadOptions(column_names=schema.names,
+                                       block_size=job.block_bytes, use_threads=False),
+        parse_options=pacsv.ParseOptions(newlines_in_values=True),
+        convert_options=pacsv.ConvertOptions(
+            column_types=schema, true_values=["t"], false_values=["f"], null_values=[""],
+            strings_can_be_null=True, quoted_strings_can_be_null=False),
+        memory_pool=pool)
+    rows = row_groups = 0
+    last, top, ids = None, None, []
+    with pq.ParquetWriter(staged, schema, compression="zstd", memory_pool=pool) as parquet:
+        for batch in batches:
+            if batch.num_rows == 0:
+                continue
+            parquet.write_batch(batch)
+            rows += batch.num_rows
+            row_groups += 1
+            last = batch
+            if plan.mode == "full":
+                ids.append(batch.column(plan.primary_key))
+                if plan.watermark_column:
+                    top = greatest(_before(batch, plan.watermark_column, job.cutoff),
+                                   plan.watermark_column, plan.primary_key, top)
+            log.debug("%s: %d rows so far", plan.table, rows)
+        high = _high(plan, last, low, top)
+        parquet.add_key_value_metadata(footer_metadata(high, low, plan.mode, backfill_range(plan)))
+    kept = pa.chunked_array(ids, schema.field(plan.primary_key).type).combine_chunks() \
+        if plan.mode == "full" else None
+    return Written(rows, row_groups, high, kept)
+
+
+def vanished(previous_ids: Optional[pa.Array], current: list[pa.Array]) -> Optional[int]:
+    """How many keys of the previous full snapshot are not among ``current``'s (None when
+    there was no previous snapshot)."""
+    if previous_ids is None:
+        return None
+    if not len(previous_ids):
+        return 0
+    now = pa.concat_arrays([c.cast(previous_ids.type) for c in current]) if current else \
+        pa.array([], previous_ids.type)
+    return len(previous_ids) - pc.sum(pc.is_in(previous_ids, value_set=now)).as_py()
+
+
+def cutoff_bound(inspected: Inspected) -> Optional[datetime]:
+    """The cutoff as a datetime, for a timestamp watermark (None otherwise)."""
+    if inspected.watermark_cast in ("timestamp", "timestamptz"):
+        return datetime.fromisoformat(inspected.cutoff)
+    return None
+
+
+def _before(batch: pa.RecordBatch, column: str, cutoff: Optional[datetime]) -> pa.RecordBatch:
+    """The rows of ``batch`` whose ``column`` is before the in-flight ``cutoff``: a full
+    snapshot's high watermark must not pass rows that open transactions may still commit
+    (the next incremental run re-reads those; a version is loaded once all the same)."""
+    if cutoff is None:
+        return batch
+    values = batch.column(column)
+    bound = pa.scalar(cutoff if values.type.tz else cutoff.replace(tzinfo=None),
+                      type=values.type)
+    return batch.filter(pc.fill_null(pc.less(values, bound), False))
+
+
+def _high(plan: TablePlan, last, low: Optional[Watermark],
+          top: Optional[Watermark]) -> Optional[Watermark]:
+    """The footer's high watermark: the table's incremental watermark after this batch."""
+    if plan.mode in ("incremental", "reingest"):
+        return Watermark.of_last_row(last, plan.watermark_column, plan.primary_key)
+    if plan.mode == "backfill":
+        return low  # a backfill never moves the incremental watermark
+    return top
+
+
+def backfill_range(plan: TablePlan) -> Optional[dict[str, str]]:
+    if plan.mode != "backfill":
+        return None
+    return {"from": plan.backfill_from, "to": plan.backfill_to}
