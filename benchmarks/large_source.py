@@ -119,6 +119,17 @@ def main() -> int:
                     ("load", [TOTES, "load", "--json", "--warehouse-url", urls["warehouse"]])):
                 stages[stage] = measured(argv, env)
             ingest = {r["table"]: r for r in json.loads(stages["ingest"][2])}
+            partitioned = {}
+            for count in (2, 4):
+                config = home / f"parted-{count}.yaml"
+                shipped = (REPO / "config" / "pipeline.yaml").read_text()
+                config.write_text(shipped.replace(
+                    "  sales_order: {}", "  sales_order: {partition_column: sales_order_id, "
+                    f"num_partitions: {count}}}"))
+                partitioned[count] = measured(
+                    [TOTES, "ingest", "--json", "--table", "sales_order", "--config",
+                     str(config), "--lake", str(home / f"lake-{count}"), "--source-url",
+                     urls["totesys"]], env)
             with Database.from_url("warehouse", urls["warehouse"]).session(
                     "bench", "timing a server-side load") as session:
                 floor_load = _server_copy_in(session.conn, Database.from_url(
@@ -171,6 +182,10 @@ def main() -> int:
     line("ingest, all tables (first)", stages["ingest"][0], all_rows, stages["ingest"][1])
     line("  of which sales_order extract", sales["seconds"], sales["rows"], None,
          floor_extract)
+    for count, (_, rss, out) in partitioned.items():
+        [result] = json.loads(out)
+        line(f"  sales_order in {count} partitions", result["seconds"], result["rows"], rss,
+             floor_extract)
     line("transform (first batch)", stages["transform"][0], sales["rows"],
          stages["transform"][1])
     line("load (first batch)", stages["load"][0], sales["rows"], stages["load"][1], floor_load)

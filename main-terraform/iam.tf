@@ -1,5 +1,6 @@
 # One role per function, allowed exactly what that stage touches (README.md, "Data flow"):
-#   plan: the source secret, the configuration object; ingest: the source secret,
+#   plan: the source secret, the configuration object, list/read the lake (a partitioned
+#   table's watermark); ingest: the source secret,
 #   list/read/add lake objects; status: the ledger; pending: list/read the lake and the
 #   processed area, the warehouse secret; transform: read the lake, list/read/add processed
 #   objects; load: read processed, the warehouse secret; alert: nothing. Ingest, status,
@@ -21,7 +22,7 @@ locals {
     processed = "arn:${data.aws_partition.current.partition}:s3:::${local.imported.processed_bucket}"
   }
   access = {
-    plan      = { secrets = [local.imported.source_secret_arn], read = [], write = [], ledger = false, config = true }
+    plan      = { secrets = [local.imported.source_secret_arn], read = ["ingest"], write = [], ledger = false, config = true }
     ingest    = { secrets = [local.imported.source_secret_arn], read = ["ingest"], write = ["ingest"], ledger = true, config = false }
     status    = { secrets = [], read = [], write = [], ledger = true, config = false }
     pending   = { secrets = [local.imported.warehouse_secret_arn], read = ["ingest", "processed"], write = [], ledger = false, config = false }

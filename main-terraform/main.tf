@@ -29,6 +29,7 @@ locals {
     plan = {
       TOTES_SOURCE_SECRET = local.imported.source_secret_arn
       TOTES_CONFIG        = local.config_uri
+      TOTES_LAKE          = "s3://${local.imported.ingest_bucket}"
     }
     ingest = {
       TOTES_SOURCE_SECRET = local.imported.source_secret_arn

@@ -11,7 +11,8 @@ real state machine execution end to end, then a failing one, then everything des
    here and removed afterwards; the layers themselves are unchanged.
 4. Executions, each checked with the alerts that arrive (an SQS queue subscribed to the
    alert topic receives them):
-   (a) execution 1 must SUCCEED and fill the warehouse with the snapshot's rows;
+   (a) with sales_order read in 3 partitions (the configuration in S3), execution 1 must
+   SUCCEED and fill the warehouse with the snapshot's rows;
    a currency with no ISO 4217 code: execution 2 SUCCEEDS, with one "rows held back" alert;
    (b) a column of design renamed, a new sales order: execution 3 FAILS with exactly one
    alert naming design, and the sales order reaches the lake;
@@ -222,8 +223,10 @@ def main() -> int:
             return [f"{a.get('Subject')}\n{a.get('Message')}" for a in found]
 
         def lake_files(table: str) -> int:
+            """The table's batches (commit files, not the parts of partitioned ones)."""
             listed = s3.list_objects_v2(Bucket=lake_bucket, Prefix=f"{table}/")
-            return len(listed.get("Contents", []))
+            return len([o for o in listed.get("Contents", [])
+                        if not o["Key"].startswith(f"{table}/_parts/")])
 
         def fact_count(table: str) -> int:
             with warehouse.session("deploy-local", "counting warehouse rows") as session:
@@ -242,6 +245,15 @@ def main() -> int:
             if not condition:
                 raise SystemExit(f"deploy-local: {message}")
 
+        say("the configuration in S3: sales_order read in 3 partitions, one Lambda each")
+        key = "config/totesys/pipeline.yaml"
+        config = yaml.safe_load(s3.get_object(Bucket=found["artifacts_bucket"],
+                                              Key=key)["Body"].read())
+        config["tables"]["sales_order"] = {"partition_column": "sales_order_id",
+                                           "num_partitions": 3}
+        s3.put_object(Bucket=found["artifacts_bucket"], Key=key,
+                      Body=yaml.safe_dump(config).encode())
+
         say("(a) execution 1: the real snapshot into the warehouse")
         first = execute(stepfunctions, machine, "deploy-local-1")
         check(first["status"] == "SUCCEEDED",
@@ -249,6 +261,9 @@ def main() -> int:
         counts = {t: fact_count(t) for t in FACT_ROWS}
         print(f"warehouse after execution 1: {counts}")
         check(counts == FACT_ROWS, f"expected {FACT_ROWS}")
+        parts = s3.list_objects_v2(Bucket=lake_bucket, Prefix="sales_order/_parts/")
+        print(f"sales_order parts in the lake: {len(parts.get('Contents', []))}")
+        check(len(parts.get("Contents", [])) == 3, "sales_order should be read in 3 parts")
         check(alerts() == [], "a successful execution sent an alert")
 
         say("execution 2: a currency with no ISO 4217 code is quarantined, the run lands")
@@ -311,7 +326,6 @@ def main() -> int:
 
         say("(d) the configuration changed in S3 (payment_type removed): the next execution "
             "uses it, with no redeploy")
-        key = "config/totesys/pipeline.yaml"
         config = yaml.safe_load(s3.get_object(Bucket=found["artifacts_bucket"],
                                               Key=key)["Body"].read())
         del config["tables"]["payment_type"]

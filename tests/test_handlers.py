@@ -158,3 +158,46 @@ def test_plan_takes_the_tables_of_this_run_and_names_the_rest(lambda_environment
     assert len(planned["left_out"]) == 9 and "staff" in planned["left_out"]
     with pytest.raises(ConfigError, match="table 'refund' is not in the configuration"):
         plan_handler({"request": {"tables": ["refund"]}}, None)
+
+
+def test_a_partitioned_table_is_read_by_one_worker_per_part(lambda_environment, monkeypatch,
+                                                            tmp_path, seeded_source):
+    import yaml
+
+    from totes.utils.lake import Lake
+    from totes.utils.watermark import batch_files
+
+    document = yaml.safe_load(open(CONFIG))
+    document["tables"]["sales_order"] = {"partition_column": "sales_order_id",
+                                         "num_partitions": 3}
+    path = tmp_path / "parted.yaml"
+    path.write_text(yaml.safe_dump(document))
+    monkeypatch.setenv("TOTES_CONFIG", str(path))
+    monkeypatch.setenv("TOTES_LEDGER", f"sqlite://{tmp_path}/ledger.sqlite3")
+    tables = through_json(plan_handler({"run_id": "execution-9"}, None))["tables"]
+    [sales] = [t for t in tables if t["distributed"]]
+    assert sales["table"] == "sales_order" and len(sales["distributed"]["parts"]) == 3
+
+    parts = [through_json(ingest_handler({"plan": sales, "part": part}, None))
+             for part in sales["distributed"]["parts"]]
+    retried = through_json(ingest_handler({"plan": sales, "part": sales["distributed"]
+                                           ["parts"][1]}, None))  # a retried part
+    assert retried == parts[1]
+    lake = Lake(str(tmp_path / "lake"))
+    assert lake.newest_key("sales_order") is None  # parts only: nothing visible yet
+    committed = through_json(ingest_handler({"commit": {**sales, "part_results": parts}},
+                                            None))
+    assert committed["rows"] == snapshot("sales_order").num_rows
+    assert len(batch_files(lake, committed["key"])) == 3
+    again = through_json(ingest_handler({"commit": {**sales, "part_results": parts}}, None))
+    assert again["skipped"] == ("another run committed a batch of the table since its parts "
+                                "were read")  # a second execution's commit: no double batch
+
+    for item in tables:
+        if not item["distributed"]:
+            ingest_handler(item, None)
+    transform_handler({}, None)
+    load_handler({}, None)
+    versions = query(lambda_environment, "SELECT count(*), count(DISTINCT (sales_order_id, "
+                     "last_updated_date, last_updated_time)) FROM fact_sales_order")
+    assert versions == [[snapshot("sales_order").num_rows] * 2]

@@ -27,6 +27,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Optional
 
 import pyarrow as pa
@@ -37,9 +38,11 @@ from totes.ingest.postgres_reader import (MAX_RECORD_BATCH_BYTES, Inspected, Job
                                           RowLargerThanBlock, Written, backfill_range,
                                           copy_through_pipe, csv_to_parquet, cutoff_bound,
                                           extract_sql, inspect_table, measuring_pool, vanished)
-from totes.utils.config import TablePlan
+from pydantic import BaseModel
+
+from totes.utils.config import DistributedBatch, TablePlan
 from totes.utils.db import Database
-from totes.utils.errors import DataError
+from totes.utils.errors import DataError, LakeError
 from totes.utils.lake import Lake
 from totes.utils.ledger import Ledger, new_run_id, record_json
 from totes.utils.run_tracking import check_lease, skip_reason, tracked
@@ -91,21 +94,7 @@ def ingest_table(plan: TablePlan, source: Database, lake: Lake,
     plan = plan.model_copy(update={"run_id": run_id})
 
     def skipped(holder) -> IngestResult:
-        log.warning("%s: skipped, %s", plan.table, skip_reason(holder))
-        return IngestResult(table=plan.table, mode=plan.mode, key=None, rows=0, row_groups=0,
-                            bytes=0, low_watermark=None, high_watermark=None, cutoff="",
-                            skipped=skip_reason(holder), run_id=run_id, seconds=0.0,
-                            peak_arrow_bytes=0)
-
-    def summary(result: IngestResult) -> dict:
-        return {"rows": result.rows, "bytes": result.bytes, "key": result.key,
-                "low_watermark": record_json(result.low_watermark),
-                "high_watermark": record_json(result.high_watermark),
-                "details": {k: v for k, v in (
-                    ("range", result.range), ("vanished_rows", result.vanished_rows),
-                    ("parts", result.parts),
-                    ("held_back_by", record_json(result.held_back_by)),
-                    ("ledger_note", result.ledger_note)) if v is not None}}
+        return _skipped_result(plan, run_id, skip_reason(holder))
 
     def work() -> IngestResult:
         result = _ingest(plan, source, lake)
@@ -113,7 +102,19 @@ def ingest_table(plan: TablePlan, source: Database, lake: Lake,
             result.ledger_note = _compare_with_ledger(ledger, plan.table, result.low_watermark)
         return result
 
-    return tracked(ledger, "ingest", plan.table, run_id, plan.mode, work, skipped, summary)
+    return tracked(ledger, "ingest", plan.table, run_id, plan.mode, work, skipped,
+                   _ledger_summary)
+
+
+def _ledger_summary(result: IngestResult) -> dict:
+    """The succeeded record's fields of an ingest."""
+    return {"rows": result.rows, "bytes": result.bytes, "key": result.key,
+            "low_watermark": record_json(result.low_watermark),
+            "high_watermark": record_json(result.high_watermark),
+            "details": {k: v for k, v in (
+                ("range", result.range), ("vanished_rows", result.vanished_rows),
+                ("parts", result.parts), ("held_back_by", record_json(result.held_back_by)),
+                ("ledger_note", result.ledger_note)) if v is not None}}
 
 
 def _compare_with_ledger(ledger: Ledger, table: str,
@@ -284,3 +285,139 @@ def _extract_part(plan: TablePlan, source: Database, lake: Lake, job: Job,
             key = f"{plan.table}/_parts/{batch_id}/{part.name}.parquet"
             lake.publish(staged, key)
     return part, written, key
+
+
+# ---- a partitioned batch read by separate workers (the state machine) -----------------------
+class PartResult(BaseModel):
+    """One part of a distributed batch, as its worker returns it: ``{"key": "<table>/_parts/
+    <batch>/part-00001-of-00004.parquet" | null, "rows": 500000, "row_groups": 8,
+    "high_watermark": {...} | null, "lower": null, "upper": "500001"}``."""
+
+    key: Optional[str]
+    rows: int
+    row_groups: int = 0
+    high_watermark: Optional[Watermark] = None
+    lower: Optional[str] = None
+    upper: Optional[str] = None
+
+
+def plan_distributed(conn, lake: Lake, plan: TablePlan) -> TablePlan:
+    """``plan`` with the settings every part of its batch shares: one cutoff, the lake's
+    watermark, the partitions, a batch id (:class:`~totes.utils.config.DistributedBatch`).
+
+    Raises:
+        SourceSchemaError / ConfigError: as :func:`inspect_table` and
+            :func:`~totes.ingest.partitions.partitions_of`.
+    """
+    inspected = inspect_table(conn, plan)
+    low = read_high_watermark(lake, plan.table) if plan.mode in ("incremental", "backfill") \
+        else None
+    parts = partitions_of(conn, plan, inspected.schema)
+    return plan.model_copy(update={"distributed": DistributedBatch(
+        batch_id=uuid.uuid4().hex[:12], cutoff=inspected.cutoff,
+        moment=inspected.moment.isoformat(), low_watermark=low.model_dump() if low else None,
+        parts=[{"index": p.index, "count": p.count, "lower": p.lower, "upper": p.upper}
+               for p in parts])})
+
+
+def extract_part(plan: TablePlan, spec: dict, source: Database, lake: Lake) -> PartResult:
+    """Extract one part of a distributed batch into ``<table>/_parts/<batch>/``. A part
+    that a previous attempt already published is not read again: its file is the part.
+
+    Raises:
+        as :func:`ingest_table`.
+    """
+    shared = plan.distributed
+    part = Partition(spec["index"], spec["count"], spec["lower"], spec["upper"])
+    key = f"{plan.table}/_parts/{shared.batch_id}/{part.name}.parquet"
+    if lake.exists(key):
+        return _part_result(lake, key, part)
+    low = Watermark.model_validate(shared.low_watermark) if shared.low_watermark else None
+    doing = f"extracting {part.name} of table {plan.table} from the {source.describe()}"
+    with source.session(f"totes-ingest-{plan.table}-{part.index + 1}", doing) as session:
+        conn = session.conn
+        inspected = inspect_table(conn, plan)
+        conn.run("START TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        sql = extract_sql(conn, plan, inspected, low, part)
+        job = Job(plan, inspected.schema, low, measuring_pool(), plan.record_batch_bytes,
+                  cutoff_bound(inspected))
+        with lake.staging_file() as staged:
+            written = copy_through_pipe(
+                conn, sql, lambda reader: csv_to_parquet(reader, staged, job), doing)
+            conn.run("COMMIT")
+            if written is None:
+                return PartResult(key=None, rows=0, lower=part.lower, upper=part.upper)
+            try:
+                lake.publish(staged, key)
+            except LakeError:
+                if not lake.exists(key):
+                    raise
+                # Another attempt of this part published it first: that file is the part.
+    return _part_result(lake, key, part)
+
+
+def _part_result(lake: Lake, key: str, part: Partition) -> PartResult:
+    meta = lake.metadata(key)
+    return PartResult(key=key, rows=meta.num_rows, row_groups=meta.num_row_groups,
+                      high_watermark=read_footer(lake, key).high, lower=part.lower,
+                      upper=part.upper)
+
+
+def commit_parts(plan: TablePlan, parts: list[PartResult], lake: Lake,
+                 ledger: Optional[Ledger] = None) -> IngestResult:
+    """Commit a distributed batch once its parts have landed: the commit file, created last,
+    makes it visible. Under the table's lease, and only if the lake's watermark is still the
+    one the parts started from: when another run committed a batch of the table meanwhile,
+    this one is skipped (its parts stay invisible), so no version lands twice.
+
+    Raises:
+        LakeError / StorageUnavailable: the lake could not be written.
+    """
+    shared = plan.distributed
+    run_id = plan.run_id or new_run_id()
+    low = Watermark.model_validate(shared.low_watermark) if shared.low_watermark else None
+
+    def skipped(holder) -> IngestResult:
+        return _skipped_result(plan, run_id, skip_reason(holder))
+
+    def work() -> IngestResult:
+        started = time.monotonic()
+        if plan.mode in ("incremental", "backfill") and \
+                read_high_watermark(lake, plan.table) != low:
+            return _skipped_result(plan, run_id, "another run committed a batch of the table "
+                                   "since its parts were read")
+        landed = [p for p in parts if p.key]
+        key, high = None, None
+        listed = [{"key": p.key, "rows": p.rows, "lower": p.lower, "upper": p.upper}
+                  for p in landed]
+        if landed:
+            high = low if plan.mode == "backfill" else highest(p.high_watermark
+                                                               for p in landed)
+            schema = lake.metadata(landed[0].key).schema.to_arrow_schema()
+            with lake.staging_file() as staged:
+                with pq.ParquetWriter(staged, schema, compression="zstd") as commit:
+                    commit.add_key_value_metadata(footer_metadata(
+                        high, low, plan.mode, backfill_range(plan), parts=listed))
+                key = lake.next_key(plan.table, (high.moment() if high else None)
+                                    or datetime.fromisoformat(shared.moment))
+                check_lease()
+                lake.publish(staged, key)
+        return IngestResult(
+            table=plan.table, mode=plan.mode, key=key, rows=sum(p.rows for p in landed),
+            row_groups=sum(p.row_groups for p in landed),
+            bytes=sum(lake.metadata(p.key).serialized_size for p in landed),
+            low_watermark=low if plan.mode == "incremental" else None,
+            high_watermark=high if key else (low if plan.mode in ("incremental", "backfill")
+                                             else None),
+            range=backfill_range(plan), parts=listed or None, cutoff=shared.cutoff,
+            run_id=run_id, seconds=round(time.monotonic() - started, 3), peak_arrow_bytes=0)
+
+    return tracked(ledger, "ingest", plan.table, run_id, plan.mode, work, skipped,
+                   _ledger_summary)
+
+
+def _skipped_result(plan: TablePlan, run_id: str, reason: str) -> IngestResult:
+    log.warning("%s: skipped, %s", plan.table, reason)
+    return IngestResult(table=plan.table, mode=plan.mode, key=None, rows=0, row_groups=0,
+                        bytes=0, low_watermark=None, high_watermark=None, cutoff="",
+                        skipped=reason, run_id=run_id, seconds=0.0, peak_arrow_bytes=0)

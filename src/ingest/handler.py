@@ -22,7 +22,7 @@ def plan_handler(event, context):
     request = event.get("request") or {}
     return plan(load_config(config_path_from_env()), database_from_env("source"),
                 run_id=event.get("run_id") or new_run_id(), tables=request.get("tables"),
-                per_table_errors=True).model_dump(mode="json")
+                per_table_errors=True, lake=lake_from_env("TOTES_LAKE")).model_dump(mode="json")
 
 
 def status_handler(event, context):
@@ -42,8 +42,27 @@ def status_handler(event, context):
     return status.model_dump(mode="json")
 
 
+#: Fields the state machine adds to a Map item beside its TablePlan.
+_ITEM_EXTRAS = ("part_results", "ingested", "error")
+
+
 def ingest_handler(event, context):
-    """Event: one ``TablePlan`` JSON (a Map item). Returns that table's
-    :class:`~totes.utils.stage_results.IngestResult` as JSON."""
-    return ingest_table(TablePlan.model_validate(event), database_from_env("source"),
-                        lake_from_env("TOTES_LAKE"), ledger_from_env()).model_dump(mode="json")
+    """Event: one ``TablePlan`` JSON (a Map item): returns that table's
+    :class:`~totes.utils.stage_results.IngestResult` as JSON. For a partitioned table in the
+    state machine: ``{"plan": <TablePlan>, "part": {...}}`` extracts one part and returns
+    its :class:`~totes.ingest.extract.PartResult`; ``{"commit": <TablePlan and its
+    "part_results">}`` commits the batch and returns its IngestResult."""
+    from totes.ingest.extract import PartResult, commit_parts, extract_part
+
+    lake = lake_from_env("TOTES_LAKE")
+    if "part" in event:
+        return extract_part(TablePlan.model_validate(event["plan"]), event["part"],
+                            database_from_env("source"), lake).model_dump(mode="json")
+    if "commit" in event:
+        item = event["commit"]
+        plan = TablePlan.model_validate({k: v for k, v in item.items()
+                                         if k not in _ITEM_EXTRAS})
+        parts = [PartResult.model_validate(p) for p in item.get("part_results") or []]
+        return commit_parts(plan, parts, lake, ledger_from_env()).model_dump(mode="json")
+    return ingest_table(TablePlan.model_validate(event), database_from_env("source"), lake,
+                        ledger_from_env()).model_dump(mode="json")

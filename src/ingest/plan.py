@@ -19,6 +19,7 @@ from totes.ingest.source_catalog import check_table, watermark_index_advice
 from totes.utils.config import PipelineConfig, TablePlan, resolve_tables
 from totes.utils.db import Database
 from totes.utils.errors import ConfigError, PermissionDenied, SourceSchemaError
+from totes.utils.lake import Lake
 from totes.utils.stage_results import PlanResult
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ def select(plans: list[TablePlan],
 
 def plan(config: PipelineConfig, source: Optional[Database] = None,
          run_id: Optional[str] = None, tables: Optional[list] = None,
-         per_table_errors: bool = False) -> PlanResult:
+         per_table_errors: bool = False, lake: Optional[Lake] = None) -> PlanResult:
     """Resolve ``config`` into payloads (each naming ``run_id``), for the ``tables`` of this
     run (see :func:`select`); with ``source``, also check every table against the source
     catalog before any work starts.
@@ -59,6 +60,9 @@ def plan(config: PipelineConfig, source: Optional[Database] = None,
     By default a table that fails its check fails the plan (a local run: nothing starts).
     With ``per_table_errors`` (the state machine), the table keeps its payload with the error
     in ``check_error``, so that its Map item records the failure and the others go on.
+    With ``lake`` (the state machine), a partitioned table's payload also holds what its
+    parts share (``distributed``: one cutoff, the lake's watermark, the partitions), so that
+    one worker per part can read it.
 
     Raises:
         ConfigError: a requested table is not configured, or its mode is impossible.
@@ -82,6 +86,10 @@ def plan(config: PipelineConfig, source: Optional[Database] = None,
                         if advice:
                             log.warning(advice)
                             warnings.append(advice)
+                    if lake is not None and item.num_partitions > 1:
+                        from totes.ingest.extract import plan_distributed
+
+                        plans[i] = plan_distributed(session.conn, lake, item)
                 except (SourceSchemaError, PermissionDenied) as exc:
                     if not per_table_errors:
                         raise

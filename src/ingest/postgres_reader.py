@@ -175,6 +175,9 @@ def inspect_table(conn, plan: TablePlan) -> Inspected:
     if plan.mode == "backfill":
         _check_range(conn, plan, cast)
     schema = pa.schema([(name, arrow_type(pg_type, table, name)) for name, pg_type in columns])
+    if plan.distributed is not None:  # a part of a distributed batch: plan's cutoff for all
+        return Inspected(schema, cast, plan.distributed.cutoff,
+                         datetime.fromisoformat(plan.distributed.moment), None)
     cutoff, instant, sees_all, held_back = _read_cutoff(
         conn, plan.in_flight_safety_lag_seconds, cast == "timestamptz")
     if not sees_all and cast in ("timestamp", "timestamptz"):

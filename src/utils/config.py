@@ -55,6 +55,23 @@ class PipelineConfig(BaseModel):
     tables: dict[str, Optional[TableOptions]] = Field(min_length=1)
 
 
+class DistributedBatch(BaseModel):
+    """A partitioned batch whose parts are read by separate workers (the state machine's
+    Map over the parts): what plan fixes for all of them, so that together they hold each
+    row version once. ``cutoff`` (as the watermark column's type prints it) and ``moment``
+    (UTC ISO) are the in-flight cutoff read by plan; ``low_watermark`` the table's watermark
+    when plan read the lake; ``parts`` the partitions (``{"index", "count", "lower",
+    "upper"}``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    batch_id: str
+    cutoff: str
+    moment: str
+    low_watermark: Optional[dict] = None
+    parts: list[dict]
+
+
 #: What one ingest of a table does: its ``extract_type`` (incremental, full), or a reingest
 #: (from the beginning, whatever the lake holds) or a backfill (a ``[from, to)`` range).
 Mode = Literal["incremental", "full", "reingest", "backfill"]
@@ -77,6 +94,8 @@ class TablePlan(BaseModel):
     ``partition_column``/``num_partitions``/``lower_bound``/``upper_bound``: read the table as
     that many ranges of an integer or timestamp column in parallel (bounds: the column's
     minimum and maximum when not given; see :mod:`totes.ingest.partitions`).
+    ``distributed`` (state machine only): the shared settings of a partitioned batch read by
+    one worker per part.
     ``check_error`` (state machine only): plan found the table unusable in the source
     (``{"Error": "SourceSchemaError", "Cause": "<error JSON>"}``); its Map item records the
     failure instead of extracting, and the other tables go on.
@@ -99,6 +118,7 @@ class TablePlan(BaseModel):
     upper_bound: Optional[str] = None
     run_id: Optional[str] = None
     check_error: Optional[dict] = None
+    distributed: Optional[DistributedBatch] = None
 
     @model_validator(mode="after")
     def _consistent(self) -> "TablePlan":

@@ -4,6 +4,7 @@ import json
 import re
 
 from support import REPO
+from totes.ingest.extract import PartResult
 from totes.ingest.status import ItemStatus
 from totes.load.pending import PendingResult
 from totes.notify.alerts import Alert
@@ -13,7 +14,7 @@ from totes.utils.watermark import Watermark
 STATE_RESULTS = {"Plan": PlanResult, "IngestTable": IngestResult, "RecordSuccess": ItemStatus,
                  "RecordFailure": ItemStatus, "RecordCheckFailure": ItemStatus,
                  "Pending": PendingResult, "Transform": TransformResult, "Load": LoadResult,
-                 "Alert": Alert}
+                 "Alert": Alert, "ExtractPart": PartResult, "CommitParts": IngestResult}
 
 
 def states(node):
