@@ -70,7 +70,9 @@ def test_plan_gives_one_payload_per_table(seeded_source):
         "table": "address", "primary_key": "address_id", "extract_type": "incremental",
         "mode": "incremental", "watermark_column": "last_updated",
         "record_batch_bytes": 8388608, "in_flight_safety_lag_seconds": 300.0,
-        "backfill_from": None, "backfill_to": None, "run_id": None, "check_error": None}
+        "backfill_from": None, "backfill_to": None, "partition_column": None,
+        "num_partitions": 1, "lower_bound": None, "upper_bound": None, "run_id": None,
+        "check_error": None, "distributed": None}
     assert len(payload.tables) == 11
 
 
