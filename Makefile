@@ -9,7 +9,7 @@ INSTALLED := $(VENV)/.installed
 DEV_INSTALLED := $(VENV)/.dev-installed
 
 .PHONY: help run test install-requirements install-dev-tools run-pytest check-pep8-compliance \
-	security-checks bandit dependency-audit run-checks bench bench-large stop clean-state clean \
+	test-servers security-checks bandit dependency-audit run-checks bench bench-large stop clean-state clean \
 	layer package tf-validate deploy-local put-secrets upload-config
 
 help:
@@ -49,7 +49,11 @@ install-dev-tools: $(DEV_INSTALLED)
 run: $(INSTALLED)
 	$(BIN)/totes run
 
-test: $(DEV_INSTALLED) run-pytest
+test: $(DEV_INSTALLED) test-servers run-pytest
+
+# The database servers the tests start themselves (MariaDB for MySQL sources), if missing.
+test-servers:
+	@bash scripts/install_test_servers.sh
 
 # pytest exits 5 when it collected no test: for this project that means a broken suite.
 run-pytest: $(DEV_INSTALLED)

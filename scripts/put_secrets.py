@@ -17,7 +17,7 @@ import os
 
 import boto3
 
-from totes.utils.db import Database
+from totes.utils.db import database_from_url
 
 
 def parameters(ssm, project: str, environment: str) -> dict[str, str]:
@@ -40,7 +40,7 @@ def put_secrets(session, project: str, environment: str, source_url: str, wareho
     secrets = session.client("secretsmanager")
     for role, url in (("source", source_url), ("warehouse", warehouse_url)):
         secrets.put_secret_value(SecretId=found[f"{role}_secret_arn"],
-                                 SecretString=Database.from_url(role, url).to_secret())
+                                 SecretString=database_from_url(role, url).to_secret())
     secrets.put_secret_value(SecretId=found["alerts_secret_arn"], SecretString=alert_email)
     session.client("sns").subscribe(TopicArn=found["alert_topic_arn"], Protocol="email",
                                     Endpoint=alert_email)

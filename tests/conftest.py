@@ -95,3 +95,31 @@ def s3_lake(s3_server):
     boto3.client("s3").create_bucket(Bucket="lake",
                                      CreateBucketConfiguration={"LocationConstraint": "eu-west-2"})
     return "s3://lake/ingest"
+
+
+# ---- MySQL sources: a real MariaDB server --------------------------------------------------
+@pytest.fixture(scope="session")
+def mariadb():
+    """The MariaDB server of the test session (skipped, with the reason, where the binaries
+    are missing)."""
+    from mariadb import MariaDB, missing_binaries
+
+    reason = missing_binaries()
+    if reason:
+        pytest.skip(f"MySQL source tests need a MariaDB server: {reason}")
+    server = MariaDB().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def mysql_source(mariadb):
+    """A new MariaDB database holding the whole real snapshot."""
+    database = mariadb.database(f"src_{uuid.uuid4().hex[:12]}")
+    seed(database)
+    return database
+
+
+@pytest.fixture
+def empty_mysql_source(mariadb):
+    return mariadb.database(f"src_{uuid.uuid4().hex[:12]}")

@@ -8,11 +8,15 @@ Rules:
   its timestamp names the key. With no batch yet, everything is extracted. Rows sharing the
   previous high timestamp are told apart by primary key: none read twice, none skipped.
 * **Modes**: incremental, full, reingest, backfill (:func:`totes.ingest.postgres_reader.
-  extract_sql`).
+  extract_sql`, :func:`totes.ingest.mysql_reader.select_sql`).
+* **Engines.** The source's reader (:mod:`totes.ingest.source_reader`) holds what differs
+  between PostgreSQL and MySQL; everything here is the same for both.
 * **Partitions.** A table with ``num_partitions`` > 1 is read as that many ranges of its
-  ``partition_column`` in parallel, each through its own connection, all in one snapshot of
-  the source exported by a coordinating transaction (``pg_export_snapshot()``, as ``pg_dump
-  --jobs`` does): together the parts are exactly what one read returns. Each part is a file
+  ``partition_column`` in parallel, each through its own connection. On PostgreSQL all read
+  one snapshot of the source exported by a coordinating transaction (``pg_export_snapshot()``,
+  as ``pg_dump --jobs`` does): together the parts are exactly what one read returns. MySQL
+  cannot share a snapshot between connections: each part takes its own, all bounded by the
+  one cutoff read first, as the parts of a batch read by separate workers are. Each part is a file
   under ``<table>/_parts/<batch>/``, which no reader lists; the batch becomes visible when its
   commit file, ``<table>/YYYY/MM/DD/HHMMSSffffff.parquet`` (no rows, the watermarks and the
   list of parts in its footer), is created, last (:func:`totes.utils.watermark.batch_files`).
@@ -22,7 +26,6 @@ Rules:
 from __future__ import annotations
 
 import logging
-import re
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -33,12 +36,13 @@ from typing import Optional
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from totes.ingest.partitions import Partition, partitions_of
-from totes.ingest.postgres_reader import (MAX_RECORD_BATCH_BYTES, Inspected, Job,
-                                          RowLargerThanBlock, Written, backfill_range,
-                                          copy_through_pipe, csv_to_parquet, cutoff_bound,
-                                          extract_sql, inspect_table, measuring_pool, vanished)
 from pydantic import BaseModel
+
+from totes.ingest.batch_writer import (Inspected, Job, Written, backfill_range, cutoff_bound,
+                                       measuring_pool, vanished)
+from totes.ingest.partitions import Partition
+from totes.ingest.postgres_reader import MAX_RECORD_BATCH_BYTES, RowLargerThanBlock
+from totes.ingest.source_reader import reader_for
 
 from totes.utils.config import DistributedBatch, TablePlan
 from totes.utils.db import Database
@@ -197,15 +201,14 @@ def _extract(plan: TablePlan, source: Database, lake: Lake, low: Optional[Waterm
              pool: pa.MemoryPool, block: int) -> _Batch:
     """One attempt: this run's rows into a published lake file (none if no row)."""
     doing = f"extracting table {plan.table} from the {source.describe()}"
+    reader = reader_for(source)
     with source.session(f"totes-ingest-{plan.table}", doing) as session:
         conn = session.conn
-        inspected = inspect_table(conn, plan)
-        conn.run("START TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        sql = extract_sql(conn, plan, inspected, low)
+        inspected = reader.inspect(conn, plan)
+        reader.begin(conn)
         job = Job(plan, inspected.schema, low, pool, block, cutoff_bound(inspected))
         with lake.staging_file() as staged:
-            written = copy_through_pipe(
-                conn, sql, lambda reader: csv_to_parquet(reader, staged, job), doing)
+            written = reader.read(conn, plan, inspected, job, staged, doing)
             conn.run("COMMIT")
             if written is None:
                 return _Batch(inspected)
@@ -215,30 +218,30 @@ def _extract(plan: TablePlan, source: Database, lake: Lake, low: Optional[Waterm
     return _Batch(inspected, key, size, written.high, [written])
 
 
-_SNAPSHOT_ID = re.compile(r"^[0-9A-F]+-[0-9A-F]+-[0-9]+$")
-
-
 def _extract_partitioned(plan: TablePlan, source: Database, lake: Lake,
                          low: Optional[Watermark], pool: pa.MemoryPool, block: int) -> _Batch:
-    """One attempt of a partitioned extract: the parts in parallel in one exported snapshot,
-    each published under ``<table>/_parts/<batch>/``, then the commit file, last."""
+    """One attempt of a partitioned extract: the parts in parallel (in one exported snapshot
+    where the engine shares them), each published under ``<table>/_parts/<batch>/``, then the
+    commit file, last."""
     doing = f"extracting table {plan.table} from the {source.describe()}"
+    reader = reader_for(source)
     with source.session(f"totes-ingest-{plan.table}", doing) as session:
         conn = session.conn
-        inspected = inspect_table(conn, plan)
-        conn.run("START TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        (snapshot,), = conn.run("SELECT pg_export_snapshot()")
-        if not _SNAPSHOT_ID.match(snapshot):
-            raise DataError(plan.table, f"the source exported an unexpected snapshot id "
-                            f"{snapshot!r}")
-        parts = partitions_of(conn, plan, inspected.schema)
+        inspected = reader.inspect(conn, plan)
+        reader.begin(conn)
+        snapshot = reader.export_snapshot(conn, plan.table) if reader.shares_snapshots \
+            else None
+        parts = reader.partitions(conn, plan, inspected.schema)
+        if snapshot is None:
+            conn.run("COMMIT")  # the bounds are read; each part takes its own snapshot
         batch_id = uuid.uuid4().hex[:12]
         job = Job(plan, inspected.schema, low, pool, block, cutoff_bound(inspected))
         with ThreadPoolExecutor(max_workers=min(len(parts), PARTITION_WORKERS)) as workers:
             futures = [workers.submit(_extract_part, plan, source, lake, job, inspected,
                                       snapshot, part, batch_id) for part in parts]
         done = [future.result() for future in futures]  # the first failure raises
-        conn.run("COMMIT")  # the snapshot was needed until every part had read it
+        if snapshot is not None:
+            conn.run("COMMIT")  # the snapshot was needed until every part had read it
     landed = [(part, written, key) for part, written, key in done if written is not None]
     if not landed:
         return _Batch(inspected)
@@ -267,18 +270,18 @@ def _combined_high(plan: TablePlan, low: Optional[Watermark],
 
 
 def _extract_part(plan: TablePlan, source: Database, lake: Lake, job: Job,
-                  inspected: Inspected, snapshot: str, part: Partition, batch_id: str):
-    """One part, in the exported ``snapshot``: ``(part, written, key)``, written and key None
-    when the part holds no row."""
+                  inspected: Inspected, snapshot: Optional[str], part: Partition,
+                  batch_id: str):
+    """One part, in the exported ``snapshot`` (None: a snapshot of its own, bounded by the
+    batch's cutoff): ``(part, written, key)``, written and key None when the part holds no
+    row."""
     doing = f"extracting {part.name} of table {plan.table} from the {source.describe()}"
+    reader = reader_for(source)
     with source.session(f"totes-ingest-{plan.table}-{part.index + 1}", doing) as session:
         conn = session.conn
-        conn.run("START TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        conn.run(f"SET TRANSACTION SNAPSHOT '{snapshot}'")  # checked: hex digits and dashes
-        sql = extract_sql(conn, plan, inspected, job.low, part)
+        reader.begin(conn, snapshot)
         with lake.staging_file() as staged:
-            written = copy_through_pipe(
-                conn, sql, lambda reader: csv_to_parquet(reader, staged, job), doing)
+            written = reader.read(conn, plan, inspected, job, staged, doing, part)
             conn.run("COMMIT")
             if written is None:
                 return part, None, None
@@ -301,18 +304,18 @@ class PartResult(BaseModel):
     upper: Optional[str] = None
 
 
-def plan_distributed(conn, lake: Lake, plan: TablePlan) -> TablePlan:
+def plan_distributed(reader, conn, lake: Lake, plan: TablePlan) -> TablePlan:
     """``plan`` with the settings every part of its batch shares: one cutoff, the lake's
     watermark, the partitions, a batch id (:class:`~totes.utils.config.DistributedBatch`).
 
     Raises:
-        SourceSchemaError / ConfigError: as :func:`inspect_table` and
+        SourceSchemaError / ConfigError: as the reader's ``inspect`` and
             :func:`~totes.ingest.partitions.partitions_of`.
     """
-    inspected = inspect_table(conn, plan)
+    inspected = reader.inspect(conn, plan)
     low = read_high_watermark(lake, plan.table) if plan.mode in ("incremental", "backfill") \
         else None
-    parts = partitions_of(conn, plan, inspected.schema)
+    parts = reader.partitions(conn, plan, inspected.schema)
     return plan.model_copy(update={"distributed": DistributedBatch(
         batch_id=uuid.uuid4().hex[:12], cutoff=inspected.cutoff,
         moment=inspected.moment.isoformat(), low_watermark=low.model_dump() if low else None,
@@ -334,16 +337,15 @@ def extract_part(plan: TablePlan, spec: dict, source: Database, lake: Lake) -> P
         return _part_result(lake, key, part)
     low = Watermark.model_validate(shared.low_watermark) if shared.low_watermark else None
     doing = f"extracting {part.name} of table {plan.table} from the {source.describe()}"
+    reader = reader_for(source)
     with source.session(f"totes-ingest-{plan.table}-{part.index + 1}", doing) as session:
         conn = session.conn
-        inspected = inspect_table(conn, plan)
-        conn.run("START TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        sql = extract_sql(conn, plan, inspected, low, part)
+        inspected = reader.inspect(conn, plan)
+        reader.begin(conn)
         job = Job(plan, inspected.schema, low, measuring_pool(), plan.record_batch_bytes,
                   cutoff_bound(inspected))
         with lake.staging_file() as staged:
-            written = copy_through_pipe(
-                conn, sql, lambda reader: csv_to_parquet(reader, staged, job), doing)
+            written = reader.read(conn, plan, inspected, job, staged, doing, part)
             conn.run("COMMIT")
             if written is None:
                 return PartResult(key=None, rows=0, lower=part.lower, upper=part.upper)

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Optional
+from typing import Callable, Optional
 
 import pyarrow as pa
 
 from totes.utils.config import TablePlan
-from totes.utils.db import quote_ident
 from totes.utils.errors import ConfigError, SourceSchemaError
 
 
@@ -26,7 +25,8 @@ from totes.utils.errors import ConfigError, SourceSchemaError
 class Partition:
     """Partition ``index`` (0-based) of ``count``: the rows whose partition column is at or
     after ``lower`` and before ``upper`` (text, in the column's type; None: unbounded, and
-    the first partition also takes NULLs)."""
+    the first partition also takes NULLs). Each source reader turns it into its SQL
+    (:func:`totes.ingest.postgres_reader.partition_predicate`)."""
 
     index: int
     count: int
@@ -37,22 +37,6 @@ class Partition:
     def name(self) -> str:
         """``part-00002-of-00004``."""
         return f"part-{self.index + 1:05d}-of-{self.count:05d}"
-
-    def predicate(self, column: str, cast: str) -> tuple[str, dict[str, str]]:
-        """The SQL condition (reading its bounds from the settings ``totes.part_lower`` and
-        ``totes.part_upper``) and the settings' values."""
-        q_column = quote_ident(column)
-        conditions, values = [], {}
-        if self.lower is not None:
-            conditions.append(f"{q_column} >= (SELECT current_setting('totes.part_lower')"
-                              f"::{cast})")
-            values["part_lower"] = self.lower
-        if self.upper is not None:
-            below = f"{q_column} < (SELECT current_setting('totes.part_upper')::{cast})"
-            conditions.append(f"({below} OR {q_column} IS NULL)" if self.lower is None
-                              else below)
-            values["part_upper"] = self.upper
-        return " AND ".join(conditions) or "TRUE", values
 
 
 def column_cast(schema: pa.Schema, plan: TablePlan) -> str:
@@ -80,9 +64,12 @@ def _parse(text: str, cast: str, flag: str, table: str):
         raise ConfigError(f"table {table}: {flag} {text!r} is not a {cast} value") from None
 
 
-def partitions_of(conn, plan: TablePlan, schema: pa.Schema) -> list[Partition]:
-    """The partitions of ``plan.table`` (in the connection's current snapshot, which reads the
-    column's minimum and maximum when the configuration gives no bounds).
+def partitions_of(plan: TablePlan, schema: pa.Schema,
+                  find_bounds: Callable[[], tuple[Optional[str], Optional[str]]]
+                  ) -> list[Partition]:
+    """The partitions of ``plan.table``; ``find_bounds()`` returns the partition column's
+    minimum and maximum as text (None, None for an empty table), read by the source's reader
+    in the extract's snapshot when the configuration gives no bounds.
 
     Raises:
         SourceSchemaError: the partition column is missing or of the wrong type.
@@ -95,11 +82,7 @@ def partitions_of(conn, plan: TablePlan, schema: pa.Schema) -> list[Partition]:
     cast = column_cast(schema, plan)
     low, high = plan.lower_bound, plan.upper_bound
     if low is None or high is None:
-        q_column = quote_ident(plan.partition_column)
-        # Identifiers only, each through quote_ident.
-        (found_low, found_high), = conn.run(
-            f"SELECT min({q_column})::text, max({q_column})::text "  # nosec B608
-            f"FROM {quote_ident(plan.table)}")
+        found_low, found_high = find_bounds()
         low, high = low or found_low, high or found_high
     if low is None:  # an empty table: one read of it all
         return [Partition(0, 1, None, None)]

@@ -15,7 +15,7 @@ import json
 import logging
 from typing import Optional
 
-from totes.ingest.source_catalog import check_table, watermark_index_advice
+from totes.ingest.source_reader import reader_for
 from totes.utils.config import PipelineConfig, TablePlan, resolve_tables
 from totes.utils.db import Database
 from totes.utils.errors import ConfigError, PermissionDenied, SourceSchemaError
@@ -74,22 +74,23 @@ def plan(config: PipelineConfig, source: Optional[Database] = None,
         [p.model_copy(update={"run_id": run_id}) for p in resolve_tables(config)], tables)
     warnings = []
     if source is not None:
+        reader = reader_for(source)
         with source.session("totes-plan", f"checking the tables in the {source.describe()}") \
                 as session:
             for i, item in enumerate(plans):
                 try:
-                    check_table(session.conn, item.table, item.primary_key,
-                                item.watermark_column)
+                    reader.check_table(session.conn, item.table, item.primary_key,
+                                       item.watermark_column)
                     if item.mode != "full" and item.watermark_column:
-                        advice = watermark_index_advice(session.conn, item.table,
-                                                        item.watermark_column, item.primary_key)
+                        advice = reader.index_advice(session.conn, item.table,
+                                                     item.watermark_column, item.primary_key)
                         if advice:
                             log.warning(advice)
                             warnings.append(advice)
                     if lake is not None and item.num_partitions > 1:
                         from totes.ingest.extract import plan_distributed
 
-                        plans[i] = plan_distributed(session.conn, lake, item)
+                        plans[i] = plan_distributed(reader, session.conn, lake, item)
                 except (SourceSchemaError, PermissionDenied) as exc:
                     if not per_table_errors:
                         raise

@@ -15,24 +15,24 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Optional
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 from pg8000.exceptions import DatabaseError
 
-from totes.ingest.partitions import Partition, column_cast
-from totes.ingest.source_catalog import arrow_type, check_table, is_integer
+from totes.ingest.batch_writer import Inspected, Job, Written, write_batches
+from totes.ingest.partitions import Partition, column_cast, partitions_of
+from totes.ingest.source_catalog import (arrow_type, check_table, is_integer,
+                                         watermark_index_advice)
 from totes.utils.config import TablePlan
 from totes.utils.db import quote_ident, translate_error
 from totes.utils.errors import ConfigError, DataError, StorageUnavailable, TotesError
 from totes.utils.stage_results import HeldBackBy
-from totes.utils.watermark import Watermark, footer_metadata, greatest
+from totes.utils.watermark import Watermark
 
 log = logging.getLogger(__name__)
 
@@ -67,23 +67,6 @@ FROM cutoff LEFT JOIN oldest ON true
 HELD_BACK_WARNING_SECONDS = 60.0
 #: The largest CSV block a row may need (pyarrow's block size is a 32-bit int).
 MAX_RECORD_BATCH_BYTES = (1 << 31) - 1
-
-
-#: Every memory pool an extract measured its peak with. Arrow's buffers point at their pool
-#: without owning it, and the garbage collector may free a buffer (held in a reference cycle,
-#: say a traceback's frames) after the pool's Python object: a pool that died first would be
-#: used after being freed, corrupting the heap (seen as crashes in unrelated code). So pools
-#: are kept for the life of the process: a few hundred bytes per extract.
-_POOLS: list[pa.MemoryPool] = []
-_POOLS_LOCK = threading.Lock()
-
-
-def measuring_pool() -> pa.MemoryPool:
-    """A new proxy of the default memory pool, to measure one extract's peak; never freed."""
-    pool = pa.proxy_memory_pool(pa.default_memory_pool())
-    with _POOLS_LOCK:
-        _POOLS.append(pool)
-    return pool
 
 
 class RowLargerThanBlock(Exception):
@@ -142,19 +125,6 @@ def copy_through_pipe(conn, sql: str, consume, doing: str):
     if failures:
         raise translate_error(failures[0], doing) from failures[0]
     return result
-
-
-@dataclass(frozen=True)
-class Inspected:
-    """What ingest learns of a table before it reads rows: the Arrow schema of its columns,
-    the SQL type of its watermark, the cutoff that stops short of in-flight writes (and the
-    extract's moment, UTC), and the backfill bounds checked against the column's type."""
-
-    schema: pa.Schema
-    watermark_cast: Optional[str]  # "timestamp", "timestamptz", "bigint" or None
-    cutoff: str
-    moment: datetime
-    held_back_by: Optional[HeldBackBy]
 
 
 def inspect_table(conn, plan: TablePlan) -> Inspected:
@@ -258,8 +228,8 @@ def extract_sql(conn, plan: TablePlan, source: Inspected, low: Optional[Watermar
     else:
         order = q_pk
     if part is not None and (part.lower is not None or part.upper is not None):
-        condition, values = part.predicate(plan.partition_column,
-                                           column_cast(source.schema, plan))
+        condition, values = partition_predicate(part, plan.partition_column,
+                                                column_cast(source.schema, plan))
         _set(conn, **values)
         conditions.append(condition)
     select_list = ", ".join(quote_ident(name) for name in source.schema.names)
@@ -268,35 +238,11 @@ def extract_sql(conn, plan: TablePlan, source: Inspected, low: Optional[Watermar
             f"{where}ORDER BY {order}) TO STDOUT WITH (FORMAT csv)")
 
 
-@dataclass(frozen=True)
-class Written:
-    """What a file of the batch holds: rows, row groups, its high watermark (as the footer
-    keeps it) and, for a full snapshot, its keys (to count the rows that vanished)."""
-
-    rows: int
-    row_groups: int
-    high: Optional[Watermark]
-    ids: Optional[pa.Array] = None
-
-
-@dataclass(frozen=True)
-class Job:
-    """One extract attempt's settings: the plan, the lake file's schema, where it starts,
-    the memory pool it allocates from, the CSV block size, and the cutoff below which a full
-    snapshot's greatest watermark is taken."""
-
-    plan: TablePlan
-    schema: pa.Schema
-    low: Optional[Watermark]
-    pool: pa.MemoryPool
-    block_bytes: int
-    cutoff: Optional[datetime]
-
-
 def csv_to_parquet(reader, staged: str, job: Job) -> Optional[Written]:
     """Parse the CSV stream of ``reader`` into record batches of ``job.block_bytes`` and write
-    each as one row group of the Parquet file ``staged``, the watermarks in its footer.
-    Returns None (and writes nothing) when the stream is empty.
+    each as one row group of the Parquet file ``staged``, the watermarks in its footer
+    (:func:`totes.ingest.batch_writer.write_batches`). Returns None (and writes nothing) when
+    the stream is empty.
 
     Raises:
         RowLargerThanBlock: a row does not fit in one block.
@@ -304,7 +250,9 @@ def csv_to_parquet(reader, staged: str, job: Job) -> Optional[Written]:
         StorageUnavailable: the staging file could not be written (a full disk).
     """
     try:
-        return _write_parquet(reader, staged, job)
+        if not reader.peek(1):
+            return None
+        return write_batches(_csv_batches(reader, job), staged, job)
     except pa.ArrowInvalid as exc:
         if "straddl" in str(exc):  # "straddling object straddles two block boundaries"
             raise RowLargerThanBlock(str(exc)) from exc
@@ -315,86 +263,102 @@ def csv_to_parquet(reader, staged: str, job: Job) -> Optional[Written]:
             from exc
 
 
-def _write_parquet(reader, staged, job: Job) -> Optional[Written]:
-    plan, schema, low, pool = job.plan, job.schema, job.low, job.pool
-    if not reader.peek(1):
-        return None
-    batches = pacsv.open_csv(
+def _csv_batches(reader, job: Job):
+    return pacsv.open_csv(
         reader,
         # One thread: Arrow's readahead threads would read the pipe (a Python file) and
         # allocate from this extract's memory pool after it ends; a crash seen in testing.
-        read_options=pacsv.ReadOptions(column_names=schema.names,
+        read_options=pacsv.ReadOptions(column_names=job.schema.names,
                                        block_size=job.block_bytes, use_threads=False),
         parse_options=pacsv.ParseOptions(newlines_in_values=True),
         convert_options=pacsv.ConvertOptions(
-            column_types=schema, true_values=["t"], false_values=["f"], null_values=[""],
+            column_types=job.schema, true_values=["t"], false_values=["f"], null_values=[""],
             strings_can_be_null=True, quoted_strings_can_be_null=False),
-        memory_pool=pool)
-    rows = row_groups = 0
-    last, top, ids = None, None, []
-    with pq.ParquetWriter(staged, schema, compression="zstd", memory_pool=pool) as parquet:
-        for batch in batches:
-            if batch.num_rows == 0:
-                continue
-            parquet.write_batch(batch)
-            rows += batch.num_rows
-            row_groups += 1
-            last = batch
-            if plan.mode == "full":
-                ids.append(batch.column(plan.primary_key))
-                if plan.watermark_column:
-                    top = greatest(_before(batch, plan.watermark_column, job.cutoff),
-                                   plan.watermark_column, plan.primary_key, top)
-            log.debug("%s: %d rows so far", plan.table, rows)
-        high = _high(plan, last, low, top)
-        parquet.add_key_value_metadata(footer_metadata(high, low, plan.mode, backfill_range(plan)))
-    kept = pa.chunked_array(ids, schema.field(plan.primary_key).type).combine_chunks() \
-        if plan.mode == "full" else None
-    return Written(rows, row_groups, high, kept)
+        memory_pool=job.pool)
 
 
-def vanished(previous_ids: Optional[pa.Array], current: list[pa.Array]) -> Optional[int]:
-    """How many keys of the previous full snapshot are not among ``current``'s (None when
-    there was no previous snapshot)."""
-    if previous_ids is None:
-        return None
-    if not len(previous_ids):
-        return 0
-    now = pa.concat_arrays([c.cast(previous_ids.type) for c in current]) if current else \
-        pa.array([], previous_ids.type)
-    return len(previous_ids) - pc.sum(pc.is_in(previous_ids, value_set=now)).as_py()
+def partition_predicate(part: Partition, column: str, cast: str) -> tuple[str, dict[str, str]]:
+    """The SQL condition of ``part`` on ``column`` (its bounds read from the settings
+    ``totes.part_lower`` and ``totes.part_upper``, cast to ``cast``) and the settings' values;
+    the first partition also takes NULLs (:mod:`totes.ingest.partitions`)."""
+    q_column = quote_ident(column)
+    conditions, values = [], {}
+    if part.lower is not None:
+        conditions.append(f"{q_column} >= {_setting('part_lower', cast)}")
+        values["part_lower"] = part.lower
+    if part.upper is not None:
+        below = f"{q_column} < {_setting('part_upper', cast)}"
+        conditions.append(f"({below} OR {q_column} IS NULL)" if part.lower is None else below)
+        values["part_upper"] = part.upper
+    return " AND ".join(conditions) or "TRUE", values
 
 
-def cutoff_bound(inspected: Inspected) -> Optional[datetime]:
-    """The cutoff as a datetime, for a timestamp watermark (None otherwise)."""
-    if inspected.watermark_cast in ("timestamp", "timestamptz"):
-        return datetime.fromisoformat(inspected.cutoff)
-    return None
+_SNAPSHOT_ID = re.compile(r"^[0-9A-F]+-[0-9A-F]+-[0-9]+$")
 
 
-def _before(batch: pa.RecordBatch, column: str, cutoff: Optional[datetime]) -> pa.RecordBatch:
-    """The rows of ``batch`` whose ``column`` is before the in-flight ``cutoff``: a full
-    snapshot's high watermark must not pass rows that open transactions may still commit
-    (the next incremental run re-reads those; a version is loaded once all the same)."""
-    if cutoff is None:
-        return batch
-    values = batch.column(column)
-    bound = pa.scalar(cutoff if values.type.tz else cutoff.replace(tzinfo=None),
-                      type=values.type)
-    return batch.filter(pc.fill_null(pc.less(values, bound), False))
+class PostgresReader:
+    """How ingest reads a PostgreSQL source (the interface of
+    :mod:`totes.ingest.source_reader`): ``COPY`` parsed as CSV, snapshots shared between the
+    parts of a partitioned batch with ``pg_export_snapshot()``."""
 
+    engine = "postgresql"
+    #: Whether the parts of a partitioned batch can read one exported snapshot.
+    shares_snapshots = True
 
-def _high(plan: TablePlan, last, low: Optional[Watermark],
-          top: Optional[Watermark]) -> Optional[Watermark]:
-    """The footer's high watermark: the table's incremental watermark after this batch."""
-    if plan.mode in ("incremental", "reingest"):
-        return Watermark.of_last_row(last, plan.watermark_column, plan.primary_key)
-    if plan.mode == "backfill":
-        return low  # a backfill never moves the incremental watermark
-    return top
+    def check_table(self, conn, table: str, primary_key: str,
+                    watermark_column: Optional[str]) -> list[tuple[str, str]]:
+        """As :func:`totes.ingest.source_catalog.check_table`."""
+        return check_table(conn, table, primary_key, watermark_column)
 
+    def index_advice(self, conn, table: str, watermark_column: str,
+                     primary_key: str) -> Optional[str]:
+        """As :func:`totes.ingest.source_catalog.watermark_index_advice`."""
+        return watermark_index_advice(conn, table, watermark_column, primary_key)
 
-def backfill_range(plan: TablePlan) -> Optional[dict[str, str]]:
-    if plan.mode != "backfill":
-        return None
-    return {"from": plan.backfill_from, "to": plan.backfill_to}
+    def inspect(self, conn, plan: TablePlan) -> Inspected:
+        """As :func:`inspect_table`."""
+        return inspect_table(conn, plan)
+
+    def begin(self, conn, snapshot: Optional[str] = None) -> None:
+        """Start the read-only repeatable-read transaction of an extract, in the exported
+        ``snapshot`` when one is given."""
+        conn.run("START TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        if snapshot is not None:
+            conn.run(f"SET TRANSACTION SNAPSHOT '{snapshot}'")  # checked by export_snapshot
+
+    def export_snapshot(self, conn, table: str) -> str:
+        """Export the snapshot of the transaction :meth:`begin` started, for the parts.
+
+        Raises:
+            DataError: the server answered with something that is not a snapshot id.
+        """
+        (snapshot,), = conn.run("SELECT pg_export_snapshot()")
+        if not _SNAPSHOT_ID.match(snapshot):
+            raise DataError(table, f"the source exported an unexpected snapshot id "
+                            f"{snapshot!r}")
+        return snapshot
+
+    def partitions(self, conn, plan: TablePlan, schema: pa.Schema) -> list[Partition]:
+        """As :func:`totes.ingest.partitions.partitions_of`, the bounds read in ``conn``'s
+        snapshot when the configuration gives none."""
+        def bounds() -> tuple[Optional[str], Optional[str]]:
+            q_column = quote_ident(plan.partition_column)
+            (low, high), = conn.run(  # identifiers only, each through quote_ident
+                f"SELECT min({q_column})::text, max({q_column})::text "  # nosec B608
+                f"FROM {quote_ident(plan.table)}")
+            return low, high
+
+        return partitions_of(plan, schema, bounds)
+
+    def read(self, conn, plan: TablePlan, inspected: Inspected, job: Job, staged: str,
+             doing: str, part: Optional[Partition] = None) -> Optional[Written]:
+        """This run's rows (of ``part``) into the Parquet file ``staged``, in the transaction
+        :meth:`begin` started; None when there is none.
+
+        Raises:
+            RowLargerThanBlock, DataError, StorageUnavailable: as :func:`csv_to_parquet`.
+            DatabaseUnavailable / TerminalError: the database failed (``doing`` says what).
+        """
+        sql = extract_sql(conn, plan, inspected, job.low, part)
+        return copy_through_pipe(conn, sql, lambda reader: csv_to_parquet(reader, staged, job),
+                                 doing)

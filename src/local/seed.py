@@ -10,6 +10,11 @@ version with a later ``last_updated``), so ``--as-of T`` on an empty database an
 ``--advance-to T2`` on a seeded one are the same operation, and each can run again safely.
 Types are the database's: ids back to integers, money back to numeric(10,2) (rounded to the
 cent from the snapshot's float64), timestamps to milliseconds.
+
+The source may be PostgreSQL (``totesys_schema.sql``; upsert through a staged ``COPY``) or
+MySQL/MariaDB (``totesys_schema_mysql.sql``; ``INSERT ... ON DUPLICATE KEY UPDATE`` in chunks
+of :data:`SEED_BATCH_ROWS`, each column taking the new value only when ``last_updated``
+moves forward).
 """
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from totes.ingest.source_catalog import arrow_type, table_columns
-from totes.utils.db import Database, copy_into, merge_staged, quote_ident, run_script
+from totes.utils.db import copy_into, merge_staged, quote_ident, run_script
 from totes.utils.errors import ConfigError
 from totes.utils.source_tables import SOURCE_TABLES
 
@@ -39,9 +44,11 @@ def default_snapshot_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "data" / "totesys-2024-11"
 
 
-def create_schema(conn) -> None:
-    """Create the ToteSys types and tables where they are absent (``totesys_schema.sql``)."""
-    run_script(conn, resources.files("totes.local").joinpath("totesys_schema.sql").read_text())
+def create_schema(conn, engine: str = "postgresql") -> None:
+    """Create the ToteSys types and tables where they are absent (``totesys_schema.sql``, or
+    ``totesys_schema_mysql.sql`` for ``engine`` "mysql")."""
+    script = "totesys_schema_mysql.sql" if engine == "mysql" else "totesys_schema.sql"
+    run_script(conn, resources.files("totes.local").joinpath(script).read_text())
 
 
 def snapshot_as_of(snapshot: pa.Table, table: str, as_of: Optional[datetime]) -> pa.Table:
@@ -61,21 +68,22 @@ def snapshot_as_of(snapshot: pa.Table, table: str, as_of: Optional[datetime]) ->
     return snapshot
 
 
-def _to_database_types(rows: pa.Table, columns: list[tuple[str, str]], table: str) -> pa.Table:
+def _to_database_types(rows: pa.Table, schema: pa.Schema) -> pa.Table:
     arrays = []
-    for name, pg_type in columns:
-        target = arrow_type(pg_type, table, name)
+    for target in schema:
+        name, target = target.name, target.type
         column = rows[name]
         if pa.types.is_decimal(target) and pa.types.is_floating(column.type):
             column = pc.round(column, target.scale)
         arrays.append(column.cast(target))
-    return pa.table(arrays, names=[name for name, _ in columns])
+    return pa.table(arrays, names=schema.names)
 
 
-def seed(source: Database, as_of: Optional[datetime] = None,
+def seed(source, as_of: Optional[datetime] = None,
          snapshot_dir: Optional[Path] = None, advance: bool = False,
          progress: Callable[[str, int], None] = lambda table, rows: None) -> dict[str, dict]:
-    """Create the ToteSys schema in ``source`` and upsert the snapshot as of ``as_of``, in one
+    """Create the ToteSys schema in ``source`` (a PostgreSQL :class:`Database` or a
+    :class:`totes.utils.mysql.MySQLDatabase`) and upsert the snapshot as of ``as_of``, in one
     transaction. With ``advance``, refuse to move a database backwards.
 
     Returns ``{table: {"inserted": n, "updated": n}}``.
@@ -89,18 +97,23 @@ def seed(source: Database, as_of: Optional[datetime] = None,
     counts: dict[str, dict] = {}
     with source.session("totes-seed", f"seeding the {source.describe()}") as session:
         conn = session.conn
-        conn.run("START TRANSACTION")
-        create_schema(conn)
+        mysql = source.engine == "mysql"
+        if mysql:
+            create_schema(conn, "mysql")  # DDL commits in MySQL: before the transaction
+            conn.run("START TRANSACTION")
+        else:
+            conn.run("START TRANSACTION")
+            create_schema(conn)
         if advance and as_of is not None:
             _refuse_to_go_back(conn, as_of)
         for table in SOURCE_TABLES:  # parents first: foreign keys resolve in one transaction
             path = snapshot_dir / f"{table}.parquet"
             if not path.exists():
                 raise ConfigError(f"snapshot {snapshot_dir} has no {table}.parquet")
-            columns = table_columns(conn, table)
-            rows = _to_database_types(snapshot_as_of(pq.read_table(path), table, as_of),
-                                      columns, table)
-            counts[table] = _upsert(conn, table, SOURCE_TABLES[table].primary_key, rows)
+            schema = _schema(conn, table, mysql)
+            rows = _to_database_types(snapshot_as_of(pq.read_table(path), table, as_of), schema)
+            upsert = _upsert_mysql if mysql else _upsert
+            counts[table] = upsert(conn, table, SOURCE_TABLES[table].primary_key, rows)
             progress(table, rows.num_rows)
         conn.run("COMMIT")
     return counts
@@ -113,6 +126,38 @@ def _refuse_to_go_back(conn, as_of: datetime) -> None:
         if newest is not None and newest > as_of:
             raise ConfigError(f"the source already holds {table} rows changed at {newest}, "
                               f"after {as_of}; --advance-to only moves forward")
+
+
+def _schema(conn, table: str, mysql: bool) -> pa.Schema:
+    """The Arrow schema of ``table`` as the source database declares it."""
+    if mysql:
+        from totes.ingest import mysql_catalog
+
+        return mysql_catalog.arrow_schema(mysql_catalog.table_columns(conn, table), table)
+    return pa.schema([(name, arrow_type(pg_type, table, name))
+                      for name, pg_type in table_columns(conn, table)])
+
+
+def _upsert_mysql(conn, table: str, key: str, rows: pa.Table) -> dict:
+    """Upsert ``rows`` into a MySQL ``table``: a row is inserted, or its columns replaced
+    when the new ``last_updated`` is later (``last_updated`` assigned last, since MySQL
+    evaluates the assignments left to right)."""
+    q_table = quote_ident(table)
+    names = [n for n in rows.column_names if n != "last_updated"] + ["last_updated"]
+    newer = f"{quote_ident('last_updated')} < VALUES({quote_ident('last_updated')})"
+    updates = ", ".join(f"{quote_ident(n)} = IF({newer}, VALUES({quote_ident(n)}), "
+                        f"{quote_ident(n)})" for n in names if n != key)
+    sql = (f"INSERT INTO {q_table} ({', '.join(quote_ident(n) for n in names)}) "  # nosec B608
+           f"VALUES ({', '.join(['%s'] * len(names))}) ON DUPLICATE KEY UPDATE {updates}")
+    (before,), = conn.run(f"SELECT count(*) FROM {q_table}")  # nosec B608
+    changed = 0
+    with conn.raw.cursor() as cursor:
+        for batch in rows.select(names).to_batches(max_chunksize=SEED_BATCH_ROWS):
+            changed += cursor.executemany(sql, list(zip(*(c.to_pylist()
+                                                          for c in batch.columns)))) or 0
+    (after,), = conn.run(f"SELECT count(*) FROM {q_table}")  # nosec B608
+    inserted = after - before
+    return {"inserted": inserted, "updated": (changed - inserted) // 2}
 
 
 def _upsert(conn, table: str, key: str, rows: pa.Table) -> dict:

@@ -32,7 +32,7 @@ from totes.local.embedded import SOURCE_DATABASE, WAREHOUSE_DATABASE, EmbeddedPo
     recreate_databases
 from totes.local.runner import Resources
 from totes.utils.config import DEFAULT_CONFIG_PATH, PipelineConfig, load_config
-from totes.utils.db import Database
+from totes.utils.db import Database, database_from_url
 from totes.utils.errors import ConfigError
 from totes.utils.lake import Lake
 from totes.utils.ledger import Ledger, SqliteLedger
@@ -134,7 +134,7 @@ class Workspace:
         return self._embedded_urls[SOURCE_DATABASE if role == "source" else WAREHOUSE_DATABASE]
 
     def database(self, role: str) -> Database:
-        return Database.from_url(role, self.url(role))
+        return database_from_url(role, self.url(role))
 
     def lake(self) -> Lake:
         return Lake(self.lake_uri)
@@ -196,7 +196,7 @@ class Workspace:
                          ledger.with_suffix(".sqlite3-shm")):
             leftover.unlink(missing_ok=True)
         return Resources(
-            Database.from_url("source", self._urls["source"] or urls["replay_totesys"]),
-            Database.from_url("warehouse", self._urls["warehouse"] or urls["replay_warehouse"]),
+            database_from_url("source", self._urls["source"] or urls["replay_totesys"]),
+            database_from_url("warehouse", self._urls["warehouse"] or urls["replay_warehouse"]),
             Lake(folders["lake"]), Lake(folders["processed"]), str(self.config_path),
             SqliteLedger(str(ledger)))

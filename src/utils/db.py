@@ -74,6 +74,70 @@ def quote_ident(name: str) -> str:
     return f'"{name}"'
 
 
+#: The ``engine`` values of a secret that mean MySQL (as :mod:`totes.utils.mysql` reads them).
+MYSQL_ENGINES = ("mysql", "mariadb", "aurora-mysql")
+#: URL schemes of a MySQL or MariaDB database.
+MYSQL_SCHEMES = ("mysql", "mariadb")
+
+
+def parse_url(role: str, url: str, schemes: tuple[str, ...], example: str,
+              default_port: int) -> tuple[str, dict]:
+    """Split a database URL into ``(scheme, {"user", "password", "host", "port", "database",
+    "query"})``, every part percent-decoded; ``password`` is None when absent.
+
+    How it is read (libpq's URI form, made robust for passwords): the credentials are
+    everything before the **last** ``@``, the user before their first ``:`` and the password
+    after it, so a password may hold any character, ``/ ? # @ :`` included. A user name
+    holding ``:`` or ``@``, and a database name or query value holding ``/ ? # @``, must be
+    percent-encoded. The URL is never echoed in a message.
+
+    Raises:
+        ConfigError: the scheme is not one of ``schemes``, the port is not a number from 1 to
+            65535, or the URL names no database (the message names the role, not the URL).
+    """
+    scheme, separator, rest = url.partition("://")
+    if not separator or scheme.lower() not in schemes:
+        raise ConfigError(f"{role} database URL must look like {example}")
+    userinfo, at, location = rest.rpartition("@")
+    if not at:
+        userinfo, location = "", rest
+    location, _, query_text = location.partition("?")
+    hostport, _, database = location.partition("/")
+    query = {k: v[-1] for k, v in parse_qs(query_text).items()}
+    database = unquote(database.split("#", 1)[0])
+    if not database:
+        raise ConfigError(f"{role} database URL names no database (…/dbname)")
+    user, colon, password = userinfo.partition(":")
+    hostname, port_text = _host_and_port(hostport)
+    return scheme.lower(), {
+        "user": unquote(user), "password": unquote(password) if colon and password else None,
+        "host": unquote(hostname) or "localhost",
+        "port": _port(role, port_text or query.get("port") or str(default_port)),
+        "database": database, "query": query}
+
+
+def database_from_url(role: str, url: str):
+    """The database a URL names: a :class:`Database` for ``postgresql://``, a
+    :class:`totes.utils.mysql.MySQLDatabase` for ``mysql://`` or ``mariadb://`` (a source
+    only: the warehouse is PostgreSQL).
+
+    Raises:
+        ConfigError: as :meth:`Database.from_url`, or a MySQL URL for the warehouse.
+    """
+    if url.partition("://")[0].lower() in MYSQL_SCHEMES:
+        from totes.utils.mysql import MySQLDatabase
+
+        _refuse_mysql(role)
+        return MySQLDatabase.from_url(role, url)
+    return Database.from_url(role, url)
+
+
+def _refuse_mysql(role: str) -> None:
+    if role == "warehouse":
+        raise ConfigError("the warehouse database must be PostgreSQL (postgresql://...); "
+                          "MySQL and MariaDB are supported as sources")
+
+
 @dataclass(frozen=True)
 class Database:
     """Where one database is and how to log in; ``role`` ("source", "warehouse") names it in
@@ -82,6 +146,7 @@ class Database:
 
     role: str
     params: dict = field(repr=False)
+    engine = "postgresql"
 
     @classmethod
     def from_url(cls, role: str, url: str) -> "Database":
@@ -99,28 +164,15 @@ class Database:
             ConfigError: the URL is not a PostgreSQL URL, its port is not a number from 1 to
                 65535, or it names no database (the message names the role, not the URL).
         """
-        scheme, separator, rest = url.partition("://")
-        if not separator or scheme not in ("postgresql", "postgres"):
-            raise ConfigError(f"{role} database URL must look like postgresql://user:password"
-                              "@host:port/dbname")
-        userinfo, at, location = rest.rpartition("@")
-        if not at:
-            userinfo, location = "", rest
-        location, _, query_text = location.partition("?")
-        hostport, _, database = location.partition("/")
-        query = {k: v[-1] for k, v in parse_qs(query_text).items()}
-        database = unquote(database.split("#", 1)[0])
-        if not database:
-            raise ConfigError(f"{role} database URL names no database (…/dbname)")
-        user, colon, password = userinfo.partition(":")
+        _, parts = parse_url(role, url, ("postgresql", "postgres"),
+                             "postgresql://user:password@host:port/dbname", 5432)
+        query = parts["query"]
         params: dict = {
-            "user": unquote(user) or query.get("user", "postgres"),
-            "password": unquote(password) if colon and password else None,
-            "database": database,
+            "user": parts["user"] or query.get("user", "postgres"),
+            "password": parts["password"],
+            "database": parts["database"],
         }
-        hostname, port_text = _host_and_port(hostport)
-        host = query.get("host") or unquote(hostname) or "localhost"
-        port = _port(role, port_text or query.get("port") or "5432")
+        host, port = query.get("host") or parts["host"], parts["port"]
         if host.startswith("/"):
             params["unix_sock"] = f"{host}/.s.PGSQL.{port}"
         else:
@@ -129,8 +181,10 @@ class Database:
         return cls(role, params)
 
     @classmethod
-    def from_secret(cls, role: str, secret_id: str, session=None) -> "Database":
-        """Read the connection JSON (see module docstring) from Secrets Manager.
+    def from_secret(cls, role: str, secret_id: str, session=None):
+        """Read the connection JSON (see module docstring) from Secrets Manager: a
+        :class:`Database`, or a :class:`totes.utils.mysql.MySQLDatabase` when the JSON says
+        ``"engine": "mysql"`` (a source only).
 
         Raises:
             ConfigError: the secret is not JSON or lacks host, username, password or dbname.
@@ -153,6 +207,15 @@ class Database:
                                       f"{type(exc).__name__}") from exc
         try:
             doc = json.loads(value)
+        except ValueError as exc:
+            raise ConfigError(f"secret {secret_id!r} of the {role} database must be JSON with "
+                              "host, port, username, password and dbname") from exc
+        if isinstance(doc, dict) and str(doc.get("engine", "")).lower() in MYSQL_ENGINES:
+            from totes.utils.mysql import MySQLDatabase
+
+            _refuse_mysql(role)
+            return MySQLDatabase.from_document(role, secret_id, doc)
+        try:
             params = {
                 "host": doc["host"],
                 "port": int(doc.get("port", 5432)),
@@ -179,7 +242,8 @@ class Database:
             host, port = folder, int(name.rsplit(".", 1)[1])
         else:
             host, port = self.params["host"], self.params["port"]
-        return json.dumps({"host": host, "port": port, "username": self.params["user"],
+        return json.dumps({"engine": "postgres", "host": host, "port": port,
+                           "username": self.params["user"],
                            "password": self.params.get("password") or "",
                            "dbname": self.params["database"],
                            "sslmode": _SSLMODE[type(self.params.get("ssl_context", None))]})

@@ -20,14 +20,15 @@ import os
 from typing import Mapping, Optional
 
 from totes.utils.config import DEFAULT_CONFIG_PATH
-from totes.utils.db import Database
+from totes.utils.db import Database, database_from_url
 from totes.utils.errors import ConfigError
 from totes.utils.lake import Lake
 from totes.utils.ledger import Ledger, ledger_from_uri
 
 
 def database_from_env(role: str, env: Mapping[str, str] = os.environ) -> Database:
-    """The ``role`` ("source" or "warehouse") database from ``TOTES_<ROLE>_URL`` or
+    """The ``role`` ("source" or "warehouse") database (a MySQL source is a
+    :class:`totes.utils.mysql.MySQLDatabase`) from ``TOTES_<ROLE>_URL`` or
     ``TOTES_<ROLE>_SECRET``.
 
     Raises:
@@ -35,7 +36,7 @@ def database_from_env(role: str, env: Mapping[str, str] = os.environ) -> Databas
     """
     prefix = f"TOTES_{role.upper()}"
     if env.get(f"{prefix}_URL"):
-        return Database.from_url(role, env[f"{prefix}_URL"])
+        return database_from_url(role, env[f"{prefix}_URL"])
     if env.get(f"{prefix}_SECRET"):
         return Database.from_secret(role, env[f"{prefix}_SECRET"])
     raise ConfigError(f"no {role} database: set {prefix}_URL or {prefix}_SECRET")

@@ -11,7 +11,8 @@ import pytest
 from support import query, snapshot
 from test_end_to_end import fingerprint
 from totes.ingest.extract import ingest_table
-from totes.ingest.partitions import Partition, partitions_of
+from totes.ingest.partitions import Partition
+from totes.ingest.postgres_reader import PostgresReader, partition_predicate
 from totes.local.runner import Resources, run_pipeline
 from totes.utils.config import TablePlan
 from totes.utils.errors import StorageUnavailable
@@ -99,13 +100,14 @@ def test_more_partitions_than_rows_and_empty_partitions(empty_source, tmp_path):
     schema = lake.metadata(result.parts[0]["key"]).schema.to_arrow_schema()
     conn = empty_source.connect()
     try:
-        parts = partitions_of(conn, few, schema)
+        reader = PostgresReader()
+        parts = reader.partitions(conn, few, schema)
         assert [(p.lower, p.upper) for p in parts[:2]] == [(None, "2"), ("2", "3")]
         assert parts[-1].upper is None and len(parts) == 40
-        assert "IS NULL" in parts[0].predicate("part", "bigint")[0]
+        assert "IS NULL" in partition_predicate(parts[0], "part", "bigint")[0]
         conn.run("DELETE FROM few")
-        assert partitions_of(conn, few.model_copy(update={"lower_bound": None,
-                                                          "upper_bound": None}), schema) == \
+        assert reader.partitions(conn, few.model_copy(update={"lower_bound": None,
+                                                              "upper_bound": None}), schema) == \
             [Partition(0, 1, None, None)]  # an empty table: one read
     finally:
         conn.close()

@@ -162,3 +162,49 @@ def test_a_bad_secret_is_a_configuration_error_without_its_value(secrets):
     assert "pw!" not in str(error.value)
     with pytest.raises(ConfigError, match="ResourceNotFoundException"):
         Database.from_secret("source", "totes/missing")
+
+
+# ---- MySQL and MariaDB sources --------------------------------------------------------------
+def test_a_mysql_url_is_read_by_the_same_rules():
+    from totes.utils.db import database_from_url
+
+    tcp = database_from_url("source", "mysql://etl:p%40ss/w@rd@db.example.com:3307/totesys"
+                                      "?sslmode=require")
+    assert tcp.engine == "mysql"
+    assert {k: tcp.params[k] for k in ("user", "password", "host", "port", "database")} == {
+        "user": "etl", "password": "p@ss/w@rd", "host": "db.example.com", "port": 3307,
+        "database": "totesys"}
+    assert "ssl" in tcp.params and "w@rd" not in repr(tcp) + tcp.describe()
+    assert tcp.describe() == "source database totesys at db.example.com:3307 (MySQL)"
+    sock = database_from_url("source", "mariadb://root@localhost/totesys?unix_socket=/run/m.sock")
+    assert sock.params["unix_socket"] == "/run/m.sock" and "host" not in sock.params
+    assert "ssl" not in sock.params  # plain unless asked
+    assert database_from_url("source", "postgresql://etl@h/db").engine == "postgresql"
+    with pytest.raises(ConfigError, match="the warehouse database must be PostgreSQL"):
+        database_from_url("warehouse", "mysql://etl:pw@h/warehouse")
+    with pytest.raises(ConfigError, match="source database URL names no database"):
+        database_from_url("source", "mysql://etl:pw@h:3306/")
+    with pytest.raises(ConfigError, match="sslmode 'sometimes'"):
+        database_from_url("source", "mysql://etl:pw@h/db?sslmode=sometimes")
+
+
+def test_a_mysql_secret_is_read_as_rds_writes_it(secrets, mariadb):
+    import json
+
+    from totes.utils.mysql import MySQLDatabase
+
+    secrets.create_secret(Name="totes/rds", SecretString=json.dumps({
+        "engine": "mysql", "host": "db.example.com", "port": 3306, "username": "etl",
+        "password": "pw!", "dbname": "totesys"}))
+    rds = Database.from_secret("source", "totes/rds")
+    assert isinstance(rds, MySQLDatabase) and rds.params["host"] == "db.example.com"
+    assert "ssl" in rds.params  # TLS by default for a secret, as for PostgreSQL's
+    with pytest.raises(ConfigError, match="must be PostgreSQL"):
+        Database.from_secret("warehouse", "totes/rds")
+    # A secret naming the test server's socket connects.
+    local = MySQLDatabase.from_url("source", mariadb.url("mysql"))
+    secrets.create_secret(Name="totes/mariadb", SecretString=local.to_secret())
+    read = Database.from_secret("source", "totes/mariadb")
+    with read.session("test", "reading the version") as session:
+        (version,), = session.conn.run("SELECT VERSION()")
+    assert "MariaDB" in version
