@@ -135,13 +135,13 @@ def main() -> int:
                 floor_load = _server_copy_in(session.conn, Database.from_url(
                     "source", urls["totesys"]), home)
 
-            def run(label):
+            def run(label, *more):
                 times, extracts = [], []
                 for _ in range(REPEATS):
                     if label == "10 new rows":
                         with source.session("bench", "adding rows") as session:
                             session.conn.run(NEW_ORDERS)
-                    seconds, _, out = measured([TOTES, "run", "--json", *flags], env)
+                    seconds, _, out = measured([TOTES, "run", "--json", *flags, *more], env)
                     times.append(seconds)
                     extracts.append(next(r["seconds"] for r in json.loads(out)["ingest"]
                                          if r["table"] == "sales_order"))
@@ -152,7 +152,8 @@ def main() -> int:
             with Database.from_url("warehouse", urls["warehouse"]).session(
                     "bench", "a second warehouse") as session:
                 session.conn.run("CREATE DATABASE warehouse_first")
-            first = measured([TOTES, "run", "--json", "--source-url", urls["totesys"],
+            first = measured([TOTES, "run", "--json", "--no-reconcile", "--source-url",
+                              urls["totesys"],
                               "--warehouse-url", urls["warehouse"].replace(
                                   "/warehouse?", "/warehouse_first?"),
                               "--lake", str(fresh / "lake"), "--processed",
@@ -163,7 +164,9 @@ def main() -> int:
             print(f"plan advises: {advice[0] if advice else '(nothing)'}", flush=True)
             with source.session("bench", "adding the index plan advises") as session:
                 session.conn.run("CREATE INDEX ON sales_order (last_updated, sales_order_id)")
-            nothing_new, ten_rows = run("nothing new"), run("10 new rows")
+            nothing_new, ten_rows = run("nothing new"), run("10 new rows", "--no-reconcile")
+            ten_reconciled = run("10 new rows")
+            checked = measured([TOTES, "reconcile", "--json", *flags], env)
             start_only = measured([TOTES, "--version"], env)[0]
         finally:
             server.stop()
@@ -189,13 +192,16 @@ def main() -> int:
     line("transform (first batch)", stages["transform"][0], sales["rows"],
          stages["transform"][1])
     line("load (first batch)", stages["load"][0], sales["rows"], stages["load"][1], floor_load)
-    line("first totes run, whole", first[0], None, first[1])
+    line("first totes run (no reconcile)", first[0], None, first[1])
     line("run with nothing new, no index", no_index[0])
     line("  of which sales_order extract", no_index[1])
     line("run with nothing new (median)", nothing_new[0])
     line("  of which sales_order extract", nothing_new[1])
     line("run with 10 new rows (median)", ten_rows[0])
     line("  of which sales_order extract", ten_rows[1])
+    line("  the same, reconciled after load", ten_reconciled[0])
+    compared = sum(t["source_rows"] for t in json.loads(checked[2])["tables"])
+    line("totes reconcile (whole source)", checked[0], compared, checked[1])
     line("process start (totes --version)", start_only)
     return 0
 

@@ -173,6 +173,8 @@ def run(source_url: Optional[str] = SourceUrl, warehouse_url: Optional[str] = Wa
         table: Optional[List[str]] = typer.Option(
             None, "--table", help="Only ingest this table (repeatable); transform and load "
                                   "take all pending work"),
+        check: bool = typer.Option(True, "--reconcile/--no-reconcile", help="Reconcile source "
+                                   "and warehouse after a load that loaded a batch"),
         as_json: bool = JsonOutput, verbose: bool = Verbose):
     """Run the main job once: plan → ingest → transform → load."""
     from totes.local.runner import run_pipeline
@@ -189,7 +191,8 @@ def run(source_url: Optional[str] = SourceUrl, warehouse_url: Optional[str] = Wa
                           f"{sum(c['inserted'] for c in counts.values()):,} rows in "
                           f"{len(counts)} tables")
         resources = workspace.resources()
-        following = {"plan": "ingest", "ingest": "transform", "transform": "load"}
+        following = {"plan": "ingest", "ingest": "transform", "transform": "load",
+                     "load": "reconcile"}
         with progress.status("plan…") as status:
             def on_stage(stage, output):
                 progress.line(f"[green]✓[/] {stage}")
@@ -197,7 +200,8 @@ def run(source_url: Optional[str] = SourceUrl, warehouse_url: Optional[str] = Wa
                     status.update(f"{following[stage]}…")
 
             result = run_pipeline(resources, on_stage, lambda r: progress.line(
-                f"  ingested {r.table}: {r.rows:,} rows"), tables=table or None)
+                f"  ingested {r.table}: {r.rows:,} rows"), tables=table or None,
+                reconcile=check)
         if as_json:
             _print_json(result.model_dump(mode="json"))
         else:
@@ -206,6 +210,11 @@ def run(source_url: Optional[str] = SourceUrl, warehouse_url: Optional[str] = Wa
             console.print(render.transform_table(result.transform))
             console.print(render.load_table(result.load))
             console.print(render.run_summary(result))
+            if result.reconcile is not None:
+                style = "green" if result.reconcile.equal else "red"
+                console.print(f"[{style}]{escape(result.reconcile.summary())}[/]")
+                if not result.reconcile.equal:
+                    console.print(render.differences_table(result.reconcile))
             for line in (render.source_warnings(result.ingest, tuple(result.plan.warnings))
                          + render.held_back(result.transform, result.load)):
                 progress.console.print(f"[yellow]{escape(line)}[/]")
@@ -386,6 +395,37 @@ def quarantine(warehouse_url: Optional[str] = WarehouseUrl,
         still_held = report.counts.get("held", 0) + report.counts.get("waiting", 0)
         if retry and still_held:
             raise typer.Exit(EXIT_ROWS_HELD)
+    _guard(work, as_json)
+
+
+@app.command()
+def reconcile(source_url: Optional[str] = SourceUrl,
+              warehouse_url: Optional[str] = WarehouseUrl, lake: Optional[str] = LakeUri,
+              limit: int = typer.Option(20, "--limit", min=1, help="List at most this many "
+                                        "differences per table (the totals count all)"),
+              as_json: bool = JsonOutput, verbose: bool = Verbose):
+    """Compare the source with the warehouse: rows, values after the transform's rules, and
+    money sums per currency. Rows changed after the last load are pending, not differences.
+    Exit 0 when they agree, 1 with the differences listed."""
+    from totes.load.reconcile import reconcile as reconcile_warehouse
+
+    def work():
+        progress = _Progress()
+        workspace = _workspace(progress, source_url=source_url, warehouse_url=warehouse_url,
+                               lake=lake)
+        source, warehouse = workspace.database("source"), workspace.database("warehouse")
+        with progress.status("Reconciling the source and the warehouse…"):
+            result = reconcile_warehouse(source, warehouse, workspace.lake(), limit)
+        if as_json:
+            _print_json(result.model_dump(mode="json"))
+        else:
+            console = render.stdout()
+            console.print(render.reconcile_table(result))
+            if not result.equal:
+                console.print(render.differences_table(result))
+            console.print(escape(result.summary()))
+        if not result.equal:
+            raise typer.Exit(EXIT_TERMINAL)
     _guard(work, as_json)
 
 

@@ -54,8 +54,9 @@ LOAD_LOCK_ID = 7_001_007
 COPY_BATCH_ROWS = 65_536
 #: The warehouse schema this code writes. 1: the first release (time(3), no versions);
 #: 2: times keep microseconds, dimensions carry source_last_updated, totes.load_state;
-#: 3: held facts (totes.held_<fact>); 4: joined dimensions carry reference_last_updated.
-WAREHOUSE_SCHEMA_VERSION = 4
+#: 3: held facts (totes.held_<fact>); 4: joined dimensions carry reference_last_updated;
+#: 5: each fact's current-version view (<fact>_current).
+WAREHOUSE_SCHEMA_VERSION = 5
 _BOOKKEEPING_DDL = (
     "CREATE TABLE IF NOT EXISTS totes.loaded_batch ("
     " manifest_key text PRIMARY KEY,"
@@ -137,11 +138,15 @@ def create_warehouse(conn) -> None:
         _refuse_source_tables(conn)
     for statement in _BOOKKEEPING_DDL:
         conn.run(statement)
+    for table in TABLES.values():  # views first: a column a view uses cannot change type
+        if table.current_view:
+            conn.run(f"DROP VIEW IF EXISTS {quote_ident(table.current_view)}")
     for table in TABLES.values():
         conn.run(table.ddl())
         _upgrade_columns(conn, table)
         if table.kind == "fact":
             conn.run(held_facts.held_ddl(table))
+            conn.run(table.current_view_ddl())
     conn.run("INSERT INTO totes.schema_version (version) VALUES (:v)",
              v=WAREHOUSE_SCHEMA_VERSION)
 

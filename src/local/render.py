@@ -221,3 +221,36 @@ def history_table(records) -> Table:
     if not records:
         table.add_row("-", "(no runs recorded)", "", "", "", "", "", "", "", "")
     return table
+
+
+def reconcile_table(result) -> Table:
+    """One row per warehouse table that ``totes reconcile`` compared."""
+    table = Table("warehouse table", "source table", "source rows", "warehouse rows",
+                  "pending", "held", "quarantined", "differences",
+                  title=f"reconcile ({result.seconds:.2f} s)",
+                  caption="pending: changed in the source after the last load; held: a fact "
+                  "row waiting for its dimension row; quarantined: breaks a rule",
+                  caption_justify="left")
+    for t in result.tables:
+        table.add_row(t.table, t.source_table, f"{t.source_rows:,}", f"{t.warehouse_rows:,}",
+                      f"{t.pending:,}", f"{t.held:,}", f"{t.quarantined:,}",
+                      f"[red]{t.differences:,}[/]" if t.differences else "0")
+    return table
+
+
+def differences_table(result) -> Table:
+    """The differences ``totes reconcile`` listed, and the sums that differ."""
+    table = Table("table", "key", "column", "source", "warehouse", "problem",
+                  title="differences")
+    for t in result.tables:
+        for d in t.listed:
+            key = ", ".join(f"{k}={v}" for k, v in d.key.items())
+            table.add_row(d.table, key, d.column or "-", d.source or "-", d.warehouse or "-",
+                          d.problem)
+        if t.differences > len(t.listed):
+            table.add_row(t.table, f"… {t.differences - len(t.listed):,} more", "", "", "", "")
+    for s in result.sums:
+        if not s.equal:
+            table.add_row(s.table, f"currency {s.currency}", f"sum({s.column})", s.source,
+                          s.warehouse, "sum differs")
+    return table

@@ -60,9 +60,12 @@ def ingest_all(source: Database, lake: Lake, planned: PlanResult,
 def run_pipeline(resources: Resources,
                  on_stage: Callable[[str, object], None] = lambda stage, output: None,
                  on_table: Callable[[IngestResult], None] = lambda result: None,
-                 tables: Optional[list] = None) -> RunResult:
+                 tables: Optional[list] = None, reconcile: bool = True) -> RunResult:
     """Run the main job once and return every stage's result
-    (:class:`~totes.utils.stage_results.RunResult`).
+    (:class:`~totes.utils.stage_results.RunResult`). With ``reconcile``, a load that loaded
+    a batch is followed by a reconciliation of source and warehouse
+    (:func:`totes.load.reconcile.reconcile`; a run that loads nothing skips it, so that it
+    stays cheap whatever the source's size).
 
     ``on_stage(stage, result)`` is called as each stage ends, ``on_table(result)`` as each
     table's ingest ends (for progress). ``tables`` limits the ingest to those tables (names,
@@ -83,8 +86,15 @@ def run_pipeline(resources: Resources,
     loaded = load(resources.processed, resources.warehouse, ledger=resources.ledger,
                   run_id=run_id)
     on_stage("load", loaded)
+    checked = None
+    if reconcile and loaded.batches:
+        from totes.load.reconcile import reconcile as reconcile_warehouse
+
+        checked = reconcile_warehouse(resources.source, resources.warehouse, resources.lake)
+        on_stage("reconcile", checked)
     return RunResult(run_id=run_id, plan=planned, ingest=ingested, transform=transformed,
-                     load=loaded, seconds=round(time.monotonic() - started, 3))
+                     load=loaded, reconcile=checked,
+                     seconds=round(time.monotonic() - started, 3))
 
 
 def retry_quarantine(lake: Lake, processed: Lake, warehouse: Database,

@@ -1,9 +1,10 @@
 """Load the ToteSys snapshot into a source database, as it was at any moment of its history.
 
-The snapshot (``data/totesys-2024-11``, see its PROVENANCE.md) holds each row's latest version.
-The state "as of T" is: the rows created at or before T; a row updated after T is shown as it
-was before the update (``last_updated = created_at``, and for a payment ``paid = false``: in
-the real history only payments are updated, when they are paid).
+The snapshot (``data/totesys-2024-11/PROVENANCE.md`` says where it comes from) holds each
+row's latest version. The state "as of T" is: the rows created at or before T; a row updated
+after T is shown as it was before the update (``last_updated = created_at``, and for a
+payment ``paid = false``: in the real history only payments are updated, when they are
+paid).
 
 Seeding is an upsert of that state that only moves rows forward (a row is replaced only by a
 version with a later ``last_updated``), so ``--as-of T`` on an empty database and

@@ -155,6 +155,71 @@ class LoadResult(_Result):
     seconds: float
 
 
+# ---- reconciliation ------------------------------------------------------------------------
+class Difference(_Result):
+    """One disagreement: the warehouse table, the row's key, the column (None for a missing
+    or extra row), both values as text, and what is wrong."""
+
+    table: str
+    key: dict
+    column: Optional[str] = None
+    source: Optional[str] = None
+    warehouse: Optional[str] = None
+    problem: str
+
+
+class TableReconciliation(_Result):
+    """One warehouse table against its source table (rows: keys compared)."""
+
+    table: str
+    source_table: str
+    source_rows: int
+    warehouse_rows: int
+    pending: int
+    held: int = 0
+    quarantined: int = 0
+    differences: int
+    loaded_through: Optional[str]
+    listed: list[Difference]
+
+
+class SumCheck(_Result):
+    """A fact's money column summed per currency, over the rows compared."""
+
+    table: str
+    column: str
+    currency: str
+    source: str
+    warehouse: str
+    equal: bool
+
+
+class ReconcileResult(_Result):
+    """Everything :func:`totes.load.reconcile.reconcile` found (its module docstring shows
+    the JSON): the output of ``totes reconcile --json`` and of the state machine's Reconcile
+    step."""
+
+    equal: bool
+    differences: int
+    tables: list[TableReconciliation]
+    sums: list[SumCheck]
+    seconds: float
+
+    def summary(self) -> str:
+        """One line: ``reconcile: source and warehouse agree (11 tables, 48,066 rows; 2
+        pending)`` or ``reconcile: 3 differences (fact_payment 1, dim_staff 1, …)``."""
+        pending = sum(t.pending for t in self.tables)
+        waiting = f"; {pending:,} pending" if pending else ""
+        if self.equal:
+            rows = sum(t.source_rows for t in self.tables)
+            return (f"reconcile: source and warehouse agree ({len(self.tables)} tables, "
+                    f"{rows:,} rows{waiting})")
+        where = ", ".join(f"{t.table} {t.differences}" for t in self.tables if t.differences)
+        sums = sum(1 for s in self.sums if not s.equal)
+        return (f"reconcile: {self.differences} differences ({where}"
+                f"{f'; {sums} sums differ' if sums else ''}){waiting}")
+
+
 class RunResult(_Result):
     """A whole local run (``totes run --json``): every stage's output and the run's seconds."""
 
@@ -163,4 +228,5 @@ class RunResult(_Result):
     ingest: list[IngestResult]
     transform: TransformResult
     load: LoadResult
+    reconcile: Optional[ReconcileResult] = None
     seconds: float

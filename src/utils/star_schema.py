@@ -7,7 +7,9 @@ time64[us], money as decimal128(10,2), ids as int32); load creates the tables fr
 
 Grain: a dimension row is the latest version of one source key; a fact row is one version of
 one source row, identified by its source id plus ``last_updated`` (date and time), which is the
-fact's merge key: loading the same version twice never adds a row.
+fact's merge key: loading the same version twice never adds a row. Each fact has a view of
+its current versions, ``<fact>_current`` (one row per source id, the latest version): what
+an analyst sums.
 
 Times keep microseconds (``time``, i.e. ``time(6)``, as PostgreSQL's default precision): two
 versions of a row a few microseconds apart stay two fact rows. A source with milliseconds
@@ -79,6 +81,20 @@ class WarehouseTable:
     def arrow_schema(self) -> pa.Schema:
         return pa.schema([pa.field(c.name, c.arrow_type, nullable=c.nullable)
                           for c in self.columns])
+
+    @property
+    def current_view(self) -> Optional[str]:
+        """A fact's current-version view, ``<fact>_current`` (None for a dimension)."""
+        return f"{self.name}_current" if self.kind == "fact" else None
+
+    def current_view_ddl(self) -> str:
+        """``CREATE OR REPLACE VIEW <fact>_current``: the latest version of each source row
+        (grain: one row per source id, the version with the greatest ``last_updated``), with
+        every column of the fact."""
+        source_id = self.merge_key[0]
+        return (f"CREATE OR REPLACE VIEW {self.current_view} AS "
+                f"SELECT DISTINCT ON ({source_id}) * FROM {self.name} "
+                f"ORDER BY {source_id}, last_updated_date DESC, last_updated_time DESC")
 
     def ddl(self) -> str:
         """``CREATE TABLE IF NOT EXISTS`` with primary, unique and foreign keys."""
@@ -178,3 +194,33 @@ _FACTS = (
 
 #: Every warehouse table by name, dimensions first: the order in which load writes them.
 TABLES: dict[str, WarehouseTable] = {t.name: t for t in _DIMENSIONS + _FACTS}
+
+
+def mermaid_er_diagram() -> str:
+    """The star schema as a Mermaid ``erDiagram`` (every table, its columns with their SQL
+    types, keys marked ``PK``/``UK``/``FK``, one relationship per foreign key): what
+    ``docs/warehouse.md`` shows, kept equal to it by a test; ``python -m
+    totes.utils.star_schema`` prints it."""
+    lines = ["erDiagram"]
+    for table in TABLES.values():
+        lines.append(f"    {table.name} {{")
+        if table.surrogate_key:
+            lines.append(f"        serial {table.surrogate_key} PK")
+        for column in table.columns:
+            marks = []
+            if column.name in table.merge_key:
+                marks.append("UK" if table.surrogate_key else "PK")
+            if column.name in table.foreign_keys:
+                marks.append("FK")
+            kind = column.sql_type.replace(" ", "").replace(",", "_").replace("(", "_") \
+                .replace(")", "")
+            lines.append(f"        {kind} {column.name}{' ' + ', '.join(marks) if marks else ''}")
+        lines.append("    }")
+    for table in TABLES.values():
+        for column, target in table.foreign_keys.items():
+            lines.append(f"    {target} ||--o{{ {table.name} : {column}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(mermaid_er_diagram())

@@ -1,0 +1,370 @@
+"""Reconciliation: does the warehouse still agree with the source?
+
+For every dimension built from a source table, and every fact, the source's current rows are
+put through the transform's own rules (:mod:`totes.transform.dimensions`,
+:func:`totes.transform.facts.fact_rows`) and compared with the warehouse: a dimension's rows,
+a fact's current versions (``<fact>_current``). Three checks:
+
+* **rows**: each expected key is in the warehouse and no other (``missing in the warehouse``,
+  ``not in the source``);
+* **values**: each column of each key is equal (a fact's ``last_updated_date``/``_time`` too,
+  so a lost newer version shows as an older one); a dimension's version columns are left out;
+* **sums**: each fact's money column summed per currency.
+
+**Pending, held, quarantined.** A source row changed after the warehouse's newest version of
+its table (``loaded_through``: a fact's greatest ``last_updated``, a dimension's greatest
+``source_last_updated``; for a joined dimension, its reference table's too) is *pending*: the
+next load brings it, so it is not a difference. A fact row version waiting for its dimension
+row (``totes.held_<fact>``) is *held*; a source row that breaks a rule is *quarantined*
+(``totes quarantine`` lists it). Neither is a difference.
+
+**Bounded memory.** Each source table is read once, in full, through the source's own reader
+(PostgreSQL's ``COPY``, MySQL's streaming cursor) into a local Parquet file; a fact is then
+compared one record batch at a time (the source in key order, the warehouse's rows of the same
+key range by ``COPY``); a dimension is compared whole (dimensions are small: their source
+tables are reference data).
+
+Result (``--json``)::
+
+    {"equal": false, "differences": 3, "seconds": 1.2,
+     "tables": [{"table": "fact_payment", "source_table": "payment", "source_rows": 15836,
+                 "warehouse_rows": 15836, "pending": 0, "held": 0, "quarantined": 0,
+                 "differences": 1, "loaded_through": "2024-11-15 14:40:10.123000",
+                 "listed": [{"key": {"payment_id": 2}, "column": "payment_amount",
+                             "source": "552548.62", "warehouse": "1.00",
+                             "problem": "value differs"}]}, ...],
+     "sums": [{"table": "fact_payment", "column": "payment_amount", "currency": "GBP",
+               "source": "...", "warehouse": "...", "equal": true}, ...]}
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from decimal import Decimal
+from typing import Iterator, Optional
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from totes.ingest.batch_writer import Job, measuring_pool
+from totes.ingest.postgres_reader import copy_through_pipe
+from totes.ingest.source_reader import reader_for
+from totes.transform import dimensions as dims
+from totes.transform.facts import FACT_SOURCES, fact_rows
+from totes.utils.config import TablePlan
+from totes.utils.db import Database, quote_ident
+from totes.utils.lake import Lake
+from totes.utils.source_tables import SOURCE_TABLES
+from totes.utils.stage_results import (Difference, ReconcileResult, SumCheck,
+                                       TableReconciliation)
+from totes.utils.star_schema import TABLES, WarehouseTable
+
+log = logging.getLogger(__name__)
+
+#: Differences listed per table (the totals count them all).
+DEFAULT_LIMIT = 20
+#: Source rows compared at a time for a fact.
+FACT_BATCH_ROWS = 200_000
+
+#: dimension → (its source table, the reference table it is joined to, the source's column
+#: holding the reference's key).
+DIMENSION_SOURCES: dict[str, tuple[str, Optional[str], Optional[str]]] = {
+    "dim_design": ("design", None, None),
+    "dim_location": ("address", None, None),
+    "dim_currency": ("currency", None, None),
+    "dim_payment_type": ("payment_type", None, None),
+    "dim_transaction": ("transaction", None, None),
+    "dim_counterparty": ("counterparty", "address", "legal_address_id"),
+    "dim_staff": ("staff", "department", "department_id"),
+}
+
+
+# ---- reading both sides ---------------------------------------------------------------------
+@contextlib.contextmanager
+def _source_file(source, lake: Lake, table: str) -> Iterator[Optional[pq.ParquetFile]]:
+    """The current rows of source ``table``, in key order, in a local Parquet file (None
+    when the table is empty)."""
+    plan = TablePlan(table=table, primary_key=SOURCE_TABLES[table].primary_key,
+                     extract_type="full", mode="full", watermark_column=None)
+    reader = reader_for(source)
+    doing = f"reading table {table} of the {source.describe()} to reconcile it"
+    with source.session(f"totes-reconcile-{table}", doing) as session:
+        conn = session.conn
+        inspected = reader.inspect(conn, plan)
+        reader.begin(conn)
+        job = Job(plan, inspected.schema, None, measuring_pool(), plan.record_batch_bytes, None)
+        with lake.staging_file() as staged:
+            written = reader.read(conn, plan, inspected, job, staged, doing)
+            conn.run("COMMIT")
+            yield pq.ParquetFile(staged) if written is not None else None
+
+
+def _warehouse_rows(conn, sql: str, schema: pa.Schema, doing: str) -> pa.Table:
+    """The rows of ``SELECT`` ``sql`` (columns in ``schema``'s order) by ``COPY``."""
+    def consume(reader) -> pa.Table:
+        if not reader.peek(1):
+            return schema.empty_table()
+        return pacsv.read_csv(
+            reader, read_options=pacsv.ReadOptions(column_names=schema.names,
+                                                   use_threads=False),
+            parse_options=pacsv.ParseOptions(newlines_in_values=True),
+            convert_options=pacsv.ConvertOptions(
+                column_types=schema, true_values=["t"], false_values=["f"], null_values=[""],
+                strings_can_be_null=True, quoted_strings_can_be_null=False))
+    return copy_through_pipe(conn, f"COPY ({sql}) TO STDOUT WITH (FORMAT csv)", consume, doing)
+
+
+def _scalar(conn, sql: str):
+    (value,), = conn.run(sql)
+    return value
+
+
+def _loaded_through(conn, table: WarehouseTable, column: str = "source_last_updated"):
+    """The newest source version the warehouse holds of ``table`` (None: no row)."""
+    q_table = quote_ident(table.name)
+    if table.kind == "fact":
+        return _scalar(conn, f"SELECT max(last_updated_date + last_updated_time) "  # nosec B608
+                             f"FROM {q_table}")
+    return _scalar(conn, f"SELECT max({quote_ident(column)}) FROM {q_table}")  # nosec B608
+
+
+def _after(values: pa.ChunkedArray, moment) -> pa.Array:
+    """Mask: ``values`` (timestamps) later than ``moment`` (everything when None)."""
+    if moment is None:
+        return pa.repeat(True, len(values))
+    kind = values.type
+    bound = pa.scalar(moment, pa.timestamp("us")).cast(pa.timestamp(kind.unit))
+    plain = values.cast(pa.timestamp(kind.unit)) if kind.tz else values
+    return pc.fill_null(pc.greater(plain, bound), True)
+
+
+# ---- comparing ------------------------------------------------------------------------------
+class _Tally:
+    """Differences of one table: counted, the first ``limit`` listed."""
+
+    def __init__(self, table: str, key: str, limit: int):
+        self.table, self.key, self.limit = table, key, limit
+        self.count = 0
+        self.listed: list[Difference] = []
+
+    def add(self, keys: list, problem: str, column: Optional[str] = None,
+            source: Optional[list] = None, warehouse: Optional[list] = None) -> None:
+        self.count += len(keys)
+        for i, key in enumerate(keys[:max(self.limit - len(self.listed), 0)]):
+            self.listed.append(Difference(
+                table=self.table, key={self.key: key}, column=column, problem=problem,
+                source=None if source is None else _text(source[i]),
+                warehouse=None if warehouse is None else _text(warehouse[i])))
+
+
+def _text(value) -> Optional[str]:
+    return None if value is None else str(value)
+
+
+def _compare(expected: pa.Table, actual: pa.Table, key: str, columns: list[str],
+             tally: _Tally) -> None:
+    """Compare ``expected`` (from the source) with ``actual`` (the warehouse) on ``key``."""
+    left = pa.table({key: expected[key].cast(pa.int64()),
+                     "__s": pa.repeat(True, expected.num_rows),
+                     **{f"s.{c}": expected[c] for c in columns}})
+    right = pa.table({key: actual[key].cast(pa.int64()),
+                      "__w": pa.repeat(True, actual.num_rows),
+                      **{f"w.{c}": actual[c] for c in columns}})
+    joined = left.join(right, keys=key, join_type="full outer").sort_by(key)
+    in_source = pc.fill_null(joined["__s"], False)
+    in_warehouse = pc.fill_null(joined["__w"], False)
+    missing = joined.filter(pc.and_(in_source, pc.invert(in_warehouse)))
+    tally.add(missing[key].to_pylist(), "missing in the warehouse")
+    extra = joined.filter(pc.and_(in_warehouse, pc.invert(in_source)))
+    tally.add(extra[key].to_pylist(), "not in the source")
+    both = joined.filter(pc.and_(in_source, in_warehouse))
+    for column in columns:
+        s, w = both[f"s.{column}"], both[f"w.{column}"]
+        if s.type != w.type:
+            s = s.cast(w.type)
+        same = pc.or_kleene(pc.and_kleene(pc.is_null(s), pc.is_null(w)),
+                            pc.fill_null(pc.equal(s, w), False))
+        differ = both.filter(pc.invert(same))
+        if differ.num_rows:
+            tally.add(differ[key].to_pylist(), "value differs", column,
+                      differ[f"s.{column}"].to_pylist(), differ[f"w.{column}"].to_pylist())
+
+
+def _dimension(conn, source, lake: Lake, name: str, limit: int) -> TableReconciliation:
+    table = TABLES[name]
+    source_table, reference, reference_column = DIMENSION_SOURCES[name]
+    key = table.merge_key[0]
+    source_key = SOURCE_TABLES[source_table].primary_key
+    through = _loaded_through(conn, table)
+    ref_through = _loaded_through(conn, table, "reference_last_updated") if reference else None
+    with _source_file(source, lake, source_table) as rows_file:
+        rows = rows_file.read() if rows_file is not None else None
+    if rows is None:
+        rows = pa.table({source_key: pa.array([], pa.int32()),
+                         "last_updated": pa.array([], pa.timestamp("ms"))})
+    pending = _after(rows["last_updated"], through)
+    reference_rows = None
+    if reference:
+        with _source_file(source, lake, reference) as reference_file:
+            reference_rows = reference_file.read() if reference_file is not None else None
+        if reference_rows is not None:
+            late = reference_rows.filter(_after(reference_rows["last_updated"], ref_through))
+            ref_key = SOURCE_TABLES[reference].primary_key
+            pending = pc.or_(pending, pc.is_in(rows[reference_column],
+                                               value_set=late[ref_key].combine_chunks()))
+    pending_ids = rows.filter(pending)[source_key].combine_chunks()
+    if name == "dim_staff":
+        checked = dims.dim_staff(rows, reference_rows, rows["staff_id"], None)
+    elif name == "dim_counterparty":
+        checked = dims.dim_counterparty(rows, reference_rows, rows["counterparty_id"], None)
+    elif name == "dim_currency":
+        checked = dims.dim_currency(rows)
+    else:
+        checked = getattr(dims, name)(rows)
+    expected = checked.rows if checked is not None else None
+    quarantined = checked.held.num_rows if checked is not None and checked.held is not None \
+        else 0
+    quarantined_ids = checked.held[source_key] if quarantined else pa.array([], pa.int32())
+    columns = [c.name for c in table.columns if c.name not in table.version_columns
+               and c.name != key]
+    doing = f"reading {name} of the warehouse to reconcile it"
+    actual = _warehouse_rows(conn, f"SELECT {', '.join(table.column_names)} FROM {name}",
+                             table.arrow_schema(), doing)
+    skip = pa.concat_arrays([pending_ids.cast(pa.int64()),
+                             _flat(quarantined_ids).cast(pa.int64())])
+    if expected is None:
+        expected = table.arrow_schema().empty_table()
+    expected = _without(expected, key, skip)
+    actual_compared = _without(actual, key, skip)
+    tally = _Tally(name, key, limit)
+    _compare(expected, actual_compared, key, columns, tally)
+    return TableReconciliation(
+        table=name, source_table=source_table, source_rows=expected.num_rows,
+        warehouse_rows=actual.num_rows, pending=len(pending_ids), quarantined=quarantined,
+        differences=tally.count, loaded_through=_text(through), listed=tally.listed)
+
+
+def _fact(conn, source, lake: Lake, source_table: str, limit: int,
+          sums: list[SumCheck]) -> TableReconciliation:
+    name = FACT_SOURCES[source_table][0]
+    table = TABLES[name]
+    key = table.merge_key[0]
+    through = _loaded_through(conn, table)
+    held_ids = pa.array([int(i) for i, in conn.run(
+        f"SELECT DISTINCT {quote_ident(key)} FROM totes.{quote_ident('held_' + name)}")],
+        pa.int64())  # nosec B608: identifiers through quote_ident
+    money = [c.name for c in table.columns if c.sql_type.startswith("numeric")]
+    currency_codes = dict(conn.run("SELECT currency_id, currency_code FROM dim_currency"))
+    source_sums: dict[tuple[str, int], Decimal] = {}
+    warehouse_sums: dict[tuple[str, int], Decimal] = {}
+    tally = _Tally(name, key, limit)
+    compared = pending = quarantined = held = warehouse_rows = 0
+    columns = [c.name for c in table.columns if c.name != key]
+    schema = table.arrow_schema()
+    select = ", ".join(table.column_names)
+    doing = f"reading {name}_current of the warehouse to reconcile it"
+    low: Optional[int] = None
+    with _source_file(source, lake, source_table) as rows_file:
+        batches = rows_file.iter_batches(batch_size=FACT_BATCH_ROWS) \
+            if rows_file is not None else iter(())
+        batch = next(batches, None)
+        while True:
+            following = next(batches, None) if batch is not None else None
+            if batch is not None:
+                ids = batch.column(key)
+                high = None if following is None else int(pc.max(ids).as_py())
+            else:
+                high = None
+            where = [f"{key} > {int(low)}"] if low is not None else []
+            if high is not None:
+                where.append(f"{key} <= {int(high)}")
+            condition = f" WHERE {' AND '.join(where)}" if where else ""
+            actual = _warehouse_rows(conn, f"SELECT {select} FROM {table.current_view}"
+                                           f"{condition}", schema, doing)
+            warehouse_rows += actual.num_rows
+            expected = schema.empty_table()
+            if batch is not None and batch.num_rows:
+                rows = pa.Table.from_batches([batch])
+                late = _after(rows["last_updated"], through)
+                pending += pc.sum(late).as_py() or 0
+                current = rows.filter(pc.invert(late)).combine_chunks()
+                skip_ids = [rows.filter(late)[key].cast(pa.int64()).combine_chunks(), held_ids]
+                if current.num_rows:
+                    checked = fact_rows(current.to_batches()[0], source_table)
+                    if checked.rows is not None:
+                        expected = checked.rows
+                    if checked.held is not None and checked.held.num_rows:
+                        quarantined += checked.held.num_rows
+                        skip_ids.append(checked.held[key].cast(pa.int64()).combine_chunks())
+                skip_set = pa.concat_arrays(skip_ids)
+                held += pc.sum(pc.is_in(expected[key].cast(pa.int64()),
+                                        value_set=held_ids)).as_py() or 0
+                expected = _without(expected, key, skip_set)
+                actual = _without(actual, key, skip_set)
+            compared += expected.num_rows
+            _add_sums(expected, money, currency_codes, source_sums)
+            _add_sums(actual, money, currency_codes, warehouse_sums)
+            _compare(expected, actual, key, columns, tally)
+            if batch is None or following is None:
+                break
+            low, batch = high, following
+    for currency_key in sorted(set(source_sums) | set(warehouse_sums)):
+        column, currency = currency_key
+        s = source_sums.get(currency_key, Decimal(0))
+        w = warehouse_sums.get(currency_key, Decimal(0))
+        sums.append(SumCheck(table=name, column=column, currency=currency, source=str(s),
+                             warehouse=str(w), equal=s == w))
+    return TableReconciliation(
+        table=name, source_table=source_table, source_rows=compared,
+        warehouse_rows=warehouse_rows, pending=pending, held=held, quarantined=quarantined,
+        differences=tally.count, loaded_through=_text(through), listed=tally.listed)
+
+
+def _flat(values) -> pa.Array:
+    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+
+
+def _without(rows: pa.Table, key: str, ids: pa.Array) -> pa.Table:
+    """``rows`` whose ``key`` is not among ``ids``."""
+    return rows.filter(pc.invert(pc.is_in(rows[key].cast(pa.int64()), value_set=ids)))
+
+
+def _add_sums(rows: pa.Table, money: list[str], codes: dict, into: dict) -> None:
+    if not rows.num_rows:
+        return
+    for column in money:
+        grouped = rows.group_by("currency_id").aggregate([(column, "sum")])
+        for currency_id, total in zip(grouped["currency_id"].to_pylist(),
+                                      grouped[f"{column}_sum"].to_pylist()):
+            currency = codes.get(currency_id, f"currency_id {currency_id}")
+            into[(column, currency)] = into.get((column, currency), Decimal(0)) + \
+                (total or Decimal(0))
+
+
+def reconcile(source, warehouse: Database, lake: Lake,
+              limit: int = DEFAULT_LIMIT) -> ReconcileResult:
+    """Compare ``source`` (PostgreSQL or MySQL) with ``warehouse`` as the module docstring
+    says; ``lake`` only gives the staging directory of the local copies of source tables.
+    ``limit``: differences listed per table.
+
+    Raises:
+        DatabaseUnavailable / DatabaseRejected: a database could not be reached.
+        SourceSchemaError: a source table is missing or lacks a column transform reads.
+    """
+    started = time.monotonic()
+    tables, sums = [], []
+    with warehouse.session("totes-reconcile", f"reconciling the {warehouse.describe()}") \
+            as session:
+        conn = session.conn
+        for name in DIMENSION_SOURCES:
+            tables.append(_dimension(conn, source, lake, name, limit))
+        for source_table in FACT_SOURCES:
+            tables.append(_fact(conn, source, lake, source_table, limit, sums))
+    differences = sum(t.differences for t in tables) + sum(1 for s in sums if not s.equal)
+    result = ReconcileResult(equal=differences == 0, differences=differences, tables=tables,
+                             sums=sums, seconds=round(time.monotonic() - started, 3))
+    (log.info if result.equal else log.warning)(result.summary())
+    return result

@@ -1,0 +1,150 @@
+"""Reconciliation of source and warehouse, and the facts' current-version views, on real
+PostgreSQL databases: clean after two weeks of runs; a tampered fact value, dimension row and
+deleted fact version named exactly; source changes after the last load pending, not
+differences."""
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from decimal import Decimal
+
+import pytest
+from typer.testing import CliRunner
+
+from support import CONFIG, query
+from totes.cli import app
+from totes.load.reconcile import reconcile
+from totes.local.runner import Resources, run_pipeline
+from totes.local.seed import seed
+from totes.utils.lake import Lake
+
+TWO_WEEKS = [datetime(2024, 11, day, 18) for day in (1, 4, 7, 10, 13, 15)]
+
+
+@pytest.fixture
+def replayed(empty_source, warehouse, tmp_path) -> Resources:
+    """Two weeks of the real history, one run after each step (reconciling as it goes)."""
+    resources = Resources(empty_source, warehouse, Lake(str(tmp_path / "lake")),
+                          Lake(str(tmp_path / "processed")), CONFIG)
+    for moment in TWO_WEEKS:
+        seed(empty_source, moment, advance=True)
+        result = run_pipeline(resources)
+        assert result.reconcile is not None and result.reconcile.equal, \
+            result.reconcile.summary()
+    return resources
+
+
+def by_table(result) -> dict:
+    return {t.table: t for t in result.tables}
+
+
+def test_reconcile_is_clean_after_two_weeks_and_the_current_views_are_the_source(replayed):
+    result = reconcile(replayed.source, replayed.warehouse, replayed.lake)
+    assert result.equal and result.differences == 0
+    tables = by_table(result)
+    assert set(tables) == {"dim_design", "dim_location", "dim_currency", "dim_payment_type",
+                           "dim_transaction", "dim_counterparty", "dim_staff",
+                           "fact_sales_order", "fact_purchase_order", "fact_payment"}
+    (payments,), = query(replayed.source, "SELECT count(*) FROM payment")
+    assert tables["fact_payment"].source_rows == tables["fact_payment"].warehouse_rows \
+        == payments
+    assert all(s.equal for s in result.sums) and {s.currency for s in result.sums} == \
+        {"GBP", "USD", "EUR"}
+    # Facts keep every version; the current view holds one row per source id, the source's.
+    (versions,), = query(replayed.warehouse, "SELECT count(*) FROM fact_payment")
+    assert versions > payments
+    current = query(replayed.warehouse, "SELECT payment_id, payment_amount, paid, "
+                                        "last_updated_date + last_updated_time "
+                                        "FROM fact_payment_current ORDER BY payment_id")
+    source = query(replayed.source, "SELECT payment_id, payment_amount, paid, last_updated "
+                                    "FROM payment ORDER BY payment_id")
+    assert [tuple(r) for r in current] == [tuple(r) for r in source]
+    for fact, source_table in (("fact_sales_order", "sales_order"),
+                               ("fact_purchase_order", "purchase_order")):
+        (ids, rows), = query(replayed.warehouse, f"SELECT count(DISTINCT "
+                                                 f"{source_table}_id), count(*) "
+                                                 f"FROM {fact}_current")
+        (expected,), = query(replayed.source, f"SELECT count(*) FROM {source_table}")
+        assert ids == rows == expected
+    # What the analyst of the issue summed: the current versions equal the source's total.
+    (warehouse_total,), = query(replayed.warehouse,
+                                "SELECT sum(payment_amount) FROM fact_payment_current")
+    (all_versions,), = query(replayed.warehouse, "SELECT sum(payment_amount) FROM fact_payment")
+    (source_total,), = query(replayed.source, "SELECT sum(payment_amount) FROM payment")
+    assert warehouse_total == source_total != all_versions
+
+
+def test_tampering_with_the_warehouse_is_named_exactly(resources):
+    run_pipeline(resources, reconcile=False)
+    (before,), = query(resources.warehouse, "SELECT payment_amount FROM fact_payment_current "
+                                            "WHERE payment_id = 2")
+    query(resources.warehouse, "UPDATE fact_payment SET payment_amount = 1.00 "
+                               "WHERE payment_id = 2")
+    query(resources.warehouse, "UPDATE dim_staff SET last_name = 'Tampered' WHERE staff_id = 3")
+    query(resources.warehouse, "DELETE FROM fact_sales_order WHERE sales_order_id = 5")
+
+    result = reconcile(resources.source, resources.warehouse, resources.lake)
+
+    assert not result.equal
+    listed = [(d.table, d.key, d.column, d.source, d.warehouse, d.problem)
+              for t in result.tables for d in t.listed]
+    (first_name,), = query(resources.source, "SELECT last_name FROM staff WHERE staff_id = 3")
+    assert sorted(listed) == sorted([
+        ("fact_payment", {"payment_id": 2}, "payment_amount", str(before), "1.00",
+         "value differs"),
+        ("dim_staff", {"staff_id": 3}, "last_name", first_name, "Tampered", "value differs"),
+        ("fact_sales_order", {"sales_order_id": 5}, None, None, None,
+         "missing in the warehouse")])
+    unequal = {(s.table, s.column) for s in result.sums if not s.equal}
+    assert unequal == {("fact_payment", "payment_amount"), ("fact_sales_order", "unit_price")}
+    assert result.differences == 3 + 2
+    assert result.summary().startswith("reconcile: 5 differences (dim_staff 1, "
+                                       "fact_sales_order 1, fact_payment 1; 2 sums differ)")
+
+
+def test_source_changes_after_the_last_load_are_pending(resources):
+    run_pipeline(resources, reconcile=False)
+    query(resources.source, "UPDATE payment SET paid = NOT paid, last_updated = now() "
+                            "WHERE payment_id = 7")
+    query(resources.source, "INSERT INTO sales_order (created_at, last_updated, design_id, "
+                            "staff_id, counterparty_id, units_sold, unit_price, currency_id, "
+                            "agreed_delivery_date, agreed_payment_date, "
+                            "agreed_delivery_location_id) VALUES (now(), now(), 1, 1, 1, 10, "
+                            "2.50, 1, '2025-01-01', '2025-01-02', 1)")
+    query(resources.source, "UPDATE staff SET first_name = 'Later', last_updated = now() "
+                            "WHERE staff_id = 4")
+
+    result = reconcile(resources.source, resources.warehouse, resources.lake)
+
+    assert result.equal, result.summary()
+    tables = by_table(result)
+    assert (tables["fact_payment"].pending, tables["fact_sales_order"].pending,
+            tables["dim_staff"].pending) == (1, 1, 1)
+    assert "3 pending" in result.summary()
+
+
+def test_totes_reconcile_exits_1_with_the_differences_and_0_when_equal(resources, monkeypatch):
+    run_pipeline(resources, reconcile=False)
+    monkeypatch.setenv("TOTES_SOURCE_URL", _url(resources.source))
+    monkeypatch.setenv("TOTES_WAREHOUSE_URL", _url(resources.warehouse))
+    monkeypatch.setenv("TOTES_LAKE", resources.lake.root)
+    runner = CliRunner()
+    clean = runner.invoke(app, ["reconcile", "--json"])
+    assert clean.exit_code == 0, clean.output
+    assert json.loads(clean.output)["equal"] is True
+    query(resources.warehouse, "UPDATE dim_currency SET currency_name = 'Pound' "
+                               "WHERE currency_code = 'GBP'")
+    dirty = runner.invoke(app, ["reconcile"])
+    assert dirty.exit_code == 1
+    assert "dim_currency" in dirty.output and "currency_name" in dirty.output
+    assert "Pound Sterling" in dirty.output and "Pound" in dirty.output
+    as_json = json.loads(runner.invoke(app, ["reconcile", "--json", "--limit", "1"]).output)
+    assert as_json["differences"] == 1 and as_json["tables"][2]["listed"][0]["key"] == {
+        "currency_id": 1}
+    assert Decimal(as_json["sums"][0]["source"]) == Decimal(as_json["sums"][0]["warehouse"])
+
+
+def _url(database) -> str:
+    params = database.params
+    socket_dir = params["unix_sock"].rsplit("/", 1)[0]
+    return f"postgresql://{params['user']}:@/{params['database']}?host={socket_dir}"
