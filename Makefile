@@ -9,7 +9,7 @@ INSTALLED := $(VENV)/.installed
 DEV_INSTALLED := $(VENV)/.dev-installed
 
 .PHONY: help run test install-requirements install-dev-tools run-pytest check-pep8-compliance \
-	test-servers security-checks bandit dependency-audit run-checks bench bench-large stop clean-state clean \
+	test-packages security-checks bandit dependency-audit run-checks bench bench-large report stop clean-state clean \
 	layer package tf-validate deploy-local put-secrets upload-config
 
 help:
@@ -21,6 +21,7 @@ help:
 	@echo "make security-checks        bandit and a dependency audit (needs the network)"
 	@echo "make bench                  time small incremental runs after 1, 10, 100 batches"
 	@echo "make bench-large            time every stage on a 2,000,000-row sales_order"
+	@echo "make report                 write report.html: the warehouse and the pipeline's health"
 	@echo "make layer / package        build the Lambda layer / code zip into build/ (sizes printed)"
 	@echo "make tf-validate            terraform fmt + validate, asl-validator, checkov (offline)"
 	@echo "make deploy-local           apply both layers on an AWS emulator, run the state machine"
@@ -49,11 +50,11 @@ install-dev-tools: $(DEV_INSTALLED)
 run: $(INSTALLED)
 	$(BIN)/totes run
 
-test: $(DEV_INSTALLED) test-servers run-pytest
+test: $(DEV_INSTALLED) test-packages run-pytest
 
-# The database servers the tests start themselves (MariaDB for MySQL sources), if missing.
-test-servers:
-	@bash scripts/install_test_servers.sh
+# What the tests use from Debian (MariaDB for MySQL sources, Chromium for the report), if missing.
+test-packages:
+	@bash scripts/install_test_packages.sh
 
 # pytest exits 5 when it collected no test: for this project that means a broken suite.
 run-pytest: $(DEV_INSTALLED)
@@ -81,6 +82,10 @@ bench: $(INSTALLED)
 	$(BIN)/python benchmarks/incremental_run.py
 
 # A 2,000,000-row sales_order: stages, floors, no-change and 10-row runs (about 5 minutes).
+# The warehouse report of the embedded warehouse (after `make run`), one HTML file.
+report: $(INSTALLED)
+	$(BIN)/totes report --output report.html
+
 bench-large: $(INSTALLED)
 	$(BIN)/python benchmarks/large_source.py
 

@@ -400,7 +400,7 @@ def quarantine(warehouse_url: Optional[str] = WarehouseUrl,
 
 @app.command()
 def reconcile(source_url: Optional[str] = SourceUrl,
-              warehouse_url: Optional[str] = WarehouseUrl, lake: Optional[str] = LakeUri,
+              warehouse_url: Optional[str] = WarehouseUrl,
               limit: int = typer.Option(20, "--limit", min=1, help="List at most this many "
                                         "differences per table (the totals count all)"),
               as_json: bool = JsonOutput, verbose: bool = Verbose):
@@ -411,11 +411,10 @@ def reconcile(source_url: Optional[str] = SourceUrl,
 
     def work():
         progress = _Progress()
-        workspace = _workspace(progress, source_url=source_url, warehouse_url=warehouse_url,
-                               lake=lake)
+        workspace = _workspace(progress, source_url=source_url, warehouse_url=warehouse_url)
         source, warehouse = workspace.database("source"), workspace.database("warehouse")
         with progress.status("Reconciling the source and the warehouse…"):
-            result = reconcile_warehouse(source, warehouse, workspace.lake(), limit)
+            result = reconcile_warehouse(source, warehouse, limit)
         if as_json:
             _print_json(result.model_dump(mode="json"))
         else:
@@ -426,6 +425,37 @@ def reconcile(source_url: Optional[str] = SourceUrl,
             console.print(escape(result.summary()))
         if not result.equal:
             raise typer.Exit(EXIT_TERMINAL)
+    _guard(work, as_json)
+
+
+@app.command()
+def report(warehouse_url: Optional[str] = WarehouseUrl,
+           source_url: Optional[str] = SourceUrl,
+           output: Path = typer.Option(Path("report.html"), "--output", "-o",
+                                       help="Where to write the HTML file"),
+           check: bool = typer.Option(True, "--reconcile/--no-reconcile", help="Reconcile "
+                                      "source and warehouse for the report's health section"),
+           as_json: bool = JsonOutput, verbose: bool = Verbose):
+    """Write one self-contained HTML report of the warehouse (sales, purchases, payments) and
+    of the pipeline's health; it opens without a network."""
+    from totes.local.report import write_report
+
+    def work():
+        progress = _Progress()
+        workspace = _workspace(progress, warehouse_url=warehouse_url, source_url=source_url)
+        warehouse = workspace.database("warehouse")
+        summary = None
+        if check:
+            from totes.load.reconcile import reconcile as reconcile_warehouse
+
+            with progress.status("Reconciling the source and the warehouse…"):
+                summary = reconcile_warehouse(workspace.database("source"), warehouse).summary()
+        with progress.status("Writing the report…"):
+            result = write_report(warehouse, str(output), workspace.ledger(), summary)
+        if as_json:
+            return _print_json(result.to_json())
+        render.stdout().print(f"Wrote {escape(result.path)} ({result.bytes / 1e6:.1f} MB, "
+                              f"{len(result.charts)} charts); open it in a browser.")
     _guard(work, as_json)
 
 

@@ -1,5 +1,5 @@
 """A real MariaDB server for the tests of MySQL sources, started from Debian's ``mariadb-server``
-binaries (``scripts/install_test_servers.sh`` installs them) in a temporary directory, on a
+binaries (``scripts/install_test_packages.sh`` installs them) in a temporary directory, on a
 Unix socket only, as the unprivileged user ``pgserver`` when the tests run as root (mysqld
 should not run as root)."""
 from __future__ import annotations
@@ -22,7 +22,7 @@ def missing_binaries() -> Optional[str]:
     """Why no MariaDB server can start here (None when one can)."""
     for binary in ("mariadb-install-db", "mariadbd"):
         if not shutil.which(binary) and not Path(f"/usr/sbin/{binary}").exists():
-            return f"{binary} is not installed (scripts/install_test_servers.sh installs it)"
+            return f"{binary} is not installed (scripts/install_test_packages.sh installs it)"
     return None
 
 

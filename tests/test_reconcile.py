@@ -39,7 +39,7 @@ def by_table(result) -> dict:
 
 
 def test_reconcile_is_clean_after_two_weeks_and_the_current_views_are_the_source(replayed):
-    result = reconcile(replayed.source, replayed.warehouse, replayed.lake)
+    result = reconcile(replayed.source, replayed.warehouse)
     assert result.equal and result.differences == 0
     tables = by_table(result)
     assert set(tables) == {"dim_design", "dim_location", "dim_currency", "dim_payment_type",
@@ -83,7 +83,7 @@ def test_tampering_with_the_warehouse_is_named_exactly(resources):
     query(resources.warehouse, "UPDATE dim_staff SET last_name = 'Tampered' WHERE staff_id = 3")
     query(resources.warehouse, "DELETE FROM fact_sales_order WHERE sales_order_id = 5")
 
-    result = reconcile(resources.source, resources.warehouse, resources.lake)
+    result = reconcile(resources.source, resources.warehouse)
 
     assert not result.equal
     listed = [(d.table, d.key, d.column, d.source, d.warehouse, d.problem)
@@ -114,7 +114,7 @@ def test_source_changes_after_the_last_load_are_pending(resources):
     query(resources.source, "UPDATE staff SET first_name = 'Later', last_updated = now() "
                             "WHERE staff_id = 4")
 
-    result = reconcile(resources.source, resources.warehouse, resources.lake)
+    result = reconcile(resources.source, resources.warehouse)
 
     assert result.equal, result.summary()
     tables = by_table(result)

@@ -235,8 +235,11 @@ def _extract_partitioned(plan: TablePlan, source: Database, lake: Lake,
         if snapshot is None:
             conn.run("COMMIT")  # the bounds are read; each part takes its own snapshot
         batch_id = uuid.uuid4().hex[:12]
-        job = Job(plan, inspected.schema, low, pool, block, cutoff_bound(inspected))
-        with ThreadPoolExecutor(max_workers=min(len(parts), PARTITION_WORKERS)) as workers:
+        workers_count = min(len(parts), PARTITION_WORKERS)
+        # The parts read at once share one extract's memory: each gets a share of the block.
+        job = Job(plan, inspected.schema, low, pool, max(block // workers_count, 1 << 20),
+                  cutoff_bound(inspected))
+        with ThreadPoolExecutor(max_workers=workers_count) as workers:
             futures = [workers.submit(_extract_part, plan, source, lake, job, inspected,
                                       snapshot, part, batch_id) for part in parts]
         done = [future.result() for future in futures]  # the first failure raises

@@ -26,6 +26,7 @@ into Arrow record batches written one Parquet row group at a time.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from datetime import datetime, timedelta, timezone
 from typing import Iterator, Optional
@@ -282,6 +283,25 @@ class MySQLReader:
 
         return partitions_of(plan, schema, bounds)
 
+    @contextlib.contextmanager
+    def batches(self, conn, plan: TablePlan, inspected: Inspected, job: Job, doing: str,
+                part: Optional[Partition] = None) -> Iterator[Iterator[pa.RecordBatch]]:
+        """This run's rows (of ``part``) as record batches of ``job.schema``, in the
+        transaction :meth:`begin` started; the caller reads them to the end.
+
+        Raises:
+            DataError: a value could not be read as its column's type (names the column).
+            pymysql errors: mapped by the session (``doing`` says what).
+        """
+        size = rows_per_batch(conn, plan.table, job.block_bytes)
+        sql, values = select_sql(plan, inspected, job.low, part)
+        cursor = conn.streaming_cursor()
+        cursor.execute(sql, values)
+        yield _record_batches(cursor, job.schema, plan.table, size, job.pool)
+        # Closed only once read to its end: closing an unbuffered cursor early would read the
+        # rest of the result; after a failure the session closes the connection instead.
+        cursor.close()
+
     def read(self, conn, plan: TablePlan, inspected: Inspected, job: Job, staged: str,
              doing: str, part: Optional[Partition] = None) -> Optional[Written]:
         """This run's rows (of ``part``) into the Parquet file ``staged``, in the transaction
@@ -292,17 +312,9 @@ class MySQLReader:
             StorageUnavailable: the staging file could not be written (a full disk).
             pymysql errors: mapped by the session (``doing`` says what).
         """
-        size = rows_per_batch(conn, plan.table, job.block_bytes)
-        sql, values = select_sql(plan, inspected, job.low, part)
-        cursor = conn.streaming_cursor()
-        cursor.execute(sql, values)
-        try:
-            written = write_batches(_record_batches(cursor, job.schema, plan.table, size,
-                                                    job.pool), staged, job)
-        except OSError as exc:  # the local disk (a full /tmp), not the database
-            raise StorageUnavailable(f"writing the staging file of {plan.table}: {exc}") \
-                from exc
-        # Closed only once read to its end: closing an unbuffered cursor early would read the
-        # rest of the result; after a failure the session closes the connection instead.
-        cursor.close()
-        return written
+        with self.batches(conn, plan, inspected, job, doing, part) as batches:
+            try:
+                return write_batches(batches, staged, job)
+            except OSError as exc:  # the local disk (a full /tmp), not the database
+                raise StorageUnavailable(f"writing the staging file of {plan.table}: {exc}") \
+                    from exc

@@ -7,18 +7,21 @@ Arrow record batches written one Parquet row group at a time, the watermarks in 
   ``pg_read_all_stats`` to see other roles' sessions) and extracts only rows whose watermark is
   older than that and than the database's clock. A role that cannot see other sessions stops
   ``in_flight_safety_lag_seconds`` short of the database's clock instead.
-* **Streaming.** ``COPY (SELECT ...) TO STDOUT (FORMAT csv)`` is written by pg8000 into a pipe,
-  parsed by pyarrow's streaming CSV reader into record batches of ``record_batch_bytes`` and
-  written one Parquet row group per batch: memory stays bounded whatever the table's size.
+* **Streaming.** ``COPY (SELECT ...) TO STDOUT (FORMAT csv)`` is written by pg8000 into a pipe
+  (:func:`copy_stream`), parsed by pyarrow's streaming CSV reader into record batches of
+  ``record_batch_bytes`` (:func:`csv_record_batches`) and written one Parquet row group per
+  batch: memory stays bounded whatever the table's size.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import re
 import threading
 from datetime import datetime, timezone
-from typing import Optional
+from typing import Iterator, Optional
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -88,10 +91,11 @@ def _read_cutoff(conn, lag_seconds: float, with_time_zone: bool
     return (instant if with_time_zone else local), moment, bool(sees_all), held_back
 
 
-def copy_through_pipe(conn, sql: str, consume, doing: str):
-    """Run ``COPY ... TO STDOUT`` in a thread writing into a pipe while ``consume(reader)``
-    parses the other end; returns what ``consume`` returns. A failure of either side raises,
-    the database's first."""
+@contextlib.contextmanager
+def copy_stream(conn, sql: str, doing: str) -> Iterator[io.BufferedReader]:
+    """Run ``COPY ... TO STDOUT`` in a thread writing into a pipe; yields the pipe's reading
+    end, which the caller reads to its end. A failure of either side raises, the database's
+    first (unless the caller's is one of ours: bad data, a row larger than a block)."""
     read_fd, write_fd = os.pipe()
     reader = os.fdopen(read_fd, "rb", buffering=1 << 20)
     writer = os.fdopen(write_fd, "wb", buffering=1 << 20)
@@ -111,7 +115,7 @@ def copy_through_pipe(conn, sql: str, consume, doing: str):
     thread = threading.Thread(target=produce, name="copy-out", daemon=True)
     thread.start()
     try:
-        result = consume(reader)
+        yield reader
     except BaseException as consumer_error:
         reader.close()
         thread.join()
@@ -124,7 +128,43 @@ def copy_through_pipe(conn, sql: str, consume, doing: str):
     thread.join()
     if failures:
         raise translate_error(failures[0], doing) from failures[0]
-    return result
+
+
+def copy_through_pipe(conn, sql: str, consume, doing: str):
+    """:func:`copy_stream`, the pipe given to ``consume(reader)``; returns what it returns."""
+    with copy_stream(conn, sql, doing) as reader:
+        return consume(reader)
+
+
+def csv_record_batches(reader, schema: pa.Schema, table: str, block_bytes: int = 8 << 20,
+                       pool: Optional[pa.MemoryPool] = None) -> Iterator[pa.RecordBatch]:
+    """Record batches of ``schema`` parsed from PostgreSQL's CSV in ``reader`` (NULL is an
+    unquoted empty field, booleans ``t``/``f``), ``block_bytes`` of CSV each; none for an
+    empty stream.
+
+    Raises:
+        RowLargerThanBlock: a row does not fit in one block.
+        DataError: a value could not be read as its column's type (names ``table``).
+    """
+    if not reader.peek(1):
+        return
+    try:  # opening reads the first block: its errors are the stream's
+        yield from pacsv.open_csv(
+            reader,
+            # One thread: Arrow's readahead threads would read the pipe (a Python file) and
+            # allocate from this extract's memory pool after it ends; a crash seen in testing.
+            read_options=pacsv.ReadOptions(column_names=schema.names, block_size=block_bytes,
+                                           use_threads=False),
+            parse_options=pacsv.ParseOptions(newlines_in_values=True),
+            convert_options=pacsv.ConvertOptions(
+                column_types=schema, true_values=["t"], false_values=["f"], null_values=[""],
+                strings_can_be_null=True, quoted_strings_can_be_null=False),
+            memory_pool=pool)
+    except pa.ArrowInvalid as exc:
+        if "straddl" in str(exc):  # "straddling object straddles two block boundaries"
+            raise RowLargerThanBlock(str(exc)) from exc
+        raise DataError(table, f"has a value that cannot be read as its column's type: "
+                        f"{exc}") from None
 
 
 def inspect_table(conn, plan: TablePlan) -> Inspected:
@@ -238,45 +278,6 @@ def extract_sql(conn, plan: TablePlan, source: Inspected, low: Optional[Watermar
             f"{where}ORDER BY {order}) TO STDOUT WITH (FORMAT csv)")
 
 
-def csv_to_parquet(reader, staged: str, job: Job) -> Optional[Written]:
-    """Parse the CSV stream of ``reader`` into record batches of ``job.block_bytes`` and write
-    each as one row group of the Parquet file ``staged``, the watermarks in its footer
-    (:func:`totes.ingest.batch_writer.write_batches`). Returns None (and writes nothing) when
-    the stream is empty.
-
-    Raises:
-        RowLargerThanBlock: a row does not fit in one block.
-        DataError: a value could not be read as its column's type.
-        StorageUnavailable: the staging file could not be written (a full disk).
-    """
-    try:
-        if not reader.peek(1):
-            return None
-        return write_batches(_csv_batches(reader, job), staged, job)
-    except pa.ArrowInvalid as exc:
-        if "straddl" in str(exc):  # "straddling object straddles two block boundaries"
-            raise RowLargerThanBlock(str(exc)) from exc
-        raise DataError(job.plan.table, f"has a value that cannot be read as its column's "
-                        f"type: {exc}") from None
-    except OSError as exc:  # the local disk (a full /tmp), not the database
-        raise StorageUnavailable(f"writing the staging file of {job.plan.table}: {exc}") \
-            from exc
-
-
-def _csv_batches(reader, job: Job):
-    return pacsv.open_csv(
-        reader,
-        # One thread: Arrow's readahead threads would read the pipe (a Python file) and
-        # allocate from this extract's memory pool after it ends; a crash seen in testing.
-        read_options=pacsv.ReadOptions(column_names=job.schema.names,
-                                       block_size=job.block_bytes, use_threads=False),
-        parse_options=pacsv.ParseOptions(newlines_in_values=True),
-        convert_options=pacsv.ConvertOptions(
-            column_types=job.schema, true_values=["t"], false_values=["f"], null_values=[""],
-            strings_can_be_null=True, quoted_strings_can_be_null=False),
-        memory_pool=job.pool)
-
-
 def partition_predicate(part: Partition, column: str, cast: str) -> tuple[str, dict[str, str]]:
     """The SQL condition of ``part`` on ``column`` (its bounds read from the settings
     ``totes.part_lower`` and ``totes.part_upper``, cast to ``cast``) and the settings' values;
@@ -350,15 +351,35 @@ class PostgresReader:
 
         return partitions_of(plan, schema, bounds)
 
-    def read(self, conn, plan: TablePlan, inspected: Inspected, job: Job, staged: str,
-             doing: str, part: Optional[Partition] = None) -> Optional[Written]:
-        """This run's rows (of ``part``) into the Parquet file ``staged``, in the transaction
-        :meth:`begin` started; None when there is none.
+    @contextlib.contextmanager
+    def batches(self, conn, plan: TablePlan, inspected: Inspected, job: Job, doing: str,
+                part: Optional[Partition] = None) -> Iterator[Iterator[pa.RecordBatch]]:
+        """This run's rows (of ``part``) as record batches of ``job.schema``
+        (``job.block_bytes`` of CSV each), in the transaction :meth:`begin` started; the
+        caller reads them to the end.
 
         Raises:
-            RowLargerThanBlock, DataError, StorageUnavailable: as :func:`csv_to_parquet`.
+            RowLargerThanBlock, DataError: as :func:`csv_record_batches`.
             DatabaseUnavailable / TerminalError: the database failed (``doing`` says what).
         """
         sql = extract_sql(conn, plan, inspected, job.low, part)
-        return copy_through_pipe(conn, sql, lambda reader: csv_to_parquet(reader, staged, job),
-                                 doing)
+        with copy_stream(conn, sql, doing) as reader:
+            yield csv_record_batches(reader, job.schema, plan.table, job.block_bytes, job.pool)
+
+    def read(self, conn, plan: TablePlan, inspected: Inspected, job: Job, staged: str,
+             doing: str, part: Optional[Partition] = None) -> Optional[Written]:
+        """This run's rows (of ``part``) into the Parquet file ``staged``, the watermarks in
+        its footer (:func:`totes.ingest.batch_writer.write_batches`); None, and no file, when
+        there is none.
+
+        Raises:
+            RowLargerThanBlock, DataError: as :func:`csv_record_batches`.
+            StorageUnavailable: the staging file could not be written (a full disk).
+            DatabaseUnavailable / TerminalError: the database failed (``doing`` says what).
+        """
+        with self.batches(conn, plan, inspected, job, doing, part) as batches:
+            try:
+                return write_batches(batches, staged, job)
+            except OSError as exc:  # the local disk (a full /tmp), not the database
+                raise StorageUnavailable(f"writing the staging file of {plan.table}: {exc}") \
+                    from exc

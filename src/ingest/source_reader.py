@@ -15,8 +15,11 @@ A reader (:class:`totes.ingest.postgres_reader.PostgresReader`,
   the same cutoff (MySQL);
 * ``partitions(conn, plan, schema)``: the table's partitions
   (:mod:`totes.ingest.partitions`);
-* ``read(conn, plan, inspected, job, staged, doing, part=None)``: this run's rows (of one
-  part) into a Parquet file (:func:`totes.ingest.batch_writer.write_batches`).
+* ``batches(conn, plan, inspected, job, doing, part=None)``: a context manager giving this
+  run's rows (of one part) as Arrow record batches, to be read to the end (reconciliation
+  reads a table this way);
+* ``read(conn, plan, inspected, job, staged, doing, part=None)``: the same rows into a
+  Parquet file (:func:`totes.ingest.batch_writer.write_batches`).
 
 The SQL of each engine stays in its reader; the modes, the watermarks, the lake and the
 ledger (:mod:`totes.ingest.extract`) are the same for every engine.

@@ -18,11 +18,12 @@ next load brings it, so it is not a difference. A fact row version waiting for i
 row (``totes.held_<fact>``) is *held*; a source row that breaks a rule is *quarantined*
 (``totes quarantine`` lists it). Neither is a difference.
 
-**Bounded memory.** Each source table is read once, in full, through the source's own reader
-(PostgreSQL's ``COPY``, MySQL's streaming cursor) into a local Parquet file; a fact is then
-compared one record batch at a time (the source in key order, the warehouse's rows of the same
-key range by ``COPY``); a dimension is compared whole (dimensions are small: their source
-tables are reference data).
+**Bounded memory, set-based.** Each source table is read once, in one snapshot, through the
+source's own reader (PostgreSQL's ``COPY``, MySQL's streaming cursor) as record batches in key
+order. A fact's current versions stream from the warehouse by ``COPY`` in the same order, on
+their own connection and thread, and the two streams are merge-joined one source batch at a
+time (Arrow joins and comparisons, no row-by-row Python). A dimension is compared whole
+(dimensions are small: their source tables are reference data).
 
 Result (``--json``)::
 
@@ -46,17 +47,14 @@ from typing import Iterator, Optional
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
 from totes.ingest.batch_writer import Job, measuring_pool
-from totes.ingest.postgres_reader import copy_through_pipe
+from totes.ingest.postgres_reader import copy_stream, csv_record_batches
 from totes.ingest.source_reader import reader_for
 from totes.transform import dimensions as dims
 from totes.transform.facts import FACT_SOURCES, fact_rows
 from totes.utils.config import TablePlan
 from totes.utils.db import Database, quote_ident
-from totes.utils.lake import Lake
 from totes.utils.source_tables import SOURCE_TABLES
 from totes.utils.stage_results import (Difference, ReconcileResult, SumCheck,
                                        TableReconciliation)
@@ -66,8 +64,9 @@ log = logging.getLogger(__name__)
 
 #: Differences listed per table (the totals count them all).
 DEFAULT_LIMIT = 20
-#: Source rows compared at a time for a fact.
-FACT_BATCH_ROWS = 200_000
+#: Bytes of CSV (or of rows, from MySQL) per record batch read from either side: two such
+#: batches, their join and its comparison are what a reconciliation holds in memory.
+BLOCK_BYTES = 4 << 20
 
 #: dimension → (its source table, the reference table it is joined to, the source's column
 #: holding the reference's key).
@@ -84,9 +83,9 @@ DIMENSION_SOURCES: dict[str, tuple[str, Optional[str], Optional[str]]] = {
 
 # ---- reading both sides ---------------------------------------------------------------------
 @contextlib.contextmanager
-def _source_file(source, lake: Lake, table: str) -> Iterator[Optional[pq.ParquetFile]]:
-    """The current rows of source ``table``, in key order, in a local Parquet file (None
-    when the table is empty)."""
+def _source_batches(source, table: str) -> Iterator[Iterator[pa.RecordBatch]]:
+    """The current rows of source ``table`` as record batches, in key order, read in one
+    snapshot through the source's own reader (to be read to the end)."""
     plan = TablePlan(table=table, primary_key=SOURCE_TABLES[table].primary_key,
                      extract_type="full", mode="full", watermark_column=None)
     reader = reader_for(source)
@@ -95,26 +94,39 @@ def _source_file(source, lake: Lake, table: str) -> Iterator[Optional[pq.Parquet
         conn = session.conn
         inspected = reader.inspect(conn, plan)
         reader.begin(conn)
-        job = Job(plan, inspected.schema, None, measuring_pool(), plan.record_batch_bytes, None)
-        with lake.staging_file() as staged:
-            written = reader.read(conn, plan, inspected, job, staged, doing)
-            conn.run("COMMIT")
-            yield pq.ParquetFile(staged) if written is not None else None
+        job = Job(plan, inspected.schema, None, measuring_pool(), BLOCK_BYTES, None)
+        with reader.batches(conn, plan, inspected, job, doing) as batches:
+            yield batches
+        conn.run("COMMIT")
 
 
-def _warehouse_rows(conn, sql: str, schema: pa.Schema, doing: str) -> pa.Table:
-    """The rows of ``SELECT`` ``sql`` (columns in ``schema``'s order) by ``COPY``."""
-    def consume(reader) -> pa.Table:
-        if not reader.peek(1):
-            return schema.empty_table()
-        return pacsv.read_csv(
-            reader, read_options=pacsv.ReadOptions(column_names=schema.names,
-                                                   use_threads=False),
-            parse_options=pacsv.ParseOptions(newlines_in_values=True),
-            convert_options=pacsv.ConvertOptions(
-                column_types=schema, true_values=["t"], false_values=["f"], null_values=[""],
-                strings_can_be_null=True, quoted_strings_can_be_null=False))
-    return copy_through_pipe(conn, f"COPY ({sql}) TO STDOUT WITH (FORMAT csv)", consume, doing)
+def _source_table(source, table: str) -> Optional[pa.Table]:
+    """The whole current ``table`` of the source (a dimension's: small), None when empty."""
+    with _source_batches(source, table) as batches:
+        collected = list(batches)
+    return pa.Table.from_batches(collected) if collected else None
+
+
+@contextlib.contextmanager
+def _warehouse_batches(conn, sql: str, schema: pa.Schema, table: str
+                       ) -> Iterator[Iterator[pa.RecordBatch]]:
+    """The rows of ``SELECT`` ``sql`` (columns in ``schema``'s order) as record batches, by
+    ``COPY`` (to be read to the end)."""
+    doing = f"reading {table} of the warehouse to reconcile it"
+    schema = _nullable(schema)
+    with copy_stream(conn, f"COPY ({sql}) TO STDOUT WITH (FORMAT csv)", doing) as reader:
+        yield csv_record_batches(reader, schema, table, BLOCK_BYTES)
+
+
+def _warehouse_table(conn, sql: str, schema: pa.Schema, table: str) -> pa.Table:
+    with _warehouse_batches(conn, sql, schema, table) as batches:
+        collected = list(batches)
+    return pa.Table.from_batches(collected) if collected else _nullable(schema).empty_table()
+
+
+def _nullable(schema: pa.Schema) -> pa.Schema:
+    """``schema`` with every field nullable (as CSV batches are)."""
+    return pa.schema([pa.field(f.name, f.type) for f in schema])
 
 
 def _scalar(conn, sql: str):
@@ -167,6 +179,11 @@ def _text(value) -> Optional[str]:
 def _compare(expected: pa.Table, actual: pa.Table, key: str, columns: list[str],
              tally: _Tally) -> None:
     """Compare ``expected`` (from the source) with ``actual`` (the warehouse) on ``key``."""
+    if expected.num_rows == actual.num_rows and pc.all(pc.equal(
+            expected[key].cast(pa.int64()), actual[key].cast(pa.int64()))).as_py() is not False:
+        # The usual case: the same keys in the same order, no join needed.
+        _compare_aligned(expected, actual, key, columns, tally)
+        return
     left = pa.table({key: expected[key].cast(pa.int64()),
                      "__s": pa.repeat(True, expected.num_rows),
                      **{f"s.{c}": expected[c] for c in columns}})
@@ -193,23 +210,36 @@ def _compare(expected: pa.Table, actual: pa.Table, key: str, columns: list[str],
                       differ[f"s.{column}"].to_pylist(), differ[f"w.{column}"].to_pylist())
 
 
-def _dimension(conn, source, lake: Lake, name: str, limit: int) -> TableReconciliation:
+def _compare_aligned(expected: pa.Table, actual: pa.Table, key: str, columns: list[str],
+                     tally: _Tally) -> None:
+    """Compare two tables whose rows hold the same keys in the same order."""
+    for column in columns:
+        s, w = expected[column], actual[column]
+        if s.type != w.type:
+            s = s.cast(w.type)
+        same = pc.or_kleene(pc.and_kleene(pc.is_null(s), pc.is_null(w)),
+                            pc.fill_null(pc.equal(s, w), False))
+        if pc.all(same).as_py() is False:
+            differ = pc.invert(same)
+            tally.add(expected[key].filter(differ).to_pylist(), "value differs", column,
+                      s.filter(differ).to_pylist(), w.filter(differ).to_pylist())
+
+
+def _dimension(conn, source, name: str, limit: int) -> TableReconciliation:
     table = TABLES[name]
     source_table, reference, reference_column = DIMENSION_SOURCES[name]
     key = table.merge_key[0]
     source_key = SOURCE_TABLES[source_table].primary_key
     through = _loaded_through(conn, table)
     ref_through = _loaded_through(conn, table, "reference_last_updated") if reference else None
-    with _source_file(source, lake, source_table) as rows_file:
-        rows = rows_file.read() if rows_file is not None else None
+    rows = _source_table(source, source_table)
     if rows is None:
         rows = pa.table({source_key: pa.array([], pa.int32()),
                          "last_updated": pa.array([], pa.timestamp("ms"))})
     pending = _after(rows["last_updated"], through)
     reference_rows = None
     if reference:
-        with _source_file(source, lake, reference) as reference_file:
-            reference_rows = reference_file.read() if reference_file is not None else None
+        reference_rows = _source_table(source, reference)
         if reference_rows is not None:
             late = reference_rows.filter(_after(reference_rows["last_updated"], ref_through))
             ref_key = SOURCE_TABLES[reference].primary_key
@@ -230,9 +260,8 @@ def _dimension(conn, source, lake: Lake, name: str, limit: int) -> TableReconcil
     quarantined_ids = checked.held[source_key] if quarantined else pa.array([], pa.int32())
     columns = [c.name for c in table.columns if c.name not in table.version_columns
                and c.name != key]
-    doing = f"reading {name} of the warehouse to reconcile it"
-    actual = _warehouse_rows(conn, f"SELECT {', '.join(table.column_names)} FROM {name}",
-                             table.arrow_schema(), doing)
+    actual = _warehouse_table(conn, f"SELECT {', '.join(table.column_names)} FROM {name}",
+                              table.arrow_schema(), name)
     skip = pa.concat_arrays([pending_ids.cast(pa.int64()),
                              _flat(quarantined_ids).cast(pa.int64())])
     if expected is None:
@@ -247,8 +276,12 @@ def _dimension(conn, source, lake: Lake, name: str, limit: int) -> TableReconcil
         differences=tally.count, loaded_through=_text(through), listed=tally.listed)
 
 
-def _fact(conn, source, lake: Lake, source_table: str, limit: int,
+def _fact(conn, source, source_table: str, limit: int,
           sums: list[SumCheck]) -> TableReconciliation:
+    """A fact's current versions against the source's current rows: both sides streamed in
+    key order (the source through its reader, the warehouse's ``<fact>_current`` by
+    ``COPY``, each on its own connection and thread) and merge-joined one source batch at a
+    time."""
     name = FACT_SOURCES[source_table][0]
     table = TABLES[name]
     key = table.merge_key[0]
@@ -257,70 +290,84 @@ def _fact(conn, source, lake: Lake, source_table: str, limit: int,
         f"SELECT DISTINCT {quote_ident(key)} FROM totes.{quote_ident('held_' + name)}")],
         pa.int64())  # nosec B608: identifiers through quote_ident
     money = [c.name for c in table.columns if c.sql_type.startswith("numeric")]
-    currency_codes = dict(conn.run("SELECT currency_id, currency_code FROM dim_currency"))
-    source_sums: dict[tuple[str, int], Decimal] = {}
-    warehouse_sums: dict[tuple[str, int], Decimal] = {}
+    codes = dict(conn.run("SELECT currency_id, currency_code FROM dim_currency"))
+    sums_of: dict[str, dict] = {"source": {}, "warehouse": {}}
     tally = _Tally(name, key, limit)
-    compared = pending = quarantined = held = warehouse_rows = 0
+    counts = {"compared": 0, "pending": 0, "quarantined": 0, "held": 0, "warehouse": 0}
     columns = [c.name for c in table.columns if c.name != key]
     schema = table.arrow_schema()
-    select = ", ".join(table.column_names)
-    doing = f"reading {name}_current of the warehouse to reconcile it"
-    low: Optional[int] = None
-    with _source_file(source, lake, source_table) as rows_file:
-        batches = rows_file.iter_batches(batch_size=FACT_BATCH_ROWS) \
-            if rows_file is not None else iter(())
-        batch = next(batches, None)
-        while True:
-            following = next(batches, None) if batch is not None else None
-            if batch is not None:
-                ids = batch.column(key)
-                high = None if following is None else int(pc.max(ids).as_py())
-            else:
-                high = None
-            where = [f"{key} > {int(low)}"] if low is not None else []
-            if high is not None:
-                where.append(f"{key} <= {int(high)}")
-            condition = f" WHERE {' AND '.join(where)}" if where else ""
-            actual = _warehouse_rows(conn, f"SELECT {select} FROM {table.current_view}"
-                                           f"{condition}", schema, doing)
-            warehouse_rows += actual.num_rows
-            expected = schema.empty_table()
-            if batch is not None and batch.num_rows:
-                rows = pa.Table.from_batches([batch])
-                late = _after(rows["last_updated"], through)
-                pending += pc.sum(late).as_py() or 0
-                current = rows.filter(pc.invert(late)).combine_chunks()
-                skip_ids = [rows.filter(late)[key].cast(pa.int64()).combine_chunks(), held_ids]
-                if current.num_rows:
-                    checked = fact_rows(current.to_batches()[0], source_table)
-                    if checked.rows is not None:
-                        expected = checked.rows
-                    if checked.held is not None and checked.held.num_rows:
-                        quarantined += checked.held.num_rows
-                        skip_ids.append(checked.held[key].cast(pa.int64()).combine_chunks())
-                skip_set = pa.concat_arrays(skip_ids)
-                held += pc.sum(pc.is_in(expected[key].cast(pa.int64()),
-                                        value_set=held_ids)).as_py() or 0
-                expected = _without(expected, key, skip_set)
-                actual = _without(actual, key, skip_set)
-            compared += expected.num_rows
-            _add_sums(expected, money, currency_codes, source_sums)
-            _add_sums(actual, money, currency_codes, warehouse_sums)
-            _compare(expected, actual, key, columns, tally)
-            if batch is None or following is None:
-                break
-            low, batch = high, following
-    for currency_key in sorted(set(source_sums) | set(warehouse_sums)):
+    view = (f"SELECT {', '.join(table.column_names)} FROM {table.current_view} "  # nosec B608
+            f"ORDER BY {key}")
+    with _source_batches(source, source_table) as source_batches, \
+            _warehouse_batches(conn, view, schema, name) as warehouse_batches:
+        waiting = _nullable(schema).empty_table()  # warehouse rows not compared yet
+        exhausted = False
+        for batch in source_batches:
+            if not batch.num_rows:
+                continue
+            high = pc.max(batch.column(key)).as_py()
+            while not exhausted and (not waiting.num_rows or
+                                     pc.max(waiting[key]).as_py() <= high):
+                following = next(warehouse_batches, None)
+                if following is None:
+                    exhausted = True
+                else:
+                    waiting = pa.concat_tables([waiting, pa.Table.from_batches([following])])
+            upto = pc.less_equal(waiting[key], high)
+            actual, waiting = waiting.filter(upto), waiting.filter(pc.invert(upto))
+            expected, actual = _expected_facts(batch, source_table, through, held_ids, actual,
+                                               counts)
+            _compared(expected, actual, key, columns, money, codes, sums_of, tally, counts)
+        for following in warehouse_batches:  # rows after the source's last key
+            waiting = pa.concat_tables([waiting, pa.Table.from_batches([following])])
+        _compared(_nullable(schema).empty_table(), waiting, key, columns, money, codes, sums_of,
+                  tally, counts)
+    for currency_key in sorted(set(sums_of["source"]) | set(sums_of["warehouse"])):
         column, currency = currency_key
-        s = source_sums.get(currency_key, Decimal(0))
-        w = warehouse_sums.get(currency_key, Decimal(0))
+        s = sums_of["source"].get(currency_key, Decimal(0))
+        w = sums_of["warehouse"].get(currency_key, Decimal(0))
         sums.append(SumCheck(table=name, column=column, currency=currency, source=str(s),
                              warehouse=str(w), equal=s == w))
     return TableReconciliation(
-        table=name, source_table=source_table, source_rows=compared,
-        warehouse_rows=warehouse_rows, pending=pending, held=held, quarantined=quarantined,
-        differences=tally.count, loaded_through=_text(through), listed=tally.listed)
+        table=name, source_table=source_table, source_rows=counts["compared"],
+        warehouse_rows=counts["warehouse"], pending=counts["pending"], held=counts["held"],
+        quarantined=counts["quarantined"], differences=tally.count,
+        loaded_through=_text(through), listed=tally.listed)
+
+
+def _expected_facts(batch: pa.RecordBatch, source_table: str, through, held_ids: pa.Array,
+                    actual: pa.Table, counts: dict) -> tuple[pa.Table, pa.Table]:
+    """The fact rows ``batch`` (source rows) should be, and the warehouse rows to compare them
+    with: rows changed after ``through`` (pending), held and quarantined left out of both."""
+    name = FACT_SOURCES[source_table][0]
+    key = TABLES[name].merge_key[0]
+    counts["warehouse"] += actual.num_rows
+    rows = pa.Table.from_batches([batch])
+    late = _after(rows["last_updated"], through)
+    counts["pending"] += pc.sum(late).as_py() or 0
+    current = rows.filter(pc.invert(late)).combine_chunks()
+    skip = [rows.filter(late)[key].cast(pa.int64()).combine_chunks(), held_ids]
+    expected = TABLES[name].arrow_schema().empty_table()
+    if current.num_rows:
+        checked = fact_rows(current.to_batches()[0], source_table)
+        if checked.rows is not None:
+            expected = checked.rows
+        if checked.held is not None and checked.held.num_rows:
+            counts["quarantined"] += checked.held.num_rows
+            skip.append(_flat(checked.held[key]).cast(pa.int64()))
+    counts["held"] += pc.sum(pc.is_in(expected[key].cast(pa.int64()),
+                                      value_set=held_ids)).as_py() or 0
+    skip_ids = pa.concat_arrays(skip)
+    return _without(expected, key, skip_ids), _without(actual, key, skip_ids)
+
+
+def _compared(expected: pa.Table, actual: pa.Table, key: str, columns: list[str],
+              money: list[str], codes: dict, sums_of: dict, tally: "_Tally",
+              counts: dict) -> None:
+    counts["compared"] += expected.num_rows
+    _add_sums(expected, money, codes, sums_of["source"])
+    _add_sums(actual, money, codes, sums_of["warehouse"])
+    _compare(expected, actual, key, columns, tally)
 
 
 def _flat(values) -> pa.Array:
@@ -329,6 +376,8 @@ def _flat(values) -> pa.Array:
 
 def _without(rows: pa.Table, key: str, ids: pa.Array) -> pa.Table:
     """``rows`` whose ``key`` is not among ``ids``."""
+    if not len(ids):
+        return rows
     return rows.filter(pc.invert(pc.is_in(rows[key].cast(pa.int64()), value_set=ids)))
 
 
@@ -344,11 +393,9 @@ def _add_sums(rows: pa.Table, money: list[str], codes: dict, into: dict) -> None
                 (total or Decimal(0))
 
 
-def reconcile(source, warehouse: Database, lake: Lake,
-              limit: int = DEFAULT_LIMIT) -> ReconcileResult:
+def reconcile(source, warehouse: Database, limit: int = DEFAULT_LIMIT) -> ReconcileResult:
     """Compare ``source`` (PostgreSQL or MySQL) with ``warehouse`` as the module docstring
-    says; ``lake`` only gives the staging directory of the local copies of source tables.
-    ``limit``: differences listed per table.
+    says; ``limit``: differences listed per table.
 
     Raises:
         DatabaseUnavailable / DatabaseRejected: a database could not be reached.
@@ -360,9 +407,9 @@ def reconcile(source, warehouse: Database, lake: Lake,
             as session:
         conn = session.conn
         for name in DIMENSION_SOURCES:
-            tables.append(_dimension(conn, source, lake, name, limit))
+            tables.append(_dimension(conn, source, name, limit))
         for source_table in FACT_SOURCES:
-            tables.append(_fact(conn, source, lake, source_table, limit, sums))
+            tables.append(_fact(conn, source, source_table, limit, sums))
     differences = sum(t.differences for t in tables) + sum(1 for s in sums if not s.equal)
     result = ReconcileResult(equal=differences == 0, differences=differences, tables=tables,
                              sums=sums, seconds=round(time.monotonic() - started, 3))

@@ -90,7 +90,7 @@ def run_pipeline(resources: Resources,
     if reconcile and loaded.batches:
         from totes.load.reconcile import reconcile as reconcile_warehouse
 
-        checked = reconcile_warehouse(resources.source, resources.warehouse, resources.lake)
+        checked = reconcile_warehouse(resources.source, resources.warehouse)
         on_stage("reconcile", checked)
     return RunResult(run_id=run_id, plan=planned, ingest=ingested, transform=transformed,
                      load=loaded, reconcile=checked,
