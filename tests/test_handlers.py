@@ -201,3 +201,73 @@ def test_a_partitioned_table_is_read_by_one_worker_per_part(lambda_environment, 
     versions = query(lambda_environment, "SELECT count(*), count(DISTINCT (sales_order_id, "
                      "last_updated_date, last_updated_time)) FROM fact_sales_order")
     assert versions == [[snapshot("sales_order").num_rows] * 2]
+
+
+def reconcile_alert(reconciled):
+    """The alert the state machine sends when Reconcile's result is not equal (Differences →
+    Alert, with the execution's state as input)."""
+    from totes.notify.handler import handler as alert_handler
+
+    return alert_handler({"environment": "test", "region": "eu-west-2", "state": "Reconcile",
+                          "execution": "arn:aws:states:eu-west-2:1:execution:p:execution-7",
+                          "input": {"load": {"batches": ["b"]}, "reconcile": reconciled,
+                                    "failed_state": "Reconcile"}}, None)
+
+
+def test_reconcile_after_a_load_agrees_and_a_tampered_value_is_alerted(lambda_environment):
+    from totes.load.handler import STATE_LIMIT, reconcile_handler
+
+    for item in through_json(plan_handler({}, None))["tables"]:
+        ingest_handler(item, None)
+    transform_handler({}, None)
+    load_handler({}, None)
+    clean = through_json(reconcile_handler({}, None))
+    assert clean["equal"] is True and clean["differences"] == 0, clean
+    assert {t["table"] for t in clean["tables"]} >= {"fact_payment", "dim_staff"}
+
+    (before,), = query(lambda_environment, "SELECT payment_amount FROM fact_payment "
+                                           "WHERE payment_id = 2")
+    query(lambda_environment, "UPDATE fact_payment SET payment_amount = 1.00 "
+                              "WHERE payment_id = 2")
+    dirty = through_json(reconcile_handler({}, None))
+    assert dirty["equal"] is False
+    [payment] = [t for t in dirty["tables"] if t["differences"]]
+    assert payment["table"] == "fact_payment" and payment["listed"] == [
+        {"table": "fact_payment", "key": {"payment_id": 2}, "column": "payment_amount",
+         "source": str(before), "warehouse": "1.00", "problem": "value differs"}]
+
+    alert = reconcile_alert(dirty)
+    assert alert["subject"] == "totes test: Reconcile found differences in fact_payment"
+    lines = alert["message"].splitlines()
+    assert lines[0].startswith("The totes pipeline (test) loaded its batch, but the warehouse "
+                               "disagrees with the source: 2 differences (fact_payment 1; "
+                               "1 sums differ)")
+    assert (f"  - fact_payment payment_id=2 payment_amount: value differs (source {before}, "
+            "warehouse 1.00)") in lines
+    assert any(line.startswith("  - fact_payment.payment_amount in ") for line in lines)
+    assert "totes reconcile" in alert["message"]
+    assert '"Reconcile reports differences"' in alert["message"]
+    assert lines[-1].startswith("Execution: https://eu-west-2.console.aws.amazon.com/")
+
+    # More differences than the state lists: the alert counts them all.
+    query(lambda_environment, "UPDATE fact_payment SET payment_amount = 1.00 "
+                              "WHERE payment_id BETWEEN 3 AND 9")
+    many = through_json(reconcile_handler({}, None))
+    [payment] = [t for t in many["tables"] if t["differences"]]
+    assert (payment["differences"], len(payment["listed"])) == (8, STATE_LIMIT)
+    assert "  … and 3 more (totes reconcile lists every one)." in \
+        reconcile_alert(many)["message"].splitlines()
+
+
+def test_a_reconcile_that_cannot_run_alerts_with_its_error():
+    from totes.notify.handler import handler as alert_handler
+
+    error = {"Error": "DatabaseUnavailable", "Cause": json.dumps({
+        "errorType": "DatabaseUnavailable", "stackTrace": ["File ..."],
+        "errorMessage": "the source database totesys at db:5432 did not answer"})}
+    alert = alert_handler({"environment": "test", "region": "eu-west-2", "state": "Reconcile",
+                           "execution": "arn:aws:states:eu-west-2:1:execution:p:execution-8",
+                           "input": {"error": error, "failed_state": "Reconcile"}}, None)
+    assert alert["subject"] == "totes test: Reconcile failed (DatabaseUnavailable)"
+    assert "Error: DatabaseUnavailable: the source database totesys at db:5432 did not " \
+           "answer" in alert["message"]
