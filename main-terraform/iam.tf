@@ -1,11 +1,13 @@
 # One role per function, allowed exactly what that stage touches (README.md, "Data flow"):
 #   plan: the source secret, the configuration object, list/read the lake (a partitioned
-#   table's watermark); ingest: the source secret,
-#   list/read/add lake objects; status: the ledger; pending: list/read the lake and the
-#   processed area, the warehouse secret; transform: read the lake, list/read/add processed
-#   objects; load: read processed, the warehouse secret; alert: nothing. Ingest, status,
-#   transform and load write their runs and leases in the ledger table. Nobody may delete or
-#   overwrite-by-delete an object.
+#   table's watermark); ingest: the source secret, list/read/add lake objects; status: the
+#   ledger; pending: list/read the lake and the processed area, the warehouse secret;
+#   transform: read the lake, list/read/add processed objects; load: read processed, the
+#   warehouse secret; reconcile: both secrets, no bucket (it reads the two databases only);
+#   alert: nothing. Ingest, status, transform and load write their runs and leases in the
+#   ledger table. Nobody may delete or overwrite-by-delete an object. The data key: decrypt
+#   (the secrets, the objects) and generate data keys (objects written) for the stages that
+#   touch the buckets; reconcile only decrypts its secrets; alert never uses it.
 data "aws_iam_policy_document" "assume_lambda" {
   statement {
     actions = ["sts:AssumeRole"]
@@ -21,14 +23,16 @@ locals {
     ingest    = "arn:${data.aws_partition.current.partition}:s3:::${local.imported.ingest_bucket}"
     processed = "arn:${data.aws_partition.current.partition}:s3:::${local.imported.processed_bucket}"
   }
+  data_key = ["kms:Decrypt", "kms:GenerateDataKey"]
   access = {
-    plan      = { secrets = [local.imported.source_secret_arn], read = ["ingest"], write = [], ledger = false, config = true }
-    ingest    = { secrets = [local.imported.source_secret_arn], read = ["ingest"], write = ["ingest"], ledger = true, config = false }
-    status    = { secrets = [], read = [], write = [], ledger = true, config = false }
-    pending   = { secrets = [local.imported.warehouse_secret_arn], read = ["ingest", "processed"], write = [], ledger = false, config = false }
-    transform = { secrets = [], read = ["ingest", "processed"], write = ["processed"], ledger = true, config = false }
-    load      = { secrets = [local.imported.warehouse_secret_arn], read = ["processed"], write = [], ledger = true, config = false }
-    alert     = { secrets = [], read = [], write = [], ledger = false, config = false }
+    plan      = { secrets = [local.imported.source_secret_arn], read = ["ingest"], write = [], ledger = false, config = true, kms = local.data_key }
+    ingest    = { secrets = [local.imported.source_secret_arn], read = ["ingest"], write = ["ingest"], ledger = true, config = false, kms = local.data_key }
+    status    = { secrets = [], read = [], write = [], ledger = true, config = false, kms = local.data_key }
+    pending   = { secrets = [local.imported.warehouse_secret_arn], read = ["ingest", "processed"], write = [], ledger = false, config = false, kms = local.data_key }
+    transform = { secrets = [], read = ["ingest", "processed"], write = ["processed"], ledger = true, config = false, kms = local.data_key }
+    load      = { secrets = [local.imported.warehouse_secret_arn], read = ["processed"], write = [], ledger = true, config = false, kms = local.data_key }
+    reconcile = { secrets = [local.imported.source_secret_arn, local.imported.warehouse_secret_arn], read = [], write = [], ledger = false, config = false, kms = ["kms:Decrypt"] }
+    alert     = { secrets = [], read = [], write = [], ledger = false, config = false, kms = [] }
   }
 }
 
@@ -96,10 +100,10 @@ data "aws_iam_policy_document" "function" {
     }
   }
   dynamic "statement" {
-    for_each = each.key == "alert" ? [] : [1]
+    for_each = length(local.access[each.key].kms) > 0 ? [1] : []
     content {
       sid       = "UseDataKey"
-      actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
+      actions   = local.access[each.key].kms
       resources = [local.imported.data_key_arn]
     }
   }

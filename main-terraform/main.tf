@@ -20,6 +20,7 @@ locals {
     pending   = { handler = "totes.load.handler.pending_handler" }
     transform = { handler = "totes.transform.handler.handler" }
     load      = { handler = "totes.load.handler.handler" }
+    reconcile = { handler = "totes.load.handler.reconcile_handler" }
     alert     = { handler = "totes.notify.handler.handler" }
   }
   ledger     = "dynamodb://${local.imported.ledger_table}"
@@ -54,6 +55,11 @@ locals {
       TOTES_PROCESSED        = "s3://${local.imported.processed_bucket}"
       TOTES_WAREHOUSE_SECRET = local.imported.warehouse_secret_arn
       TOTES_LEDGER           = local.ledger
+    }
+    # Reconcile reads both databases (streamed, compared in memory), no storage.
+    reconcile = {
+      TOTES_SOURCE_SECRET    = local.imported.source_secret_arn
+      TOTES_WAREHOUSE_SECRET = local.imported.warehouse_secret_arn
     }
   }
 }

@@ -9,6 +9,7 @@ locals {
     pending_arn     = aws_lambda_function.stage["pending"].arn
     transform_arn   = aws_lambda_function.stage["transform"].arn
     load_arn        = aws_lambda_function.stage["load"].arn
+    reconcile_arn   = aws_lambda_function.stage["reconcile"].arn
     alert_arn       = aws_lambda_function.stage["alert"].arn
     alert_topic_arn = local.imported.alert_topic_arn
     environment     = var.environment

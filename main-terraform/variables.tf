@@ -37,13 +37,13 @@ variable "ingest_max_concurrency" {
 variable "lambda_memory_mb" {
   description = "Memory of each function, in MB."
   type        = map(number)
-  default     = { plan = 256, ingest = 1024, status = 256, pending = 256, transform = 1024, load = 1024, alert = 128 }
+  default     = { plan = 256, ingest = 1024, status = 256, pending = 256, transform = 1024, load = 1024, reconcile = 1024, alert = 128 }
 }
 
 variable "lambda_timeout_seconds" {
   description = "Timeout of each function, in seconds."
   type        = map(number)
-  default     = { plan = 60, ingest = 600, status = 30, pending = 60, transform = 600, load = 600, alert = 30 }
+  default     = { plan = 60, ingest = 600, status = 30, pending = 60, transform = 600, load = 600, reconcile = 600, alert = 30 }
 }
 
 variable "extra_environment" {

@@ -12,15 +12,18 @@ real state machine execution end to end, then a failing one, then everything des
 4. Executions, each checked with the alerts that arrive (an SQS queue subscribed to the
    alert topic receives them):
    (a) with sales_order read in 3 partitions (the configuration in S3), execution 1 must
-   SUCCEED and fill the warehouse with the snapshot's rows;
-   a currency with no ISO 4217 code: execution 2 SUCCEEDS, with one "rows held back" alert;
+   SUCCEED, fill the warehouse with the snapshot's rows and reconcile equal;
+   a currency with no ISO 4217 code: execution 2 SUCCEEDS, with one "rows held back" alert
+   (and reconciles equal: a quarantined row is no difference);
    (b) a column of design renamed, a new sales order: execution 3 FAILS with exactly one
    alert naming design, and the sales order reaches the lake;
    (c) the transform function pointed at a missing bucket: execution 4 fails in Transform
    with one alert; the function restored, execution 5 (no new source rows) completes the
-   pending transform and load;
+   pending transform and load, and reconciles equal;
    (d) payment_type removed from the configuration in S3: execution 6 ingests the ten other
-   tables, with no redeploy.
+   tables, with no redeploy (it loads nothing, so it skips Reconcile);
+   (e) a fact value changed in the warehouse by hand, a new sales order: execution 7 loads
+   it, then FAILS in Reconcile with one alert naming the difference (table, key, column).
 5. terraform destroy, both layers; the emulator and PostgreSQL stop.
 """
 from __future__ import annotations
@@ -245,6 +248,14 @@ def main() -> int:
             if not condition:
                 raise SystemExit(f"deploy-local: {message}")
 
+        def check_reconciled(execution: dict, name: str) -> None:
+            """The execution loaded a batch, so Reconcile ran: source and warehouse agree."""
+            reconciled = json.loads(execution.get("output") or "{}").get("reconcile")
+            print(f"{name} reconcile: "
+                  f"{reconciled and {k: reconciled[k] for k in ('equal', 'differences')}}")
+            check(reconciled is not None and reconciled["equal"] is True,
+                  f"{name} should have reconciled equal: {reconciled}")
+
         say("the configuration in S3: sales_order read in 3 partitions, one Lambda each")
         key = "config/totesys/pipeline.yaml"
         config = yaml.safe_load(s3.get_object(Bucket=found["artifacts_bucket"],
@@ -265,6 +276,7 @@ def main() -> int:
         print(f"sales_order parts in the lake: {len(parts.get('Contents', []))}")
         check(len(parts.get("Contents", [])) == 3, "sales_order should be read in 3 parts")
         check(alerts() == [], "a successful execution sent an alert")
+        check_reconciled(first, "execution 1")
 
         say("execution 2: a currency with no ISO 4217 code is quarantined, the run lands")
         with source.session("deploy-local", "injecting a bad currency") as session:
@@ -276,6 +288,7 @@ def main() -> int:
         check(second["status"] == "SUCCEEDED" and len(held) == 1
               and '"currency":1' in held[0], "execution 2 should have SUCCEEDED with one "
               "alert for the quarantined currency row")
+        check_reconciled(second, "execution 2")
 
         say("(b) execution 3: one table fails (a column transform reads is renamed), "
             "the others land")
@@ -323,6 +336,7 @@ def main() -> int:
         check(fact_count("fact_sales_order") == orders + 1,
               "execution 5 should have loaded the pending sales order")
         check(alerts() == [], "execution 5 should send no alert")
+        check_reconciled(fifth, "execution 5")
 
         say("(d) the configuration changed in S3 (payment_type removed): the next execution "
             "uses it, with no redeploy")
@@ -336,11 +350,35 @@ def main() -> int:
         print(f"execution 6 ended {sixth['status']}, ingesting {len(tables)} tables")
         check(sixth["status"] == "SUCCEEDED" and "payment_type" not in tables
               and len(tables) == 10, "execution 6 should use the new configuration")
-        say("deploy-local: both layers applied; (a) a normal execution filled the warehouse; "
-            "a quarantined row sent one alert; (b) one failing table failed the execution with "
-            "one alert while the others landed; (c) a failed transform was completed by the "
-            "next execution with no new rows; (d) a configuration change in S3 was used "
-            "without a redeploy")
+        check("reconcile" not in json.loads(sixth["output"]),
+              "execution 6 loaded nothing: it should have skipped Reconcile")
+
+        say("(e) execution 7: a fact value changed in the warehouse by hand; Reconcile, after "
+            "the load of a new sales order, must fail the execution with one alert naming it")
+        with warehouse.session("deploy-local", "tampering with the warehouse") as session:
+            session.conn.run("UPDATE fact_payment SET payment_amount = 1.00 "
+                             "WHERE payment_id = 2")
+        new_order()
+        orders = fact_count("fact_sales_order")
+        seventh = execute(stepfunctions, machine, "deploy-local-7")
+        print(f"execution 7 ended {seventh['status']}")
+        differences = alerts()
+        check(seventh["status"] == "FAILED", "execution 7 should have FAILED in Reconcile")
+        check(fact_count("fact_sales_order") == orders + 1,
+              "execution 7 should have loaded the new sales order before reconciling")
+        check(len(differences) == 1 and differences[0].splitlines()[0]
+              == f"totes {ENVIRONMENT}: Reconcile found differences in fact_payment"
+              and "fact_payment payment_id=2 payment_amount: value differs" in differences[0]
+              and "warehouse 1.00" in differences[0] and "totes reconcile" in differences[0],
+              "execution 7 should send exactly one alert naming fact_payment, payment_id=2 "
+              "and payment_amount")
+        say("deploy-local: both layers applied; (a) a normal execution filled the warehouse "
+            "and reconciled equal; a quarantined row sent one alert; (b) one failing table "
+            "failed the execution with one alert while the others landed; (c) a failed "
+            "transform was completed by the next execution with no new rows; (d) a "
+            "configuration change in S3 was used without a redeploy, and an execution that "
+            "loaded nothing skipped Reconcile; (e) a value changed in the warehouse by hand "
+            "failed Reconcile with one alert naming it")
         return 0
     finally:
         for layer in reversed(applied):

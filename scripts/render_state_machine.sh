@@ -15,6 +15,7 @@ output "definition" {
     pending_arn     = "$arn-pending"
     transform_arn   = "$arn-transform"
     load_arn        = "$arn-load"
+    reconcile_arn   = "$arn-reconcile"
     alert_arn       = "$arn-alert"
     alert_topic_arn = "arn:aws:sns:eu-west-2:123456789012:totes-prod-alerts"
     environment     = "prod"

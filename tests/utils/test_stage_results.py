@@ -8,13 +8,15 @@ from totes.ingest.extract import PartResult
 from totes.ingest.status import ItemStatus
 from totes.load.pending import PendingResult
 from totes.notify.alerts import Alert
-from totes.utils.stage_results import (IngestResult, LoadResult, PlanResult, TransformResult)
+from totes.utils.stage_results import (IngestResult, LoadResult, PlanResult, ReconcileResult,
+                                       TransformResult)
 from totes.utils.watermark import Watermark
 
 STATE_RESULTS = {"Plan": PlanResult, "IngestTable": IngestResult, "RecordSuccess": ItemStatus,
                  "RecordFailure": ItemStatus, "RecordCheckFailure": ItemStatus,
                  "Pending": PendingResult, "Transform": TransformResult, "Load": LoadResult,
-                 "Alert": Alert, "ExtractPart": PartResult, "CommitParts": IngestResult}
+                 "Reconcile": ReconcileResult, "Alert": Alert, "ExtractPart": PartResult,
+                 "CommitParts": IngestResult}
 
 
 def states(node):
@@ -50,3 +52,14 @@ def test_a_result_survives_json_as_step_functions_passes_it():
     assert document["high_watermark"] == {"timestamp": "2024-11-15 14:40:10.123000",
                                           "primary_key": 3}
     assert IngestResult.model_validate(document) == result
+
+
+def test_the_reconcile_state_keeps_every_field_the_alert_reads_back():
+    """The alert rebuilds the ReconcileResult from the state (its summary, its differences):
+    the Reconcile state must select all of it."""
+    text = (REPO / "main-terraform" / "state_machine.asl.json").read_text()
+    definition = json.loads(re.sub(r"\$\{[a-z_]+\}", "0", re.sub(r'"\$\{[a-z_]+\}"', '"x"', text)))
+    selector = definition["States"]["Reconcile"]["ResultSelector"]
+    assert {path.removeprefix("$.Payload.") for path in selector.values()} == \
+        set(ReconcileResult.model_fields)
+    assert definition["States"]["Reconcile"]["ResultPath"] == "$.reconcile"
