@@ -254,6 +254,9 @@ def ingest(source_url: Optional[str] = SourceUrl, lake: Optional[str] = LakeUri,
                                              "whose watermark is at or after this value"),
            high: Optional[str] = typer.Option(None, "--to", help="Backfill: … and before this "
                                               "value"),
+           engine: str = typer.Option("python", "--engine", help="python: this process (parts "
+                                      "in threads); spark: a local Spark whose executors read "
+                                      "the parts, as the Glue job does"),
            as_json: bool = JsonOutput, verbose: bool = Verbose):
     """Run the ingest stage: new row versions of every table into the lake (or, with
     --reingest or --from/--to, a reingest or a backfill of the --table given)."""
@@ -276,15 +279,33 @@ def ingest(source_url: Optional[str] = SourceUrl, lake: Optional[str] = LakeUri,
             planned.tables = [t for t in planned.tables if t.table in table]
         if mode is not None:
             planned.tables = [t.with_mode(mode, low, high) for t in planned.tables]
+        if engine not in ("python", "spark"):
+            raise ConfigError(f"--engine {engine!r}: use python or spark")
         with progress.status("ingest…"):
-            results = ingest_all(source, workspace.lake(), planned,
-                                 ledger=workspace.ledger())
+            if engine == "spark":
+                results = _ingest_on_spark(workspace, planned.tables)
+            else:
+                results = ingest_all(source, workspace.lake(), planned,
+                                     ledger=workspace.ledger())
         if as_json:
             return _print_json([r.model_dump(mode="json") for r in results])
         render.stdout().print(render.ingest_table(results))
         for line in render.source_warnings(results):
             progress.console.print(f"[yellow]{escape(line)}[/]")
     _guard(work, as_json)
+
+
+def _ingest_on_spark(workspace, plans) -> list:
+    """Each table through :func:`totes.ingest.spark_extract.extract_on_spark`, on one local
+    Spark session."""
+    from totes.ingest.spark_extract import SourceRef, extract_on_spark, spark_session
+
+    spark = spark_session()
+    try:
+        return [extract_on_spark(spark, plan, SourceRef(url=workspace.url("source")),
+                                 workspace.lake_uri, workspace.ledger()) for plan in plans]
+    finally:
+        spark.stop()
 
 
 def _mode(reingest: bool, low: Optional[str], high: Optional[str],

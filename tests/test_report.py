@@ -32,7 +32,7 @@ def chromium() -> str:
 def browse(browser: str, page, *flags: str) -> subprocess.CompletedProcess:
     return subprocess.run(  # nosec B603: fixed arguments
         [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-         "--virtual-time-budget=15000", "--window-size=1300,4200", *flags,
+         "--virtual-time-budget=15000", "--window-size=1300,3100", *flags,
          page.as_uri()], capture_output=True, text=True, timeout=120, check=True)
 
 

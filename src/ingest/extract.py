@@ -98,7 +98,7 @@ def ingest_table(plan: TablePlan, source: Database, lake: Lake,
     plan = plan.model_copy(update={"run_id": run_id})
 
     def skipped(holder) -> IngestResult:
-        return _skipped_result(plan, run_id, skip_reason(holder))
+        return skipped_result(plan, run_id, skip_reason(holder))
 
     def work() -> IngestResult:
         result = _ingest(plan, source, lake)
@@ -107,10 +107,10 @@ def ingest_table(plan: TablePlan, source: Database, lake: Lake,
         return result
 
     return tracked(ledger, "ingest", plan.table, run_id, plan.mode, work, skipped,
-                   _ledger_summary)
+                   ingest_ledger_summary)
 
 
-def _ledger_summary(result: IngestResult) -> dict:
+def ingest_ledger_summary(result: IngestResult) -> dict:
     """The succeeded record's fields of an ingest."""
     return {"rows": result.rows, "bytes": result.bytes, "key": result.key,
             "low_watermark": record_json(result.low_watermark),
@@ -378,50 +378,55 @@ def commit_parts(plan: TablePlan, parts: list[PartResult], lake: Lake,
     Raises:
         LakeError / StorageUnavailable: the lake could not be written.
     """
-    shared = plan.distributed
     run_id = plan.run_id or new_run_id()
-    low = Watermark.model_validate(shared.low_watermark) if shared.low_watermark else None
 
     def skipped(holder) -> IngestResult:
-        return _skipped_result(plan, run_id, skip_reason(holder))
+        return skipped_result(plan, run_id, skip_reason(holder))
 
-    def work() -> IngestResult:
-        started = time.monotonic()
-        if plan.mode in ("incremental", "backfill") and \
-                read_high_watermark(lake, plan.table) != low:
-            return _skipped_result(plan, run_id, "another run committed a batch of the table "
-                                   "since its parts were read")
-        landed = [p for p in parts if p.key]
-        key, high = None, None
-        listed = [{"key": p.key, "rows": p.rows, "lower": p.lower, "upper": p.upper}
-                  for p in landed]
-        if landed:
-            high = low if plan.mode == "backfill" else highest(p.high_watermark
-                                                               for p in landed)
-            schema = lake.metadata(landed[0].key).schema.to_arrow_schema()
-            with lake.staging_file() as staged:
-                with pq.ParquetWriter(staged, schema, compression="zstd") as commit:
-                    commit.add_key_value_metadata(footer_metadata(
-                        high, low, plan.mode, backfill_range(plan), parts=listed))
-                key = lake.next_key(plan.table, (high.moment() if high else None)
-                                    or datetime.fromisoformat(shared.moment))
-                check_lease()
-                lake.publish(staged, key)
-        return IngestResult(
-            table=plan.table, mode=plan.mode, key=key, rows=sum(p.rows for p in landed),
-            row_groups=sum(p.row_groups for p in landed),
-            bytes=sum(lake.metadata(p.key).serialized_size for p in landed),
-            low_watermark=low if plan.mode == "incremental" else None,
-            high_watermark=high if key else (low if plan.mode in ("incremental", "backfill")
-                                             else None),
-            range=backfill_range(plan), parts=listed or None, cutoff=shared.cutoff,
-            run_id=run_id, seconds=round(time.monotonic() - started, 3), peak_arrow_bytes=0)
-
-    return tracked(ledger, "ingest", plan.table, run_id, plan.mode, work, skipped,
-                   _ledger_summary)
+    return tracked(ledger, "ingest", plan.table, run_id, plan.mode,
+                   lambda: commit_landed_parts(plan, parts, lake, run_id), skipped,
+                   ingest_ledger_summary)
 
 
-def _skipped_result(plan: TablePlan, run_id: str, reason: str) -> IngestResult:
+def commit_landed_parts(plan: TablePlan, parts: list[PartResult], lake: Lake,
+                        run_id: str) -> IngestResult:
+    """:func:`commit_parts`' work, for a caller that already holds the table's lease (a Spark
+    job: :mod:`totes.ingest.spark_extract`)."""
+    shared = plan.distributed
+    low = Watermark.model_validate(shared.low_watermark) if shared.low_watermark else None
+    started = time.monotonic()
+    if plan.mode in ("incremental", "backfill") and \
+            read_high_watermark(lake, plan.table) != low:
+        return skipped_result(plan, run_id, "another run committed a batch of the table "
+                              "since its parts were read")
+    landed = [p for p in parts if p.key]
+    key, high = None, None
+    listed = [{"key": p.key, "rows": p.rows, "lower": p.lower, "upper": p.upper}
+              for p in landed]
+    if landed:
+        high = low if plan.mode == "backfill" else highest(p.high_watermark for p in landed)
+        schema = lake.metadata(landed[0].key).schema.to_arrow_schema()
+        with lake.staging_file() as staged:
+            with pq.ParquetWriter(staged, schema, compression="zstd") as commit:
+                commit.add_key_value_metadata(footer_metadata(
+                    high, low, plan.mode, backfill_range(plan), parts=listed))
+            key = lake.next_key(plan.table, (high.moment() if high else None)
+                                or datetime.fromisoformat(shared.moment))
+            check_lease()
+            lake.publish(staged, key)
+    return IngestResult(
+        table=plan.table, mode=plan.mode, key=key, rows=sum(p.rows for p in landed),
+        row_groups=sum(p.row_groups for p in landed),
+        bytes=sum(lake.metadata(p.key).serialized_size for p in landed),
+        low_watermark=low if plan.mode == "incremental" else None,
+        high_watermark=high if key else (low if plan.mode in ("incremental", "backfill")
+                                         else None),
+        range=backfill_range(plan), parts=listed or None, cutoff=shared.cutoff,
+        run_id=run_id, seconds=round(time.monotonic() - started, 3), peak_arrow_bytes=0)
+
+
+def skipped_result(plan: TablePlan, run_id: str, reason: str) -> IngestResult:
+    """The result of an ingest of ``plan.table`` that did not run (``reason`` says why)."""
     log.warning("%s: skipped, %s", plan.table, reason)
     return IngestResult(table=plan.table, mode=plan.mode, key=None, rows=0, row_groups=0,
                         bytes=0, low_watermark=None, high_watermark=None, cutoff="",

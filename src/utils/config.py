@@ -30,6 +30,13 @@ from totes.utils.source_tables import default_primary_key
 DEFAULT_CONFIG_PATH = "config/pipeline.yaml"
 
 
+#: The engine that extracts a table: a Lambda function (one per part when partitioned) or an
+#: AWS Glue (Spark) job whose executors read the parts (:mod:`totes.ingest.spark_extract`).
+JobType = Literal["lambda", "glue"]
+#: Glue 5.0's worker types (memory and vCPUs per worker: G.1X 16 GB/4, G.2X 32 GB/8, ...).
+WorkerType = Literal["G.1X", "G.2X", "G.4X", "G.8X"]
+
+
 class TableOptions(BaseModel):
     """Settings of one table; any left out comes from ``defaults``."""
 
@@ -44,6 +51,9 @@ class TableOptions(BaseModel):
     num_partitions: Optional[int] = Field(None, ge=1, le=1024)
     lower_bound: Optional[str] = None
     upper_bound: Optional[str] = None
+    job_type: Optional[JobType] = None
+    worker_type: Optional[WorkerType] = None
+    worker_no: Optional[int] = Field(None, ge=2, le=299)
 
 
 class PipelineConfig(BaseModel):
@@ -96,6 +106,9 @@ class TablePlan(BaseModel):
     minimum and maximum when not given; see :mod:`totes.ingest.partitions`).
     ``distributed`` (state machine only): the shared settings of a partitioned batch read by
     one worker per part.
+    ``job_type``: ``lambda`` (the default) or ``glue``, the engine the state machine's Choice
+    sends the table to; ``worker_type``/``worker_no``: the Glue job run's workers (Glue 5.0:
+    ``G.1X`` … ``G.8X``, 2 to 299 workers).
     ``check_error`` (state machine only): plan found the table unusable in the source
     (``{"Error": "SourceSchemaError", "Cause": "<error JSON>"}``); its Map item records the
     failure instead of extracting, and the other tables go on.
@@ -116,6 +129,9 @@ class TablePlan(BaseModel):
     num_partitions: int = 1
     lower_bound: Optional[str] = None
     upper_bound: Optional[str] = None
+    job_type: JobType = "lambda"
+    worker_type: WorkerType = "G.1X"
+    worker_no: int = Field(2, ge=2, le=299)
     run_id: Optional[str] = None
     check_error: Optional[dict] = None
     distributed: Optional[DistributedBatch] = None

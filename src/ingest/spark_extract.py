@@ -1,0 +1,160 @@
+"""Extract one table on Spark (the ``glue`` job type, and ``totes ingest --engine spark``).
+
+The driver does what the state machine's Plan does for a partitioned table
+(:func:`totes.ingest.extract.plan_distributed`: one in-flight cutoff, the lake's watermark,
+the partitions); the executors read the partitions in parallel, one Spark task per part, each
+through the project's own streaming extract (:func:`totes.ingest.extract.extract_part`:
+``COPY`` or MySQL's streaming cursor into ``<table>/_parts/<batch>/``); the driver then
+commits the batch (:func:`totes.ingest.extract.commit_landed_parts`: the commit file,
+last). All of it runs under the table's lease and is recorded in the ledger as one ingest,
+so the lake, its footers and the ledger are those of the Lambda path: transform and load
+cannot tell which engine extracted a batch.
+
+Why the project's extract rather than Spark's JDBC reader: the JDBC reader cannot stop short
+of in-flight transactions (the cutoff is per table, read in the source), does not write the
+watermark footer, and would make Spark's types the lake's; each part here is already a
+bounded-memory stream at COPY speed. A Spark task that fails is retried by Spark; a part that
+an earlier attempt published is not read again.
+
+Executors find the source and the lake by reference (:class:`SourceRef`: a URL or a Secrets
+Manager secret id; the lake's URI): no password travels in a task's closure.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+from totes.ingest.extract import (PartResult, ingest_ledger_summary, skipped_result,
+                                  commit_landed_parts, extract_part, plan_distributed)
+from totes.ingest.source_reader import reader_for
+from totes.utils.config import TablePlan
+from totes.utils.db import Database, database_from_url
+from totes.utils.errors import TerminalError
+from totes.utils.lake import Lake
+from totes.utils.ledger import Ledger, new_run_id
+from totes.utils.run_tracking import skip_reason, tracked
+from totes.utils.stage_results import IngestResult
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SourceRef:
+    """How a Spark executor finds the source: its URL, or the id of the Secrets Manager secret
+    that holds it (executors of a Glue job read it with the job's role)."""
+
+    url: Optional[str] = None
+    secret_id: Optional[str] = None
+
+    def __repr__(self) -> str:  # a URL may hold a password: never shown
+        return f"SourceRef(secret_id={self.secret_id!r})" if self.secret_id else \
+            "SourceRef(url=…)"
+
+    def database(self):
+        """The source database (a :class:`Database` or a MySQL one)."""
+        if self.url:
+            return database_from_url("source", self.url)
+        return Database.from_secret("source", self.secret_id)
+
+
+def spark_session(app_name: str = "totes-extract", master: Optional[str] = None):
+    """A Spark session: the one Glue gives a job, or a local one (``local[N]``, N the cores)
+    whose Python workers run this interpreter (so they import ``totes`` as the driver does).
+
+    Raises:
+        ConfigError: pyspark is not installed (``pip install pyspark``).
+    """
+    try:
+        from pyspark.sql import SparkSession
+    except ImportError:
+        from totes.utils.errors import ConfigError
+
+        raise ConfigError("the spark engine needs pyspark: pip install -r "
+                          "requirements-dev.txt (or pyspark==3.5.5)") from None
+    builder = SparkSession.builder.appName(app_name)
+    if master or not os.environ.get("GLUE_VERSION"):
+        # Python workers are started with PYSPARK_PYTHON: this interpreter imports totes.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        builder = builder.master(master or f"local[{os.cpu_count() or 2}]") \
+            .config("spark.ui.enabled", "false") \
+            .config("spark.pyspark.python", sys.executable) \
+            .config("spark.pyspark.driver.python", sys.executable) \
+            .config("spark.task.maxFailures", "2") \
+            .config("spark.ui.showConsoleProgress", "false")
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark
+
+
+class SparkJobFailed(TerminalError):
+    """Spark could not run a part at all (not the part's own error, which is re-raised as
+    it is): an executor that cannot import totes, a worker that died."""
+
+
+def _first_python_error(exc: Exception) -> str:
+    """The line of a Spark error that says what failed (``ModuleNotFoundError: No module
+    named 'totes'``), else its first line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for line in lines:
+        head = line.split(":", 1)[0]
+        ours = not head.startswith(("org.", "py4j", "java."))
+        if head.endswith(("Error", "Exception")) and ours:
+            return line[:500]
+    return lines[0][:500] if lines else type(exc).__name__
+
+
+def _read_part(payload: dict, spec: dict, source: SourceRef, lake_uri: str) -> tuple:
+    """One Spark task: one part, through :func:`extract_part`. Returns ``("ok", part JSON)``
+    or ``("error", exception)``: the driver raises the part's own error (its type says
+    whether a retry can help), not Spark's wrapper of it."""
+    try:
+        part = extract_part(TablePlan.model_validate(payload), spec, source.database(),
+                            Lake(lake_uri))
+        return "ok", part.model_dump(mode="json")
+    except Exception as exc:  # handed to the driver, which raises it
+        return "error", exc
+
+
+def extract_on_spark(spark, plan: TablePlan, source: SourceRef, lake_uri: str,
+                     ledger: Optional[Ledger] = None) -> IngestResult:
+    """Extract ``plan.table`` with Spark as the module docstring says; returns the ingest
+    result the Lambda path returns (``parts`` lists the parts; ``seconds`` is the whole job).
+
+    Raises:
+        as :func:`totes.ingest.extract.ingest_table` (a part's own error, re-raised).
+    """
+    run_id = plan.run_id or new_run_id()
+    plan = plan.model_copy(update={"run_id": run_id, "distributed": None})
+
+    def skipped(holder) -> IngestResult:
+        return skipped_result(plan, run_id, skip_reason(holder))
+
+    def work() -> IngestResult:
+        started = time.monotonic()
+        database, lake = source.database(), Lake(lake_uri)
+        doing = f"planning the parts of table {plan.table} in the {database.describe()}"
+        with database.session(f"totes-spark-{plan.table}", doing) as session:
+            shared = plan_distributed(reader_for(database), session.conn, lake, plan)
+        specs = shared.distributed.parts
+        payload = shared.model_dump(mode="json")
+        log.info("%s: %d parts on Spark (batch %s)", plan.table, len(specs),
+                 shared.distributed.batch_id)
+        try:
+            answers = spark.sparkContext.parallelize(specs, len(specs)).map(
+                lambda spec: _read_part(payload, spec, source, lake_uri)).collect()
+        except Exception as exc:  # Spark's own failure (a task that could not even start)
+            raise SparkJobFailed(f"the Spark job extracting table {plan.table} failed: "
+                                 f"{_first_python_error(exc)}") from None
+        failures = [answer for status, answer in answers if status == "error"]
+        if failures:
+            raise failures[0]
+        parts = [PartResult.model_validate(answer) for _, answer in answers]
+        result = commit_landed_parts(shared, parts, lake, run_id)
+        return result.model_copy(update={"seconds": round(time.monotonic() - started, 3)})
+
+    return tracked(ledger, "ingest", plan.table, run_id, plan.mode, work, skipped,
+                   ingest_ledger_summary)
