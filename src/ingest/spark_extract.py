@@ -61,9 +61,11 @@ class SourceRef:
         return Database.from_secret("source", self.secret_id)
 
 
-def spark_session(app_name: str = "totes-extract", master: Optional[str] = None):
-    """A Spark session: the one Glue gives a job, or a local one (``local[N]``, N the cores)
-    whose Python workers run this interpreter (so they import ``totes`` as the driver does).
+def spark_session(app_name: str = "totes-extract", master: Optional[str] = None,
+                  local: bool = True):
+    """A Spark session: with ``local``, a local one (``master``, default ``local[N]`` for N
+    cores) whose Python workers run this interpreter (so they import ``totes`` as the driver
+    does); else the cluster's (a Glue job's).
 
     Raises:
         ConfigError: pyspark is not installed (``pip install pyspark``).
@@ -76,7 +78,7 @@ def spark_session(app_name: str = "totes-extract", master: Optional[str] = None)
         raise ConfigError("the spark engine needs pyspark: pip install -r "
                           "requirements-dev.txt (or pyspark==3.5.5)") from None
     builder = SparkSession.builder.appName(app_name)
-    if master or not os.environ.get("GLUE_VERSION"):
+    if local:
         # Python workers are started with PYSPARK_PYTHON: this interpreter imports totes.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         builder = builder.master(master or f"local[{os.cpu_count() or 2}]") \

@@ -95,3 +95,33 @@ def test_a_failed_spark_job_is_recorded_failed_and_raises_its_own_error(spark, s
               if r.status == "failed"]
     assert len(failed) == 2 and failed[-1].error_type == "SourceSchemaError"
     assert failed[0].error_type in ("StorageUnavailable", "LakeError")
+
+
+def test_the_glue_job_script_runs_a_payload_as_the_state_machine_passes_it(seeded_source,
+                                                                           tmp_path):
+    import json
+    import subprocess  # nosec B404: the job script, fixed arguments
+    import sys
+
+    from totes.ingest.glue_job import parse_arguments
+    from totes.utils.errors import ConfigError
+
+    payload = TablePlan(table="payment", primary_key="payment_id", job_type="glue",
+                        partition_column="payment_id", num_partitions=2,
+                        run_id="deploy-glue-1").model_dump(mode="json")
+    lake = tmp_path / "lake"
+    ledger = tmp_path / "ledger.sqlite3"
+    job = subprocess.run(  # nosec B603
+        [sys.executable, "-m", "totes.ingest.glue_job", "--payload", json.dumps(payload),
+         "--TOTES_LAKE", str(lake), f"--TOTES_SOURCE_URL={url_of(seeded_source)}",
+         "--TOTES_LEDGER", f"sqlite://{ledger}"], capture_output=True, text=True, timeout=300)
+    assert job.returncode == 0, job.stderr[-2000:]
+    result = json.loads(job.stdout.strip().splitlines()[-1])
+    assert (result["table"], result["rows"], len(result["parts"])) == ("payment", 15836, 2)
+    [record] = SqliteLedger(str(ledger)).history(stage="ingest", table="payment")
+    assert (record.run_id, record.status, record.key) == ("deploy-glue-1", "succeeded",
+                                                          result["key"])
+    assert sum(Lake(str(lake)).read_table(f).num_rows
+               for f in batch_files(Lake(str(lake)), result["key"])) == 15836
+    with pytest.raises(ConfigError, match="--TOTES_LAKE has no value"):
+        parse_arguments(["--payload", "{}", "--TOTES_LAKE"])
