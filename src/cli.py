@@ -302,8 +302,10 @@ def _ingest_on_spark(workspace, plans) -> list:
 
     spark = spark_session()
     try:
-        return [extract_on_spark(spark, plan, SourceRef(url=workspace.url("source")),
-                                 workspace.lake_uri, workspace.ledger()) for plan in plans]
+        secret = workspace.secret("source")
+        source = SourceRef(secret_id=secret) if secret else SourceRef(url=workspace.url("source"))
+        return [extract_on_spark(spark, plan, source, workspace.lake_uri, workspace.ledger())
+                for plan in plans]
     finally:
         spark.stop()
 

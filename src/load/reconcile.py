@@ -255,9 +255,12 @@ def _dimension(conn, source, name: str, limit: int) -> TableReconciliation:
     else:
         checked = getattr(dims, name)(rows)
     expected = checked.rows if checked is not None else None
-    quarantined = checked.held.num_rows if checked is not None and checked.held is not None \
-        else 0
-    quarantined_ids = checked.held[source_key] if quarantined else pa.array([], pa.int32())
+    quarantined_ids = pa.array([], pa.int64())
+    if checked is not None and checked.held is not None and checked.held.num_rows:
+        held_keys = _flat(checked.held[source_key]).cast(pa.int64())  # pending ones are pending
+        quarantined_ids = held_keys.filter(pc.invert(pc.is_in(
+            held_keys, value_set=pending_ids.cast(pa.int64()))))
+    quarantined = len(quarantined_ids)
     columns = [c.name for c in table.columns if c.name not in table.version_columns
                and c.name != key]
     actual = _warehouse_table(conn, f"SELECT {', '.join(table.column_names)} FROM {name}",

@@ -121,7 +121,14 @@ class Workspace:
     # ---- databases and storage ------------------------------------------------------------
     def is_embedded(self, role: str) -> bool:
         """Whether the ``role`` database ("source", "warehouse") is the embedded one."""
-        return not self._urls[role]
+        return not self._urls[role] and not self.secret(role)
+
+    def secret(self, role: str) -> Optional[str]:
+        """The Secrets Manager secret naming the ``role`` database (``TOTES_<ROLE>_SECRET``),
+        when no URL is given."""
+        if self._urls[role]:
+            return None
+        return self._env.get(f"TOTES_{role.upper()}_SECRET") or None
 
     def url(self, role: str) -> str:
         """The URL of the ``role`` database, starting the embedded server if it is needed."""
@@ -134,6 +141,12 @@ class Workspace:
         return self._embedded_urls[SOURCE_DATABASE if role == "source" else WAREHOUSE_DATABASE]
 
     def database(self, role: str) -> Database:
+        """The ``role`` database: its URL (flag or ``TOTES_<ROLE>_URL``), its secret
+        (``TOTES_<ROLE>_SECRET``), or the embedded one. A MySQL source is a
+        :class:`totes.utils.mysql.MySQLDatabase`."""
+        secret = self.secret(role)
+        if secret:
+            return Database.from_secret(role, secret)
         return database_from_url(role, self.url(role))
 
     def lake(self) -> Lake:

@@ -208,3 +208,18 @@ def test_a_mysql_secret_is_read_as_rds_writes_it(secrets, mariadb):
     with read.session("test", "reading the version") as session:
         (version,), = session.conn.run("SELECT VERSION()")
     assert "MariaDB" in version
+
+
+def test_a_command_finds_its_databases_by_secret_when_no_url_is_given(secrets, server,
+                                                                      tmp_path):
+    from totes.local.workspace import Workspace
+
+    secrets.create_secret(Name="totes/wh", SecretString=server.to_secret())
+    workspace = Workspace(env={"TOTES_WAREHOUSE_SECRET": "totes/wh",
+                               "TOTES_HOME": str(tmp_path)})
+    assert not workspace.is_embedded("warehouse") and workspace.is_embedded("source")
+    with workspace.database("warehouse").session("test", "reading") as session:
+        assert session.conn.run("SELECT 1") == [[1]]
+    by_url = Workspace(warehouse_url="postgresql://u@h/db",
+                       env={"TOTES_WAREHOUSE_SECRET": "totes/wh", "TOTES_HOME": str(tmp_path)})
+    assert by_url.secret("warehouse") is None  # a URL wins over the secret
