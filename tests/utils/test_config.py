@@ -71,9 +71,23 @@ def test_plan_gives_one_payload_per_table(seeded_source):
         "mode": "incremental", "watermark_column": "last_updated",
         "record_batch_bytes": 8388608, "in_flight_safety_lag_seconds": 300.0,
         "backfill_from": None, "backfill_to": None, "partition_column": None,
-        "num_partitions": 1, "lower_bound": None, "upper_bound": None, "run_id": None,
-        "check_error": None, "distributed": None}
+        "num_partitions": 1, "lower_bound": None, "upper_bound": None, "job_type": "lambda",
+        "worker_type": "G.1X", "worker_no": 2, "run_id": None, "check_error": None,
+        "distributed": None}
     assert len(payload.tables) == 11
+
+
+def test_job_types_are_lambda_or_glue_and_name_the_table():
+    config = parse_config({"tables": {"sales_order": {"job_type": "glue", "worker_no": 4},
+                                      "payment": {}}})
+    glue, lambda_ = resolve_tables(config)
+    assert (glue.job_type, glue.worker_type, glue.worker_no) == ("glue", "G.1X", 4)
+    assert lambda_.job_type == "lambda"
+    with pytest.raises(ConfigError, match="tables.payment.job_type: input should be 'lambda' "
+                                          "or 'glue'"):
+        parse_config({"tables": {"payment": {"job_type": "emr"}}})
+    with pytest.raises(ConfigError, match="tables.payment.worker_type"):
+        parse_config({"tables": {"payment": {"job_type": "glue", "worker_type": "G.16X"}}})
 
 
 def test_the_configuration_is_read_from_s3(s3_server, tmp_path):
