@@ -263,8 +263,8 @@ def _dimension(conn, source, name: str, limit: int) -> TableReconciliation:
     quarantined = len(quarantined_ids)
     columns = [c.name for c in table.columns if c.name not in table.version_columns
                and c.name != key]
-    actual = _warehouse_table(conn, f"SELECT {', '.join(table.column_names)} FROM {name}",
-                              table.arrow_schema(), name)
+    select = f"SELECT {', '.join(table.column_names)} FROM {name}"  # nosec B608: schema's
+    actual = _warehouse_table(conn, select, table.arrow_schema(), name)
     skip = pa.concat_arrays([pending_ids.cast(pa.int64()),
                              _flat(quarantined_ids).cast(pa.int64())])
     if expected is None:
@@ -289,9 +289,9 @@ def _fact(conn, source, source_table: str, limit: int,
     table = TABLES[name]
     key = table.merge_key[0]
     through = _loaded_through(conn, table)
-    held_ids = pa.array([int(i) for i, in conn.run(
-        f"SELECT DISTINCT {quote_ident(key)} FROM totes.{quote_ident('held_' + name)}")],
-        pa.int64())  # nosec B608: identifiers through quote_ident
+    held_sql = (f"SELECT DISTINCT {quote_ident(key)} "  # nosec B608: quoted identifiers
+                f"FROM totes.{quote_ident('held_' + name)}")
+    held_ids = pa.array([int(i) for i, in conn.run(held_sql)], pa.int64())
     money = [c.name for c in table.columns if c.sql_type.startswith("numeric")]
     codes = dict(conn.run("SELECT currency_id, currency_code FROM dim_currency"))
     sums_of: dict[str, dict] = {"source": {}, "warehouse": {}}
