@@ -62,7 +62,8 @@ def plan(config: PipelineConfig, source: Optional[Database] = None,
     in ``check_error``, so that its Map item records the failure and the others go on.
     With ``lake`` (the state machine), a partitioned table's payload also holds what its
     parts share (``distributed``: one cutoff, the lake's watermark, the partitions), so that
-    one worker per part can read it.
+    one worker per part can read it; not a ``glue`` table's, whose job plans its own parts
+    (its ``distributed`` stays None, and the state machine sends it to the Glue job).
 
     Raises:
         ConfigError: a requested table is not configured, or its mode is impossible.
@@ -87,7 +88,8 @@ def plan(config: PipelineConfig, source: Optional[Database] = None,
                         if advice:
                             log.warning(advice)
                             warnings.append(advice)
-                    if lake is not None and item.num_partitions > 1:
+                    if lake is not None and item.num_partitions > 1 \
+                            and item.job_type != "glue":
                         from totes.ingest.extract import plan_distributed
 
                         plans[i] = plan_distributed(reader, session.conn, lake, item)
