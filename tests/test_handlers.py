@@ -271,3 +271,104 @@ def test_a_reconcile_that_cannot_run_alerts_with_its_error():
     assert alert["subject"] == "totes test: Reconcile failed (DatabaseUnavailable)"
     assert "Error: DatabaseUnavailable: the source database totesys at db:5432 did not " \
            "answer" in alert["message"]
+
+
+def glue_config(monkeypatch, tmp_path) -> None:
+    """payment on the Glue job (job_type glue, 2 parts), the other tables on Lambda."""
+    import yaml
+
+    document = yaml.safe_load(open(CONFIG))
+    document["tables"]["payment"] = {"job_type": "glue", "worker_type": "G.1X",
+                                     "worker_no": 4, "partition_column": "payment_id",
+                                     "num_partitions": 2}
+    path = tmp_path / "glue.yaml"
+    path.write_text(yaml.safe_dump(document))
+    monkeypatch.setenv("TOTES_CONFIG", str(path))
+    monkeypatch.setenv("TOTES_LEDGER", f"sqlite://{tmp_path}/ledger.sqlite3")
+
+
+def test_a_glue_job_run_ends_its_item_from_the_jobs_own_ledger_record(lambda_environment,
+                                                                      monkeypatch, tmp_path):
+    """After a glue item's job run succeeded (RecordJobRun), the status step reads the job's
+    record back: the item's summary is the Lambda path's, and nothing is recorded twice."""
+    from totes.ingest.extract import ingest_table
+    from totes.ingest.handler import status_handler
+    from totes.utils.config import TablePlan
+    from totes.utils.errors import TransientError
+    from totes.utils.ledger import LedgerRecord, SqliteLedger
+    from totes.utils.settings import database_from_env, lake_from_env
+
+    glue_config(monkeypatch, tmp_path)
+    tables = through_json(plan_handler({"run_id": "execution-g"}, None))["tables"]
+    [payment] = [t for t in tables if t["job_type"] == "glue"]
+    assert payment["table"] == "payment" and payment["distributed"] is None
+    ledger = SqliteLedger(str(tmp_path / "ledger.sqlite3"))
+    with pytest.raises(TransientError, match="no finished ingest of run execution-g"):
+        status_handler({"action": "job_ran", "item": payment}, None)  # no record (yet)
+
+    # What the job records (extract_on_spark: the same lease, record and summary as here).
+    result = ingest_table(TablePlan.model_validate(payment), database_from_env("source"),
+                          lake_from_env("TOTES_LAKE"), ledger)
+    expected = through_json(status_handler({"action": "ingested",
+                                            "result": result.model_dump(mode="json")}, None))
+    item = {**payment, "job_run": {"id": "jr_1", "state": "SUCCEEDED"}}
+    status = through_json(status_handler({"action": "job_ran", "item": item}, None))
+    assert status == expected == {"table": "payment", "status": "succeeded",
+                                  "rows": snapshot("payment").num_rows, "key": result.key,
+                                  "reason": None, "error_type": None, "error_message": None}
+    [record] = ledger.history("ingest", "payment")
+    assert record.details.get("recorded_by") is None  # the job's record, not the step's
+
+    ledger.put(LedgerRecord(stage="ingest", table="payment", run_id="execution-h",
+                            status="skipped", started_at="2099-01-01T00:00:00.000000+00:00",
+                            rows=0, details={"lease_holder": "execution-g/1",
+                                             "lease_expires_at": "2099-01-01T00:10:00"}))
+    skipped = status_handler({"action": "job_ran",
+                              "item": {**payment, "run_id": "execution-h"}}, None)
+    assert (skipped["status"], skipped["reason"]) == (
+        "skipped", "leased by execution-g/1 until 2099-01-01T00:10:00")
+
+
+def test_a_failed_glue_job_run_is_recorded_failed_and_alerted_like_a_lambda(
+        lambda_environment, monkeypatch, tmp_path):
+    """A failed job run reaches the item's Catch as States.TaskFailed with the job run as the
+    cause: RecordFailure records the table failed with the script's own error (the run died
+    before the job could record it), and the one alert names it as a failed Lambda's."""
+    from totes.ingest.handler import status_handler
+    from totes.load.handler import pending_handler
+    from totes.notify.handler import handler as alert_handler
+    from totes.utils.ledger import SqliteLedger
+
+    glue_config(monkeypatch, tmp_path)
+    tables = through_json(plan_handler({"run_id": "execution-f"}, None))["tables"]
+    [payment] = [t for t in tables if t["job_type"] == "glue"]
+    cause = {"Id": "jr_2", "JobName": "totes-test-extract", "JobRunState": "FAILED",
+             "Attempt": 0, "ExecutionTime": 31, "ErrorMessage":
+             "Error Category: UNCLASSIFIED_ERROR; totes.utils.errors.DatabaseRejected: the "
+             "source database refused the connection (password authentication failed)"}
+    error = {"Error": "States.TaskFailed", "Cause": json.dumps(cause)}
+    caught = {"action": "failed", "item": {**payment, "error": error}, "error": error}
+    items = [through_json(status_handler(caught, None))]
+    assert items == [{"table": "payment", "status": "failed", "rows": 0, "key": None,
+                      "reason": None, "error_type": "DatabaseRejected", "error_message":
+                      "the source database refused the connection (password authentication "
+                      "failed)"}]
+    [record] = SqliteLedger(str(tmp_path / "ledger.sqlite3")).history("ingest", "payment")
+    assert (record.status, record.run_id, record.error_type) == ("failed", "execution-f",
+                                                                 "DatabaseRejected")
+    pending = through_json(pending_handler({"items": items}, None))
+    alert = alert_handler({"environment": "test", "region": "eu-west-2", "state": "Ingest",
+                           "execution": "arn:aws:states:eu-west-2:1:execution:p:execution-f",
+                           "input": {"pending": pending}}, None)
+    assert alert["subject"] == "totes test: Ingest of payment failed (DatabaseRejected)"
+    assert "payment: DatabaseRejected: the source database refused the connection" in \
+        alert["message"]
+    assert "Error Category" not in alert["message"] and "jr_2" not in alert["message"]
+
+    # A run that ended without the script's exception (a timeout): named after its state.
+    timeout = {"Error": "States.TaskFailed", "Cause": json.dumps(
+        {"Id": "jr_3", "JobRunState": "TIMEOUT", "ErrorMessage": ""})}
+    timed_out = status_handler({"action": "failed", "item": {**payment, "run_id": "x"},
+                                "error": timeout}, None)
+    assert (timed_out["error_type"], timed_out["error_message"]) == (
+        "GlueJobTimeout", "the Glue job run jr_3 ended TIMEOUT")

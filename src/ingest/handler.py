@@ -27,15 +27,20 @@ def plan_handler(event, context):
 
 def status_handler(event, context):
     """The status step of a Map item. Event: ``{"action": "ingested", "result": <IngestResult
-    JSON>}`` after the ingest succeeded, or ``{"action": "failed", "item": <TablePlan JSON>,
-    "error": {"Error", "Cause"}}`` from its Catch. Records the table's outcome in the ledger
-    and returns :class:`~totes.ingest.status.ItemStatus` as JSON."""
-    from totes.ingest.status import record_failed, record_ingested
+    JSON>}`` after the ingest succeeded; ``{"action": "job_ran", "item": <TablePlan JSON>}``
+    after a ``glue`` table's job run succeeded (the job recorded its ingest: read back, not
+    written again); or ``{"action": "failed", "item": <TablePlan JSON>, "error": {"Error",
+    "Cause"}}`` from its Catch. Records the table's outcome in the ledger and returns
+    :class:`~totes.ingest.status.ItemStatus` as JSON (errors: see
+    :func:`~totes.ingest.status.job_ran`)."""
+    from totes.ingest.status import job_ran, record_failed, record_ingested
     from totes.utils.stage_results import IngestResult
 
     ledger = ledger_from_env()
     if event.get("action") == "ingested":
         status = record_ingested(ledger, IngestResult.model_validate(event["result"]))
+    elif event.get("action") == "job_ran":
+        status = job_ran(ledger, event.get("item") or {})
     else:
         item = event.get("item") or {}
         status = record_failed(ledger, item, event.get("error") or item.get("check_error"))

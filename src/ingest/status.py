@@ -5,9 +5,13 @@ so that one table's failure never aborts the others.
 * ``ingested``: the ingest function recorded its run itself; the step checks the record is
   there (``succeeded`` or ``skipped``) and writes it from the ingest result if not (the
   ledger write failed after the extract landed).
-* ``failed``: the ingest function failed. When it could record that itself, its ``failed``
-  record stays; when it could not (killed by its time limit, out of memory), the step writes
-  ``failed`` with the error Step Functions reports.
+* ``job_ran``: a ``glue`` table's job run succeeded. The job recorded its ingest in the
+  ledger itself (under the table's lease, as the Lambda does); the step reads that record
+  back for the item's summary and writes nothing (a job run's output has no ingest result).
+* ``failed``: the ingest function (or the Glue job run) failed. When it could record that
+  itself, its ``failed`` record stays; when it could not (killed by its time limit, out of
+  memory, a job run that could not start), the step writes ``failed`` with the error Step
+  Functions reports (for a job run, the exception in its ``ErrorMessage``).
 
 Item summary (the Map's output for the table)::
 
@@ -22,7 +26,9 @@ from typing import Optional
 from pydantic import BaseModel
 
 from totes.notify.alerts import error_of
-from totes.utils.ledger import Ledger, LedgerRecord, now, record_json
+from totes.utils.ledger import (Ledger, LeaseHolder, LedgerRecord, lease_name, now,
+                                record_json)
+from totes.utils.run_tracking import skip_reason
 from totes.utils.stage_results import IngestResult
 
 
@@ -57,6 +63,37 @@ def record_ingested(ledger: Optional[Ledger], result: IngestResult) -> ItemStatu
             details={"recorded_by": "status step"}))
     return ItemStatus(table=result.table, status=status, rows=result.rows, key=result.key,
                       reason=result.skipped)
+
+
+def job_ran(ledger: Optional[Ledger], item: dict) -> ItemStatus:
+    """The success path of a ``glue`` Map item: ``item`` is the table's payload (a TablePlan
+    JSON, with ``run_id``). The summary comes from the job's own ledger record of this run
+    (``succeeded``, or ``skipped`` with the lease holder); nothing is recorded twice.
+
+    Raises:
+        ConfigError: no ledger (``TOTES_LEDGER``), or ``item`` names no table or run.
+        TransientError: the job run succeeded but the ledger shows no finished ingest of this
+            run (the ledger's query is eventually consistent: the state retries; after the
+            retries, the item's Catch records the table failed, and it alerts).
+    """
+    from totes.utils.errors import ConfigError, TransientError
+
+    table, run_id = item.get("table"), item.get("run_id")
+    if ledger is None or not table or not run_id:
+        raise ConfigError("the status step of a Glue job run needs the ledger (TOTES_LEDGER) "
+                          "and the item's table and run_id")
+    own = _own_record(ledger, table, run_id)
+    if own is None or own.status not in ("succeeded", "skipped"):
+        raise TransientError(f"the Glue job run of table {table} succeeded, but the ledger "
+                             f"has no finished ingest of run {run_id} "
+                             f"({own.status if own else 'no record'})")
+    reason = None
+    if own.status == "skipped":
+        reason = skip_reason(LeaseHolder(
+            name=lease_name("ingest", table), owner=own.details.get("lease_holder", "?"),
+            expires_at=own.details.get("lease_expires_at", "?")))
+    return ItemStatus(table=table, status=own.status, rows=max(own.rows, 0), key=own.key,
+                      reason=reason)
 
 
 def record_failed(ledger: Optional[Ledger], item: dict, error: Optional[dict]) -> ItemStatus:
