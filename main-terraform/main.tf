@@ -77,16 +77,19 @@ locals {
   code_hash = sha256(join("", [
     for f in sort(fileset("${local.repo}/src", "**/*.{py,sql}")) : filesha256("${local.repo}/src/${f}")
   ]))
+  # The Glue job's wheel and entry script: the same code, and the build script.
+  glue_hash = sha256(join("", [local.code_hash, filesha256("${local.repo}/scripts/build_lambda.py"),
+  filesha256("${local.repo}/pyproject.toml")]))
   layer_hash = sha256(join("", [
     filesha256("${local.repo}/requirements.txt"),
     filesha256("${local.repo}/scripts/build_lambda.py"),
   ]))
 }
 
-# One build per artifact: `python scripts/build_lambda.py layer|package`, rerun when its
+# One build per artifact: `python scripts/build_lambda.py layer|package|glue`, rerun when its
 # inputs change; the output (the inputs' hash) names the uploaded object.
 resource "terraform_data" "build" {
-  for_each         = { layer = local.layer_hash, package = local.code_hash }
+  for_each         = { layer = local.layer_hash, package = local.code_hash, glue = local.glue_hash }
   triggers_replace = each.value
   input            = each.value
   provisioner "local-exec" {

@@ -12,3 +12,8 @@ output "definition" {
   description = "The rendered state machine definition (checked by asl-validator)."
   value       = local.definition
 }
+
+output "glue_job_name" {
+  description = "The Glue job of the tables whose job_type is glue."
+  value       = aws_glue_job.extract.name
+}

@@ -12,6 +12,7 @@ locals {
     reconcile_arn   = aws_lambda_function.stage["reconcile"].arn
     alert_arn       = aws_lambda_function.stage["alert"].arn
     alert_topic_arn = local.imported.alert_topic_arn
+    glue_job_name   = aws_glue_job.extract.name
     environment     = var.environment
     region          = var.region
     max_concurrency = var.ingest_max_concurrency
@@ -34,6 +35,13 @@ data "aws_iam_policy_document" "state_machine" {
     sid       = "InvokeStages"
     actions   = ["lambda:InvokeFunction"]
     resources = [for f in aws_lambda_function.stage : f.arn]
+  }
+  statement {
+    # glue:startJobRun.sync: start the job's runs, poll them, stop them when the execution
+    # stops; that job only.
+    sid       = "RunGlueJob"
+    actions   = ["glue:StartJobRun", "glue:GetJobRun", "glue:GetJobRuns", "glue:BatchStopJobRun"]
+    resources = [aws_glue_job.extract.arn]
   }
   statement {
     sid       = "Alert"

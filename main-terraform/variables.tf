@@ -91,3 +91,9 @@ variable "source_name" {
   type        = string
   default     = "totesys"
 }
+
+variable "glue_timeout_minutes" {
+  description = "Time limit of one Glue job run (a glue table's extract), in minutes."
+  type        = number
+  default     = 120
+}

@@ -3,6 +3,7 @@
     python scripts/build_lambda.py layer     # build/layer.zip: the stages' dependencies
     python scripts/build_lambda.py package   # build/code.zip: src/ as the package totes + config
     python scripts/build_lambda.py smoke-test  # the same trim for this Python, imports checked
+    python scripts/build_lambda.py glue      # build/glue/: the Glue job's totes wheel and script
 
 The layer holds the runtime requirements of the stages (pyproject [project.dependencies], exact
 versions from requirements.txt; boto3 comes with the Lambda runtime) as wheels for the
@@ -10,6 +11,11 @@ python3.12 runtime on x86_64 (Amazon Linux 2023, glibc 2.34). It is trimmed of w
 pipeline never loads: pyarrow's Flight RPC libraries, C++ headers, tests and Cython sources,
 pycountry's translations, __pycache__. Each build prints the unzipped size and fails if the
 layer and the code together pass Lambda's limit of 250 MB unzipped (262,144,000 bytes).
+
+The Glue job's artifacts are the code package's files as a pure-Python wheel
+(``totes-<version>-py3-none-any.whl``, for ``--additional-python-modules``; its dependencies
+are listed there, pinned, by main-terraform) and an entry script that runs
+:func:`totes.ingest.glue_job.main`.
 """
 from __future__ import annotations
 
@@ -134,6 +140,64 @@ def build_package() -> int:
     return size
 
 
+GLUE_SCRIPT = '''"""The totes Glue job's script (written by scripts/build_lambda.py glue): extract
+the table named by --payload on the job's Spark. The code is the totes wheel of
+--additional-python-modules; an error raised here fails the job run, and the state machine
+records and alerts it."""
+from totes.ingest.glue_job import main
+
+main()
+'''
+
+
+def project_version() -> str:
+    """The version in pyproject.toml."""
+    import tomllib
+
+    return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+
+
+def build_glue() -> Path:
+    """build/glue/totes-<version>-py3-none-any.whl (the code package's ``totes`` files, with
+    the wheel's metadata and RECORD) and build/glue/totes_extract.py; returns the wheel."""
+    import base64
+    import hashlib
+
+    folder = BUILD / "glue"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    version = project_version()
+    info = f"totes-{version}.dist-info"
+    files: dict[str, bytes] = {}
+    source = REPO / "src"
+    for path in sorted(source.rglob("*")):
+        relative = path.relative_to(source)
+        if path.is_file() and "__pycache__" not in relative.parts and path.suffix != ".pyc" \
+                and relative.parts[0] not in ("local", "cli.py"):
+            files[f"totes/{relative.as_posix()}"] = path.read_bytes()
+    files[f"{info}/METADATA"] = (f"Metadata-Version: 2.1\nName: totes\nVersion: {version}\n"
+                                 "Summary: totes stages (the Glue job's code)\n"
+                                 "Requires-Python: >=3.11\n").encode()
+    files[f"{info}/WHEEL"] = (b"Wheel-Version: 1.0\nGenerator: totes build_lambda.py\n"
+                              b"Root-Is-Purelib: true\nTag: py3-none-any\n")
+    records = []
+    for name, data in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        records.append(f"{name},sha256={digest},{len(data)}")
+    files[f"{info}/RECORD"] = ("\n".join(records + [f"{info}/RECORD,,"]) + "\n").encode()
+    wheel = folder / f"totes-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as archive:
+        for name, data in files.items():
+            entry = zipfile.ZipInfo(name, (1980, 1, 1, 0, 0, 0))
+            entry.external_attr = 0o644 << 16
+            entry.compress_type = zipfile.ZIP_DEFLATED
+            archive.writestr(entry, data)
+    (folder / "totes_extract.py").write_text(GLUE_SCRIPT)
+    print(f"glue: {wheel.stat().st_size / 1e6:.2f} MB -> build/glue/{wheel.name}, "
+          "build/glue/totes_extract.py")
+    return wheel
+
+
 def check_limit() -> None:
     total = sum(size_of(BUILD / part) for part in ("layer", "code") if (BUILD / part).exists())
     print(f"function + layer: {total / 1e6:.1f} MB of Lambda's {LIMIT / 1e6:.1f} MB unzipped")
@@ -145,16 +209,17 @@ def main(argv: list[str]) -> None:
     import fcntl
 
     BUILD.mkdir(exist_ok=True)
-    steps = {"layer": build_layer, "package": build_package, "smoke-test": smoke_test}
+    steps = {"layer": build_layer, "package": build_package, "smoke-test": smoke_test,
+             "glue": build_glue}
     if not argv or any(a not in steps for a in argv):
-        sys.exit("usage: build_lambda.py layer|package|smoke-test [...]")
+        sys.exit("usage: build_lambda.py layer|package|smoke-test|glue [...]")
     # Terraform runs the layer and package builds at once: one at a time, so that neither
     # measures the other's half-written folder.
     with open(BUILD / ".build.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         for step in argv:
             steps[step]()
-        if "smoke-test" not in argv:
+        if "smoke-test" not in argv and argv != ["glue"]:
             check_limit()
 
 

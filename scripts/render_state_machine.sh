@@ -18,6 +18,7 @@ output "definition" {
     reconcile_arn   = "$arn-reconcile"
     alert_arn       = "$arn-alert"
     alert_topic_arn = "arn:aws:sns:eu-west-2:123456789012:totes-prod-alerts"
+    glue_job_name   = "totes-prod-extract"
     environment     = "prod"
     region          = "eu-west-2"
     max_concurrency = 4

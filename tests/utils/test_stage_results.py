@@ -16,7 +16,9 @@ STATE_RESULTS = {"Plan": PlanResult, "IngestTable": IngestResult, "RecordSuccess
                  "RecordFailure": ItemStatus, "RecordCheckFailure": ItemStatus,
                  "Pending": PendingResult, "Transform": TransformResult, "Load": LoadResult,
                  "Reconcile": ReconcileResult, "Alert": Alert, "ExtractPart": PartResult,
-                 "CommitParts": IngestResult}
+                 "CommitParts": IngestResult, "RecordJobRun": ItemStatus}
+#: What IngestOnGlue selects from Glue's GetJobRun output (the JobRun structure).
+JOB_RUN_FIELDS = {"Id", "JobRunState", "ExecutionTime", "ErrorMessage", "JobName", "Attempt"}
 
 
 def states(node):
@@ -26,12 +28,19 @@ def states(node):
             yield from states(state["ItemProcessor"])
 
 
-def test_every_field_the_state_machine_selects_is_in_the_stage_result():
+def definition() -> dict:
     text = (REPO / "main-terraform" / "state_machine.asl.json").read_text()
     # Template variables: ARNs inside strings, ${retry} and ${max_concurrency} bare.
-    definition = json.loads(re.sub(r"\$\{[a-z_]+\}", "0", re.sub(r'"\$\{[a-z_]+\}"', '"x"', text)))
+    return json.loads(re.sub(r"\$\{[a-z_]+\}", "0", re.sub(r'"\$\{[a-z_]+\}"', '"x"', text)))
+
+
+def test_every_field_the_state_machine_selects_is_in_the_stage_result():
     selected = {}
-    for name, state in states(definition):
+    for name, state in states(definition()):
+        if state.get("Resource", "").startswith("arn:aws:states:::glue:"):
+            assert {p.removeprefix("$.") for p in state["ResultSelector"].values()} <= \
+                JOB_RUN_FIELDS, name
+            continue
         for path in state.get("ResultSelector", {}).values():
             if path != "$.Payload":  # the whole result
                 selected.setdefault(name, set()).add(
@@ -63,3 +72,33 @@ def test_the_reconcile_state_keeps_every_field_the_alert_reads_back():
     assert {path.removeprefix("$.Payload.") for path in selector.values()} == \
         set(ReconcileResult.model_fields)
     assert definition["States"]["Reconcile"]["ResultPath"] == "$.reconcile"
+
+
+def test_a_glue_item_goes_to_the_glue_job_with_its_payload_and_workers():
+    """The Map item's Choice on job_type: glue → the Glue job run (startJobRun.sync) with the
+    item as --payload and its workers, then the status step that reads the job's ledger
+    record back; a failed run goes through the Lambda path's Catch (RecordFailure). A lambda
+    item keeps today's path: one Lambda, or one per part when plan split it."""
+    item_states = dict(states(definition()["States"]["Ingest"]["ItemProcessor"]))
+    assert item_states["CheckedByPlan"]["Default"] == "JobType"
+    choice = item_states["JobType"]
+    glue_rule, parts_rule = choice["Choices"]
+    assert {"Variable": "$.job_type", "StringEquals": "glue"} in glue_rule["And"]
+    assert glue_rule["Next"] == "IngestOnGlue"
+    assert parts_rule["Next"] == "ExtractParts" and choice["Default"] == "IngestTable"
+
+    glue = item_states["IngestOnGlue"]
+    assert glue["Resource"] == "arn:aws:states:::glue:startJobRun.sync"
+    assert glue["Parameters"]["Arguments"] == {"--payload.$": "States.JsonToString($)"}
+    assert glue["Parameters"]["WorkerType.$"] == "$.worker_type"
+    assert glue["Parameters"]["NumberOfWorkers.$"] == "$.worker_no"
+    assert glue["ResultPath"] == "$.job_run"  # the item stays the payload for what follows
+    assert glue["Catch"] == [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.error",
+                              "Next": "RecordFailure"}]
+    assert glue["Next"] == "RecordJobRun"
+    recorded = item_states["RecordJobRun"]
+    assert recorded["Parameters"]["Payload"] == {"action": "job_ran", "item.$": "$"}
+    assert recorded["ResultSelector"] == item_states["RecordSuccess"]["ResultSelector"]
+    assert recorded["Catch"][0]["Next"] == "RecordFailure" and recorded["End"] is True
+    for name in ("IngestTable", "CommitParts"):  # the Lambda path is unchanged
+        assert item_states[name]["Next"] == "RecordSuccess"
