@@ -1,5 +1,6 @@
 """An AWS emulator on loopback for ``make deploy-local``: moto's server, with Lambda functions
-run by this machine's Python instead of Docker (which these machines lack).
+and Glue job runs executed by this machine's Python instead of Docker (which these machines
+lack) and of a Glue cluster.
 
 Test tooling only; the product never imports it. Each invocation runs the function's handler
 in a subprocess, from the packaged code (``build/code``, the working directory as in Lambda's
@@ -8,6 +9,13 @@ test credentials. A handler's exception is returned as Lambda returns it
 (``{"errorType": "DatabaseUnavailable", "errorMessage": ...}``), so the state machine's Retry
 and Catch see the project's error names.
 
+A Glue job run (StartJobRun, as the state machine's glue:startJobRun.sync calls it) runs the
+job's own script from the artifacts bucket, with the wheels its ``--additional-python-modules``
+names (downloaded from the emulator's S3) first on PYTHONPATH, and the job's default arguments
+merged with the run's (as Glue does; no ``--JOB_RUN_ID``, so the script starts a local Spark).
+The run is RUNNING until the script exits, then SUCCEEDED (exit code 0) or FAILED with the
+exception's last traceback line as its ErrorMessage, as Glue reports it.
+
     python scripts/aws_emulator.py --port 5599 --code build/code
 """
 from __future__ import annotations
@@ -15,10 +23,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 # Runs this machine's Python on the project's own code.
 import subprocess  # nosec B404
 import sys
 import tempfile
+import threading
 import time
 
 RUNNER = r"""
@@ -71,6 +81,118 @@ def local_invoker(code_dir: str, endpoint: str):
     return invoke
 
 
+#: Arguments Glue consumes itself, not passed to a job script (the rest are).
+_GLUE_OWN = ("--additional-python-modules", "--python-modules-installer-option")
+
+
+def run_job_locally(job, run, endpoint: str, work: str) -> None:
+    """Run one Glue job run of ``job`` (moto's FakeJob) as the module docstring says, and set
+    ``run``'s state, ErrorMessage and ExecutionTime (moto's FakeJobRun)."""
+    import boto3
+
+    started = time.monotonic()
+    folder = tempfile.mkdtemp(prefix=f"{run.job_run_id[:12]}-", dir=work)
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name=job.backend.region_name,
+                      aws_access_key_id="testing", aws_secret_access_key="testing")
+
+    def download(uri: str) -> str:
+        bucket, _, key = uri.removeprefix("s3://").partition("/")
+        target = os.path.join(folder, key.rsplit("/", 1)[-1])
+        s3.download_file(bucket, key, target)
+        return target
+
+    arguments = dict(run.arguments or {})
+    try:
+        script = download(job.command["ScriptLocation"])
+        wheels = [download(m.strip()) for m in arguments.get(
+            "--additional-python-modules", "").split(",") if m.strip().startswith("s3://")]
+        env = {key: value for key, value in os.environ.items()
+               if not key.startswith(("TOTES_", "PYSPARK_"))}
+        env.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="testing",
+                   AWS_SECRET_ACCESS_KEY="testing", AWS_REGION=job.backend.region_name,
+                   AWS_DEFAULT_REGION=job.backend.region_name,
+                   PYTHONPATH=os.pathsep.join(wheels))
+        argv = [item for name, value in arguments.items() if name not in _GLUE_OWN
+                for item in (name, str(value))]
+        # Fixed interpreter, the job's own script and arguments.
+        done = subprocess.run([sys.executable, script, *argv],  # nosec B603
+                              cwd=folder, env=env, capture_output=True, text=True,
+                              timeout=60 * int(run.timeout or job.timeout or 60))
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        run.totes_error = "" if done.returncode == 0 else (lines[-1] if lines else
+                                                           f"exit code {done.returncode}")
+        run.totes_state = "SUCCEEDED" if done.returncode == 0 else "FAILED"
+        if done.returncode != 0:
+            print(done.stdout[-3000:] + done.stderr[-3000:], flush=True)
+    except Exception as exc:  # the run fails as Glue's would; the emulator goes on
+        run.totes_error, run.totes_state = f"{type(exc).__name__}: {exc}", "FAILED"
+    shutil.rmtree(folder, ignore_errors=True)
+    run.totes_seconds = round(time.monotonic() - started)
+    print(f"[glue] {job.name} {run.job_run_id[:10]}: {run.totes_state} in "
+          f"{time.monotonic() - started:.1f} s", flush=True)
+    if run.totes_error:
+        print(f"[glue]   {run.totes_error[:300]}", flush=True)
+
+
+def run_glue_jobs_locally(endpoint: str, work: str) -> None:
+    """StartJobRun runs the job (:func:`run_job_locally`) in a thread; GetJobRun reports its
+    state (RUNNING until it ends), its ErrorMessage and its ExecutionTime."""
+    from moto.glue.models import FakeJob, FakeJobRun
+    from moto.moto_api._internal.managed_state_model import ManagedState
+
+    start = FakeJob.start_job_run
+
+    def start_job_run(self, **kwargs):
+        run_id = start(self, **kwargs)
+        run = next(r for r in self.job_runs if r.job_run_id == run_id)
+        run.totes_state, run.totes_error, run.totes_seconds = "RUNNING", "", 0
+        threading.Thread(target=run_job_locally, args=(self, run, endpoint, work),
+                         daemon=True).start()
+        return run_id
+
+    def status(self):
+        return getattr(self, "totes_state", None) or ManagedState.status.fget(self)
+
+    as_dict = FakeJobRun.as_dict
+
+    def described(self):
+        document = as_dict(self)
+        if getattr(self, "totes_state", None):
+            document.update(ExecutionTime=self.totes_seconds, GlueVersion="5.0")
+            if self.totes_error:
+                document["ErrorMessage"] = self.totes_error
+        return document
+
+    FakeJob.start_job_run = start_job_run
+    FakeJobRun.status = property(status, ManagedState.status.fset)
+    FakeJobRun.as_dict = described
+
+
+def wait_for_glue_job_runs() -> None:
+    """moto's Step Functions interpreter (5.2) ends every ``glue:startJobRun.sync`` task in
+    States.Runtime (``'NoneType' object has no attribute 'interrupt_all'``: it releases a
+    callback endpoint that a Sync-only integration never has). The Glue task's wait is
+    replaced by the same loop without it: GetJobRun until the run ends, its JobRun the
+    task's result; a run that FAILED raises the States.TaskFailed moto's resolver builds."""
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task.service \
+        import state_task_service_glue as glue_task
+
+    def eval_integration_pattern(self, env, resource_runtime_part, normalised_parameters,
+                                 state_credentials):
+        resolve = self._build_sync_resolver(env=env,
+                                            resource_runtime_part=resource_runtime_part,
+                                            normalised_parameters=normalised_parameters,
+                                            state_credentials=state_credentials)
+        result = None
+        while env.is_running() and not result:
+            result = resolve()
+            if not result:
+                time.sleep(0.5)
+        env.stack.append(result)
+
+    glue_task.StateTaskServiceGlue._eval_integration_pattern = eval_integration_pattern
+
+
 def evaluate_unconditional_statements(bucket, action: str, resource: str):
     """moto's bucket-policy check, without the statements that carry a Condition: moto cannot
     evaluate conditions and would apply such a statement always (our TLS-only Deny would then
@@ -119,6 +241,8 @@ def main() -> None:
     endpoint = f"http://127.0.0.1:{args.port}"
     lambda_models.LambdaFunction._invoke_lambda = local_invoker(os.path.abspath(args.code),
                                                                 endpoint)
+    run_glue_jobs_locally(endpoint, tempfile.mkdtemp(prefix="totes-glue-runs-"))
+    wait_for_glue_job_runs()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=args.port)
     server.start()
     print(f"AWS emulator on {endpoint}", flush=True)

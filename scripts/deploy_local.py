@@ -11,12 +11,17 @@ real state machine execution end to end, then a failing one, then everything des
    here and removed afterwards; the layers themselves are unchanged.
 4. Executions, each checked with the alerts that arrive (an SQS queue subscribed to the
    alert topic receives them):
-   (a) with sales_order read in 3 partitions (the configuration in S3), execution 1 must
-   SUCCEED, fill the warehouse with the snapshot's rows and reconcile equal;
+   (a) with sales_order read in 3 partitions by 3 Lambdas, and payment on the Glue job
+   (job_type glue, 2 partitions: the emulator runs the job's script from the artifacts
+   bucket on a local Spark), execution 1 must SUCCEED, fill the warehouse with the
+   snapshot's rows and reconcile equal; payment's batch must hold exactly the rows the
+   Lambda path's extract reads, and the ledger its one ingest, recorded by the job;
    a currency with no ISO 4217 code: execution 2 SUCCEEDS, with one "rows held back" alert
    (and reconciles equal: a quarantined row is no difference);
-   (b) a column of design renamed, a new sales order: execution 3 FAILS with exactly one
-   alert naming design, and the sales order reaches the lake;
+   (b) a column of design renamed, payment's partition column misnamed in the configuration
+   (only the Glue job reads it), a new sales order: execution 3 FAILS with exactly one alert
+   naming design and payment, the failed job run is recorded failed in the ledger, and the
+   sales order reaches the lake;
    (c) the transform function pointed at a missing bucket: execution 4 fails in Transform
    with one alert; the function restored, execution 5 (no new source rows) completes the
    pending transform and load, and reconciles equal;
@@ -48,8 +53,11 @@ LAYERS = ("immutable-terraform", "main-terraform")
 REGION = "eu-west-2"
 ENVIRONMENT = "local"
 SERVICES = ("s3", "sts", "iam", "kms", "ssm", "secretsmanager", "sns", "sqs", "lambda",
-            "logs", "cloudwatch", "events", "stepfunctions")
+            "logs", "cloudwatch", "events", "stepfunctions", "glue")
 FACT_ROWS = {"fact_sales_order": 11_187, "fact_purchase_order": 4_649, "fact_payment": 15_836}
+#: The table deploy-local extracts on the Glue job (the others on Lambda).
+GLUE_TABLE = {"job_type": "glue", "worker_type": "G.1X", "worker_no": 2,
+              "partition_column": "payment_id", "num_partitions": 2}
 
 
 def say(message: str) -> None:
@@ -137,6 +145,49 @@ def execute(stepfunctions, machine_arn: str, name: str, seconds: int = 900) -> d
         if time.monotonic() > deadline:
             raise SystemExit(f"execution {name} still RUNNING after {seconds} s")
         time.sleep(1)
+
+
+def check_glue_batch(s3, lake_bucket: str, execution: dict, record, source) -> None:
+    """Execution 1's payment batch, extracted by the Glue job: the item ended as a Lambda's
+    does, the job's own ledger record counts its rows and names its parts, and the batch
+    holds exactly the rows the Lambda path's extract reads from the same source."""
+    import tempfile
+    from collections import Counter
+
+    from totes.ingest.extract import ingest_table
+    from totes.utils.config import load_config, resolve_tables
+    from totes.utils.lake import Lake
+    from totes.utils.watermark import batch_files
+
+    [item] = [i for i in json.loads(execution["output"])["ingested"] if i["table"] == "payment"]
+    print(f"payment (Glue job): {item}; ledger: "
+          f"{record and (record.status, record.rows, len(record.details.get('parts', [])))}")
+    if record is None or record.status != "succeeded" or item["status"] != "succeeded" \
+            or item["rows"] != record.rows or item["key"] != record.key \
+            or len(record.details.get("parts", [])) != GLUE_TABLE["num_partitions"] \
+            or record.details.get("recorded_by"):
+        raise SystemExit("deploy-local: payment's Glue job run should end its item as a "
+                         "Lambda's does, recorded once by the job, in 2 parts")
+
+    def rows(lake: Lake, key: str) -> Counter:
+        found = Counter()
+        for file in batch_files(lake, key):
+            found.update(tuple(row.values()) for row in lake.read_table(file).to_pylist())
+        return found
+
+    glue = rows(Lake(f"s3://{lake_bucket}"), record.key)
+    with tempfile.TemporaryDirectory(prefix="totes-lambda-path-") as folder:
+        local = Lake(folder)
+        # payment as the repository's configuration has it: on Lambda, in one read.
+        [plan] = [p for p in resolve_tables(load_config(REPO / "config" / "pipeline.yaml"))
+                  if p.table == "payment"]
+        lambda_path = ingest_table(plan, source, local)
+        reference = rows(local, lambda_path.key)
+    print(f"payment rows: Glue job {sum(glue.values())}, Lambda path "
+          f"{sum(reference.values())}, identical: {glue == reference}")
+    if glue != reference:
+        raise SystemExit("deploy-local: the Glue job's payment batch differs from the "
+                         "Lambda path's extract")
 
 
 def main() -> int:
@@ -256,14 +307,27 @@ def main() -> int:
             check(reconciled is not None and reconciled["equal"] is True,
                   f"{name} should have reconciled equal: {reconciled}")
 
-        say("the configuration in S3: sales_order read in 3 partitions, one Lambda each")
+        from totes.utils.ledger import ledger_from_uri
+
+        ledger = ledger_from_uri(f"dynamodb://{found['ledger_table']}")
         key = "config/totesys/pipeline.yaml"
-        config = yaml.safe_load(s3.get_object(Bucket=found["artifacts_bucket"],
-                                              Key=key)["Body"].read())
-        config["tables"]["sales_order"] = {"partition_column": "sales_order_id",
-                                           "num_partitions": 3}
-        s3.put_object(Bucket=found["artifacts_bucket"], Key=key,
-                      Body=yaml.safe_dump(config).encode())
+
+        def configure(**tables) -> None:
+            """Change tables' settings in the configuration in S3 (read by the next Plan)."""
+            config = yaml.safe_load(s3.get_object(Bucket=found["artifacts_bucket"],
+                                                  Key=key)["Body"].read())
+            config["tables"].update(tables)
+            s3.put_object(Bucket=found["artifacts_bucket"], Key=key,
+                          Body=yaml.safe_dump(config).encode())
+
+        def own_ingest(table: str, execution: str):
+            return next((r for r in ledger.history("ingest", table, 50)
+                         if r.run_id == execution), None)
+
+        say("the configuration in S3: sales_order read in 3 partitions, one Lambda each; "
+            "payment on the Glue job")
+        configure(sales_order={"partition_column": "sales_order_id", "num_partitions": 3},
+                  payment=GLUE_TABLE)
 
         say("(a) execution 1: the real snapshot into the warehouse")
         first = execute(stepfunctions, machine, "deploy-local-1")
@@ -277,6 +341,8 @@ def main() -> int:
         check(len(parts.get("Contents", [])) == 3, "sales_order should be read in 3 parts")
         check(alerts() == [], "a successful execution sent an alert")
         check_reconciled(first, "execution 1")
+        check_glue_batch(s3, lake_bucket, first, own_ingest("payment", "deploy-local-1"),
+                         source)
 
         say("execution 2: a currency with no ISO 4217 code is quarantined, the run lands")
         with source.session("deploy-local", "injecting a bad currency") as session:
@@ -294,6 +360,7 @@ def main() -> int:
             "the others land")
         with source.session("deploy-local", "renaming a column") as session:
             session.conn.run("ALTER TABLE design RENAME COLUMN design_name TO name")
+        configure(payment={**GLUE_TABLE, "partition_column": "payment_ref"})
         new_order()
         orders_before = lake_files("sales_order")
         third = execute(stepfunctions, machine, "deploy-local-3")
@@ -303,6 +370,15 @@ def main() -> int:
         check(len(failed) == 1 and "design" in failed[0].splitlines()[0]
               and "design_name" in failed[0] and "Traceback" not in failed[0],
               "execution 3 should send exactly one readable alert naming design")
+        job_failed = own_ingest("payment", "deploy-local-3")
+        print(f"payment in the ledger for execution 3: "
+              f"{job_failed and (job_failed.status, job_failed.error_type)}")
+        check(job_failed is not None and job_failed.status == "failed"
+              and "payment" in failed[0].splitlines()[0]
+              and f"payment: {job_failed.error_type}: " in failed[0]
+              and "payment_ref" in failed[0],
+              "the failed Glue job run should be recorded failed and named in the alert")
+        configure(payment=GLUE_TABLE)
         check(lake_files("sales_order") == orders_before + 1,
               "the other tables' new rows should have reached the lake")
         with source.session("deploy-local", "renaming the column back") as session:
@@ -373,8 +449,10 @@ def main() -> int:
               "execution 7 should send exactly one alert naming fact_payment, payment_id=2 "
               "and payment_amount")
         say("deploy-local: both layers applied; (a) a normal execution filled the warehouse "
-            "and reconciled equal; a quarantined row sent one alert; (b) one failing table "
-            "failed the execution with one alert while the others landed; (c) a failed "
+            "and reconciled equal, payment extracted by the Glue job with the Lambda path's "
+            "rows; a quarantined row sent one alert; (b) a failing table and "
+            "a failed Glue job run failed the execution with one alert while the others "
+            "landed; (c) a failed "
             "transform was completed by the next execution with no new rows; (d) a "
             "configuration change in S3 was used without a redeploy, and an execution that "
             "loaded nothing skipped Reconcile; (e) a value changed in the warehouse by hand "
