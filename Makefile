@@ -14,9 +14,9 @@ DEV_INSTALLED := $(VENV)/.dev-installed
 
 help:
 	@echo "make run                    run the pipeline once on the embedded PostgreSQL"
-	@echo "make test                   run the tests (starts its own PostgreSQL)"
+	@echo "make test                   run the tests (start their own PostgreSQL, MariaDB, Spark)"
 	@echo "make install-requirements   create .venv and install totes (totes on .venv/bin)"
-	@echo "make install-dev-tools      add pytest, moto, flake8, bandit, pip-audit"
+	@echo "make install-dev-tools      add pytest, moto, flake8, bandit, pip-audit, pyspark"
 	@echo "make check-pep8-compliance  flake8"
 	@echo "make security-checks        bandit and a dependency audit (needs the network)"
 	@echo "make bench                  time small incremental runs after 1, 10, 100 batches"
