@@ -148,3 +148,11 @@ def _url(database) -> str:
     params = database.params
     socket_dir = params["unix_sock"].rsplit("/", 1)[0]
     return f"postgresql://{params['user']}:@/{params['database']}?host={socket_dir}"
+
+
+def test_reconcile_before_any_load_says_what_to_run(seeded_source, warehouse):
+    from totes.utils.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="has no star schema of version 5 yet .*run `totes "
+                                          "load`"):
+        reconcile(seeded_source, warehouse)

@@ -55,6 +55,7 @@ from totes.transform import dimensions as dims
 from totes.transform.facts import FACT_SOURCES, fact_rows
 from totes.utils.config import TablePlan
 from totes.utils.db import Database, quote_ident
+from totes.utils.errors import ConfigError
 from totes.utils.source_tables import SOURCE_TABLES
 from totes.utils.stage_results import (Difference, ReconcileResult, SumCheck,
                                        TableReconciliation)
@@ -401,6 +402,7 @@ def reconcile(source, warehouse: Database, limit: int = DEFAULT_LIMIT) -> Reconc
     says; ``limit``: differences listed per table.
 
     Raises:
+        ConfigError: the warehouse has no star schema (of version 5) yet.
         DatabaseUnavailable / DatabaseRejected: a database could not be reached.
         SourceSchemaError: a source table is missing or lacks a column transform reads.
     """
@@ -409,6 +411,11 @@ def reconcile(source, warehouse: Database, limit: int = DEFAULT_LIMIT) -> Reconc
     with warehouse.session("totes-reconcile", f"reconciling the {warehouse.describe()}") \
             as session:
         conn = session.conn
+        (ready,), = conn.run("SELECT to_regclass('fact_payment_current') IS NOT NULL")
+        if not ready:
+            raise ConfigError(f"the {warehouse.describe()} has no star schema of version 5 "
+                              "yet (the current-version views): run `totes load` (or `totes "
+                              "run`) first")
         for name in DIMENSION_SOURCES:
             tables.append(_dimension(conn, source, name, limit))
         for source_table in FACT_SOURCES:
