@@ -34,12 +34,13 @@ from typing import Iterator, Optional
 import pyarrow as pa
 import pymysql
 
-from totes.ingest.batch_writer import Inspected, Job, Written, write_batches
+from totes.ingest.batch_writer import Inspected, Job
 from totes.ingest.mysql_catalog import arrow_schema, check_table, watermark_index_advice
 from totes.ingest.partitions import Partition, column_cast, partitions_of
+from totes.ingest.source_reader import SourceReader
 from totes.utils.config import TablePlan
 from totes.utils.db import quote_ident
-from totes.utils.errors import ConfigError, DataError, StorageUnavailable
+from totes.utils.errors import ConfigError, DataError
 from totes.utils.mysql import ACCESS_DENIED_ERRORS, error_number
 from totes.utils.stage_results import HeldBackBy
 from totes.utils.watermark import Watermark
@@ -239,7 +240,7 @@ def _record_batches(cursor, schema: pa.Schema, table: str, size: int,
             schema=schema)
 
 
-class MySQLReader:
+class MySQLReader(SourceReader):
     """How ingest reads a MySQL or MariaDB source (the interface of
     :mod:`totes.ingest.source_reader`)."""
 
@@ -301,20 +302,3 @@ class MySQLReader:
         # Closed only once read to its end: closing an unbuffered cursor early would read the
         # rest of the result; after a failure the session closes the connection instead.
         cursor.close()
-
-    def read(self, conn, plan: TablePlan, inspected: Inspected, job: Job, staged: str,
-             doing: str, part: Optional[Partition] = None) -> Optional[Written]:
-        """This run's rows (of ``part``) into the Parquet file ``staged``, in the transaction
-        :meth:`begin` started; None when there is none.
-
-        Raises:
-            DataError: a value could not be read as its column's type (names the column).
-            StorageUnavailable: the staging file could not be written (a full disk).
-            pymysql errors: mapped by the session (``doing`` says what).
-        """
-        with self.batches(conn, plan, inspected, job, doing, part) as batches:
-            try:
-                return write_batches(batches, staged, job)
-            except OSError as exc:  # the local disk (a full /tmp), not the database
-                raise StorageUnavailable(f"writing the staging file of {plan.table}: {exc}") \
-                    from exc

@@ -27,13 +27,14 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 from pg8000.exceptions import DatabaseError
 
-from totes.ingest.batch_writer import Inspected, Job, Written, write_batches
+from totes.ingest.batch_writer import Inspected, Job
 from totes.ingest.partitions import Partition, column_cast, partitions_of
 from totes.ingest.source_catalog import (arrow_type, check_table, is_integer,
                                          watermark_index_advice)
+from totes.ingest.source_reader import SourceReader
 from totes.utils.config import TablePlan
 from totes.utils.db import quote_ident, translate_error
-from totes.utils.errors import ConfigError, DataError, StorageUnavailable, TotesError
+from totes.utils.errors import ConfigError, DataError, TotesError
 from totes.utils.stage_results import HeldBackBy
 from totes.utils.watermark import Watermark
 
@@ -297,7 +298,7 @@ def partition_predicate(part: Partition, column: str, cast: str) -> tuple[str, d
 _SNAPSHOT_ID = re.compile(r"^[0-9A-F]+-[0-9A-F]+-[0-9]+$")
 
 
-class PostgresReader:
+class PostgresReader(SourceReader):
     """How ingest reads a PostgreSQL source (the interface of
     :mod:`totes.ingest.source_reader`): ``COPY`` parsed as CSV, snapshots shared between the
     parts of a partitioned batch with ``pg_export_snapshot()``."""
@@ -365,21 +366,3 @@ class PostgresReader:
         sql = extract_sql(conn, plan, inspected, job.low, part)
         with copy_stream(conn, sql, doing) as reader:
             yield csv_record_batches(reader, job.schema, plan.table, job.block_bytes, job.pool)
-
-    def read(self, conn, plan: TablePlan, inspected: Inspected, job: Job, staged: str,
-             doing: str, part: Optional[Partition] = None) -> Optional[Written]:
-        """This run's rows (of ``part``) into the Parquet file ``staged``, the watermarks in
-        its footer (:func:`totes.ingest.batch_writer.write_batches`); None, and no file, when
-        there is none.
-
-        Raises:
-            RowLargerThanBlock, DataError: as :func:`csv_record_batches`.
-            StorageUnavailable: the staging file could not be written (a full disk).
-            DatabaseUnavailable / TerminalError: the database failed (``doing`` says what).
-        """
-        with self.batches(conn, plan, inspected, job, doing, part) as batches:
-            try:
-                return write_batches(batches, staged, job)
-            except OSError as exc:  # the local disk (a full /tmp), not the database
-                raise StorageUnavailable(f"writing the staging file of {plan.table}: {exc}") \
-                    from exc

@@ -26,8 +26,70 @@ ledger (:mod:`totes.ingest.extract`) are the same for every engine.
 """
 from __future__ import annotations
 
+import contextlib
+from abc import ABC, abstractmethod
+from typing import Iterator, Optional
 
-def reader_for(database):
+import pyarrow as pa
+
+from totes.ingest.batch_writer import Inspected, Job, Written, write_batches
+from totes.ingest.partitions import Partition
+from totes.utils.config import TablePlan
+from totes.utils.errors import StorageUnavailable
+
+
+class SourceReader(ABC):
+    """What ingest asks of a source engine (the module docstring lists it); ``read`` is the
+    same for every engine, on top of ``batches``."""
+
+    engine: str
+    shares_snapshots: bool
+
+    @abstractmethod
+    def check_table(self, conn, table: str, primary_key: str,
+                    watermark_column: Optional[str]) -> list: ...
+
+    @abstractmethod
+    def index_advice(self, conn, table: str, watermark_column: str,
+                     primary_key: str) -> Optional[str]: ...
+
+    @abstractmethod
+    def inspect(self, conn, plan: TablePlan) -> Inspected: ...
+
+    @abstractmethod
+    def begin(self, conn, snapshot: Optional[str] = None) -> None: ...
+
+    @abstractmethod
+    def export_snapshot(self, conn, table: str) -> Optional[str]: ...
+
+    @abstractmethod
+    def partitions(self, conn, plan: TablePlan, schema: pa.Schema) -> list[Partition]: ...
+
+    @abstractmethod
+    def batches(self, conn, plan: TablePlan, inspected: Inspected, job: Job, doing: str,
+                part: Optional[Partition] = None
+                ) -> contextlib.AbstractContextManager[Iterator[pa.RecordBatch]]: ...
+
+    def read(self, conn, plan: TablePlan, inspected: Inspected, job: Job, staged: str,
+             doing: str, part: Optional[Partition] = None) -> Optional[Written]:
+        """This run's rows (of ``part``) into the Parquet file ``staged``, the watermarks in
+        its footer (:func:`totes.ingest.batch_writer.write_batches`); None, and no file, when
+        there is none.
+
+        Raises:
+            DataError: a value could not be read as its column's type.
+            StorageUnavailable: the staging file could not be written (a full disk).
+            the engine's errors, as its ``batches`` raises them.
+        """
+        with self.batches(conn, plan, inspected, job, doing, part) as batches:
+            try:
+                return write_batches(batches, staged, job)
+            except OSError as exc:  # the local disk (a full /tmp), not the database
+                raise StorageUnavailable(f"writing the staging file of {plan.table}: {exc}") \
+                    from exc
+
+
+def reader_for(database) -> SourceReader:
     """The reader of ``database`` (a :class:`totes.utils.db.Database` or a
     :class:`totes.utils.mysql.MySQLDatabase`), by its ``engine``."""
     if getattr(database, "engine", "postgresql") == "mysql":
