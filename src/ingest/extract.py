@@ -190,11 +190,11 @@ class _Batch:
     parts: Optional[list[dict]] = None
 
 
-def _key_moment(high: Optional[Watermark], inspected: Inspected):
+def _key_moment(high: Optional[Watermark], moment: datetime) -> datetime:
     """What a batch's key is named after: its high watermark's moment (a backfill carries
     the watermark it found, so its key lands one microsecond past the newest), or, without
-    a timestamp watermark, the extract's moment."""
-    return (high.moment() if high is not None else None) or inspected.moment
+    a timestamp watermark, the extract's ``moment``."""
+    return (high.moment() if high is not None else None) or moment
 
 
 def _extract(plan: TablePlan, source: Database, lake: Lake, low: Optional[Watermark],
@@ -212,7 +212,7 @@ def _extract(plan: TablePlan, source: Database, lake: Lake, low: Optional[Waterm
             conn.run("COMMIT")
             if written is None:
                 return _Batch(inspected)
-            key = lake.next_key(plan.table, _key_moment(written.high, inspected))
+            key = lake.next_key(plan.table, _key_moment(written.high, inspected.moment))
             check_lease()  # no other run may have taken the table meanwhile
             size = lake.publish(staged, key)
     return _Batch(inspected, key, size, written.high, [written])
@@ -248,28 +248,37 @@ def _extract_partitioned(plan: TablePlan, source: Database, lake: Lake,
     landed = [(part, written, key) for part, written, key in done if written is not None]
     if not landed:
         return _Batch(inspected)
-    high = _combined_high(plan, low, [written for _, written, _ in landed])
+    high = _combined_high(plan, low, [written.high for _, written, _ in landed])
     listed = [{"key": key, "rows": written.rows, "lower": part.lower, "upper": part.upper}
               for part, written, key in landed]
-    with lake.staging_file() as staged:
-        with pq.ParquetWriter(staged, inspected.schema, compression="zstd") as commit:
-            commit.add_key_value_metadata(footer_metadata(
-                high, low, plan.mode, backfill_range(plan), parts=listed))
-        key = lake.next_key(plan.table, _key_moment(high, inspected))
-        check_lease()  # the commit makes the batch visible: only while the lease is ours
-        lake.publish(staged, key)
+    key = _publish_commit(lake, plan, inspected.schema, high, low, listed, inspected.moment)
     return _Batch(inspected, key, sum(lake.metadata(k).serialized_size for _, _, k in landed),
                   high, [w for _, w, _ in landed], listed)
 
 
 def _combined_high(plan: TablePlan, low: Optional[Watermark],
-                   written: list[Written]) -> Optional[Watermark]:
+                   highs: list[Optional[Watermark]]) -> Optional[Watermark]:
     """The batch's high watermark from its parts': the greatest (each part is read in
     watermark order; a full snapshot's parts keep their greatest), or, for a backfill, the
     watermark it found."""
     if plan.mode == "backfill":
         return low
-    return highest(w.high for w in written)
+    return highest(highs)
+
+
+def _publish_commit(lake: Lake, plan: TablePlan, schema: pa.Schema, high: Optional[Watermark],
+                    low: Optional[Watermark], listed: list[dict], moment: datetime) -> str:
+    """Create a partitioned batch's commit file (no rows; the watermarks and the ``listed``
+    parts in its footer), which makes the batch visible; returns its key (named after
+    ``high``'s moment, else ``moment``)."""
+    with lake.staging_file() as staged:
+        with pq.ParquetWriter(staged, schema, compression="zstd") as commit:
+            commit.add_key_value_metadata(footer_metadata(
+                high, low, plan.mode, backfill_range(plan), parts=listed))
+        key = lake.next_key(plan.table, _key_moment(high, moment))
+        check_lease()  # the commit makes the batch visible: only while the lease is ours
+        lake.publish(staged, key)
+    return key
 
 
 def _extract_part(plan: TablePlan, source: Database, lake: Lake, job: Job,
@@ -279,18 +288,36 @@ def _extract_part(plan: TablePlan, source: Database, lake: Lake, job: Job,
     batch's cutoff): ``(part, written, key)``, written and key None when the part holds no
     row."""
     doing = f"extracting {part.name} of table {plan.table} from the {source.describe()}"
-    reader = reader_for(source)
+    key = _part_key(plan, batch_id, part)
     with source.session(f"totes-ingest-{plan.table}-{part.index + 1}", doing) as session:
-        conn = session.conn
-        reader.begin(conn, snapshot)
-        with lake.staging_file() as staged:
-            written = reader.read(conn, plan, inspected, job, staged, doing, part)
-            conn.run("COMMIT")
-            if written is None:
-                return part, None, None
-            key = f"{plan.table}/_parts/{batch_id}/{part.name}.parquet"
+        written = _land_part(reader_for(source), session.conn, lake, plan, inspected, job,
+                             part, key, doing, snapshot)
+    return part, written, key if written is not None else None
+
+
+def _part_key(plan: TablePlan, batch_id: str, part: Partition) -> str:
+    """``<table>/_parts/<batch>/part-00001-of-00004.parquet``."""
+    return f"{plan.table}/_parts/{batch_id}/{part.name}.parquet"
+
+
+def _land_part(reader, conn, lake: Lake, plan: TablePlan, inspected: Inspected, job: Job,
+               part: Partition, key: str, doing: str,
+               snapshot: Optional[str] = None) -> Optional[Written]:
+    """Read ``part`` in a snapshot (the exported ``snapshot``, or one of its own) into the
+    part file ``key``; None, and no file, when it holds no row. A part another attempt
+    published first under the same key is that attempt's file."""
+    reader.begin(conn, snapshot)
+    with lake.staging_file() as staged:
+        written = reader.read(conn, plan, inspected, job, staged, doing, part)
+        conn.run("COMMIT")
+        if written is None:
+            return None
+        try:
             lake.publish(staged, key)
-    return part, written, key
+        except LakeError:
+            if not lake.exists(key):
+                raise
+    return written
 
 
 # ---- a partitioned batch read by separate workers (the state machine) -----------------------
@@ -335,7 +362,7 @@ def extract_part(plan: TablePlan, spec: dict, source: Database, lake: Lake) -> P
     """
     shared = plan.distributed
     part = Partition(spec["index"], spec["count"], spec["lower"], spec["upper"])
-    key = f"{plan.table}/_parts/{shared.batch_id}/{part.name}.parquet"
+    key = _part_key(plan, shared.batch_id, part)
     if lake.exists(key):
         return _part_result(lake, key, part)
     low = Watermark.model_validate(shared.low_watermark) if shared.low_watermark else None
@@ -344,20 +371,11 @@ def extract_part(plan: TablePlan, spec: dict, source: Database, lake: Lake) -> P
     with source.session(f"totes-ingest-{plan.table}-{part.index + 1}", doing) as session:
         conn = session.conn
         inspected = reader.inspect(conn, plan)
-        reader.begin(conn)
         job = Job(plan, inspected.schema, low, measuring_pool(), plan.record_batch_bytes,
                   cutoff_bound(inspected))
-        with lake.staging_file() as staged:
-            written = reader.read(conn, plan, inspected, job, staged, doing, part)
-            conn.run("COMMIT")
-            if written is None:
-                return PartResult(key=None, rows=0, lower=part.lower, upper=part.upper)
-            try:
-                lake.publish(staged, key)
-            except LakeError:
-                if not lake.exists(key):
-                    raise
-                # Another attempt of this part published it first: that file is the part.
+        written = _land_part(reader, conn, lake, plan, inspected, job, part, key, doing)
+    if written is None:
+        return PartResult(key=None, rows=0, lower=part.lower, upper=part.upper)
     return _part_result(lake, key, part)
 
 
@@ -404,16 +422,10 @@ def commit_landed_parts(plan: TablePlan, parts: list[PartResult], lake: Lake,
     listed = [{"key": p.key, "rows": p.rows, "lower": p.lower, "upper": p.upper}
               for p in landed]
     if landed:
-        high = low if plan.mode == "backfill" else highest(p.high_watermark for p in landed)
+        high = _combined_high(plan, low, [p.high_watermark for p in landed])
         schema = lake.metadata(landed[0].key).schema.to_arrow_schema()
-        with lake.staging_file() as staged:
-            with pq.ParquetWriter(staged, schema, compression="zstd") as commit:
-                commit.add_key_value_metadata(footer_metadata(
-                    high, low, plan.mode, backfill_range(plan), parts=listed))
-            key = lake.next_key(plan.table, (high.moment() if high else None)
-                                or datetime.fromisoformat(shared.moment))
-            check_lease()
-            lake.publish(staged, key)
+        key = _publish_commit(lake, plan, schema, high, low, listed,
+                              datetime.fromisoformat(shared.moment))
     return IngestResult(
         table=plan.table, mode=plan.mode, key=key, rows=sum(p.rows for p in landed),
         row_groups=sum(p.row_groups for p in landed),

@@ -25,7 +25,7 @@ import pymysql
 from totes.utils.db import quote_ident
 from totes.utils.errors import PermissionDenied, SourceSchemaError
 from totes.utils.mysql import ACCESS_DENIED_ERRORS, error_number
-from totes.utils.source_tables import SOURCE_TABLES
+from totes.utils.source_tables import check_transform_columns
 
 _INTEGERS = {"tinyint": (pa.int8(), pa.int16()), "smallint": (pa.int16(), pa.int32()),
              "mediumint": (pa.int32(), pa.int32()), "int": (pa.int32(), pa.int64()),
@@ -144,11 +144,7 @@ def check_table(conn, table: str, primary_key: str, watermark_column: Optional[s
         if not is_timestamp(kind):
             raise SourceSchemaError(f"{table}.{watermark_column} is {kind}; a watermark "
                                     "column must be a datetime or timestamp")
-    needed = SOURCE_TABLES[table].columns if table in SOURCE_TABLES else ()
-    missing = [c for c in needed if c not in types]
-    if missing:
-        raise SourceSchemaError(f"table {table!r} has no column {', '.join(missing)}, which "
-                                "transform reads (renamed or dropped in the source?)")
+    check_transform_columns(table, types)
     return columns
 
 

@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from totes.utils.db import quote_ident
 from totes.utils.errors import PermissionDenied, SourceSchemaError
-from totes.utils.source_tables import SOURCE_TABLES
+from totes.utils.source_tables import check_transform_columns
 
 _NUMERIC = re.compile(r"^numeric\((\d+),(\d+)\)$")
 _TIMESTAMP = re.compile(r"^timestamp(?:\((\d)\))? (without|with) time zone$")
@@ -112,11 +112,7 @@ def check_table(conn, table: str, primary_key: str,
                                              or is_integer(types[watermark_column])):
         raise SourceSchemaError(f"{table}.{watermark_column} is {types[watermark_column]}; "
                                 "a watermark column must be a timestamp or an integer")
-    needed = SOURCE_TABLES[table].columns if table in SOURCE_TABLES else ()
-    missing = [c for c in needed if c not in types]
-    if missing:
-        raise SourceSchemaError(f"table {table!r} has no column {', '.join(missing)}, which "
-                                "transform reads (renamed or dropped in the source?)")
+    check_transform_columns(table, types)
     return columns
 
 

@@ -199,16 +199,9 @@ def _compare(expected: pa.Table, actual: pa.Table, key: str, columns: list[str],
     extra = joined.filter(pc.and_(in_warehouse, pc.invert(in_source)))
     tally.add(extra[key].to_pylist(), "not in the source")
     both = joined.filter(pc.and_(in_source, in_warehouse))
-    for column in columns:
-        s, w = both[f"s.{column}"], both[f"w.{column}"]
-        if s.type != w.type:
-            s = s.cast(w.type)
-        same = pc.or_kleene(pc.and_kleene(pc.is_null(s), pc.is_null(w)),
-                            pc.fill_null(pc.equal(s, w), False))
-        differ = both.filter(pc.invert(same))
-        if differ.num_rows:
-            tally.add(differ[key].to_pylist(), "value differs", column,
-                      differ[f"s.{column}"].to_pylist(), differ[f"w.{column}"].to_pylist())
+    _compare_aligned(pa.table({key: both[key], **{c: both[f"s.{c}"] for c in columns}}),
+                     pa.table({key: both[key], **{c: both[f"w.{c}"] for c in columns}}),
+                     key, columns, tally)
 
 
 def _compare_aligned(expected: pa.Table, actual: pa.Table, key: str, columns: list[str],
@@ -233,10 +226,9 @@ def _dimension(conn, source, name: str, limit: int) -> TableReconciliation:
     source_key = SOURCE_TABLES[source_table].primary_key
     through = _loaded_through(conn, table)
     ref_through = _loaded_through(conn, table, "reference_last_updated") if reference else None
-    rows = _source_table(source, source_table)
-    if rows is None:
-        rows = pa.table({source_key: pa.array([], pa.int32()),
-                         "last_updated": pa.array([], pa.timestamp("ms"))})
+    found = _source_table(source, source_table)
+    rows = found if found is not None else pa.table({
+        source_key: pa.array([], pa.int32()), "last_updated": pa.array([], pa.timestamp("ms"))})
     pending = _after(rows["last_updated"], through)
     reference_rows = None
     if reference:
@@ -247,14 +239,12 @@ def _dimension(conn, source, name: str, limit: int) -> TableReconciliation:
             pending = pc.or_(pending, pc.is_in(rows[reference_column],
                                                value_set=late[ref_key].combine_chunks()))
     pending_ids = rows.filter(pending)[source_key].combine_chunks()
-    if name == "dim_staff":
-        checked = dims.dim_staff(rows, reference_rows, rows["staff_id"], None)
-    elif name == "dim_counterparty":
-        checked = dims.dim_counterparty(rows, reference_rows, rows["counterparty_id"], None)
-    elif name == "dim_currency":
-        checked = dims.dim_currency(rows)
-    else:
-        checked = getattr(dims, name)(rows)
+    checked = None
+    if found is not None:  # the transform's own rule, every row as new
+        rule = next(r for r in dims.DIMENSION_RULES if r.table == name)
+        checked = rule.build(dims.BatchInputs(
+            new={source_table: rows},
+            state={source_table: rows, **({reference: reference_rows} if reference else {})}))
     expected = checked.rows if checked is not None else None
     quarantined_ids = pa.array([], pa.int64())
     if checked is not None and checked.held is not None and checked.held.num_rows:
@@ -266,8 +256,7 @@ def _dimension(conn, source, name: str, limit: int) -> TableReconciliation:
                and c.name != key]
     select = f"SELECT {', '.join(table.column_names)} FROM {name}"  # nosec B608: schema's
     actual = _warehouse_table(conn, select, table.arrow_schema(), name)
-    skip = pa.concat_arrays([pending_ids.cast(pa.int64()),
-                             _flat(quarantined_ids).cast(pa.int64())])
+    skip = pa.concat_arrays([pending_ids.cast(pa.int64()), quarantined_ids])
     if expected is None:
         expected = table.arrow_schema().empty_table()
     expected = _without(expected, key, skip)

@@ -14,12 +14,13 @@ from typing import Optional
 
 from pydantic import BaseModel
 
+from totes.load.pending import unloaded_batches
 from totes.utils.config import PipelineConfig, resolve_tables
 from totes.utils.db import Database, quote_ident
 from totes.utils.errors import TotesError
 from totes.utils.lake import Lake
 from totes.utils.ledger import ALL_TABLES, Ledger, LedgerRecord, lease_name
-from totes.utils.manifest import latest_manifest, manifests_after
+from totes.utils.manifest import latest_manifest
 from totes.utils.watermark import Watermark, read_high_watermark
 
 
@@ -109,24 +110,9 @@ def pipeline_status(config: PipelineConfig, ledger: Ledger, lake: Lake, processe
     pending = None
     if warehouse is not None:
         try:
-            pending = _pending_batches(warehouse, processed)
+            pending = unloaded_batches(processed, warehouse)
         except TotesError as exc:
             notes.append(f"warehouse not read: {exc}")
     return PipelineStatus(tables=tables, pending_batches=pending,
                           last_transform=ledger.last("transform", ALL_TABLES),
                           last_load=ledger.last("load", ALL_TABLES), notes=notes)
-
-
-def _pending_batches(warehouse: Database, processed: Lake) -> int:
-    with warehouse.session("totes-status", f"reading the {warehouse.describe()}") as session:
-        conn = session.conn
-        (exists,), = conn.run("SELECT to_regclass('totes.load_state') IS NOT NULL")
-        if not exists:
-            return len(manifests_after(processed, None))
-        (through,), = conn.run("SELECT loaded_through FROM totes.load_state")
-        listed = manifests_after(processed, through)
-        if not listed:
-            return 0
-        (loaded,), = conn.run("SELECT count(*) FROM totes.loaded_batch WHERE manifest_key = "
-                              "ANY(CAST(:keys AS text[]))", keys=listed)
-        return len(listed) - loaded

@@ -22,6 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from totes.utils.errors import SourceSchemaError
+
 
 @dataclass(frozen=True)
 class SourceTable:
@@ -90,3 +92,17 @@ def default_primary_key(table: str) -> str:
     """The registry's primary key of ``table``, or ``<table>_id`` for a table it lacks."""
     known = SOURCE_TABLES.get(table)
     return known.primary_key if known else f"{table}_id"
+
+
+def check_transform_columns(table: str, columns) -> None:
+    """Check that source ``table`` (its column names ``columns``) has every column transform
+    reads (:data:`SOURCE_TABLES`); a table not in the registry needs none.
+
+    Raises:
+        SourceSchemaError: naming the table and the columns missing.
+    """
+    needed = SOURCE_TABLES[table].columns if table in SOURCE_TABLES else ()
+    missing = [c for c in needed if c not in columns]
+    if missing:
+        raise SourceSchemaError(f"table {table!r} has no column {', '.join(missing)}, which "
+                                "transform reads (renamed or dropped in the source?)")
