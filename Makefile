@@ -86,7 +86,7 @@ bench: $(INSTALLED)
 report: $(INSTALLED)
 	$(BIN)/totes report --output report.html
 
-bench-large: $(INSTALLED)
+bench-large: $(DEV_INSTALLED)
 	$(BIN)/python benchmarks/large_source.py
 
 # ---- AWS deployment ----------------------------------------------------------------------

@@ -11,8 +11,8 @@ locals {
     lower(regex("^([A-Za-z0-9_.-]+)==", line)[0]) => trimspace(line)
     if can(regex("^[A-Za-z0-9_.-]+==", line))
   }
-  glue_packages = [for name in ["pyarrow", "pg8000", "pymysql", "python-dateutil", "pydantic",
-  "pyyaml", "pycountry"] : local.pins[name]]
+  glue_packages = [for name in ["pyarrow", "pg8000", "pgpq", "pymysql", "python-dateutil",
+  "pydantic", "pyyaml", "pycountry"] : local.pins[name]]
   version    = regex("(?m)^version = \"([^\"]+)\"", file("${local.repo}/pyproject.toml"))[0]
   wheel_name = "totes-${local.version}-py3-none-any.whl"
   glue_key   = "glue/${terraform_data.build["glue"].output}"

@@ -124,7 +124,7 @@ resource "aws_s3_object" "config" {
 
 resource "aws_lambda_layer_version" "dependencies" {
   layer_name               = "${local.prefix}-dependencies"
-  description              = "pyarrow, pg8000, pydantic, PyYAML, pycountry (trimmed; see scripts/build_lambda.py)"
+  description              = "pyarrow, pg8000, pgpq, PyMySQL, pydantic, PyYAML, pycountry (trimmed; see scripts/build_lambda.py)"
   s3_bucket                = aws_s3_object.layer.bucket
   s3_key                   = aws_s3_object.layer.key
   compatible_runtimes      = ["python3.12"]

@@ -31,8 +31,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 BUILD = REPO / "build"
 LIMIT = 262_144_000  # bytes, Lambda's function + layers unzipped limit
-LAYER_PACKAGES = ("pyarrow", "pg8000", "PyMySQL", "python-dateutil", "pydantic", "PyYAML",
-                  "pycountry")
+LAYER_PACKAGES = ("pyarrow", "pg8000", "pgpq", "PyMySQL", "python-dateutil", "pydantic",
+                  "PyYAML", "pycountry")
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
 TRIM = [
     "pyarrow/include", "pyarrow/tests", "pyarrow/src", "pycountry/locales",
@@ -87,7 +87,7 @@ def install_trimmed(target: Path, python_version: str) -> tuple[int, int]:
 
 SMOKE = """
 import io, pyarrow as pa, pyarrow.csv, pyarrow.parquet as pq, pyarrow.compute as pc, pyarrow.fs
-import pycountry, pg8000.native, pymysql, pydantic, yaml
+import pycountry, pg8000.native, pgpq, pymysql, pydantic, yaml
 assert pa.__file__.startswith(sys.argv[1]), pa.__file__
 batch = pa.csv.read_csv(io.BytesIO(b"1,2.50,t"), read_options=pa.csv.ReadOptions(
     column_names=["i", "m", "b"]), convert_options=pa.csv.ConvertOptions(column_types={
@@ -97,7 +97,9 @@ assert pq.read_table(io.BytesIO(sink.getvalue())).equals(batch)
 assert pc.strftime(pa.array([0], pa.timestamp("s")), format="%A").to_pylist() == ["Thursday"]
 assert pycountry.currencies.get(alpha_3="GBP").name == "Pound Sterling"
 pa.fs.S3FileSystem(region="eu-west-2", anonymous=True)
-print("layer smoke test: pyarrow csv/parquet/compute/S3, pg8000, pymysql, pydantic, yaml, "
+encoder = pgpq.ArrowToPostgresBinaryEncoder(batch.schema)
+assert encoder.write_header().startswith(b"PGCOPY") and encoder.write_batch(batch.to_batches()[0])
+print("layer smoke test: pyarrow csv/parquet/compute/S3, pg8000, pgpq, pymysql, pydantic, yaml, "
       "pycountry ok")
 """
 

@@ -148,6 +148,41 @@ def test_an_orphan_fact_waits_for_its_dimension_row_and_lands_once(resources):
         lake_versions(resources, "sales_order")
 
 
+def test_an_orphan_in_a_bulk_first_load_is_held_and_every_key_stays_validated(resources):
+    # The first load copies fact_sales_order's 11,188 rows straight into the empty table
+    # (load.warehouse.bulk_copy); its foreign keys find the orphan when they are validated.
+    query(resources.source, "ALTER TABLE sales_order DROP CONSTRAINT sales_order_staff_id_fkey")
+    orphan = add_order(resources.source, staff_id=999)
+
+    first = run_pipeline(resources)
+
+    assert first.load.held == {"fact_sales_order": 1}
+    sales = next(t for t in first.load.tables if t.table == "fact_sales_order")
+    assert (sales.rows, sales.inserted) == (snapshot("sales_order").num_rows + 1,
+                                            snapshot("sales_order").num_rows)
+    [entry] = held(resources)
+    assert entry.message == (f"fact_sales_order row sales_order_id={orphan}: sales_staff_id "
+                             "999 has no dim_staff row")
+    assert orphan not in {i for i, _ in fact_versions(resources.warehouse, "fact_sales_order",
+                                                      "sales_order_id")}
+    declared = query(resources.warehouse, "SELECT contype, count(*), bool_and(convalidated) "
+                     "FROM pg_constraint WHERE conrelid = 'fact_sales_order'::regclass "
+                     "GROUP BY 1 ORDER BY 1")
+    assert declared == [["f", 9, True], ["p", 1, True], ["u", 1, True]]
+    (orphans,), = query(resources.warehouse, "SELECT count(*) FROM fact_sales_order f "
+                        "WHERE NOT EXISTS (SELECT 1 FROM dim_staff s "
+                        "WHERE s.staff_id = f.sales_staff_id)")
+    assert orphans == 0
+
+    query(resources.source, "INSERT INTO staff (staff_id, first_name, last_name, "
+          "department_id, email_address, created_at, last_updated) VALUES (999, 'New', "
+          "'Starter', 1, 'new@terrifictotes.com', '2024-11-18', '2024-11-18')")
+    arrived = run_pipeline(resources)
+    assert arrived.load.released == {"fact_sales_order": 1} and held(resources) == []
+    assert accounted_for(resources, "sales_order", "fact_sales_order") == \
+        lake_versions(resources, "sales_order")
+
+
 def test_a_bad_dimension_row_holds_its_facts_until_the_source_is_fixed(resources):
     run_pipeline(resources)
     (currency,), = query(resources.source, "INSERT INTO currency (currency_code, last_updated) "

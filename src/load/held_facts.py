@@ -48,13 +48,15 @@ def _found(table: WarehouseTable, alias: str) -> list[tuple[str, str, str]]:
     return checks
 
 
-def hold_orphans(conn, table: WarehouseTable, stage: str, batch: str) -> int:
-    """Move the staged rows of fact ``table`` that have a foreign key without its dimension
-    row out of ``stage`` into the held table; returns how many were newly held (a row held
-    already, by an earlier load of the same batch, is not held twice)."""
+def hold_orphans(conn, table: WarehouseTable, relation: str, batch: str) -> tuple[int, int]:
+    """Move the rows of fact ``table`` held in ``relation`` (the batch's staging table, or the
+    fact table itself when the batch was copied straight into it) that have a foreign key
+    without its dimension row out of ``relation`` into the held table; returns (rows moved
+    out, rows newly held): a row held already, by an earlier load of the same batch, leaves
+    ``relation`` but is not held twice."""
     checks = _found(table, "s")
     if not checks:
-        return 0
+        return 0, 0
     orphan = " AND ".join(condition for condition, _, _ in checks)
     reasons = ", ".join(
         f"CASE WHEN NOT {condition} THEN format('%s %s has no %s row', "
@@ -66,14 +68,15 @@ def hold_orphans(conn, table: WarehouseTable, stage: str, batch: str) -> int:
     params = {f"c{i}": column for i, (_, column, _) in enumerate(checks)}
     params.update({f"d{i}": dimension for i, (_, _, dimension) in enumerate(checks)})
     # Identifiers only, each through quote_ident; names and the batch key are bound values.
-    (held,), = conn.run(
-        f"WITH orphans AS (DELETE FROM {quote_ident(stage)} s WHERE NOT ({orphan}) "  # nosec
+    (moved, held), = conn.run(
+        f"WITH orphans AS (DELETE FROM {quote_ident(relation)} s WHERE NOT ({orphan}) "  # nosec
         f"RETURNING s.*), "
         f"held AS (INSERT INTO {held_table(table)} ({names}, reason, batch) "
         f"SELECT {listed}, concat_ws('; ', {reasons}), CAST(:batch AS text) FROM orphans o "
         f"ON CONFLICT ({key}) DO NOTHING RETURNING 1) "
-        "SELECT count(*) FROM held", batch=batch, **params)
-    return held
+        "SELECT (SELECT count(*) FROM orphans), (SELECT count(*) FROM held)",
+        batch=batch, **params)
+    return moved, held
 
 
 def release(conn, table: WarehouseTable) -> int:
