@@ -174,7 +174,8 @@ def run(source_url: Optional[str] = SourceUrl, warehouse_url: Optional[str] = Wa
             None, "--table", help="Only ingest this table (repeatable); transform and load "
                                   "take all pending work"),
         check: bool = typer.Option(True, "--reconcile/--no-reconcile", help="Reconcile source "
-                                   "and warehouse after a load that loaded a batch"),
+                                   "and warehouse after a load that loaded a batch (the facts "
+                                   "on the ids it loaded)"),
         as_json: bool = JsonOutput, verbose: bool = Verbose):
     """Run the main job once: plan → ingest → transform → load."""
     from totes.local.runner import run_pipeline

@@ -101,12 +101,21 @@ def test_runs_killed_at_any_point_then_rerun_lose_and_double_nothing(tmp_path, e
     moment = datetime(2024, 11, 1)
     seed(empty_source, moment)
     killed = []
-    for delay in (0.8, 1.6, 2.4, 3.2, 4.0):
+    # Each run is killed once the ledger shows it inside a stage (then a little later, to
+    # land on other lines of it); the last one after a fixed time, wherever it is.
+    for stage, delay in (("ingest", 0.0), ("ingest", 0.05), ("transform", 0.0),
+                         ("load", 0.0), ("load", 0.03), (None, 1.5)):
         moment += timedelta(days=1)
         seed(empty_source, moment, advance=True)
         argv, env = command(resources, tmp_path)
+        seen = {r.run_id for r in resources.ledger.history(limit=1000)}
         run = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL,  # nosec B603
                                stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while stage and run.poll() is None and time.monotonic() < deadline and not any(
+                r.stage == stage and r.status == "running" and r.run_id not in seen
+                for r in resources.ledger.history(stage=stage, limit=50)):
+            time.sleep(0.005)
         time.sleep(delay)
         run.send_signal(signal.SIGKILL)
         run.wait()

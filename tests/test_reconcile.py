@@ -102,6 +102,48 @@ def test_tampering_with_the_warehouse_is_named_exactly(resources):
                                        "fact_sales_order 1, fact_payment 1; 2 sums differ)")
 
 
+def test_a_run_reconciles_the_ids_it_loaded_and_totes_reconcile_everything(resources):
+    from totes.load.reconcile import load_scope
+
+    run_pipeline(resources, reconcile=False)
+    (order,), = query(resources.source, "INSERT INTO sales_order (created_at, last_updated, "
+                      "design_id, staff_id, counterparty_id, units_sold, unit_price, "
+                      "currency_id, agreed_delivery_date, agreed_payment_date, "
+                      "agreed_delivery_location_id) VALUES ('2024-11-16', '2024-11-16', 1, 1, "
+                      "1, 10, 2.50, 1, '2025-01-01', '2025-01-02', 1) RETURNING sales_order_id")
+    query(resources.source, "UPDATE payment SET paid = NOT paid, last_updated = '2024-11-16' "
+                            "WHERE payment_id IN (7, 8)")
+    # Outside what the next run loads: the scoped reconciliation does not look at it.
+    query(resources.warehouse, "UPDATE fact_payment SET payment_amount = 1.00 "
+                               "WHERE payment_id = 2")
+
+    result = run_pipeline(resources)
+
+    tables = by_table(result.reconcile)
+    assert result.reconcile.equal, result.reconcile.summary()
+    assert (tables["fact_sales_order"].scoped_keys, tables["fact_payment"].scoped_keys,
+            tables["fact_purchase_order"].scoped_keys) == (1, 2, 0)
+    assert (tables["fact_sales_order"].source_rows, tables["fact_payment"].source_rows) == (1, 2)
+    assert tables["dim_staff"].scoped_keys is None  # dimensions: whole
+    assert "facts on the 3 ids the load brought" in result.reconcile.summary()
+    assert load_scope(resources.processed, result.load.batches) == {
+        "fact_sales_order": [order], "fact_purchase_order": [], "fact_payment": [7, 8]}
+    everything = reconcile(resources.source, resources.warehouse)
+    assert [(d.table, d.key, d.column) for t in everything.tables for d in t.listed] == \
+        [("fact_payment", {"payment_id": 2}, "payment_amount")]
+
+    # Inside the scope, a difference is found and named.
+    query(resources.warehouse, "UPDATE fact_payment SET paid = NOT paid WHERE payment_id = 8 "
+                               "AND last_updated_date = '2024-11-16'")
+    scoped = reconcile(resources.source, resources.warehouse,
+                       scope=load_scope(resources.processed, result.load.batches))
+    assert [(d.table, d.key, d.column) for t in scoped.tables for d in t.listed] == \
+        [("fact_payment", {"payment_id": 8}, "paid")]
+    # A scope larger than its limit compares the whole fact.
+    assert load_scope(resources.processed, result.load.batches, max_keys=1)[
+        "fact_payment"] is None
+
+
 def test_source_changes_after_the_last_load_are_pending(resources):
     run_pipeline(resources, reconcile=False)
     query(resources.source, "UPDATE payment SET paid = NOT paid, last_updated = now() "

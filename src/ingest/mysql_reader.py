@@ -29,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from datetime import datetime, timedelta, timezone
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence
 
 import pyarrow as pa
 import pymysql
@@ -157,8 +157,10 @@ def _as_bound(text: str) -> datetime:
 
 
 def select_sql(plan: TablePlan, source: Inspected, low: Optional[Watermark],
-               part: Optional[Partition] = None) -> tuple[str, dict]:
-    """The ``SELECT`` of this run's rows (of partition ``part``, when given) and its bound
+               part: Optional[Partition] = None, keys: Optional[Sequence[int]] = None
+               ) -> tuple[str, dict]:
+    """The ``SELECT`` of this run's rows (of partition ``part``, when given; with ``keys``,
+    of those primary keys only) and its bound
     values, by mode, as :func:`totes.ingest.postgres_reader.extract_sql`: incremental after
     ``low`` and before the cutoff in ``(watermark, key)`` order; reingest before the cutoff;
     backfill in ``[from, to)`` and before the cutoff; full every row, in key order. The
@@ -194,6 +196,12 @@ def select_sql(plan: TablePlan, source: Inspected, low: Optional[Watermark],
             conditions.append(f"({below} OR {q_column} IS NULL)" if part.lower is None
                               else below)
             values["part_upper"] = bound(part.upper)
+    if keys is not None:
+        if keys:
+            conditions.append(f"{q_pk} IN %(keys)s")
+            values["keys"] = tuple(int(k) for k in keys)
+        else:
+            conditions.append("FALSE")
     select_list = ", ".join(quote_ident(name) for name in source.schema.names)
     where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
     return (f"SELECT {select_list} FROM {quote_ident(plan.table)}{where} "  # nosec B608
@@ -286,16 +294,18 @@ class MySQLReader(SourceReader):
 
     @contextlib.contextmanager
     def batches(self, conn, plan: TablePlan, inspected: Inspected, job: Job, doing: str,
-                part: Optional[Partition] = None) -> Iterator[Iterator[pa.RecordBatch]]:
-        """This run's rows (of ``part``) as record batches of ``job.schema``, in the
-        transaction :meth:`begin` started; the caller reads them to the end.
+                part: Optional[Partition] = None, keys: Optional[Sequence[int]] = None
+                ) -> Iterator[Iterator[pa.RecordBatch]]:
+        """This run's rows (of ``part``; of ``keys`` only) as record batches of
+        ``job.schema``, in the transaction :meth:`begin` started; the caller reads them to
+        the end.
 
         Raises:
             DataError: a value could not be read as its column's type (names the column).
             pymysql errors: mapped by the session (``doing`` says what).
         """
         size = rows_per_batch(conn, plan.table, job.block_bytes)
-        sql, values = select_sql(plan, inspected, job.low, part)
+        sql, values = select_sql(plan, inspected, job.low, part, keys)
         cursor = conn.streaming_cursor()
         cursor.execute(sql, values)
         yield _record_batches(cursor, job.schema, plan.table, size, job.pool)

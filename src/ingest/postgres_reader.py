@@ -21,7 +21,7 @@ import os
 import re
 import threading
 from datetime import datetime, timezone
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -230,9 +230,9 @@ def _setting(name: str, cast: str) -> str:
 
 
 def extract_sql(conn, plan: TablePlan, source: Inspected, low: Optional[Watermark],
-                part: Optional[Partition] = None) -> str:
+                part: Optional[Partition] = None, keys: Optional[Sequence[int]] = None) -> str:
     """The ``COPY (SELECT ...) TO STDOUT`` of this run's rows (of partition ``part``, when
-    given), by mode:
+    given; with ``keys``, of those primary keys only, an index lookup each), by mode:
 
     * incremental: after ``low``, before the cutoff, in ``(watermark, key)`` order;
     * reingest: before the cutoff, from the beginning;
@@ -273,6 +273,10 @@ def extract_sql(conn, plan: TablePlan, source: Inspected, low: Optional[Watermar
                                                 column_cast(source.schema, plan))
         _set(conn, **values)
         conditions.append(condition)
+    if keys is not None:
+        _set(conn, keys="{" + ",".join(str(int(k)) for k in keys) + "}")
+        # CAST makes the scalar subquery an array (ANY of a bare subquery compares each row).
+        conditions.append(f"{q_pk} = ANY(CAST({_setting('keys', 'bigint[]')} AS bigint[]))")
     select_list = ", ".join(quote_ident(name) for name in source.schema.names)
     where = f"WHERE {' AND '.join(conditions)} " if conditions else ""
     return (f"COPY (SELECT {select_list} FROM {quote_ident(plan.table)} "  # nosec B608
@@ -354,8 +358,9 @@ class PostgresReader(SourceReader):
 
     @contextlib.contextmanager
     def batches(self, conn, plan: TablePlan, inspected: Inspected, job: Job, doing: str,
-                part: Optional[Partition] = None) -> Iterator[Iterator[pa.RecordBatch]]:
-        """This run's rows (of ``part``) as record batches of ``job.schema``
+                part: Optional[Partition] = None, keys: Optional[Sequence[int]] = None
+                ) -> Iterator[Iterator[pa.RecordBatch]]:
+        """This run's rows (of ``part``; of ``keys`` only) as record batches of ``job.schema``
         (``job.block_bytes`` of CSV each), in the transaction :meth:`begin` started; the
         caller reads them to the end.
 
@@ -363,6 +368,6 @@ class PostgresReader(SourceReader):
             RowLargerThanBlock, DataError: as :func:`csv_record_batches`.
             DatabaseUnavailable / TerminalError: the database failed (``doing`` says what).
         """
-        sql = extract_sql(conn, plan, inspected, job.low, part)
+        sql = extract_sql(conn, plan, inspected, job.low, part, keys)
         with copy_stream(conn, sql, doing) as reader:
             yield csv_record_batches(reader, job.schema, plan.table, job.block_bytes, job.pool)

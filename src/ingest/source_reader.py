@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence
 
 import pyarrow as pa
 
@@ -67,8 +67,11 @@ class SourceReader(ABC):
 
     @abstractmethod
     def batches(self, conn, plan: TablePlan, inspected: Inspected, job: Job, doing: str,
-                part: Optional[Partition] = None
-                ) -> contextlib.AbstractContextManager[Iterator[pa.RecordBatch]]: ...
+                part: Optional[Partition] = None, keys: Optional[Sequence[int]] = None
+                ) -> contextlib.AbstractContextManager[Iterator[pa.RecordBatch]]:
+        """This run's rows (of ``part``; with ``keys``, only the rows whose primary key is
+        one of them) as record batches of ``job.schema``, in the transaction :meth:`begin`
+        started; the caller reads them to the end."""
 
     def read(self, conn, plan: TablePlan, inspected: Inspected, job: Job, staged: str,
              doing: str, part: Optional[Partition] = None) -> Optional[Written]:

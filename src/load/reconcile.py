@@ -43,7 +43,7 @@ import contextlib
 import logging
 import time
 from decimal import Decimal
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -56,6 +56,8 @@ from totes.transform.facts import FACT_SOURCES, fact_rows
 from totes.utils.config import TablePlan
 from totes.utils.db import Database, quote_ident
 from totes.utils.errors import ConfigError
+from totes.utils.lake import Lake
+from totes.utils.manifest import read_manifest
 from totes.utils.source_tables import SOURCE_TABLES
 from totes.utils.stage_results import (Difference, ReconcileResult, SumCheck,
                                        TableReconciliation)
@@ -84,9 +86,11 @@ DIMENSION_SOURCES: dict[str, tuple[str, Optional[str], Optional[str]]] = {
 
 # ---- reading both sides ---------------------------------------------------------------------
 @contextlib.contextmanager
-def _source_batches(source, table: str) -> Iterator[Iterator[pa.RecordBatch]]:
-    """The current rows of source ``table`` as record batches, in key order, read in one
-    snapshot through the source's own reader (to be read to the end)."""
+def _source_batches(source, table: str, keys: Optional[Sequence[int]] = None
+                    ) -> Iterator[Iterator[pa.RecordBatch]]:
+    """The current rows of source ``table`` (with ``keys``: of those primary keys only) as
+    record batches, in key order, read in one snapshot through the source's own reader (to
+    be read to the end)."""
     plan = TablePlan(table=table, primary_key=SOURCE_TABLES[table].primary_key,
                      extract_type="full", mode="full", watermark_column=None)
     reader = reader_for(source)
@@ -96,7 +100,7 @@ def _source_batches(source, table: str) -> Iterator[Iterator[pa.RecordBatch]]:
         inspected = reader.inspect(conn, plan)
         reader.begin(conn)
         job = Job(plan, inspected.schema, None, measuring_pool(), BLOCK_BYTES, None)
-        with reader.batches(conn, plan, inspected, job, doing) as batches:
+        with reader.batches(conn, plan, inspected, job, doing, keys=keys) as batches:
             yield batches
         conn.run("COMMIT")
 
@@ -269,15 +273,19 @@ def _dimension(conn, source, name: str, limit: int) -> TableReconciliation:
         differences=tally.count, loaded_through=_text(through), listed=tally.listed)
 
 
-def _fact(conn, source, source_table: str, limit: int,
-          sums: list[SumCheck]) -> TableReconciliation:
-    """A fact's current versions against the source's current rows: both sides streamed in
-    key order (the source through its reader, the warehouse's ``<fact>_current`` by
-    ``COPY``, each on its own connection and thread) and merge-joined one source batch at a
-    time."""
+def _fact(conn, source, source_table: str, limit: int, sums: list[SumCheck],
+          keys: Optional[Sequence[int]] = None) -> TableReconciliation:
+    """A fact's current versions against the source's current rows (with ``keys``: of those
+    source ids only, read by index on both sides): both sides streamed in key order (the
+    source through its reader, the warehouse's ``<fact>_current`` by ``COPY``, each on its
+    own connection and thread) and merge-joined one source batch at a time."""
     name = FACT_SOURCES[source_table][0]
     table = TABLES[name]
     key = table.merge_key[0]
+    if keys is not None and not keys:  # the load brought no row of this fact
+        return TableReconciliation(table=name, source_table=source_table, source_rows=0,
+                                   warehouse_rows=0, pending=0, differences=0,
+                                   loaded_through=None, listed=[], scoped_keys=0)
     through = _loaded_through(conn, table)
     held_sql = (f"SELECT DISTINCT {quote_ident(key)} "  # nosec B608: quoted identifiers
                 f"FROM totes.{quote_ident('held_' + name)}")
@@ -289,9 +297,15 @@ def _fact(conn, source, source_table: str, limit: int,
     counts = {"compared": 0, "pending": 0, "quarantined": 0, "held": 0, "warehouse": 0}
     columns = [c.name for c in table.columns if c.name != key]
     schema = table.arrow_schema()
+    chosen = ""
+    if keys is not None:
+        conn.run("SELECT set_config('totes.keys', :keys, false)",
+                 keys="{" + ",".join(str(int(k)) for k in keys) + "}")
+        chosen = (f"WHERE {key} = ANY(CAST((SELECT current_setting('totes.keys')) "
+                  "AS bigint[])) ")
     view = (f"SELECT {', '.join(table.column_names)} FROM {table.current_view} "  # nosec B608
-            f"ORDER BY {key}")
-    with _source_batches(source, source_table) as source_batches, \
+            f"{chosen}ORDER BY {key}")
+    with _source_batches(source, source_table, keys) as source_batches, \
             _warehouse_batches(conn, view, schema, name) as warehouse_batches:
         waiting = _nullable(schema).empty_table()  # warehouse rows not compared yet
         exhausted = False
@@ -325,7 +339,8 @@ def _fact(conn, source, source_table: str, limit: int,
         table=name, source_table=source_table, source_rows=counts["compared"],
         warehouse_rows=counts["warehouse"], pending=counts["pending"], held=counts["held"],
         quarantined=counts["quarantined"], differences=tally.count,
-        loaded_through=_text(through), listed=tally.listed)
+        loaded_through=_text(through), listed=tally.listed,
+        scoped_keys=None if keys is None else len(keys))
 
 
 def _expected_facts(batch: pa.RecordBatch, source_table: str, through, held_ids: pa.Array,
@@ -386,9 +401,44 @@ def _add_sums(rows: pa.Table, money: list[str], codes: dict, into: dict) -> None
                 (total or Decimal(0))
 
 
-def reconcile(source, warehouse: Database, limit: int = DEFAULT_LIMIT) -> ReconcileResult:
+#: A load scope's most keys per fact (:func:`load_scope`); a load that brought more is
+#: followed by a reconciliation of the whole fact (it read about as many rows anyway).
+SCOPE_MAX_KEYS = 50_000
+
+
+def load_scope(processed: Lake, manifest_keys: Sequence[str],
+               max_keys: int = SCOPE_MAX_KEYS) -> dict[str, Optional[list[int]]]:
+    """Per fact table, the source ids whose versions the batches ``manifest_keys`` brought
+    (sorted, distinct; an empty list when they brought none), or None when more than
+    ``max_keys``: the scope of the reconciliation that follows a load, so that its cost
+    follows the load's size, not the source's. Reads only the key column of each batch's
+    processed fact files.
+
+    Raises:
+        LakeError / StorageUnavailable: a manifest or a file could not be read.
+    """
+    found: dict[str, Optional[set[int]]] = {name: set() for name in
+                                            (FACT_SOURCES[t][0] for t in FACT_SOURCES)}
+    for manifest_key in manifest_keys:
+        manifest = read_manifest(processed, manifest_key)
+        for name, ids in found.items():
+            output = manifest.output(name)
+            if output is None or ids is None:
+                continue
+            column = TABLES[name].merge_key[0]
+            for batch in processed.iter_batches(output.key, 1 << 16, columns=[column]):
+                ids.update(pc.unique(batch.column(0)).to_pylist())
+            if len(ids) > max_keys:
+                found[name] = None
+    return {name: None if ids is None else sorted(ids) for name, ids in found.items()}
+
+
+def reconcile(source, warehouse: Database, limit: int = DEFAULT_LIMIT,
+              scope: Optional[dict[str, Optional[list[int]]]] = None) -> ReconcileResult:
     """Compare ``source`` (PostgreSQL or MySQL) with ``warehouse`` as the module docstring
-    says; ``limit``: differences listed per table.
+    says; ``limit``: differences listed per table. With ``scope`` (:func:`load_scope`), a
+    fact is compared only on the source ids it lists (a fact it maps to None, or leaves out,
+    whole); dimensions are compared whole.
 
     Raises:
         ConfigError: the warehouse has no star schema (of version 5) yet.
@@ -408,7 +458,8 @@ def reconcile(source, warehouse: Database, limit: int = DEFAULT_LIMIT) -> Reconc
         for name in DIMENSION_SOURCES:
             tables.append(_dimension(conn, source, name, limit))
         for source_table in FACT_SOURCES:
-            tables.append(_fact(conn, source, source_table, limit, sums))
+            keys = (scope or {}).get(FACT_SOURCES[source_table][0])
+            tables.append(_fact(conn, source, source_table, limit, sums, keys))
     differences = sum(t.differences for t in tables) + sum(1 for s in sums if not s.equal)
     result = ReconcileResult(equal=differences == 0, differences=differences, tables=tables,
                              sums=sums, seconds=round(time.monotonic() - started, 3))

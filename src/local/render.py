@@ -232,7 +232,9 @@ def reconcile_table(result) -> Table:
                   "row waiting for its dimension row; quarantined: breaks a rule",
                   caption_justify="left")
     for t in result.tables:
-        table.add_row(t.table, t.source_table, f"{t.source_rows:,}", f"{t.warehouse_rows:,}",
+        scope = "" if t.scoped_keys is None else f" ({t.scoped_keys:,} ids loaded)"
+        table.add_row(t.table + scope, t.source_table, f"{t.source_rows:,}",
+                      f"{t.warehouse_rows:,}",
                       f"{t.pending:,}", f"{t.held:,}", f"{t.quarantined:,}",
                       f"[red]{t.differences:,}[/]" if t.differences else "0")
     return table

@@ -63,9 +63,11 @@ def run_pipeline(resources: Resources,
                  tables: Optional[list] = None, reconcile: bool = True) -> RunResult:
     """Run the main job once and return every stage's result
     (:class:`~totes.utils.stage_results.RunResult`). With ``reconcile``, a load that loaded
-    a batch is followed by a reconciliation of source and warehouse
-    (:func:`totes.load.reconcile.reconcile`; a run that loads nothing skips it, so that it
-    stays cheap whatever the source's size).
+    a batch is followed by a reconciliation of source and warehouse scoped to that load
+    (:func:`totes.load.reconcile.reconcile` with :func:`~totes.load.reconcile.load_scope`:
+    the dimensions whole, each fact on the source ids the load brought; a run that loads
+    nothing skips it), so that a small run stays cheap whatever the source's size; ``totes
+    reconcile`` compares everything.
 
     ``on_stage(stage, result)`` is called as each stage ends, ``on_table(result)`` as each
     table's ingest ends (for progress). ``tables`` limits the ingest to those tables (names,
@@ -88,9 +90,10 @@ def run_pipeline(resources: Resources,
     on_stage("load", loaded)
     checked = None
     if reconcile and loaded.batches:
-        from totes.load.reconcile import reconcile as reconcile_warehouse
+        from totes.load.reconcile import load_scope, reconcile as reconcile_warehouse
 
-        checked = reconcile_warehouse(resources.source, resources.warehouse)
+        checked = reconcile_warehouse(resources.source, resources.warehouse,
+                                      scope=load_scope(resources.processed, loaded.batches))
         on_stage("reconcile", checked)
     return RunResult(run_id=run_id, plan=planned, ingest=ingested, transform=transformed,
                      load=loaded, reconcile=checked,

@@ -169,7 +169,9 @@ class Difference(_Result):
 
 
 class TableReconciliation(_Result):
-    """One warehouse table against its source table (rows: keys compared)."""
+    """One warehouse table against its source table (rows: keys compared). ``scoped_keys``:
+    None when the whole table was compared, else how many source ids a reconciliation
+    scoped to a load compared (the ids that load brought)."""
 
     table: str
     source_table: str
@@ -181,6 +183,7 @@ class TableReconciliation(_Result):
     differences: int
     loaded_through: Optional[str]
     listed: list[Difference]
+    scoped_keys: Optional[int] = None
 
 
 class SumCheck(_Result):
@@ -210,6 +213,10 @@ class ReconcileResult(_Result):
         pending)`` or ``reconcile: 3 differences (fact_payment 1, dim_staff 1, …)``."""
         pending = sum(t.pending for t in self.tables)
         waiting = f"; {pending:,} pending" if pending else ""
+        scoped = [t for t in self.tables if t.scoped_keys is not None]
+        if scoped:
+            waiting += (f"; facts on the {sum(t.scoped_keys for t in scoped):,} ids the load "
+                        "brought")
         if self.equal:
             rows = sum(t.source_rows for t in self.tables)
             return (f"reconcile: source and warehouse agree ({len(self.tables)} tables, "

@@ -128,7 +128,11 @@ def test_a_week_of_changes_from_mysql_lands_each_version_once(empty_mysql_source
     days = [datetime(2024, 11, d, 12) for d in (9, 11, 13, 15)]
     for moment in days:
         seed(empty_mysql_source, moment, advance=True)
-        run_pipeline(resources)
+        checked = run_pipeline(resources).reconcile
+        assert checked is not None and checked.equal, checked.summary()
+        for fact in (t for t in checked.tables if t.table.startswith("fact_")):
+            # Scoped to the ids the load brought, read from MySQL by key: exactly those rows.
+            assert 0 < fact.scoped_keys == fact.source_rows == fact.warehouse_rows, fact
     versions = fact_versions(warehouse, "fact_payment", "payment_id")
     assert len(versions) == len(set(versions))  # no version twice
     from support import versions_at
