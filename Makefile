@@ -7,6 +7,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 DEV_INSTALLED := $(VENV)/.dev-installed
+# The benchmark's comparison (dlt, connectorx, ADBC) lives apart from totes' own packages.
+DLT_VENV := .venv-dlt
+DLT_INSTALLED := $(DLT_VENV)/.installed
 
 .PHONY: help run test install-requirements install-dev-tools run-pytest check-pep8-compliance \
 	test-packages security-checks bandit dependency-audit run-checks bench bench-large report stop clean-state clean \
@@ -20,7 +23,7 @@ help:
 	@echo "make check-pep8-compliance  flake8"
 	@echo "make security-checks        bandit and a dependency audit (needs the network)"
 	@echo "make bench                  time small incremental runs after 1, 10, 100 batches"
-	@echo "make bench-large            time every stage on a 2,000,000-row sales_order"
+	@echo "make bench-large            time every stage on a 2,000,000-row sales_order, next to dlt"
 	@echo "make report                 write report.html: the warehouse and the pipeline's health"
 	@echo "make layer / package        build the Lambda layer / code zip into build/ (sizes printed)"
 	@echo "make tf-validate            terraform fmt + validate, asl-validator, checkov (offline)"
@@ -81,13 +84,19 @@ run-checks: check-pep8-compliance security-checks run-pytest
 bench: $(INSTALLED)
 	$(BIN)/python benchmarks/incremental_run.py
 
-# A 2,000,000-row sales_order: stages, floors, no-change and 10-row runs (about 5 minutes).
 # The warehouse report of the embedded warehouse (after `make run`), one HTML file.
 report: $(INSTALLED)
 	$(BIN)/totes report --output report.html
 
-bench-large: $(DEV_INSTALLED)
-	$(BIN)/python benchmarks/large_source.py
+# A 2,000,000-row sales_order: stages, floors, dlt on the same source, no-change and 10-row
+# runs (about 4 minutes).
+bench-large: $(DEV_INSTALLED) $(DLT_INSTALLED)
+	TOTES_BENCH_DLT_PYTHON=$(DLT_VENV)/bin/python $(BIN)/python benchmarks/large_source.py
+
+$(DLT_INSTALLED): benchmarks/requirements-dlt.txt
+	$(PYTHON) -m venv $(DLT_VENV)
+	$(DLT_VENV)/bin/pip install --quiet -r benchmarks/requirements-dlt.txt
+	touch $@
 
 # ---- AWS deployment ----------------------------------------------------------------------
 TF := scripts/tf
@@ -141,4 +150,4 @@ clean-state: stop
 	rm -rf .totes
 
 clean: clean-state
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(DLT_VENV) build *.egg-info

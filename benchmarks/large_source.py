@@ -10,9 +10,11 @@ Each stage runs in its own process (the ``totes`` command), so its wall-clock se
 peak resident memory are its own (RSS sampled every 20 ms). Next to them, the floors the
 server reaches alone in the same run: ``COPY (SELECT …) TO '/dev/null'`` for the extract and
 ``COPY … FROM`` a server-side file into an empty table with the fact's primary key for the
-load. Then the first run as a whole, a run with nothing new, and a run that brings 10 rows
-(median of three each), before and after the index ``totes plan`` advises for the
-watermark. Prints numbers; asserts nothing. About 5 minutes on 2 cores.
+load, and ADBC's ingest of the same fact rows. Then the first run as a whole, next to dlt's
+on the same source (``benchmarks/dlt_pipeline.py``, in its own virtualenv), a run with
+nothing new, and a run that brings 10 rows (median of three each), before and after the
+index ``totes plan`` advises for the watermark. Prints numbers; asserts nothing. About 4
+minutes on 2 cores.
 """
 from __future__ import annotations
 
@@ -167,6 +169,7 @@ def main() -> int:
                                   "/warehouse?", "/warehouse_first?"),
                               "--lake", str(fresh / "lake"), "--processed",
                               str(fresh / "processed")], first_env)
+            dlt = _dlt_runs(urls, home, env)
             no_index = run("nothing new")
             advice = json.loads(measured([TOTES, "plan", "--source-url", urls["totesys"]],
                                          env)[2])["warnings"]
@@ -212,6 +215,14 @@ def main() -> int:
     print(f"{'  load / ADBC ingest':<34}{stages['load'][0] / adbc_load:>9.2f}   "
           "(target: at most 2.0)", flush=True)
     line("first totes run (no reconcile)", first[0], None, first[1])
+    if isinstance(dlt, str):
+        print(f"{'  dlt, same source':<34}   skipped: {dlt}", flush=True)
+    else:
+        line("  dlt, same source (first run)", dlt[0][0], None, dlt[0][1])
+        print(f"{'  first totes run / dlt':<34}{first[0] / dlt[0][0]:>9.2f}   (target: at most "
+              "1.0; dlt loads the rows as they are, no star schema)", flush=True)
+    if not isinstance(dlt, str):
+        line("dlt run with nothing new", dlt[1][0])
     line("run with nothing new, no index", no_index[0])
     line("  of which sales_order extract", no_index[1])
     line("run with nothing new (median)", nothing_new[0])
@@ -225,6 +236,29 @@ def main() -> int:
     print(f"{'  nothing new minus process start':<34}{nothing_new[0] - start_only:>9.2f}   "
           "(target: at most 0.30)", flush=True)
     return 0
+
+
+def _dlt_runs(urls: dict, home: Path, env: dict):
+    """(first run, run with nothing new) of ``benchmarks/dlt_pipeline.py`` on the same source,
+    into a database of its own, each ``(seconds, peak RSS, stdout)``; or why it was skipped
+    (``TOTES_BENCH_DLT_PYTHON``, set by ``make bench-large``, names dlt's interpreter)."""
+    from urllib.parse import parse_qs, urlsplit
+
+    from totes.utils.db import Database
+
+    python = os.environ.get("TOTES_BENCH_DLT_PYTHON")
+    if not python or not Path(python).exists():
+        return "no dlt virtualenv (run make bench-large, which builds .venv-dlt)"
+    socket_dir = parse_qs(urlsplit(urls["totesys"]).query)["host"][0]
+    with Database.from_url("warehouse", urls["warehouse"]).session(
+            "bench", "a database for dlt") as session:
+        session.conn.run("CREATE DATABASE dlt_first")
+    argv = [python, str(REPO / "benchmarks" / "dlt_pipeline.py"), socket_dir, "totesys",
+            "dlt_first", str(home / "dlt-pipelines")]
+    try:
+        return measured(argv, env), measured(argv, env)
+    except SystemExit as failed:
+        return f"dlt failed: {failed}"
 
 
 def _same_rows(one: Path, other: Path) -> bool:

@@ -98,7 +98,8 @@ assert pc.strftime(pa.array([0], pa.timestamp("s")), format="%A").to_pylist() ==
 assert pycountry.currencies.get(alpha_3="GBP").name == "Pound Sterling"
 pa.fs.S3FileSystem(region="eu-west-2", anonymous=True)
 encoder = pgpq.ArrowToPostgresBinaryEncoder(batch.schema)
-assert encoder.write_header().startswith(b"PGCOPY") and encoder.write_batch(batch.to_batches()[0])
+copy = encoder.write_header() + encoder.write_batch(batch.to_batches()[0]) + encoder.finish()
+assert copy[:6] == b"PGCOPY" and copy[-2:] == bytes([255, 255]) and len(copy) > 40, copy
 print("layer smoke test: pyarrow csv/parquet/compute/S3, pg8000, pgpq, pymysql, pydantic, yaml, "
       "pycountry ok")
 """

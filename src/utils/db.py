@@ -471,8 +471,10 @@ def copy_binary_into(conn, table: str, schema, batches) -> int:
     def chunks():
         yield encoder.write_header()
         for batch in batches:
-            if batch.num_rows:
-                yield encoder.write_batch(batch.select(schema.names).cast(schema))
+            if batch.num_rows:  # small batches are kept until enough, or the end, comes
+                encoded = encoder.write_batch(batch.select(schema.names).cast(schema))
+                if encoded:
+                    yield encoded
         yield encoder.finish()
 
     column_list = ", ".join(quote_ident(c) for c in schema.names)
