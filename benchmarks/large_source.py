@@ -73,9 +73,16 @@ FROM (SELECT * FROM sales_order ORDER BY sales_order_id LIMIT 10) s,
 """
 
 
+#: Called before each measured command (a ``CHECKPOINT`` of the server, once it runs), so
+#: that the pages one measurement dirtied are not written during the next.
+BEFORE_EACH: list = []
+
+
 def measured(argv: list[str], env: dict, children: bool = False) -> tuple[float, int, str]:
     """(seconds, peak RSS in bytes, stdout) of one command (with ``children``: the peak of the
     command and every process it started, summed: Spark's JVM and Python workers)."""
+    for settle in BEFORE_EACH:
+        settle()
     started = time.monotonic()
     process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE,  # nosec B603
                                stderr=subprocess.PIPE, text=True)
@@ -116,6 +123,11 @@ def main() -> int:
                 floor_extract = _server_copy_out(session.conn)
             print(f"source: sales_order {ROWS:,} rows (built in {time.monotonic() - started:.0f}"
                   " s); other tables from the real snapshot", flush=True)
+
+            def checkpoint():
+                with source.session("bench", "a checkpoint between measurements") as session:
+                    session.conn.run("CHECKPOINT")
+            BEFORE_EACH.append(checkpoint)
 
             stages = {}
             for stage, argv in (
@@ -289,6 +301,8 @@ def _adbc_ingest(conn, url: str, home: Path) -> float:
     conn.run("ALTER TABLE adbc_fact ADD PRIMARY KEY (sales_order_id, last_updated_date, "
              "last_updated_time)")
     file = pq.ParquetFile(path)
+    for settle in BEFORE_EACH:
+        settle()
     started = time.monotonic()
     with adbc.connect(url) as client, client.cursor() as cursor:
         cursor.adbc_ingest("adbc_fact", pa.RecordBatchReader.from_batches(
@@ -324,6 +338,8 @@ def _server_copy_in(conn, source, home: Path) -> float:
                "last_updated_time, sales_staff_id, counterparty_id, units_sold, unit_price, "
                "currency_id, design_id, agreed_payment_date, agreed_delivery_date, "
                "agreed_delivery_location_id")
+    for settle in BEFORE_EACH:
+        settle()
     started = time.monotonic()
     conn.run(f"COPY floor_fact ({columns}) FROM '{path}' WITH (FORMAT csv)")  # nosec
     return time.monotonic() - started
