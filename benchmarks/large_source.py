@@ -7,7 +7,8 @@ steps by 29 seconds from 2022-11-03 (two years), ``units_sold`` ranges 1,000-100
 ``unit_price`` 2.00-4.99, agreed dates 2-15 days after creation: the shapes of the real rows.
 
 Each stage runs in its own process (the ``totes`` command), so its wall-clock seconds and its
-peak resident memory are its own (RSS sampled every 20 ms). Next to them, the floors the
+peak resident memory are its own (RSS sampled every 20 ms); each is run three times, into
+fresh lakes and warehouse databases, and the median seconds and the highest peak printed. Next to them, the floors the
 server reaches alone in the same run: ``COPY (SELECT …) TO '/dev/null'`` for the extract and
 ``COPY … FROM`` a server-side file into an empty table with the fact's primary key for the
 load, and ADBC's ingest of the same fact rows. Then the first run as a whole, next to dlt's
@@ -129,13 +130,25 @@ def main() -> int:
                     session.conn.run("CHECKPOINT")
             BEFORE_EACH.append(checkpoint)
 
-            stages = {}
-            for stage, argv in (
-                    ("ingest", [TOTES, "ingest", "--json", "--source-url", urls["totesys"]]),
-                    ("transform", [TOTES, "transform", "--json"]),
-                    ("load", [TOTES, "load", "--json", "--warehouse-url", urls["warehouse"]])):
-                stages[stage] = measured(argv, env)
+            runs = {"ingest": [], "transform": [], "load": []}
+            for repeat in range(REPEATS):  # the first in the default places, which runs reuse
+                lake, processed, database, stage_env = [], [], urls["warehouse"], env
+                if repeat:
+                    folder = home / f"stages-{repeat}"
+                    lake, processed = (["--lake", str(folder / "lake")],
+                                       ["--processed", str(folder / "processed")])
+                    database = _new_database(urls, f"warehouse_stages_{repeat}")
+                    stage_env = dict(env, TOTES_LEDGER=f"sqlite://{folder}/l.db")
+                for stage, argv in (
+                        ("ingest", ["ingest", "--source-url", urls["totesys"], *lake]),
+                        ("transform", ["transform", *lake, *processed]),
+                        ("load", ["load", "--warehouse-url", database, *processed])):
+                    runs[stage].append(measured([TOTES, *argv, "--json"], stage_env))
+            stages = {stage: _median(found) for stage, found in runs.items()}
             ingest = {r["table"]: r for r in json.loads(stages["ingest"][2])}
+            ingest["sales_order"]["seconds"] = statistics.median(
+                next(r["seconds"] for r in json.loads(out) if r["table"] == "sales_order")
+                for _, _, out in runs["ingest"])
             partitioned = {}
             for count in (2, 4):
                 config = home / f"parted-{count}.yaml"
@@ -170,17 +183,15 @@ def main() -> int:
                                          if r["table"] == "sales_order"))
                 return statistics.median(times), statistics.median(extracts)
 
-            fresh = home / "fresh"
-            first_env = dict(env, TOTES_LEDGER=f"sqlite://{fresh}/l.db")
-            with Database.from_url("warehouse", urls["warehouse"]).session(
-                    "bench", "a second warehouse") as session:
-                session.conn.run("CREATE DATABASE warehouse_first")
-            first = measured([TOTES, "run", "--json", "--no-reconcile", "--source-url",
-                              urls["totesys"],
-                              "--warehouse-url", urls["warehouse"].replace(
-                                  "/warehouse?", "/warehouse_first?"),
-                              "--lake", str(fresh / "lake"), "--processed",
-                              str(fresh / "processed")], first_env)
+            firsts = []
+            for repeat in range(REPEATS):
+                fresh = home / f"fresh-{repeat}"
+                firsts.append(measured(
+                    [TOTES, "run", "--json", "--no-reconcile", "--source-url", urls["totesys"],
+                     "--warehouse-url", _new_database(urls, f"warehouse_first_{repeat}"),
+                     "--lake", str(fresh / "lake"), "--processed", str(fresh / "processed")],
+                    dict(env, TOTES_LEDGER=f"sqlite://{fresh}/l.db")))
+            first = _median(firsts)
             dlt = _dlt_runs(urls, home, env)
             no_index = run("nothing new")
             advice = json.loads(measured([TOTES, "plan", "--source-url", urls["totesys"]],
@@ -250,27 +261,46 @@ def main() -> int:
     return 0
 
 
+def _median(results: list[tuple[float, int, str]]) -> tuple[float, int, str]:
+    """Of repeated measurements: the median seconds, the highest peak RSS, the first's
+    output."""
+    return (statistics.median(r[0] for r in results), max(r[1] for r in results),
+            results[0][2])
+
+
+def _new_database(urls: dict, name: str) -> str:
+    """Create database ``name`` on the benchmark's server; returns its URL."""
+    from totes.utils.db import Database
+
+    with Database.from_url("warehouse", urls["warehouse"]).session(
+            "bench", f"creating database {name}") as session:
+        session.conn.run(f"CREATE DATABASE {name}")  # a fixed name of this benchmark's
+    return urls["warehouse"].replace("/warehouse?", f"/{name}?")
+
+
 def _dlt_runs(urls: dict, home: Path, env: dict):
     """(first run, run with nothing new) of ``benchmarks/dlt_pipeline.py`` on the same source,
-    into a database of its own, each ``(seconds, peak RSS, stdout)``; or why it was skipped
-    (``TOTES_BENCH_DLT_PYTHON``, set by ``make bench-large``, names dlt's interpreter)."""
+    each the median of :data:`REPEATS`, a database and a pipelines folder each, as
+    ``(seconds, peak RSS, stdout)``; or why it was skipped (``TOTES_BENCH_DLT_PYTHON``, set
+    by ``make bench-large``, names dlt's interpreter)."""
     from urllib.parse import parse_qs, urlsplit
-
-    from totes.utils.db import Database
 
     python = os.environ.get("TOTES_BENCH_DLT_PYTHON")
     if not python or not Path(python).exists():
         return "no dlt virtualenv (run make bench-large, which builds .venv-dlt)"
     socket_dir = parse_qs(urlsplit(urls["totesys"]).query)["host"][0]
-    with Database.from_url("warehouse", urls["warehouse"]).session(
-            "bench", "a database for dlt") as session:
-        session.conn.run("CREATE DATABASE dlt_first")
-    argv = [python, str(REPO / "benchmarks" / "dlt_pipeline.py"), socket_dir, "totesys",
-            "dlt_first", str(home / "dlt-pipelines")]
+    firsts, again = [], []
     try:
-        return measured(argv, env), measured(argv, env)
+        for repeat in range(REPEATS):
+            name = f"dlt_first_{repeat}"
+            _new_database(urls, name)
+            argv = [python, str(REPO / "benchmarks" / "dlt_pipeline.py"), socket_dir,
+                    "totesys", name, str(home / f"dlt-pipelines-{repeat}")]
+            firsts.append(measured(argv, env))
+            again.append(measured(argv, env))
     except SystemExit as failed:
         return f"dlt failed: {failed}"
+    return _median(firsts), _median(again)
 
 
 def _same_rows(one: Path, other: Path) -> bool:
