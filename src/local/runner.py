@@ -12,6 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+import pyarrow as pa
+
 from totes.ingest.extract import ingest_table
 from totes.ingest.plan import plan
 from totes.load.quarantine import held_source_rows
@@ -75,26 +77,33 @@ def run_pipeline(resources: Resources,
     all pending work. Errors raise as the stages raise them.
     """
     started = time.monotonic()
+
+    def ended(stage: str, result) -> None:
+        # The stages share one process: Arrow's allocator keeps the pages a stage freed, and
+        # the next stage's peak would stack on them (on 2,000,000 rows: 277 MB, 250 without).
+        pa.default_memory_pool().release_unused()
+        on_stage(stage, result)
+
     run_id = new_run_id()
     check_separate(resources.source, resources.warehouse)
     planned = plan(load_config(resources.config_path), resources.source, run_id=run_id,
                    tables=tables)
-    on_stage("plan", planned)
+    ended("plan", planned)
     ingested = ingest_all(resources.source, resources.lake, planned, on_table, resources.ledger)
-    on_stage("ingest", ingested)
+    ended("ingest", ingested)
     transformed = transform(resources.lake, resources.processed, ledger=resources.ledger,
                             run_id=run_id)
-    on_stage("transform", transformed)
+    ended("transform", transformed)
     loaded = load(resources.processed, resources.warehouse, ledger=resources.ledger,
                   run_id=run_id)
-    on_stage("load", loaded)
+    ended("load", loaded)
     checked = None
     if reconcile and loaded.batches:
         from totes.load.reconcile import load_scope, reconcile as reconcile_warehouse
 
         checked = reconcile_warehouse(resources.source, resources.warehouse,
                                       scope=load_scope(resources.processed, loaded.batches))
-        on_stage("reconcile", checked)
+        ended("reconcile", checked)
     return RunResult(run_id=run_id, plan=planned, ingest=ingested, transform=transformed,
                      load=loaded, reconcile=checked,
                      seconds=round(time.monotonic() - started, 3))
