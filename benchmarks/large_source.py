@@ -6,16 +6,16 @@ row (designs, staff, counterparties, currencies, addresses taken in turn), ``cre
 steps by 29 seconds from 2022-11-03 (two years), ``units_sold`` ranges 1,000-100,000 and
 ``unit_price`` 2.00-4.99, agreed dates 2-15 days after creation: the shapes of the real rows.
 
-Each stage runs in its own process (the ``totes`` command), so its wall-clock seconds and its
-peak resident memory are its own (RSS sampled every 20 ms); each is run three times, into
-fresh lakes and warehouse databases, and the median seconds and the highest peak printed. Next to them, the floors the
-server reaches alone in the same run: ``COPY (SELECT …) TO '/dev/null'`` for the extract and
-``COPY … FROM`` a server-side file into an empty table with the fact's primary key for the
-load, and ADBC's ingest of the same fact rows. Then the first run as a whole, next to dlt's
-on the same source (``benchmarks/dlt_pipeline.py``, in its own virtualenv), a run with
-nothing new, and a run that brings 10 rows (median of three each), before and after the
-index ``totes plan`` advises for the watermark. Prints numbers; asserts nothing. About 4
-minutes on 2 cores.
+Each stage runs in its own process (the ``totes`` command), so its wall-clock seconds and
+its peak resident memory are its own (RSS sampled every 20 ms); each is run three times,
+into fresh lakes and warehouse databases, and the median seconds and the highest peak
+printed. Next to them, the floors the server reaches alone in the same run: ``COPY (SELECT
+…) TO '/dev/null'`` for the extract and ``COPY … FROM`` a server-side file into an empty
+table with the fact's primary key for the load, and ADBC's ingest of the same fact rows.
+Then the first run as a whole, next to dlt's on the same source
+(``benchmarks/dlt_pipeline.py``, in its own virtualenv), a run with nothing new, and a run
+that brings 10 rows (median of three each), before and after the index ``totes plan``
+advises for the watermark. Prints numbers; asserts nothing. About 4 minutes on 2 cores.
 """
 from __future__ import annotations
 

@@ -199,7 +199,8 @@ def merge_file(conn, table: WarehouseTable, processed: Lake, key: str,
     if bulk:
         # Before looking at the table: nothing else writes it until the load commits.
         conn.run(f"LOCK TABLE {quote_ident(table.name)} IN ACCESS EXCLUSIVE MODE")
-        (empty,), = conn.run(f"SELECT NOT EXISTS (SELECT 1 FROM {quote_ident(table.name)})")
+        q_table = quote_ident(table.name)
+        (empty,), = conn.run(f"SELECT NOT EXISTS (SELECT 1 FROM {q_table})")  # nosec B608
         if empty:
             inserted, held = bulk_copy(conn, table, batches, batch)
             return LoadedTable(table=table.name, rows=rows, inserted=inserted), held

@@ -169,3 +169,25 @@ def test_the_error_mapping_follows_what_a_retry_can_do():
         assert type(storage_error(exc, "reading s3://lake/x")) is kind, exc
     bug = TypeError("a bug")
     assert storage_error(bug, "reading") is bug  # not a storage error: unchanged
+
+
+def test_parquet_files_use_a_dictionary_for_text_columns_only(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from totes.utils.lake import parquet_writer
+
+    rows = pa.table({"id": pa.array(range(50_000), pa.int32()),
+                     "amount": pa.array([i / 100 for i in range(50_000)], pa.float64()),
+                     "code": pa.array(["GBP", "USD", "EUR", "GBP"] * 12_500)})
+    path = str(tmp_path / "rows.parquet")
+    with parquet_writer(path, rows.schema) as writer:
+        writer.write_table(rows)
+    group = pq.ParquetFile(path).metadata.row_group(0)
+    encodings = {group.column(i).path_in_schema: group.column(i).encodings
+                 for i in range(group.num_columns)}
+    assert "RLE_DICTIONARY" in encodings["code"]
+    assert "RLE_DICTIONARY" not in encodings["id"] and "RLE_DICTIONARY" not in \
+        encodings["amount"]
+    assert group.column(0).compression == "ZSTD"
+    assert pq.read_table(path).equals(rows)
