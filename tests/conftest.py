@@ -2,6 +2,7 @@
 itself uses), a seeded ToteSys template, and fresh databases per test."""
 from __future__ import annotations
 
+import threading
 import urllib.request
 import uuid
 
@@ -72,10 +73,41 @@ def resources(tmp_path, seeded_source, warehouse) -> Resources:
                      Lake(str(tmp_path / "processed")), CONFIG)
 
 
+class OneRequestAtATime:
+    """moto's S3 on loopback behind a server that answers one request at a time. S3 makes a
+    conditional create (``If-None-Match: *``) atomic; moto checks for the key and then writes
+    it, so with requests on threads two creates of one key can both succeed (seen in CI).
+    One request at a time, the emulator keeps S3's guarantee, and a test of two concurrent
+    publishes tests the lake, not moto's threads. Same methods as ``ThreadedMotoServer``."""
+
+    def __init__(self):
+        from moto.server import (DomainDispatcherApplication, MotoRequestHandler,
+                                 create_backend_app)
+        from werkzeug.serving import make_server
+
+        self._server = make_server("127.0.0.1", 0, DomainDispatcherApplication(
+            create_backend_app), threaded=False, request_handler=MotoRequestHandler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def get_host_and_port(self) -> tuple[str, int]:
+        return "127.0.0.1", self._server.server_port
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
 @pytest.fixture
-def s3_server(monkeypatch):
-    """moto's S3 server on loopback, the AWS variables pointing at it; yields the server."""
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+def s3_server(monkeypatch, request):
+    """moto's S3 server on loopback, the AWS variables pointing at it; yields the server.
+    A test marked ``one_s3_request_at_a_time`` gets :class:`OneRequestAtATime`."""
+    if request.node.get_closest_marker("one_s3_request_at_a_time"):
+        server = OneRequestAtATime()
+    else:
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
     server.start()
     host, port = server.get_host_and_port()
     # moto's backends live in this process and outlive a server: start from an empty S3.

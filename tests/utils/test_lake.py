@@ -67,6 +67,7 @@ def _publish(lake, key, data):
         return lake.publish(staged, key)
 
 
+@pytest.mark.one_s3_request_at_a_time  # S3's atomic conditional create (see conftest.py)
 def test_two_concurrent_publishes_of_one_key_on_s3_one_wins_and_nothing_is_overwritten(s3_lake):
     import threading
 
