@@ -229,6 +229,17 @@ def _setting(name: str, cast: str) -> str:
     return f"(SELECT current_setting('totes.{name}')::{cast})"
 
 
+def key_condition(conn, column: str, keys: Sequence[int]) -> str:
+    """The condition ``column = ANY(keys)``, the keys bound in the session's setting
+    ``totes.keys`` (read once per statement, so an index on ``column`` serves it): for a
+    ``COPY (SELECT ...)``, which takes no bound parameters. Session-wide, so that it holds
+    for the next statement with or without a transaction."""
+    conn.run("SELECT set_config('totes.keys', :keys, false)",
+             keys="{" + ",".join(str(int(k)) for k in keys) + "}")
+    # CAST makes the scalar subquery an array (ANY of a bare subquery compares each row).
+    return f"{quote_ident(column)} = ANY(CAST({_setting('keys', 'bigint[]')} AS bigint[]))"
+
+
 def extract_sql(conn, plan: TablePlan, source: Inspected, low: Optional[Watermark],
                 part: Optional[Partition] = None, keys: Optional[Sequence[int]] = None) -> str:
     """The ``COPY (SELECT ...) TO STDOUT`` of this run's rows (of partition ``part``, when
@@ -274,9 +285,7 @@ def extract_sql(conn, plan: TablePlan, source: Inspected, low: Optional[Watermar
         _set(conn, **values)
         conditions.append(condition)
     if keys is not None:
-        _set(conn, keys="{" + ",".join(str(int(k)) for k in keys) + "}")
-        # CAST makes the scalar subquery an array (ANY of a bare subquery compares each row).
-        conditions.append(f"{q_pk} = ANY(CAST({_setting('keys', 'bigint[]')} AS bigint[]))")
+        conditions.append(key_condition(conn, plan.primary_key, keys))
     select_list = ", ".join(quote_ident(name) for name in source.schema.names)
     where = f"WHERE {' AND '.join(conditions)} " if conditions else ""
     return (f"COPY (SELECT {select_list} FROM {quote_ident(plan.table)} "  # nosec B608

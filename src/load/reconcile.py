@@ -49,7 +49,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from totes.ingest.batch_writer import Job, measuring_pool
-from totes.ingest.postgres_reader import copy_stream, csv_record_batches
+from totes.ingest.postgres_reader import copy_stream, csv_record_batches, key_condition
 from totes.ingest.source_reader import reader_for
 from totes.transform import dimensions as dims
 from totes.transform.facts import FACT_SOURCES, fact_rows
@@ -297,12 +297,7 @@ def _fact(conn, source, source_table: str, limit: int, sums: list[SumCheck],
     counts = {"compared": 0, "pending": 0, "quarantined": 0, "held": 0, "warehouse": 0}
     columns = [c.name for c in table.columns if c.name != key]
     schema = table.arrow_schema()
-    chosen = ""
-    if keys is not None:
-        conn.run("SELECT set_config('totes.keys', :keys, false)",
-                 keys="{" + ",".join(str(int(k)) for k in keys) + "}")
-        chosen = (f"WHERE {key} = ANY(CAST((SELECT current_setting('totes.keys')) "
-                  "AS bigint[])) ")
+    chosen = f"WHERE {key_condition(conn, key, keys)} " if keys is not None else ""
     view = (f"SELECT {', '.join(table.column_names)} FROM {table.current_view} "  # nosec B608
             f"{chosen}ORDER BY {key}")
     with _source_batches(source, source_table, keys) as source_batches, \

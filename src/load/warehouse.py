@@ -195,20 +195,19 @@ def merge_file(conn, table: WarehouseTable, processed: Lake, key: str,
     inserted by :func:`bulk_insert`."""
     rows = processed.metadata(key).num_rows
     batches = processed.iter_batches(key, COPY_BATCH_ROWS, columns=table.column_names)
+    q_table = quote_ident(table.name)
     bulk = table.kind == "fact" and _bulk(conn, table, rows)
     if bulk:
         # Before looking at the table: nothing else writes it until the load commits.
-        conn.run(f"LOCK TABLE {quote_ident(table.name)} IN ACCESS EXCLUSIVE MODE")
-        q_table = quote_ident(table.name)
+        conn.run(f"LOCK TABLE {q_table} IN ACCESS EXCLUSIVE MODE")
         (empty,), = conn.run(f"SELECT NOT EXISTS (SELECT 1 FROM {q_table})")  # nosec B608
         if empty:
             inserted, held = bulk_copy(conn, table, batches, batch)
             return LoadedTable(table=table.name, rows=rows, inserted=inserted), held
     stage = f"stage_{table.name}"
     columns = ", ".join(quote_ident(c) for c in table.column_names)
-    source = quote_ident(table.name)
     conn.run(f"CREATE TEMP TABLE {quote_ident(stage)} ON COMMIT DROP AS "  # nosec B608
-             f"SELECT {columns} FROM {source} WITH NO DATA")
+             f"SELECT {columns} FROM {q_table} WITH NO DATA")
     copy_binary_into(conn, stage, table.arrow_schema(), batches)
     held = held_facts.hold_orphans(conn, table, stage, batch)[1] if table.kind == "fact" else 0
     if bulk:
@@ -284,6 +283,12 @@ class _Constraints:
 _UNIQUE_VIOLATION, _FOREIGN_KEY_VIOLATION = "23505", "23503"
 
 
+def _same_version(table: WarehouseTable, left: str, right: str) -> str:
+    """``left.k = right.k AND ...`` over the fact's version key (its merge key)."""
+    return " AND ".join(f"{left}.{quote_ident(c)} = {right}.{quote_ident(c)}"
+                        for c in table.merge_key)
+
+
 def bulk_copy(conn, table: WarehouseTable, batches, batch: str) -> tuple[int, int]:
     """Load a large batch into the empty fact ``table`` at COPY speed, in the load's
     transaction (the table locked); returns (rows inserted, rows newly held).
@@ -307,11 +312,11 @@ def bulk_copy(conn, table: WarehouseTable, batches, batch: str) -> tuple[int, in
     removed = {"duplicates": 0, "orphans": 0, "held": 0}
 
     def remove_duplicates() -> None:
-        same = " AND ".join(f"a.{quote_ident(c)} = b.{quote_ident(c)}" for c in table.merge_key)
         # Identifiers only, each through quote_ident.
         (removed["duplicates"],), = conn.run(
             f"WITH gone AS (DELETE FROM {q_table} a USING {q_table} b "  # nosec B608
-            f"WHERE {same} AND a.ctid > b.ctid RETURNING 1) SELECT count(*) FROM gone")
+            f"WHERE {_same_version(table, 'a', 'b')} AND a.ctid > b.ctid RETURNING 1) "
+            "SELECT count(*) FROM gone")
 
     def hold_orphans() -> None:
         removed["orphans"], removed["held"] = held_facts.hold_orphans(
@@ -341,7 +346,7 @@ def bulk_insert(conn, table: WarehouseTable, stage: str) -> int:
     constraints.drop()
     columns = ", ".join(quote_ident(c) for c in table.column_names)
     key = ", ".join(quote_ident(c) for c in table.merge_key)
-    same = " AND ".join(f"f.{quote_ident(c)} = s.{quote_ident(c)}" for c in table.merge_key)
+    same = _same_version(table, "f", "s")
 
     def insert(distinct: bool) -> int:
         chosen = f"DISTINCT ON ({key}) " if distinct else ""
