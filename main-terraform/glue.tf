@@ -51,23 +51,29 @@ data "aws_iam_policy_document" "assume_glue" {
   }
 }
 
-# The job does what the ingest function does: the source secret, list/read/add lake objects
-# (never delete), its runs and leases in the ledger; plus read its own script and wheel.
+# The job does what the ingest function does, from the same entry of local.access (iam.tf):
+# the source secret, list/read/add lake objects (never delete), its runs and leases in the
+# ledger, the data key; plus read its own script and wheel.
 data "aws_iam_policy_document" "glue" {
   statement {
     sid       = "ReadDatabaseSecret"
     actions   = ["secretsmanager:GetSecretValue"]
-    resources = [local.imported.source_secret_arn]
+    resources = local.access.ingest.secrets
   }
   statement {
     sid       = "ListLake"
     actions   = ["s3:ListBucket"]
-    resources = [local.bucket_arn["ingest"]]
+    resources = [for b in local.access.ingest.read : local.bucket_arn[b]]
   }
   statement {
-    sid       = "ReadAndAddLakeObjects"
-    actions   = ["s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload"]
-    resources = ["${local.bucket_arn["ingest"]}/*"]
+    sid       = "ReadLakeObjects"
+    actions   = ["s3:GetObject"]
+    resources = [for b in local.access.ingest.read : "${local.bucket_arn[b]}/*"]
+  }
+  statement {
+    sid       = "AddLakeObjects"
+    actions   = ["s3:PutObject", "s3:AbortMultipartUpload"]
+    resources = [for b in local.access.ingest.write : "${local.bucket_arn[b]}/*"]
   }
   statement {
     sid       = "ReadOwnCode"
@@ -75,16 +81,13 @@ data "aws_iam_policy_document" "glue" {
     resources = ["arn:${data.aws_partition.current.partition}:s3:::${local.imported.artifacts_bucket}/glue/*"]
   }
   statement {
-    # What src/utils/ledger.py calls: records (put, query, scan) and leases (conditional
-    # put, get, conditional delete).
-    sid = "RecordRunsAndLeases"
-    actions = ["dynamodb:PutItem", "dynamodb:GetItem", "dynamodb:DeleteItem",
-    "dynamodb:Query", "dynamodb:Scan"]
+    sid       = "RecordRunsAndLeases"
+    actions   = local.ledger_actions
     resources = [local.imported.ledger_table_arn]
   }
   statement {
     sid       = "UseDataKey"
-    actions   = local.data_key
+    actions   = local.access.ingest.kms
     resources = [local.imported.data_key_arn]
   }
   statement {

@@ -24,6 +24,10 @@ locals {
     processed = "arn:${data.aws_partition.current.partition}:s3:::${local.imported.processed_bucket}"
   }
   data_key = ["kms:Decrypt", "kms:GenerateDataKey"]
+  # What src/utils/ledger.py calls: records (put, query, scan) and leases (conditional put,
+  # get, conditional delete).
+  ledger_actions = ["dynamodb:PutItem", "dynamodb:GetItem", "dynamodb:DeleteItem",
+  "dynamodb:Query", "dynamodb:Scan"]
   access = {
     plan      = { secrets = [local.imported.source_secret_arn], read = ["ingest"], write = [], ledger = false, config = true, kms = local.data_key }
     ingest    = { secrets = [local.imported.source_secret_arn], read = ["ingest"], write = ["ingest"], ledger = true, config = false, kms = local.data_key }
@@ -83,11 +87,8 @@ data "aws_iam_policy_document" "function" {
   dynamic "statement" {
     for_each = local.access[each.key].ledger ? [1] : []
     content {
-      # What src/utils/ledger.py calls: records (put, query, scan) and leases (conditional
-      # put, get, conditional delete).
-      sid = "RecordRunsAndLeases"
-      actions = ["dynamodb:PutItem", "dynamodb:GetItem", "dynamodb:DeleteItem",
-      "dynamodb:Query", "dynamodb:Scan"]
+      sid       = "RecordRunsAndLeases"
+      actions   = local.ledger_actions
       resources = [local.imported.ledger_table_arn]
     }
   }
