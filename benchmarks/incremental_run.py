@@ -34,7 +34,7 @@ def main() -> int:
     from totes.local.embedded import EmbeddedPostgres
     from totes.local.runner import Resources, run_pipeline
     from totes.local.seed import seed
-    from totes.utils.db import Database
+    from totes.utils.postgres import Database
     from totes.utils.lake import Lake
 
     with tempfile.TemporaryDirectory(prefix="totes-bench-") as folder:

@@ -105,7 +105,7 @@ def measured(argv: list[str], env: dict, children: bool = False) -> tuple[float,
 def main() -> int:
     from totes.local.embedded import EmbeddedPostgres
     from totes.local.seed import seed
-    from totes.utils.db import Database
+    from totes.utils.postgres import Database
 
     with tempfile.TemporaryDirectory(prefix="totes-bench-large-") as folder:
         home = Path(folder)
@@ -270,7 +270,7 @@ def _median(results: list[tuple[float, int, str]]) -> tuple[float, int, str]:
 
 def _new_database(urls: dict, name: str) -> str:
     """Create database ``name`` on the benchmark's server; returns its URL."""
-    from totes.utils.db import Database
+    from totes.utils.postgres import Database
 
     with Database.from_url("warehouse", urls["warehouse"]).session(
             "bench", f"creating database {name}") as session:
@@ -306,7 +306,7 @@ def _dlt_runs(urls: dict, home: Path, env: dict):
 def _same_rows(one: Path, other: Path) -> bool:
     """Whether two lakes hold the same sales_order row versions (through their parts)."""
     from totes.utils.lake import Lake
-    from totes.utils.watermark import batch_files
+    from totes.utils.footers import batch_files
 
     def rows(root: Path):
         lake = Lake(str(root))

@@ -20,7 +20,7 @@ locals {
     pending   = { handler = "totes.load.handler.pending_handler" }
     transform = { handler = "totes.transform.handler.handler" }
     load      = { handler = "totes.load.handler.handler" }
-    reconcile = { handler = "totes.load.handler.reconcile_handler" }
+    reconcile = { handler = "totes.reconcile.handler.handler" }
     alert     = { handler = "totes.notify.handler.handler" }
   }
   ledger     = "dynamodb://${local.imported.ledger_table}"

@@ -155,9 +155,10 @@ def check_glue_batch(s3, lake_bucket: str, execution: dict, record, source) -> N
     from collections import Counter
 
     from totes.ingest.extract import ingest_table
-    from totes.utils.config import load_config, resolve_tables
+    from totes.contracts.config import resolve_tables
+    from totes.utils.config_file import load_config
     from totes.utils.lake import Lake
-    from totes.utils.watermark import batch_files
+    from totes.utils.footers import batch_files
 
     [item] = [i for i in json.loads(execution["output"])["ingested"] if i["table"] == "payment"]
     print(f"payment (Glue job): {item}; ledger: "
@@ -193,7 +194,7 @@ def check_glue_batch(s3, lake_bucket: str, execution: dict, record, source) -> N
 def main() -> int:
     from totes.local.embedded import EmbeddedPostgres, recreate_databases
     from totes.local.seed import seed
-    from totes.utils.db import Database
+    from totes.utils.postgres import Database
 
     sys.path.insert(0, str(REPO / "scripts"))
     from put_secrets import put_secrets

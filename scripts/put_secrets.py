@@ -17,7 +17,7 @@ import os
 
 import boto3
 
-from totes.utils.db import database_from_url
+from totes.utils.databases import database_from_url
 
 
 def parameters(ssm, project: str, environment: str) -> dict[str, str]:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import boto3
 
-from totes.utils.config import load_config
+from totes.utils.config_file import load_config
 
 
 def upload(session, config: Path, source: str, project: str, environment: str) -> str:

@@ -16,25 +16,47 @@ import sys
 from datetime import datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import List, Optional
 
+import click
 import typer
 from rich.markup import escape
+from typer.core import TyperGroup
 
+from totes.contracts.errors import ConfigError, TotesError
 from totes.local import render
 from totes.local.embedded import EmbeddedPostgres
 from totes.local.workspace import Workspace, home_dir
-from totes.utils.errors import ConfigError, TotesError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Incremental ETL of the ToteSys database into a star-schema warehouse.")
-embedded_app = typer.Typer(no_args_is_help=True, help="The embedded PostgreSQL server.")
-app.add_typer(embedded_app, name="embedded")
 
 EXIT_TERMINAL, EXIT_TRANSIENT = 1, 75
 #: sysexits.h EX_DATAERR: the input data was incorrect. The run landed; some rows are held.
 EXIT_ROWS_HELD = 65
-_state = {"verbose": False}
+_state = {"verbose": False, "json": False}
+
+
+class _Commands(TyperGroup):
+    """The dispatcher of every command: a pipeline error raised by any of them is handled
+    here, once (as dlt's CLI does at its dispatcher): one red line on standard error (with
+    ``--json`` also a JSON document on standard output) and the exit code its type gives."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except TotesError as exc:
+            code = EXIT_TRANSIENT if exc.retryable else EXIT_TERMINAL
+            render.stderr().print(f"[bold red]error:[/] {type(exc).__name__}: "
+                                  f"{escape(str(exc))}")
+            if _state["json"]:
+                print(json.dumps({"error": {**exc.to_dict(), "exit_code": code}}, default=str))
+            raise typer.Exit(code) from None
+
+
+app = typer.Typer(cls=_Commands, add_completion=False, no_args_is_help=True,
+                  pretty_exceptions_enable=False,
+                  help="Incremental ETL of the ToteSys database into a star-schema warehouse.")
+embedded_app = typer.Typer(no_args_is_help=True, help="The embedded PostgreSQL server.")
+app.add_typer(embedded_app, name="embedded")
 
 
 def _set_verbose(value: bool) -> bool:
@@ -44,27 +66,35 @@ def _set_verbose(value: bool) -> bool:
     return value
 
 
+def _set_json(value: bool) -> bool:
+    _state["json"] = bool(value)
+    return value
+
+
 def _show_version(value: bool) -> None:
     if value:
         print(f"totes {metadata.version('totes')}")
         raise typer.Exit()
 
 
-SourceUrl = typer.Option(None, "--source-url", envvar="TOTES_SOURCE_URL",
-                         help="Source database URL [default: embedded]", show_default=False)
-WarehouseUrl = typer.Option(None, "--warehouse-url", envvar="TOTES_WAREHOUSE_URL",
-                            help="Warehouse database URL [default: embedded]",
-                            show_default=False)
-LakeUri = typer.Option(None, "--lake", envvar="TOTES_LAKE",
+# Each flag falls back to its variable (read through totes.utils.settings, in the workspace).
+SourceUrl = typer.Option(None, "--source-url", show_default=False,
+                         help="Source database URL [default: $TOTES_SOURCE_URL, else "
+                              "$TOTES_SOURCE_SECRET, else embedded]")
+WarehouseUrl = typer.Option(None, "--warehouse-url", show_default=False,
+                            help="Warehouse database URL [default: $TOTES_WAREHOUSE_URL, else "
+                                 "$TOTES_WAREHOUSE_SECRET, else embedded]")
+LakeUri = typer.Option(None, "--lake", show_default=False,
                        help="Ingest lake: directory or s3://bucket/prefix "
-                            "[default: $TOTES_HOME/lake]", show_default=False)
-ProcessedUri = typer.Option(None, "--processed", envvar="TOTES_PROCESSED",
+                            "[default: $TOTES_LAKE, else $TOTES_HOME/lake]")
+ProcessedUri = typer.Option(None, "--processed", show_default=False,
                             help="Processed area: directory or s3://bucket/prefix "
-                                 "[default: $TOTES_HOME/processed]", show_default=False)
-ConfigFile = typer.Option(None, "--config", envvar="TOTES_CONFIG", show_default=False,
-                          help="Pipeline configuration (YAML) [default: config/pipeline.yaml "
-                               "of the project directory]")
-JsonOutput = typer.Option(False, "--json", help="Print the result (or the error) as JSON")
+                                 "[default: $TOTES_PROCESSED, else $TOTES_HOME/processed]")
+ConfigFile = typer.Option(None, "--config", show_default=False,
+                          help="Pipeline configuration (YAML) [default: $TOTES_CONFIG, else "
+                               "config/pipeline.yaml of the project directory]")
+JsonOutput = typer.Option(False, "--json", callback=_set_json,
+                          help="Print the result (or the error) as JSON")
 Verbose = typer.Option(False, "--verbose", "-v", callback=_set_verbose,
                        help="Log each step (also accepted before the command)")
 
@@ -82,19 +112,6 @@ class _Progress:
 
     def status(self, text: str):
         return self.console.status(text)
-
-
-def _guard(work: Callable[[], None], as_json: bool = False) -> None:
-    """Run ``work``; a pipeline error becomes one red line (and a JSON document with
-    ``--json``) and an exit code."""
-    try:
-        work()
-    except TotesError as exc:
-        code = EXIT_TRANSIENT if exc.retryable else EXIT_TERMINAL
-        render.stderr().print(f"[bold red]error:[/] {type(exc).__name__}: {escape(str(exc))}")
-        if as_json:
-            print(json.dumps({"error": {**exc.to_dict(), "exit_code": code}}, default=str))
-        raise typer.Exit(code)
 
 
 def _print_json(document) -> None:
@@ -116,6 +133,7 @@ def main_options(verbose: bool = Verbose,
                  version: bool = typer.Option(False, "--version", callback=_show_version,
                                               is_eager=True, help="Print the version")):
     """Incremental ETL of the ToteSys database into a star-schema warehouse."""
+    _state["json"] = False  # until a command's --json says otherwise
 
 
 def _workspace(progress: _Progress, **flags) -> Workspace:
@@ -148,21 +166,19 @@ def seed(source_url: Optional[str] = SourceUrl,
         raise typer.BadParameter("give --as-of or --advance-to, not both")
     moment = _parse_time(as_of, "--as-of") or _parse_time(advance_to, "--advance-to")
 
-    def work():
-        progress = _Progress()
-        source = _workspace(progress, source_url=source_url).database("source")
-        with progress.status(f"Seeding the {source.describe()}…") as status:
-            counts = run_seed(source, moment, snapshot, advance=advance_to is not None,
-                              progress=lambda table, rows: status.update(
-                                  f"Seeding {table} ({rows:,} rows)…"))
-        if as_json:
-            return _print_json(counts)
-        table = Table("table", "inserted", "updated", title="Seeded "
-                      + (f"as of {moment}" if moment else "the whole snapshot"))
-        for name, count in counts.items():
-            table.add_row(name, f"{count['inserted']:,}", f"{count['updated']:,}")
-        render.stdout().print(table)
-    _guard(work, as_json)
+    progress = _Progress()
+    source = _workspace(progress, source_url=source_url).database("source")
+    with progress.status(f"Seeding the {source.describe()}…") as status:
+        counts = run_seed(source, moment, snapshot, advance=advance_to is not None,
+                          progress=lambda table, rows: status.update(
+                              f"Seeding {table} ({rows:,} rows)…"))
+    if as_json:
+        return _print_json(counts)
+    table = Table("table", "inserted", "updated", title="Seeded "
+                  + (f"as of {moment}" if moment else "the whole snapshot"))
+    for name, count in counts.items():
+        table.add_row(name, f"{count['inserted']:,}", f"{count['updated']:,}")
+    render.stdout().print(table)
 
 
 # ---- the stages ---------------------------------------------------------------------------
@@ -180,48 +196,46 @@ def run(source_url: Optional[str] = SourceUrl, warehouse_url: Optional[str] = Wa
     """Run the main job once: plan → ingest → transform → load."""
     from totes.local.runner import run_pipeline
 
-    def work():
-        progress = _Progress()
-        workspace = _workspace(progress, source_url=source_url, warehouse_url=warehouse_url,
-                               lake=lake, processed=processed, config=config)
-        workspace.config()  # a bad configuration fails before any server starts
-        with progress.status("Looking at the source…"):
-            counts = workspace.seed_embedded_if_empty()
-        if counts is not None:
-            progress.line(f"Seeded the embedded source: "
-                          f"{sum(c['inserted'] for c in counts.values()):,} rows in "
-                          f"{len(counts)} tables")
-        resources = workspace.resources()
-        following = {"plan": "ingest", "ingest": "transform", "transform": "load",
-                     "load": "reconcile"}
-        with progress.status("plan…") as status:
-            def on_stage(stage, output):
-                progress.line(f"[green]✓[/] {stage}")
-                if stage in following:
-                    status.update(f"{following[stage]}…")
+    progress = _Progress()
+    workspace = _workspace(progress, source_url=source_url, warehouse_url=warehouse_url,
+                           lake=lake, processed=processed, config=config)
+    workspace.config()  # a bad configuration fails before any server starts
+    with progress.status("Looking at the source…"):
+        counts = workspace.seed_embedded_if_empty()
+    if counts is not None:
+        progress.line(f"Seeded the embedded source: "
+                      f"{sum(c['inserted'] for c in counts.values()):,} rows in "
+                      f"{len(counts)} tables")
+    resources = workspace.resources()
+    following = {"plan": "ingest", "ingest": "transform", "transform": "load",
+                 "load": "reconcile"}
+    with progress.status("plan…") as status:
+        def on_stage(stage, output):
+            progress.line(f"[green]✓[/] {stage}")
+            if stage in following:
+                status.update(f"{following[stage]}…")
 
-            result = run_pipeline(resources, on_stage, lambda r: progress.line(
-                f"  ingested {r.table}: {r.rows:,} rows"), tables=table or None,
-                reconcile=check)
-        if as_json:
-            _print_json(result.model_dump(mode="json"))
-        else:
-            console = render.stdout()
-            console.print(render.ingest_table(result.ingest))
-            console.print(render.transform_table(result.transform))
-            console.print(render.load_table(result.load))
-            console.print(render.run_summary(result))
-            if result.reconcile is not None:
-                style = "green" if result.reconcile.equal else "red"
-                console.print(f"[{style}]{escape(result.reconcile.summary())}[/]")
-                if not result.reconcile.equal:
-                    console.print(render.differences_table(result.reconcile))
-            for line in (render.source_warnings(result.ingest, tuple(result.plan.warnings))
-                         + render.held_back(result.transform, result.load)):
-                progress.console.print(f"[yellow]{escape(line)}[/]")
-            _connect_hint(workspace)
-        _exit_if_held(result.transform.quarantined_rows + result.load.held_rows)
-    _guard(work, as_json)
+        result = run_pipeline(resources, on_stage, lambda r: progress.line(
+            f"  ingested {r.table}: {r.rows:,} rows"), tables=table or None,
+            reconcile=check)
+    if as_json:
+        _print_json(result.model_dump(mode="json"))
+    else:
+        console = render.stdout()
+        console.print(render.ingest_table(result.ingest))
+        console.print(render.transform_table(result.transform))
+        console.print(render.load_table(result.load))
+        console.print(render.run_summary(result))
+        if result.reconcile is not None:
+            style = "green" if result.reconcile.equal else "red"
+            console.print(f"[{style}]{escape(result.reconcile.summary())}[/]")
+            if not result.reconcile.equal:
+                console.print(render.differences_table(result.reconcile))
+        for line in (render.source_warnings(result.ingest, tuple(result.plan.warnings))
+                     + render.held_back(result.transform, result.load)):
+            progress.console.print(f"[yellow]{escape(line)}[/]")
+        _connect_hint(workspace)
+    _exit_if_held(result.transform.quarantined_rows + result.load.held_rows)
 
 
 def _exit_if_held(newly_held: int) -> None:
@@ -232,16 +246,16 @@ def _exit_if_held(newly_held: int) -> None:
 @app.command()
 def plan(source_url: Optional[str] = SourceUrl, config: Optional[str] = ConfigFile,
          check_source: bool = typer.Option(True, help="Check tables against the source"),
+         as_json: bool = typer.Option(True, "--json", callback=_set_json, hidden=True,
+                                      help="The output is JSON in any case"),
          verbose: bool = Verbose):
     """Print the per-table payloads the configuration resolves to (the Map state's input)."""
     from totes.ingest.plan import plan as run_plan
 
-    def work():
-        workspace = _workspace(_Progress(), source_url=source_url, config=config)
-        resolved = workspace.config()
-        source = workspace.database("source") if check_source else None
-        _print_json(run_plan(resolved, source).model_dump(mode="json"))
-    _guard(work, as_json=True)
+    workspace = _workspace(_Progress(), source_url=source_url, config=config)
+    resolved = workspace.config()
+    source = workspace.database("source") if check_source else None
+    _print_json(run_plan(resolved, source).model_dump(mode="json"))
 
 
 @app.command()
@@ -265,35 +279,33 @@ def ingest(source_url: Optional[str] = SourceUrl, lake: Optional[str] = LakeUri,
     from totes.local.runner import ingest_all
     from totes.utils.ledger import new_run_id
 
-    def work():
-        progress = _Progress()
-        workspace = _workspace(progress, source_url=source_url, lake=lake, config=config)
-        resolved = workspace.config()
-        unknown = set(table or ()) - set(resolved.tables)
-        if unknown:
-            raise ConfigError(f"--table {', '.join(sorted(unknown))}: not in "
-                              f"{workspace.config_path}")
-        mode = _mode(reingest, low, high, table)
-        source = workspace.database("source")
-        planned = run_plan(resolved, source, run_id=new_run_id())
-        if table:
-            planned.tables = [t for t in planned.tables if t.table in table]
-        if mode is not None:
-            planned.tables = [t.with_mode(mode, low, high) for t in planned.tables]
-        if engine not in ("python", "spark"):
-            raise ConfigError(f"--engine {engine!r}: use python or spark")
-        with progress.status("ingest…"):
-            if engine == "spark":
-                results = _ingest_on_spark(workspace, planned.tables)
-            else:
-                results = ingest_all(source, workspace.lake(), planned,
-                                     ledger=workspace.ledger())
-        if as_json:
-            return _print_json([r.model_dump(mode="json") for r in results])
-        render.stdout().print(render.ingest_table(results))
-        for line in render.source_warnings(results):
-            progress.console.print(f"[yellow]{escape(line)}[/]")
-    _guard(work, as_json)
+    progress = _Progress()
+    workspace = _workspace(progress, source_url=source_url, lake=lake, config=config)
+    resolved = workspace.config()
+    unknown = set(table or ()) - set(resolved.tables)
+    if unknown:
+        raise ConfigError(f"--table {', '.join(sorted(unknown))}: not in "
+                          f"{workspace.config_path}")
+    mode = _mode(reingest, low, high, table)
+    source = workspace.database("source")
+    planned = run_plan(resolved, source, run_id=new_run_id())
+    if table:
+        planned.tables = [t for t in planned.tables if t.table in table]
+    if mode is not None:
+        planned.tables = [t.with_mode(mode, low, high) for t in planned.tables]
+    if engine not in ("python", "spark"):
+        raise ConfigError(f"--engine {engine!r}: use python or spark")
+    with progress.status("ingest…"):
+        if engine == "spark":
+            results = _ingest_on_spark(workspace, planned.tables)
+        else:
+            results = ingest_all(source, workspace.lake(), planned,
+                                 ledger=workspace.ledger())
+    if as_json:
+        return _print_json([r.model_dump(mode="json") for r in results])
+    render.stdout().print(render.ingest_table(results))
+    for line in render.source_warnings(results):
+        progress.console.print(f"[yellow]{escape(line)}[/]")
 
 
 def _ingest_on_spark(workspace, plans) -> list:
@@ -336,20 +348,18 @@ def transform(lake: Optional[str] = LakeUri, processed: Optional[str] = Processe
     """Run the transform stage: new lake files into the star schema's processed files."""
     from totes.transform.run import transform as run_transform
 
-    def work():
-        progress = _Progress()
-        workspace = _workspace(progress, lake=lake, processed=processed)
-        with progress.status("transform…"):
-            result = run_transform(workspace.lake(), workspace.processed(),
-                                   ledger=workspace.ledger())
-        if as_json:
-            _print_json(result.model_dump(mode="json"))
-        else:
-            render.stdout().print(render.transform_table(result))
-            for line in render.held_back(result, None):
-                progress.console.print(f"[yellow]{escape(line)}[/]")
-        _exit_if_held(result.quarantined_rows)
-    _guard(work, as_json)
+    progress = _Progress()
+    workspace = _workspace(progress, lake=lake, processed=processed)
+    with progress.status("transform…"):
+        result = run_transform(workspace.lake(), workspace.processed(),
+                               ledger=workspace.ledger())
+    if as_json:
+        _print_json(result.model_dump(mode="json"))
+    else:
+        render.stdout().print(render.transform_table(result))
+        for line in render.held_back(result, None):
+            progress.console.print(f"[yellow]{escape(line)}[/]")
+    _exit_if_held(result.quarantined_rows)
 
 
 @app.command()
@@ -361,21 +371,19 @@ def load(warehouse_url: Optional[str] = WarehouseUrl, processed: Optional[str] =
     """Run the load stage: processed batches into the warehouse, in one transaction."""
     from totes.load.warehouse import load as run_load
 
-    def work():
-        progress = _Progress()
-        workspace = _workspace(progress, warehouse_url=warehouse_url, processed=processed)
-        with progress.status("load…"):
-            result = run_load(workspace.processed(), workspace.database("warehouse"),
-                              batch or None, ledger=workspace.ledger())
-        if as_json:
-            _print_json(result.model_dump(mode="json"))
-        else:
-            render.stdout().print(render.load_table(result))
-            for line in render.held_back(None, result):
-                progress.console.print(f"[yellow]{escape(line)}[/]")
-            _connect_hint(workspace)
-        _exit_if_held(result.held_rows)
-    _guard(work, as_json)
+    progress = _Progress()
+    workspace = _workspace(progress, warehouse_url=warehouse_url, processed=processed)
+    with progress.status("load…"):
+        result = run_load(workspace.processed(), workspace.database("warehouse"),
+                          batch or None, ledger=workspace.ledger())
+    if as_json:
+        _print_json(result.model_dump(mode="json"))
+    else:
+        render.stdout().print(render.load_table(result))
+        for line in render.held_back(None, result):
+            progress.console.print(f"[yellow]{escape(line)}[/]")
+        _connect_hint(workspace)
+    _exit_if_held(result.held_rows)
 
 
 @app.command()
@@ -394,32 +402,30 @@ def quarantine(warehouse_url: Optional[str] = WarehouseUrl,
     from totes.load.quarantine import quarantine_report
     from totes.local.runner import retry_quarantine
 
-    def work():
-        progress = _Progress()
-        workspace = _workspace(progress, warehouse_url=warehouse_url, processed=processed,
-                               lake=lake)
-        warehouse = workspace.database("warehouse")
-        retried = None
-        if retry:
-            with progress.status("retrying the quarantine…"):
-                retried = retry_quarantine(workspace.lake(), workspace.processed(), warehouse,
-                                           workspace.ledger())
-        report = quarantine_report(workspace.processed(), warehouse, limit, everything)
-        if as_json:
-            document = report.model_dump(mode="json")
-            if retried:
-                document["retry"] = {"transform": retried[0].model_dump(mode="json"),
-                                     "load": retried[1].model_dump(mode="json")}
-            _print_json(document)
-        else:
-            if retried:
-                for line in render.retried(*retried):
-                    progress.console.print(escape(line))
-            render.stdout().print(render.quarantine_table(report))
-        still_held = report.counts.get("held", 0) + report.counts.get("waiting", 0)
-        if retry and still_held:
-            raise typer.Exit(EXIT_ROWS_HELD)
-    _guard(work, as_json)
+    progress = _Progress()
+    workspace = _workspace(progress, warehouse_url=warehouse_url, processed=processed,
+                           lake=lake)
+    warehouse = workspace.database("warehouse")
+    retried = None
+    if retry:
+        with progress.status("retrying the quarantine…"):
+            retried = retry_quarantine(workspace.lake(), workspace.processed(), warehouse,
+                                       workspace.ledger())
+    report = quarantine_report(workspace.processed(), warehouse, limit, everything)
+    if as_json:
+        document = report.model_dump(mode="json")
+        if retried:
+            document["retry"] = {"transform": retried[0].model_dump(mode="json"),
+                                 "load": retried[1].model_dump(mode="json")}
+        _print_json(document)
+    else:
+        if retried:
+            for line in render.retried(*retried):
+                progress.console.print(escape(line))
+        render.stdout().print(render.quarantine_table(report))
+    still_held = report.counts.get("held", 0) + report.counts.get("waiting", 0)
+    if retry and still_held:
+        raise typer.Exit(EXIT_ROWS_HELD)
 
 
 @app.command()
@@ -431,25 +437,23 @@ def reconcile(source_url: Optional[str] = SourceUrl,
     """Compare the source with the warehouse: rows, values after the transform's rules, and
     money sums per currency. Rows changed after the last load are pending, not differences.
     Exit 0 when they agree, 1 with the differences listed."""
-    from totes.load.reconcile import reconcile as reconcile_warehouse
+    from totes.reconcile.reconcile import reconcile as reconcile_warehouse
 
-    def work():
-        progress = _Progress()
-        workspace = _workspace(progress, source_url=source_url, warehouse_url=warehouse_url)
-        source, warehouse = workspace.database("source"), workspace.database("warehouse")
-        with progress.status("Reconciling the source and the warehouse…"):
-            result = reconcile_warehouse(source, warehouse, limit)
-        if as_json:
-            _print_json(result.model_dump(mode="json"))
-        else:
-            console = render.stdout()
-            console.print(render.reconcile_table(result))
-            if not result.equal:
-                console.print(render.differences_table(result))
-            console.print(escape(result.summary()))
+    progress = _Progress()
+    workspace = _workspace(progress, source_url=source_url, warehouse_url=warehouse_url)
+    source, warehouse = workspace.database("source"), workspace.database("warehouse")
+    with progress.status("Reconciling the source and the warehouse…"):
+        result = reconcile_warehouse(source, warehouse, limit)
+    if as_json:
+        _print_json(result.model_dump(mode="json"))
+    else:
+        console = render.stdout()
+        console.print(render.reconcile_table(result))
         if not result.equal:
-            raise typer.Exit(EXIT_TERMINAL)
-    _guard(work, as_json)
+            console.print(render.differences_table(result))
+        console.print(escape(result.summary()))
+    if not result.equal:
+        raise typer.Exit(EXIT_TERMINAL)
 
 
 @app.command()
@@ -464,23 +468,21 @@ def report(warehouse_url: Optional[str] = WarehouseUrl,
     of the pipeline's health; it opens without a network."""
     from totes.local.report import write_report
 
-    def work():
-        progress = _Progress()
-        workspace = _workspace(progress, warehouse_url=warehouse_url, source_url=source_url)
-        warehouse = workspace.database("warehouse")
-        summary = None
-        if check:
-            from totes.load.reconcile import reconcile as reconcile_warehouse
+    progress = _Progress()
+    workspace = _workspace(progress, warehouse_url=warehouse_url, source_url=source_url)
+    warehouse = workspace.database("warehouse")
+    summary = None
+    if check:
+        from totes.reconcile.reconcile import reconcile as reconcile_warehouse
 
-            with progress.status("Reconciling the source and the warehouse…"):
-                summary = reconcile_warehouse(workspace.database("source"), warehouse).summary()
-        with progress.status("Writing the report…"):
-            result = write_report(warehouse, str(output), workspace.ledger(), summary)
-        if as_json:
-            return _print_json(result.to_json())
-        render.stdout().print(f"Wrote {escape(result.path)} ({result.bytes / 1e6:.1f} MB, "
-                              f"{len(result.charts)} charts); open it in a browser.")
-    _guard(work, as_json)
+        with progress.status("Reconciling the source and the warehouse…"):
+            summary = reconcile_warehouse(workspace.database("source"), warehouse).summary()
+    with progress.status("Writing the report…"):
+        result = write_report(warehouse, str(output), workspace.ledger(), summary)
+    if as_json:
+        return _print_json(result.to_json())
+    render.stdout().print(f"Wrote {escape(result.path)} ({result.bytes / 1e6:.1f} MB, "
+                          f"{len(result.charts)} charts); open it in a browser.")
 
 
 @app.command()
@@ -493,20 +495,18 @@ def status(source_url: Optional[str] = SourceUrl, warehouse_url: Optional[str] =
     """Per table: mode, last success, lag behind the source, pending work, last failure."""
     from totes.local.status import pipeline_status
 
-    def work():
-        progress = _Progress()
-        workspace = _workspace(progress, source_url=source_url, warehouse_url=warehouse_url,
-                               lake=lake, processed=processed, config=config)
-        resolved = workspace.config()
-        result = pipeline_status(resolved, workspace.ledger(), workspace.lake(),
-                                 workspace.processed(), workspace.database("warehouse"),
-                                 workspace.database("source") if check_source else None)
-        if as_json:
-            return _print_json(result.model_dump(mode="json"))
-        render.stdout().print(render.status_table(result))
-        for note in result.notes:
-            progress.console.print(f"[yellow]{escape(note)}[/]")
-    _guard(work, as_json)
+    progress = _Progress()
+    workspace = _workspace(progress, source_url=source_url, warehouse_url=warehouse_url,
+                           lake=lake, processed=processed, config=config)
+    resolved = workspace.config()
+    result = pipeline_status(resolved, workspace.ledger(), workspace.lake(),
+                             workspace.processed(), workspace.database("warehouse"),
+                             workspace.database("source") if check_source else None)
+    if as_json:
+        return _print_json(result.model_dump(mode="json"))
+    render.stdout().print(render.status_table(result))
+    for note in result.notes:
+        progress.console.print(f"[yellow]{escape(note)}[/]")
 
 
 @app.command()
@@ -516,13 +516,11 @@ def history(table: Optional[str] = typer.Option(None, "--table", help="Only this
             limit: int = typer.Option(20, "--limit", min=1, help="At most this many records"),
             as_json: bool = JsonOutput, verbose: bool = Verbose):
     """The ledger's records, newest first: every stage run with its result."""
-    def work():
-        ledger = _workspace(_Progress()).ledger()
-        records = ledger.resolved(ledger.history(stage, table, limit))
-        if as_json:
-            return _print_json([r.model_dump(mode="json") for r in records])
-        render.stdout().print(render.history_table(records))
-    _guard(work, as_json)
+    ledger = _workspace(_Progress()).ledger()
+    records = ledger.resolved(ledger.history(stage, table, limit))
+    if as_json:
+        return _print_json([r.model_dump(mode="json") for r in records])
+    render.stdout().print(render.history_table(records))
 
 
 @app.command()
@@ -551,23 +549,22 @@ def replay(start: str = typer.Option(..., "--from", help="Seed the source as of 
 
     first, last = _parse_time(start, "--from"), _parse_time(end, "--to")
 
-    def work():
-        interval = parse_step(step)
-        progress = _Progress()
-        workspace = _workspace(progress, source_url=source_url, warehouse_url=warehouse_url,
-                               lake=lake, processed=processed, config=config)
-        resources = workspace.replay_resources()
-        table = render.replay_table(f"replay {first} → {last}, every {step}")
-        runs = run_replay(resources, first, last, interval,
-                          lambda moment, result: progress.line(
-                              render.replay_row(table, moment, result)))
-        console = render.stdout()
-        console.print(table)
-        console.print(f"{len(runs)} runs replayed. Lake {resources.lake.uri}, processed area "
-                      f"{resources.processed.uri}.")
-        console.print(f"Query the replay's warehouse with: [bold]psql "
-                      f"\"{_url_of(resources.warehouse)}\"[/]", soft_wrap=True)
-    _guard(work)
+    interval = parse_step(step)
+    progress = _Progress()
+    workspace = _workspace(progress, source_url=source_url, warehouse_url=warehouse_url,
+                           lake=lake, processed=processed, config=config,
+                           from_environment=False)
+    resources = workspace.replay_resources()
+    table = render.replay_table(f"replay {first} → {last}, every {step}")
+    runs = run_replay(resources, first, last, interval,
+                      lambda moment, result: progress.line(
+                          render.replay_row(table, moment, result)))
+    console = render.stdout()
+    console.print(table)
+    console.print(f"{len(runs)} runs replayed. Lake {resources.lake.uri}, processed area "
+                  f"{resources.processed.uri}.")
+    console.print(f"Query the replay's warehouse with: [bold]psql "
+                  f"\"{_url_of(resources.warehouse)}\"[/]", soft_wrap=True)
 
 
 def _url_of(database) -> str:
@@ -585,11 +582,9 @@ def _url_of(database) -> str:
 @embedded_app.command("start")
 def embedded_start():
     """Start the embedded server (if needed) and print the database URLs."""
-    def work():
-        urls = EmbeddedPostgres(home_dir()).start()
-        for name, url in urls.items():
-            render.stdout().print(f"{name}: {url}", soft_wrap=True)
-    _guard(work)
+    urls = EmbeddedPostgres(home_dir()).start()
+    for name, url in urls.items():
+        render.stdout().print(f"{name}: {url}", soft_wrap=True)
 
 
 @embedded_app.command("stop")

@@ -10,11 +10,12 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
+from totes.contracts.identifiers import quote_ident
 from totes.local.embedded import EmbeddedPostgres
 from totes.local.runner import Resources
 from totes.local.seed import seed
-from totes.utils.db import Database, quote_ident
 from totes.utils.lake import Lake
+from totes.utils.postgres import Database
 
 from support import CONFIG, TEMPLATE
 

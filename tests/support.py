@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from totes.utils.db import Database
+from totes.utils.postgres import Database
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "config" / "pipeline.yaml")

@@ -9,15 +9,16 @@ import pytest
 
 from support import CONFIG, query, snapshot
 from test_end_to_end import fingerprint
-from totes.ingest import postgres_reader
+from totes.contracts.config import TablePlan, parse_config
+from totes.contracts.errors import (ConfigError, DatabaseUnavailable, LakeError, PermissionDenied,
+                                    SourceSchemaError)
+from totes.utils import postgres_reader
 from totes.ingest.extract import ingest_table
 from totes.ingest.plan import plan
 from totes.load.warehouse import load
 from totes.local.runner import Resources, run_pipeline
 from totes.transform.run import transform
-from totes.utils.config import TablePlan, load_config, parse_config
-from totes.utils.errors import (ConfigError, DatabaseUnavailable, LakeError, PermissionDenied,
-                                SourceSchemaError)
+from totes.utils.config_file import load_config
 from totes.utils.lake import Lake
 
 
@@ -179,7 +180,7 @@ def test_a_value_arrow_cannot_read_is_a_data_error_naming_the_table(empty_source
                         "timestamp '2024-01-01' END, timestamp '2024-01-01' + i * interval "
                         "'1 second' FROM generate_series(1, 5000) i")
     lake = Lake(str(tmp_path))
-    from totes.utils.errors import DataError
+    from totes.contracts.errors import DataError
 
     with pytest.raises(DataError, match="odd: has a value that cannot be read as its "
                                         "column's type") as error:

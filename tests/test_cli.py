@@ -98,7 +98,11 @@ def test_a_bad_configuration_fails_before_any_server_starts(home, tmp_path, monk
     assert not (elsewhere / ".totes").exists()
 
 
-def test_the_project_directory_is_found_from_any_folder_inside_it(tmp_path):
+def test_the_project_directory_is_found_from_any_folder_inside_it(tmp_path, monkeypatch):
+    from totes.utils.settings import Settings
+
+    for variable in ("TOTES_HOME", "TOTES_CONFIG"):
+        monkeypatch.delenv(variable, raising=False)
     project = tmp_path / "project"
     (project / "config").mkdir(parents=True)
     shutil.copy(REPO / "config" / "pipeline.yaml", project / "config")
@@ -106,11 +110,11 @@ def test_the_project_directory_is_found_from_any_folder_inside_it(tmp_path):
     deep.mkdir(parents=True)
 
     assert find_project(deep) == project
-    assert home_dir({}, find_project(deep)) == project / ".totes"
-    assert home_dir({"TOTES_HOME": str(tmp_path / "h")}, project) == tmp_path / "h"
-    assert config_path(None, {}, project) == project / "config" / "pipeline.yaml"
-    assert config_path(None, {"TOTES_CONFIG": "/etc/t.yaml"}, project) == Path("/etc/t.yaml")
-    assert config_path("mine.yaml", {"TOTES_CONFIG": "/etc/t.yaml"}, project) == \
+    assert home_dir(Settings(), find_project(deep)) == project / ".totes"
+    assert home_dir(Settings(home=str(tmp_path / "h")), project) == tmp_path / "h"
+    assert config_path(None, Settings(), project) == project / "config" / "pipeline.yaml"
+    assert config_path(None, Settings(config="/etc/t.yaml"), project) == Path("/etc/t.yaml")
+    assert config_path("mine.yaml", Settings(config="/etc/t.yaml"), project) == \
         Path("mine.yaml")
     # Outside any project, the checkout totes is installed from is the project.
     assert find_project(tmp_path) == REPO
@@ -157,7 +161,7 @@ def test_replay_prints_what_each_run_moved_on_its_own_databases(home):
 
 def test_a_run_that_quarantines_rows_exits_65_and_totes_quarantine_lists_them(home):
     from support import query
-    from totes.utils.db import Database
+    from totes.utils.postgres import Database
 
     runner = CliRunner()
     assert runner.invoke(app, ["run"]).exit_code == 0

@@ -13,11 +13,11 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from support import CONFIG, fact_versions, query
+from totes.contracts.source_tables import SOURCE_TABLES
 from totes.local.runner import Resources, run_pipeline
 from totes.local.seed import seed
 from totes.utils.lake import Lake
 from totes.utils.ledger import SqliteLedger
-from totes.utils.source_tables import SOURCE_TABLES
 
 TOTES = str(Path(sys.executable).with_name("totes"))
 FACTS = {"sales_order": "fact_sales_order", "purchase_order": "fact_purchase_order",

@@ -3,7 +3,7 @@ Terraform, scripts or docs name is in the repository."""
 import re
 
 from support import REPO
-from totes.utils.star_schema import TABLES, mermaid_er_diagram
+from totes.contracts.star_schema import TABLES, mermaid_er_diagram
 
 SCANNED = ("src", "main-terraform", "immutable-terraform", "scripts", "config", "docs",
            "benchmarks", "data", "README.md", "Makefile")
@@ -16,7 +16,7 @@ def test_the_er_diagram_in_the_docs_is_the_star_schema():
     assert block, "docs/warehouse.md lost its ER diagram markers"
     assert block.group(1) == mermaid_er_diagram(), (
         "docs/warehouse.md's diagram differs from src/utils/star_schema.py: paste the output "
-        "of `python -m totes.utils.star_schema` between the markers")
+        "of `python -m totes.contracts.star_schema` between the markers")
     diagram = mermaid_er_diagram()
     for table in TABLES.values():  # every table, column and foreign key is drawn
         assert f"    {table.name} {{" in diagram

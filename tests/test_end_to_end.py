@@ -9,9 +9,9 @@ import pyarrow.compute as pc
 import pytest
 
 from support import query, snapshot
+from totes.contracts.star_schema import TABLES
 from totes.load.warehouse import load
 from totes.local.runner import run_pipeline
-from totes.utils.star_schema import TABLES
 
 SOURCE_OF = {"dim_staff": "staff", "dim_location": "address", "dim_design": "design",
              "dim_currency": "currency", "dim_counterparty": "counterparty",

@@ -5,10 +5,10 @@ import json
 import pytest
 
 from support import CONFIG, query, snapshot
+from totes.contracts.errors import ConfigError
 from totes.ingest.handler import ingest_handler, plan_handler
 from totes.load.handler import handler as load_handler
 from totes.transform.handler import handler as transform_handler
-from totes.utils.errors import ConfigError
 
 
 def url(database) -> str:
@@ -165,7 +165,7 @@ def test_a_partitioned_table_is_read_by_one_worker_per_part(lambda_environment, 
     import yaml
 
     from totes.utils.lake import Lake
-    from totes.utils.watermark import batch_files
+    from totes.utils.footers import batch_files
 
     document = yaml.safe_load(open(CONFIG))
     document["tables"]["sales_order"] = {"partition_column": "sales_order_id",
@@ -215,7 +215,8 @@ def reconcile_alert(reconciled):
 
 
 def test_reconcile_after_a_load_agrees_and_a_tampered_value_is_alerted(lambda_environment):
-    from totes.load.handler import STATE_LIMIT, reconcile_handler
+    from totes.reconcile.handler import STATE_LIMIT
+    from totes.reconcile.handler import handler as reconcile_handler
 
     for item in through_json(plan_handler({}, None))["tables"]:
         ingest_handler(item, None)
@@ -293,10 +294,10 @@ def test_a_glue_job_run_ends_its_item_from_the_jobs_own_ledger_record(lambda_env
     record back: the item's summary is the Lambda path's, and nothing is recorded twice."""
     from totes.ingest.extract import ingest_table
     from totes.ingest.handler import status_handler
-    from totes.utils.config import TablePlan
-    from totes.utils.errors import TransientError
+    from totes.contracts.config import TablePlan
+    from totes.contracts.errors import TransientError
     from totes.utils.ledger import LedgerRecord, SqliteLedger
-    from totes.utils.settings import database_from_env, lake_from_env
+    from totes.utils import resources
 
     glue_config(monkeypatch, tmp_path)
     tables = through_json(plan_handler({"run_id": "execution-g"}, None))["tables"]
@@ -307,8 +308,8 @@ def test_a_glue_job_run_ends_its_item_from_the_jobs_own_ledger_record(lambda_env
         status_handler({"action": "job_ran", "item": payment}, None)  # no record (yet)
 
     # What the job records (extract_on_spark: the same lease, record and summary as here).
-    result = ingest_table(TablePlan.model_validate(payment), database_from_env("source"),
-                          lake_from_env("TOTES_LAKE"), ledger)
+    result = ingest_table(TablePlan.model_validate(payment), resources.database("source"),
+                          resources.storage("lake"), ledger)
     expected = through_json(status_handler({"action": "ingested",
                                             "result": result.model_dump(mode="json")}, None))
     item = {**payment, "job_run": {"id": "jr_1", "state": "SUCCEEDED"}}
@@ -344,7 +345,7 @@ def test_a_failed_glue_job_run_is_recorded_failed_and_alerted_like_a_lambda(
     [payment] = [t for t in tables if t["job_type"] == "glue"]
     cause = {"Id": "jr_2", "JobName": "totes-test-extract", "JobRunState": "FAILED",
              "Attempt": 0, "ExecutionTime": 31, "ErrorMessage":
-             "Error Category: UNCLASSIFIED_ERROR; totes.utils.errors.DatabaseRejected: the "
+             "Error Category: UNCLASSIFIED_ERROR; totes.contracts.errors.DatabaseRejected: the "
              "source database refused the connection (password authentication failed)"}
     error = {"Error": "States.TaskFailed", "Cause": json.dumps(cause)}
     caught = {"action": "failed", "item": {**payment, "error": error}, "error": error}

@@ -10,13 +10,13 @@ import pytest
 
 from support import CONFIG, fact_versions, query, snapshot, versions_at
 from test_end_to_end import fingerprint
+from totes.contracts.config import TablePlan
+from totes.contracts.errors import TerminalError
 from totes.ingest.extract import ingest_table
 from totes.load.warehouse import create_warehouse
 from totes.local.replay import replay
 from totes.local.runner import Resources, run_pipeline
 from totes.local.seed import seed
-from totes.utils.config import TablePlan
-from totes.utils.errors import TerminalError
 from totes.utils.lake import Lake
 
 FACTS = {"sales_order": "fact_sales_order", "purchase_order": "fact_purchase_order",

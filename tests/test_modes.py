@@ -11,15 +11,16 @@ import yaml
 
 from support import CONFIG, fact_versions, query, snapshot
 from test_end_to_end import fingerprint
+from totes.contracts.config import TablePlan, parse_config, resolve_tables
+from totes.contracts.errors import ConfigError, SourceSchemaError
 from totes.ingest.extract import ingest_table
 from totes.load.warehouse import load
 from totes.local.replay import replay
 from totes.local.runner import Resources, run_pipeline
 from totes.transform.run import transform
-from totes.utils.config import TablePlan, load_config, parse_config, resolve_tables
-from totes.utils.errors import ConfigError, SourceSchemaError
+from totes.utils.config_file import load_config
+from totes.utils.footers import read_footer, read_high_watermark
 from totes.utils.lake import Lake
-from totes.utils.watermark import read_footer, read_high_watermark
 
 FACTS = {"sales_order": "fact_sales_order", "purchase_order": "fact_purchase_order",
          "payment": "fact_payment"}
@@ -44,7 +45,7 @@ def plan_of(table: str, **settings) -> TablePlan:
 def content(warehouse) -> dict:
     """Every warehouse table's rows without the facts' serial surrogate keys (which follow
     the order rows arrived in)."""
-    from totes.utils.star_schema import TABLES
+    from totes.contracts.star_schema import TABLES
 
     result = {}
     for name, table in TABLES.items():

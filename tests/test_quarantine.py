@@ -211,7 +211,7 @@ def test_a_bad_dimension_row_holds_its_facts_until_the_source_is_fixed(resources
 
 
 def test_a_retry_puts_held_versions_through_the_rules_again(resources, monkeypatch):
-    from totes.transform import dimensions
+    from totes.rules import dimensions
 
     run_pipeline(resources)
     (currency,), = query(resources.source, "INSERT INTO currency (currency_code, last_updated) "
@@ -239,8 +239,9 @@ def test_quarantine_files_keep_the_whole_row_and_its_rule(resources):
     run_pipeline(resources)
     bad = add_order(resources.source, agreed_payment_date="2024-13-01")
     result = run_pipeline(resources)
-    _, manifest = __import__("totes.utils.manifest", fromlist=["x"]).latest_manifest(
-        resources.processed)
+    from totes.utils.manifests import latest_manifest
+
+    _, manifest = latest_manifest(resources.processed)
     [key] = manifest.quarantine
     rows = resources.processed.read_table(key)
     source_columns = snapshot("sales_order").column_names

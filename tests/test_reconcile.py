@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 
 from support import CONFIG, query
 from totes.cli import app
-from totes.load.reconcile import reconcile
 from totes.local.runner import Resources, run_pipeline
 from totes.local.seed import seed
+from totes.reconcile.reconcile import reconcile
 from totes.utils.lake import Lake
 
 TWO_WEEKS = [datetime(2024, 11, day, 18) for day in (1, 4, 7, 10, 13, 15)]
@@ -103,7 +103,7 @@ def test_tampering_with_the_warehouse_is_named_exactly(resources):
 
 
 def test_a_run_reconciles_the_ids_it_loaded_and_totes_reconcile_everything(resources):
-    from totes.load.reconcile import load_scope
+    from totes.reconcile.reconcile import load_scope
 
     run_pipeline(resources, reconcile=False)
     (order,), = query(resources.source, "INSERT INTO sales_order (created_at, last_updated, "
@@ -193,7 +193,7 @@ def _url(database) -> str:
 
 
 def test_reconcile_before_any_load_says_what_to_run(seeded_source, warehouse):
-    from totes.utils.errors import ConfigError
+    from totes.contracts.errors import ConfigError
 
     with pytest.raises(ConfigError, match="has no star schema of version 5 yet .*run `totes "
                                           "load`"):

@@ -12,7 +12,7 @@ from totes.ingest.plan import plan
 from totes.load.warehouse import WAREHOUSE_SCHEMA_VERSION, create_warehouse, load
 from totes.local.runner import ingest_all, run_pipeline
 from totes.transform.run import transform
-from totes.utils.config import load_config
+from totes.utils.config_file import load_config
 
 
 def ingest_and_transform(resources) -> str:
@@ -164,7 +164,7 @@ def test_a_warehouse_of_the_first_release_is_upgraded_in_place(resources):
     ("_manifests/2030/01/01/000000000000.json", "no batch _manifests/2030/01/01/"),
 ])
 def test_loading_a_batch_that_is_not_there_is_named(resources, bad_key, message):
-    from totes.utils.errors import ConfigError, LakeError
+    from totes.contracts.errors import ConfigError, LakeError
 
     run_pipeline(resources)
     with pytest.raises((ConfigError, LakeError), match=message):

@@ -1,16 +1,14 @@
 """Writing one extract's rows into a lake file, whatever the source engine: Arrow record
 batches in, one Parquet row group per batch out, the watermarks in the footer
-(:mod:`totes.utils.watermark`). Also what an extract learns before it reads
-(:class:`Inspected`) and what it carries while it reads (:class:`Job`).
+(:mod:`totes.contracts.watermark`).
 
-A source reader (:mod:`totes.ingest.postgres_reader`, :mod:`totes.ingest.mysql_reader`) turns
-its rows into record batches of the file's schema; this module writes them, computes the
-high watermark by mode, and keeps a full snapshot's keys to count the rows that vanished.
+A source reader (:mod:`totes.utils.source_reader`) turns its rows into record batches of the
+file's schema; this module writes them (:func:`read_into`), computes the high watermark by
+mode, and keeps a full snapshot's keys to count the rows that vanished.
 """
 from __future__ import annotations
 
 import logging
-import threading
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Iterable, Optional
@@ -19,41 +17,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from totes.utils.config import TablePlan
+from totes.contracts.config import TablePlan
+from totes.contracts.errors import StorageUnavailable
+from totes.contracts.partitions import Partition
+from totes.contracts.watermark import Watermark, footer_metadata, greatest
 from totes.utils.lake import parquet_writer
-from totes.utils.stage_results import HeldBackBy
-from totes.utils.watermark import Watermark, footer_metadata, greatest
+from totes.utils.source_reader import Inspected, Job, SourceReader
 
 log = logging.getLogger(__name__)
-
-#: Every memory pool an extract measured its peak with. Arrow's buffers point at their pool
-#: without owning it, and the garbage collector may free a buffer (held in a reference cycle,
-#: say a traceback's frames) after the pool's Python object: a pool that died first would be
-#: used after being freed, corrupting the heap (seen as crashes in unrelated code). So pools
-#: are kept for the life of the process: a few hundred bytes per extract.
-_POOLS: list[pa.MemoryPool] = []
-_POOLS_LOCK = threading.Lock()
-
-
-def measuring_pool() -> pa.MemoryPool:
-    """A new proxy of the default memory pool, to measure one extract's peak; never freed."""
-    pool = pa.proxy_memory_pool(pa.default_memory_pool())
-    with _POOLS_LOCK:
-        _POOLS.append(pool)
-    return pool
-
-
-@dataclass(frozen=True)
-class Inspected:
-    """What ingest learns of a table before it reads rows: the Arrow schema of its columns,
-    the SQL type of its watermark, the cutoff that stops short of in-flight writes (and the
-    extract's moment, UTC), and the backfill bounds checked against the column's type."""
-
-    schema: pa.Schema
-    watermark_cast: Optional[str]  # "timestamp", "timestamptz", "bigint" or None
-    cutoff: str
-    moment: datetime
-    held_back_by: Optional[HeldBackBy]
 
 
 @dataclass(frozen=True)
@@ -65,20 +36,6 @@ class Written:
     row_groups: int
     high: Optional[Watermark]
     ids: Optional[pa.Array] = None
-
-
-@dataclass(frozen=True)
-class Job:
-    """One extract attempt's settings: the plan, the lake file's schema, where it starts,
-    the memory pool it allocates from, the record batch size in bytes, and the cutoff below
-    which a full snapshot's greatest watermark is taken."""
-
-    plan: TablePlan
-    schema: pa.Schema
-    low: Optional[Watermark]
-    pool: pa.MemoryPool
-    block_bytes: int
-    cutoff: Optional[datetime]
 
 
 def write_batches(batches: Iterable[pa.RecordBatch], staged: str, job: Job) -> Optional[Written]:
@@ -116,6 +73,25 @@ def write_batches(batches: Iterable[pa.RecordBatch], staged: str, job: Job) -> O
     kept = pa.chunked_array(ids, schema.field(plan.primary_key).type).combine_chunks() \
         if plan.mode == "full" else None
     return Written(rows, row_groups, high, kept)
+
+
+def read_into(reader: SourceReader, conn, plan: TablePlan, inspected: Inspected, job: Job,
+              staged: str, doing: str, part: Optional[Partition] = None) -> Optional[Written]:
+    """This run's rows (of ``part``), read by ``reader``, into the Parquet file ``staged``,
+    the watermarks in its footer (:func:`write_batches`); None, and no file, when there is
+    none.
+
+    Raises:
+        DataError: a value could not be read as its column's type.
+        StorageUnavailable: the staging file could not be written (a full disk).
+        the engine's errors, as its ``batches`` raises them.
+    """
+    with reader.batches(conn, plan, inspected, job, doing, part) as batches:
+        try:
+            return write_batches(batches, staged, job)
+        except OSError as exc:  # the local disk (a full /tmp), not the database
+            raise StorageUnavailable(f"writing the staging file of {plan.table}: {exc}") \
+                from exc
 
 
 def vanished(previous_ids: Optional[pa.Array], current: list[pa.Array]) -> Optional[int]:

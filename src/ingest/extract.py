@@ -2,14 +2,14 @@
 
 Rules:
 
-* **Watermarks in data time** (:mod:`totes.utils.watermark`). A batch holds the rows whose
+* **Watermarks in data time** (:mod:`totes.contracts.watermark`). A batch holds the rows whose
   ``(watermark_column, primary_key)`` is greater than the previous batch's high watermark, in
   that order. The high watermark of a batch is its last row's pair, kept in the file's footer;
   its timestamp names the key. With no batch yet, everything is extracted. Rows sharing the
   previous high timestamp are told apart by primary key: none read twice, none skipped.
-* **Modes**: incremental, full, reingest, backfill (:func:`totes.ingest.postgres_reader.
-  extract_sql`, :func:`totes.ingest.mysql_reader.select_sql`).
-* **Engines.** The source's reader (:mod:`totes.ingest.source_reader`) holds what differs
+* **Modes**: incremental, full, reingest, backfill (:func:`totes.utils.postgres_reader.
+  extract_sql`, :func:`totes.utils.mysql_reader.select_sql`).
+* **Engines.** The source's reader (:mod:`totes.utils.source_reader`) holds what differs
   between PostgreSQL and MySQL; everything here is the same for both.
 * **Partitions.** A table with ``num_partitions`` > 1 is read as that many ranges of its
   ``partition_column`` in parallel, each through its own connection. On PostgreSQL all read
@@ -19,7 +19,7 @@ Rules:
   one cutoff read first, as the parts of a batch read by separate workers are. Each part is a file
   under ``<table>/_parts/<batch>/``, which no reader lists; the batch becomes visible when its
   commit file, ``<table>/YYYY/MM/DD/HHMMSSffffff.parquet`` (no rows, the watermarks and the
-  list of parts in its footer), is created, last (:func:`totes.utils.watermark.batch_files`).
+  list of parts in its footer), is created, last (:func:`totes.utils.footers.batch_files`).
 * **No rows, no file**; a file is published in one atomic step, so the watermark moves only
   when the data has landed.
 """
@@ -37,21 +37,19 @@ import pyarrow as pa
 
 from pydantic import BaseModel
 
-from totes.ingest.batch_writer import (Inspected, Job, Written, backfill_range, cutoff_bound,
-                                       measuring_pool, vanished)
-from totes.ingest.partitions import Partition
-from totes.ingest.postgres_reader import MAX_RECORD_BATCH_BYTES, RowLargerThanBlock
-from totes.ingest.source_reader import reader_for
-
-from totes.utils.config import DistributedBatch, TablePlan
-from totes.utils.db import Database
-from totes.utils.errors import DataError, LakeError
+from totes.contracts.config import DistributedBatch, TablePlan
+from totes.contracts.errors import DataError, LakeError
+from totes.contracts.partitions import Partition
+from totes.contracts.stage_results import IngestResult
+from totes.contracts.watermark import Watermark, footer_metadata, highest
+from totes.ingest.batch_writer import Written, backfill_range, cutoff_bound, read_into, vanished
+from totes.utils.footers import batch_files, read_footer, read_high_watermark
 from totes.utils.lake import Lake, parquet_writer
 from totes.utils.ledger import Ledger, new_run_id, record_json
+from totes.utils.postgres import Database
+from totes.utils.postgres_copy import MAX_RECORD_BATCH_BYTES, RowLargerThanBlock
 from totes.utils.run_tracking import check_lease, skip_reason, tracked
-from totes.utils.stage_results import IngestResult
-from totes.utils.watermark import (Watermark, batch_files, footer_metadata, highest,
-                                   read_footer, read_high_watermark)
+from totes.utils.source_reader import Inspected, Job, measuring_pool, reader_for
 
 log = logging.getLogger(__name__)
 #: Parts of one table read at once (each through its own connection).
@@ -80,7 +78,7 @@ def ingest_table(plan: TablePlan, source: Database, lake: Lake,
     recorded there (:func:`totes.utils.run_tracking.tracked`). A table whose lease another
     live run holds is skipped (``skipped`` says by whom).
 
-    Returns the stage result (:class:`~totes.utils.stage_results.IngestResult`, the Map
+    Returns the stage result (:class:`~totes.contracts.stage_results.IngestResult`, the Map
     state's output for this table): its ``key`` is None when no row was extracted, and
     ``high_watermark`` is the table's incremental watermark after the run.
 
@@ -207,7 +205,7 @@ def _extract(plan: TablePlan, source: Database, lake: Lake, low: Optional[Waterm
         reader.begin(conn)
         job = Job(plan, inspected.schema, low, pool, block, cutoff_bound(inspected))
         with lake.staging_file() as staged:
-            written = reader.read(conn, plan, inspected, job, staged, doing)
+            written = read_into(reader, conn, plan, inspected, job, staged, doing)
             conn.run("COMMIT")
             if written is None:
                 return _Batch(inspected)
@@ -307,7 +305,7 @@ def _land_part(reader, conn, lake: Lake, plan: TablePlan, inspected: Inspected, 
     published first under the same key is that attempt's file."""
     reader.begin(conn, snapshot)
     with lake.staging_file() as staged:
-        written = reader.read(conn, plan, inspected, job, staged, doing, part)
+        written = read_into(reader, conn, plan, inspected, job, staged, doing, part)
         conn.run("COMMIT")
         if written is None:
             return None
@@ -335,11 +333,11 @@ class PartResult(BaseModel):
 
 def plan_distributed(reader, conn, lake: Lake, plan: TablePlan) -> TablePlan:
     """``plan`` with the settings every part of its batch shares: one cutoff, the lake's
-    watermark, the partitions, a batch id (:class:`~totes.utils.config.DistributedBatch`).
+    watermark, the partitions, a batch id (:class:`~totes.contracts.config.DistributedBatch`).
 
     Raises:
         SourceSchemaError / ConfigError: as the reader's ``inspect`` and
-            :func:`~totes.ingest.partitions.partitions_of`.
+            :func:`~totes.contracts.partitions.partitions_of`.
     """
     inspected = reader.inspect(conn, plan)
     low = read_high_watermark(lake, plan.table) if plan.mode in ("incremental", "backfill") \

@@ -3,7 +3,7 @@ job's Spark (:func:`totes.ingest.spark_extract.extract_on_spark`).
 
 Glue passes job arguments as ``--name value`` pairs; the job reads:
 
-* ``--payload``: the table's Map item, a :class:`~totes.utils.config.TablePlan` as JSON;
+* ``--payload``: the table's Map item, a :class:`~totes.contracts.config.TablePlan` as JSON;
 * ``--TOTES_LAKE``: the lake (``s3://bucket/prefix``, or a directory locally);
 * ``--TOTES_SOURCE_SECRET`` (in AWS) or ``--TOTES_SOURCE_URL``: the source;
 * ``--TOTES_LEDGER``: the ledger (``dynamodb://table``), optional;
@@ -19,9 +19,9 @@ import json
 import sys
 from typing import Optional
 
+from totes.contracts.config import TablePlan
+from totes.contracts.errors import ConfigError
 from totes.ingest.spark_extract import SourceRef, extract_on_spark, spark_session
-from totes.utils.config import TablePlan
-from totes.utils.errors import ConfigError
 from totes.utils.ledger import ledger_from_uri
 
 

@@ -1,28 +1,29 @@
 """Lambda entry points of the plan and ingest states.
 
 Environment: ``TOTES_SOURCE_SECRET`` (or ``TOTES_SOURCE_URL``), ``TOTES_LAKE``,
-``TOTES_CONFIG``, ``TOTES_LEDGER`` (see :mod:`totes.utils.settings`). Any failure raises; its type
-(``TransientError`` or ``TerminalError``) decides whether Step Functions retries.
+``TOTES_CONFIG``, ``TOTES_LEDGER`` (see :class:`totes.utils.settings.Settings`). Any failure
+raises; its type (``TransientError`` or ``TerminalError``) decides whether Step Functions
+retries.
 """
+from totes.contracts.config import TablePlan
 from totes.ingest.extract import ingest_table
 from totes.ingest.plan import plan
-from totes.utils.config import TablePlan, load_config
+from totes.utils import resources
+from totes.utils.config_file import load_config
 from totes.utils.ledger import new_run_id
-from totes.utils.settings import (config_path_from_env, database_from_env, lake_from_env,
-                                  ledger_from_env)
 
 
 def plan_handler(event, context):
     """Event: ``{"run_id": "<execution name>", "request": <the execution's input>}``; the
     input may name the tables of this run (``{"tables": ["sales_order", {"table": "payment",
-    "mode": "reingest"}]}``). Returns :class:`~totes.utils.stage_results.PlanResult` as JSON:
+    "mode": "reingest"}]}``). Returns :class:`~totes.contracts.stage_results.PlanResult` as JSON:
     ``{"tables": [<TablePlan JSON>, ...], "left_out": [...]}``; a table the source check
     rejects keeps its payload, with ``check_error``, so that only its Map item fails."""
     event = event or {}
     request = event.get("request") or {}
-    return plan(load_config(config_path_from_env()), database_from_env("source"),
+    return plan(load_config(resources.config_path()), resources.database("source"),
                 run_id=event.get("run_id") or new_run_id(), tables=request.get("tables"),
-                per_table_errors=True, lake=lake_from_env("TOTES_LAKE")).model_dump(mode="json")
+                per_table_errors=True, lake=resources.storage("lake")).model_dump(mode="json")
 
 
 def status_handler(event, context):
@@ -34,9 +35,9 @@ def status_handler(event, context):
     :class:`~totes.ingest.status.ItemStatus` as JSON (errors: see
     :func:`~totes.ingest.status.job_ran`)."""
     from totes.ingest.status import job_ran, record_failed, record_ingested
-    from totes.utils.stage_results import IngestResult
+    from totes.contracts.stage_results import IngestResult
 
-    ledger = ledger_from_env()
+    ledger = resources.ledger()
     if event.get("action") == "ingested":
         status = record_ingested(ledger, IngestResult.model_validate(event["result"]))
     elif event.get("action") == "job_ran":
@@ -53,21 +54,21 @@ _ITEM_EXTRAS = ("part_results", "ingested", "error")
 
 def ingest_handler(event, context):
     """Event: one ``TablePlan`` JSON (a Map item): returns that table's
-    :class:`~totes.utils.stage_results.IngestResult` as JSON. For a partitioned table in the
+    :class:`~totes.contracts.stage_results.IngestResult` as JSON. For a partitioned table in the
     state machine: ``{"plan": <TablePlan>, "part": {...}}`` extracts one part and returns
     its :class:`~totes.ingest.extract.PartResult`; ``{"commit": <TablePlan and its
     "part_results">}`` commits the batch and returns its IngestResult."""
     from totes.ingest.extract import PartResult, commit_parts, extract_part
 
-    lake = lake_from_env("TOTES_LAKE")
+    lake = resources.storage("lake")
     if "part" in event:
         return extract_part(TablePlan.model_validate(event["plan"]), event["part"],
-                            database_from_env("source"), lake).model_dump(mode="json")
+                            resources.database("source"), lake).model_dump(mode="json")
     if "commit" in event:
         item = event["commit"]
         plan = TablePlan.model_validate({k: v for k, v in item.items()
                                          if k not in _ITEM_EXTRAS})
         parts = [PartResult.model_validate(p) for p in item.get("part_results") or []]
-        return commit_parts(plan, parts, lake, ledger_from_env()).model_dump(mode="json")
-    return ingest_table(TablePlan.model_validate(event), database_from_env("source"), lake,
-                        ledger_from_env()).model_dump(mode="json")
+        return commit_parts(plan, parts, lake, resources.ledger()).model_dump(mode="json")
+    return ingest_table(TablePlan.model_validate(event), resources.database("source"), lake,
+                        resources.ledger()).model_dump(mode="json")

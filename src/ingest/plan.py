@@ -15,12 +15,12 @@ import json
 import logging
 from typing import Optional
 
-from totes.ingest.source_reader import reader_for
-from totes.utils.config import PipelineConfig, TablePlan, resolve_tables
-from totes.utils.db import Database
-from totes.utils.errors import ConfigError, PermissionDenied, SourceSchemaError
+from totes.contracts.config import PipelineConfig, TablePlan, resolve_tables
+from totes.contracts.errors import ConfigError, PermissionDenied, SourceSchemaError
+from totes.contracts.stage_results import PlanResult
 from totes.utils.lake import Lake
-from totes.utils.stage_results import PlanResult
+from totes.utils.postgres import Database
+from totes.utils.source_reader import reader_for
 
 log = logging.getLogger(__name__)
 

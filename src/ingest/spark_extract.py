@@ -28,16 +28,16 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
-from totes.ingest.extract import (PartResult, ingest_ledger_summary, skipped_result,
-                                  commit_landed_parts, extract_part, plan_distributed)
-from totes.ingest.source_reader import reader_for
-from totes.utils.config import TablePlan
-from totes.utils.db import Database, database_from_url
-from totes.utils.errors import TerminalError
+from totes.contracts.config import TablePlan
+from totes.contracts.errors import SparkJobFailed
+from totes.contracts.stage_results import IngestResult
+from totes.ingest.extract import (PartResult, commit_landed_parts, extract_part,
+                                  ingest_ledger_summary, plan_distributed, skipped_result)
+from totes.utils.databases import database_from_secret, database_from_url
 from totes.utils.lake import Lake
 from totes.utils.ledger import Ledger, new_run_id
 from totes.utils.run_tracking import skip_reason, tracked
-from totes.utils.stage_results import IngestResult
+from totes.utils.source_reader import reader_for
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class SourceRef:
         """The source database (a :class:`Database` or a MySQL one)."""
         if self.url:
             return database_from_url("source", self.url)
-        return Database.from_secret("source", self.secret_id)
+        return database_from_secret("source", self.secret_id)
 
 
 def spark_session(app_name: str = "totes-extract", master: Optional[str] = None,
@@ -73,7 +73,7 @@ def spark_session(app_name: str = "totes-extract", master: Optional[str] = None,
     try:
         from pyspark.sql import SparkSession
     except ImportError:
-        from totes.utils.errors import ConfigError
+        from totes.contracts.errors import ConfigError
 
         raise ConfigError("the spark engine needs pyspark: pip install -r "
                           "requirements-dev.txt (or pyspark==3.5.5)") from None
@@ -90,11 +90,6 @@ def spark_session(app_name: str = "totes-extract", master: Optional[str] = None,
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
     return spark
-
-
-class SparkJobFailed(TerminalError):
-    """Spark could not run a part at all (not the part's own error, which is re-raised as
-    it is): an executor that cannot import totes, a worker that died."""
 
 
 def _first_python_error(exc: Exception) -> str:

@@ -25,11 +25,10 @@ from typing import Optional
 
 from pydantic import BaseModel
 
-from totes.notify.alerts import error_of
-from totes.utils.ledger import (Ledger, LeaseHolder, LedgerRecord, lease_name, now,
-                                record_json)
+from totes.contracts.stage_results import IngestResult
+from totes.contracts.step_errors import error_of
+from totes.utils.ledger import LeaseHolder, Ledger, LedgerRecord, lease_name, now, record_json
 from totes.utils.run_tracking import skip_reason
-from totes.utils.stage_results import IngestResult
 
 
 class ItemStatus(BaseModel):
@@ -76,7 +75,7 @@ def job_ran(ledger: Optional[Ledger], item: dict) -> ItemStatus:
             run (the ledger's query is eventually consistent: the state retries; after the
             retries, the item's Catch records the table failed, and it alerts).
     """
-    from totes.utils.errors import ConfigError, TransientError
+    from totes.contracts.errors import ConfigError, TransientError
 
     table, run_id = item.get("table"), item.get("run_id")
     if ledger is None or not table or not run_id:

@@ -15,8 +15,8 @@ one query per foreign key.
 """
 from __future__ import annotations
 
-from totes.utils.db import quote_ident
-from totes.utils.star_schema import TABLES, WarehouseTable
+from totes.contracts.identifiers import quote_ident
+from totes.contracts.star_schema import TABLES, WarehouseTable
 
 HELD_SCHEMA = "totes"
 

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from totes.utils.db import Database
+from totes.contracts.source_tables import SOURCE_TABLES
 from totes.utils.lake import Lake
-from totes.utils.manifest import latest_manifest, manifests_after
-from totes.utils.source_tables import SOURCE_TABLES
+from totes.utils.manifests import latest_manifest, manifests_after
+from totes.utils.postgres import Database
 
 
 class PendingWork(BaseModel):

@@ -1,7 +1,7 @@
 """What the quarantine holds, and the state of each row version in it, from the warehouse's
 point of view: ``totes quarantine``.
 
-Two places hold row versions back (see :mod:`totes.utils.quarantine` and
+Two places hold row versions back (see :mod:`totes.contracts.quarantine` and
 :mod:`totes.load.held_facts`):
 
 * **transform** quarantine files: row versions that broke a rule. Each is ``held`` until a
@@ -18,13 +18,14 @@ from typing import Optional
 import pyarrow as pa
 from pydantic import BaseModel
 
+from totes.contracts.identifiers import quote_ident
+from totes.contracts.quarantine import VERSION_COLUMN, source_rows
+from totes.contracts.source_tables import SOURCE_TABLES, default_primary_key
+from totes.contracts.star_schema import TABLES
 from totes.load.held_facts import held_rows
-from totes.utils.db import Database, quote_ident
 from totes.utils.lake import Lake
-from totes.utils.manifest import latest_manifest
-from totes.utils.quarantine import VERSION_COLUMN, source_rows
-from totes.utils.source_tables import SOURCE_TABLES, default_primary_key
-from totes.utils.star_schema import TABLES
+from totes.utils.manifests import latest_manifest
+from totes.utils.postgres import Database
 
 
 class QuarantineEntry(BaseModel):

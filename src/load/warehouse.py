@@ -30,23 +30,26 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from typing import Optional
 
 from pg8000.exceptions import DatabaseError
 
+from totes.contracts.errors import ConfigError
+from totes.contracts.identifiers import quote_ident
+from totes.contracts.source_tables import SOURCE_TABLES
+from totes.contracts.stage_results import LoadResult, LoadedTable
+from totes.contracts.star_schema import TABLES, TIME, WarehouseTable
 from totes.load import held_facts
-from totes.utils.db import (Database, copy_binary_into, merge_staged, quote_ident,
-                            sqlstate_of)
-from totes.utils.errors import ConfigError
+from totes.utils import settings
 from totes.utils.lake import Lake
 from totes.utils.ledger import ALL_TABLES, Ledger, new_run_id
-from totes.utils.manifest import manifests_after, read_manifest
-from totes.utils.source_tables import SOURCE_TABLES
-from totes.utils.stage_results import LoadedTable, LoadResult
+from totes.utils.manifests import manifests_after, read_manifest
+from totes.utils.postgres import Database
+from totes.utils.postgres_copy import copy_binary_into
+from totes.utils.postgres_errors import sqlstate_of
+from totes.utils.postgres_merge import merge_staged
 from totes.utils.run_tracking import check_lease, skip_reason, tracked
-from totes.utils.star_schema import TABLES, TIME, WarehouseTable
 
 log = logging.getLogger(__name__)
 
@@ -72,32 +75,19 @@ _BOOKKEEPING_DDL = (
 )
 
 
-#: Set to 1 to let the warehouse share the source's database (a deliberate choice, never a
-#: default: the star schema would be created among the source's tables).
-ALLOW_SHARED_DATABASE = "TOTES_ALLOW_SHARED_DATABASE"
-
-
-def _shared_allowed() -> bool:
-    return os.environ.get(ALLOW_SHARED_DATABASE, "") in ("1", "true", "yes")
-
-
-#: The most batches one load takes (``TOTES_LOAD_MAX_BATCHES``): a backlog is loaded over
-#: several runs, each well inside a Lambda's time limit.
-DEFAULT_MAX_BATCHES = 48
+#: The variable that lets the warehouse share the source's database (a deliberate choice,
+#: never a default: the star schema would be created among the source's tables).
+ALLOW_SHARED_DATABASE = settings.variable("allow_shared_database")
 
 
 def max_batches() -> int:
-    """``TOTES_LOAD_MAX_BATCHES`` or 48.
+    """The most batches one load takes (``TOTES_LOAD_MAX_BATCHES``, 48): a backlog is loaded
+    over several runs, each well inside a Lambda's time limit.
 
     Raises:
         ConfigError: not a positive integer.
     """
-    text = os.environ.get("TOTES_LOAD_MAX_BATCHES")
-    if not text:
-        return DEFAULT_MAX_BATCHES
-    if not text.isdigit() or int(text) < 1:
-        raise ConfigError(f"TOTES_LOAD_MAX_BATCHES={text!r}: give a positive whole number")
-    return int(text)
+    return settings.current().load_max_batches
 
 
 def check_separate(source: Database, warehouse: Database) -> None:
@@ -106,7 +96,8 @@ def check_separate(source: Database, warehouse: Database) -> None:
     Raises:
         ConfigError: both name the same database, and ``TOTES_ALLOW_SHARED_DATABASE`` is not 1.
     """
-    if source.location() == warehouse.location() and not _shared_allowed():
+    if source.location() == warehouse.location() and \
+            not settings.current().allow_shared_database:
         raise ConfigError(f"the warehouse is the {source.describe()}: point the warehouse at "
                           f"another database, or set {ALLOW_SHARED_DATABASE}=1 to keep the "
                           "star schema beside the source's tables")
@@ -118,7 +109,7 @@ def _refuse_source_tables(conn) -> None:
         "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
         "WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p') "
         "AND c.relname = ANY(CAST(:names AS text[])) ORDER BY 1", names=list(SOURCE_TABLES))]
-    if len(found) >= 3 and not _shared_allowed():
+    if len(found) >= 3 and not settings.current().allow_shared_database:
         (database,), = conn.run("SELECT current_database()")
         raise ConfigError(f"the warehouse database {database} holds the ToteSys source tables "
                           f"({', '.join(found[:4])}, …): it looks like the source. Point the "
@@ -434,7 +425,7 @@ def load(processed: Lake, warehouse: Database, manifest_keys: Optional[list[str]
     one transaction, then release the held fact rows whose dimension rows have arrived;
     with a ``ledger``, under the ``load`` lease (waited for) and recorded there.
 
-    Returns the stage result (:class:`~totes.utils.stage_results.LoadResult`): the batches
+    Returns the stage result (:class:`~totes.contracts.stage_results.LoadResult`): the batches
     loaded, in order, per warehouse table the rows staged, inserted and updated, and the fact
     rows held, released and still waiting.
 

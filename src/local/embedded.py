@@ -14,8 +14,9 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from totes.utils.db import Database, quote_ident
-from totes.utils.errors import DatabaseUnavailable
+from totes.contracts.errors import DatabaseUnavailable
+from totes.contracts.identifiers import quote_ident
+from totes.utils.postgres import Database
 
 SOURCE_DATABASE = "totesys"
 WAREHOUSE_DATABASE = "warehouse"

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from typing import Optional
 
-from totes.utils.stage_results import IngestResult, LoadResult, RunResult, TransformResult
+from totes.contracts.stage_results import IngestResult, LoadResult, RunResult, TransformResult
 
 #: Width of tables when standard output is not a terminal (a pipe, a file, a CI log), so
 #: that they do not wrap at Rich's default of 80 columns.

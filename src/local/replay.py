@@ -10,10 +10,10 @@ import re
 from datetime import datetime, timedelta
 from typing import Callable, Iterator
 
+from totes.contracts.errors import ConfigError
+from totes.contracts.stage_results import RunResult
 from totes.local.runner import Resources, run_pipeline
 from totes.local.seed import seed
-from totes.utils.errors import ConfigError
-from totes.utils.stage_results import RunResult
 
 _STEP = re.compile(r"^(\d+)\s*(d|h|m|min|s)$")
 _UNITS = {"d": "days", "h": "hours", "m": "minutes", "min": "minutes", "s": "seconds"}

@@ -17,8 +17,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Optional
 
-from totes.utils.db import Database
-from totes.utils.errors import ConfigError
+from totes.contracts.errors import ConfigError
+from totes.utils.postgres import Database
 
 log = logging.getLogger(__name__)
 

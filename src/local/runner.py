@@ -14,17 +14,17 @@ from typing import Callable, Optional
 
 import pyarrow as pa
 
+from totes.contracts.stage_results import (IngestResult, LoadResult, PlanResult, RunResult,
+                                           TransformResult)
 from totes.ingest.extract import ingest_table
 from totes.ingest.plan import plan
 from totes.load.quarantine import held_source_rows
 from totes.load.warehouse import check_separate, load
 from totes.transform.run import transform
-from totes.utils.config import load_config
-from totes.utils.db import Database
+from totes.utils.config_file import load_config
 from totes.utils.lake import Lake
 from totes.utils.ledger import Ledger, new_run_id
-from totes.utils.stage_results import (IngestResult, LoadResult, PlanResult, RunResult,
-                                       TransformResult)
+from totes.utils.postgres import Database
 
 #: Tables ingested at once (each through its own connection), as the Map's MaxConcurrency.
 INGEST_WORKERS = 4
@@ -64,9 +64,9 @@ def run_pipeline(resources: Resources,
                  on_table: Callable[[IngestResult], None] = lambda result: None,
                  tables: Optional[list] = None, reconcile: bool = True) -> RunResult:
     """Run the main job once and return every stage's result
-    (:class:`~totes.utils.stage_results.RunResult`). With ``reconcile``, a load that loaded
+    (:class:`~totes.contracts.stage_results.RunResult`). With ``reconcile``, a load that loaded
     a batch is followed by a reconciliation of source and warehouse scoped to that load
-    (:func:`totes.load.reconcile.reconcile` with :func:`~totes.load.reconcile.load_scope`:
+    (:func:`totes.reconcile.reconcile.reconcile` with :func:`~totes.reconcile.reconcile.load_scope`:
     the dimensions whole, each fact on the source ids the load brought; a run that loads
     nothing skips it), so that a small run stays cheap whatever the source's size; ``totes
     reconcile`` compares everything.
@@ -99,7 +99,7 @@ def run_pipeline(resources: Resources,
     ended("load", loaded)
     checked = None
     if reconcile and loaded.batches:
-        from totes.load.reconcile import load_scope, reconcile as reconcile_warehouse
+        from totes.reconcile.reconcile import load_scope, reconcile as reconcile_warehouse
 
         checked = reconcile_warehouse(resources.source, resources.warehouse,
                                       scope=load_scope(resources.processed, loaded.batches))

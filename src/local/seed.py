@@ -29,10 +29,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from totes.ingest.source_catalog import arrow_type, table_columns
-from totes.utils.db import copy_into, merge_staged, quote_ident, run_script
-from totes.utils.errors import ConfigError
-from totes.utils.source_tables import SOURCE_TABLES
+from totes.contracts.errors import ConfigError
+from totes.contracts.identifiers import quote_ident
+from totes.contracts.source_tables import SOURCE_TABLES
+from totes.utils.postgres import run_script
+from totes.utils.postgres_catalog import arrow_type, table_columns
+from totes.utils.postgres_copy import copy_into
+from totes.utils.postgres_merge import merge_staged
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +135,7 @@ def _refuse_to_go_back(conn, as_of: datetime) -> None:
 def _schema(conn, table: str, mysql: bool) -> pa.Schema:
     """The Arrow schema of ``table`` as the source database declares it."""
     if mysql:
-        from totes.ingest import mysql_catalog
+        from totes.utils import mysql_catalog
 
         return mysql_catalog.arrow_schema(mysql_catalog.table_columns(conn, table), table)
     return pa.schema([(name, arrow_type(pg_type, table, name))

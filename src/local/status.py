@@ -14,14 +14,16 @@ from typing import Optional
 
 from pydantic import BaseModel
 
+from totes.contracts.config import PipelineConfig, resolve_tables
+from totes.contracts.errors import TotesError
+from totes.contracts.identifiers import quote_ident
+from totes.contracts.watermark import Watermark
 from totes.load.pending import unloaded_batches
-from totes.utils.config import PipelineConfig, resolve_tables
-from totes.utils.db import Database, quote_ident
-from totes.utils.errors import TotesError
+from totes.utils.footers import read_high_watermark
 from totes.utils.lake import Lake
 from totes.utils.ledger import ALL_TABLES, Ledger, LedgerRecord, lease_name
-from totes.utils.manifest import latest_manifest
-from totes.utils.watermark import Watermark, read_high_watermark
+from totes.utils.manifests import latest_manifest
+from totes.utils.postgres import Database
 
 
 class TableStatus(BaseModel):

@@ -1,7 +1,8 @@
 """The local workspace: flags, environment variables and the embedded defaults resolved into
 the resources a command uses.
 
-Search order, each the first that applies:
+Search order, each the first that applies (the variables are read through
+:class:`totes.utils.settings.Settings`):
 
 * **Project directory**: the nearest directory, from the current one up, that holds
   ``config/pipeline.yaml``; else the checkout totes is installed from (when it has one).
@@ -11,8 +12,9 @@ Search order, each the first that applies:
   ``<project>/.totes``; else ``./.totes``. So ``totes run`` from any folder of the project
   uses the same embedded server.
 * **Databases**: ``--source-url``/``--warehouse-url``; else ``$TOTES_SOURCE_URL``/
-  ``$TOTES_WAREHOUSE_URL`` (Typer reads these for the flags); else the embedded server's
-  ``totesys``/``warehouse`` databases, started on first use.
+  ``$TOTES_WAREHOUSE_URL``; else ``$TOTES_SOURCE_SECRET``/``$TOTES_WAREHOUSE_SECRET``
+  (Secrets Manager); else the embedded server's ``totesys``/``warehouse`` databases, started
+  on first use.
 * **Lake / processed area**: ``--lake``/``--processed`` (or ``$TOTES_LAKE``/
   ``$TOTES_PROCESSED``); else ``<state>/lake`` and ``<state>/processed``.
 * **Ledger**: ``$TOTES_LEDGER`` (``sqlite:///path`` or ``dynamodb://table``); else
@@ -23,19 +25,21 @@ without starting a server.
 """
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
-from typing import Callable, Mapping, Optional
+from typing import Callable, Optional
 
-from totes.local.embedded import SOURCE_DATABASE, WAREHOUSE_DATABASE, EmbeddedPostgres, \
-    recreate_databases
+from totes.contracts.config import DEFAULT_CONFIG_PATH, PipelineConfig
+from totes.contracts.errors import ConfigError
+from totes.local.embedded import (EmbeddedPostgres, SOURCE_DATABASE, WAREHOUSE_DATABASE,
+                                  recreate_databases)
 from totes.local.runner import Resources
-from totes.utils.config import DEFAULT_CONFIG_PATH, PipelineConfig, load_config
-from totes.utils.db import Database, database_from_url
-from totes.utils.errors import ConfigError
+from totes.utils import resources, settings
+from totes.utils.config_file import load_config
+from totes.utils.databases import SourceDatabase, database_from_secret, database_from_url
 from totes.utils.lake import Lake
 from totes.utils.ledger import Ledger, SqliteLedger
+from totes.utils.settings import Settings
 
 #: The checkout this package is installed from (editable install); may hold no config.
 _CHECKOUT = Path(__file__).resolve().parents[2]
@@ -52,15 +56,16 @@ def find_project(start: Optional[Path] = None) -> Optional[Path]:
     return _CHECKOUT if (_CHECKOUT / DEFAULT_CONFIG_PATH).is_file() else None
 
 
-def home_dir(env: Mapping[str, str] = os.environ, project: Optional[Path] = None) -> Path:
+def home_dir(current: Optional[Settings] = None, project: Optional[Path] = None) -> Path:
     """``$TOTES_HOME``, else ``<project>/.totes``, else ``./.totes`` (absolute)."""
-    if env.get("TOTES_HOME"):
-        return Path(env["TOTES_HOME"]).absolute()
+    current = current or settings.current()
+    if current.home:
+        return Path(current.home).absolute()
     project = project or find_project()
     return (project / ".totes") if project else Path(".totes").absolute()
 
 
-def config_path(flag: Optional[str], env: Mapping[str, str] = os.environ,
+def config_path(flag: Optional[str], current: Optional[Settings] = None,
                 project: Optional[Path] = None) -> Path:
     """The configuration file by the search order above.
 
@@ -69,8 +74,9 @@ def config_path(flag: Optional[str], env: Mapping[str, str] = os.environ,
     """
     if flag:
         return Path(flag)
-    if env.get("TOTES_CONFIG"):
-        return Path(env["TOTES_CONFIG"])
+    current = current or settings.current()
+    if current.config:
+        return Path(current.config)
     project = project or find_project()
     if project is None:
         raise ConfigError("no configuration: give --config FILE or set TOTES_CONFIG, or run "
@@ -83,30 +89,42 @@ class Workspace:
     database without a URL is first needed, and only after the configuration (when the
     command needs one) has been read and validated.
 
+    A flag not given falls back to its variable (``TOTES_SOURCE_URL``, ``TOTES_LAKE``, ...,
+    from ``current``, the settings); ``from_environment=False`` (``totes replay``, which
+    works on its own databases and folders) leaves the variables of the databases and
+    storage out.
+
     ``on_server_start`` is called before the embedded server is started (for a progress
     line); it must not fail.
     """
 
     def __init__(self, source_url: Optional[str] = None, warehouse_url: Optional[str] = None,
                  lake: Optional[str] = None, processed: Optional[str] = None,
-                 config: Optional[str] = None, env: Mapping[str, str] = os.environ,
-                 on_server_start: Callable[[], object] = lambda: None):
+                 config: Optional[str] = None, current: Optional[Settings] = None,
+                 on_server_start: Callable[[], object] = lambda: None,
+                 from_environment: bool = True):
+        self.settings = current or settings.current()
+        if from_environment:
+            source_url = source_url or self.settings.source_url
+            warehouse_url = warehouse_url or self.settings.warehouse_url
+            lake, processed = lake or self.settings.lake, processed or self.settings.processed
         self.project = find_project()
-        self.home = home_dir(env, self.project)
+        self.home = home_dir(self.settings, self.project)
         self.embedded = EmbeddedPostgres(self.home)
+        self._from_environment = from_environment
         self._urls = {"source": source_url, "warehouse": warehouse_url}
         self._embedded_urls: Optional[dict] = None
         self._storage_flags = {"lake": lake, "processed": processed}
         self.lake_uri = lake or str(self.home / "lake")
         self.processed_uri = processed or str(self.home / "processed")
-        self._config_flag, self._env = config, env
+        self._config_flag = config
         self._config: Optional[PipelineConfig] = None
         self._on_server_start = on_server_start
 
     # ---- configuration --------------------------------------------------------------------
     @property
     def config_path(self) -> Path:
-        return config_path(self._config_flag, self._env, self.project)
+        return config_path(self._config_flag, self.settings, self.project)
 
     def config(self) -> PipelineConfig:
         """The validated configuration (read once).
@@ -126,9 +144,9 @@ class Workspace:
     def secret(self, role: str) -> Optional[str]:
         """The Secrets Manager secret naming the ``role`` database (``TOTES_<ROLE>_SECRET``),
         when no URL is given."""
-        if self._urls[role]:
+        if self._urls[role] or not self._from_environment:
             return None
-        return self._env.get(f"TOTES_{role.upper()}_SECRET") or None
+        return getattr(self.settings, f"{role}_secret")
 
     def url(self, role: str) -> str:
         """The URL of the ``role`` database, starting the embedded server if it is needed."""
@@ -140,13 +158,13 @@ class Workspace:
             self._embedded_urls = self.embedded.start()
         return self._embedded_urls[SOURCE_DATABASE if role == "source" else WAREHOUSE_DATABASE]
 
-    def database(self, role: str) -> Database:
+    def database(self, role: str) -> SourceDatabase:
         """The ``role`` database: its URL (flag or ``TOTES_<ROLE>_URL``), its secret
         (``TOTES_<ROLE>_SECRET``), or the embedded one. A MySQL source is a
         :class:`totes.utils.mysql.MySQLDatabase`."""
         secret = self.secret(role)
         if secret:
-            return Database.from_secret(role, secret)
+            return database_from_secret(role, secret)
         return database_from_url(role, self.url(role))
 
     def lake(self) -> Lake:
@@ -157,9 +175,7 @@ class Workspace:
 
     def ledger(self) -> Ledger:
         """The run ledger (see the search order above)."""
-        from totes.utils.settings import ledger_from_env
-
-        return ledger_from_env(self._env) or SqliteLedger(str(self.home / "ledger.sqlite3"))
+        return resources.ledger(self.settings) or SqliteLedger(str(self.home / "ledger.sqlite3"))
 
     def resources(self) -> Resources:
         """Everything a run needs. The configuration is checked first, then databases."""

@@ -3,12 +3,12 @@
 The steps, each a function below: find the lake files after the last batch's
 (:func:`pending_lake_files`); read the new rows of the dimensions' sources and merge the
 reference tables' latest rows (:func:`merge_reference_state`); build the dimensions
-(:data:`totes.transform.dimensions.DIMENSION_RULES`) and stream the facts, one record batch at
+(:data:`totes.rules.dimensions.DIMENSION_RULES`) and stream the facts, one record batch at
 a time, with the dates they refer to (:func:`write_facts`); publish every file, then commit the
-batch with its manifest (:mod:`totes.utils.manifest`), written last.
+batch with its manifest (:mod:`totes.contracts.manifest`), written last.
 
 A row version that breaks a rule does not stop the batch: it is held in the batch's
-quarantine files (:mod:`totes.utils.quarantine`) and the rest goes on. ``retry`` puts
+quarantine files (:mod:`totes.contracts.quarantine`) and the rest goes on. ``retry`` puts
 quarantined row versions through the rules again, as part of a batch.
 
 A run that fails before its manifest leaves only files that no manifest names; the next run
@@ -26,17 +26,18 @@ from typing import Optional
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from totes.transform import dimensions as dims
-from totes.transform.facts import FACT_SOURCES, fact_dates, fact_rows
+from totes.contracts.manifest import Manifest, state_prefix
+from totes.contracts.quarantine import quarantine_prefix
+from totes.contracts.source_tables import REFERENCE_TABLES, SOURCE_TABLES
+from totes.contracts.stage_results import TableOutput, TransformResult
+from totes.contracts.star_schema import TABLES
+from totes.rules import dimensions as dims
+from totes.rules.facts import FACT_SOURCES, fact_dates, fact_rows
+from totes.utils.footers import batch_files
 from totes.utils.lake import Lake, key_time, parquet_writer
 from totes.utils.ledger import ALL_TABLES, Ledger, new_run_id
+from totes.utils.manifests import commit, latest_manifest
 from totes.utils.run_tracking import check_lease, skip_reason, tracked
-from totes.utils.manifest import Manifest, commit, latest_manifest, state_prefix
-from totes.utils.quarantine import quarantine_prefix
-from totes.utils.source_tables import REFERENCE_TABLES, SOURCE_TABLES
-from totes.utils.stage_results import TableOutput, TransformResult
-from totes.utils.watermark import batch_files
-from totes.utils.star_schema import TABLES
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +156,7 @@ def transform(lake: Lake, processed: Lake, retry: Optional[dict[str, pa.Table]] 
     put through the rules again in this batch: those that pass now join the star schema, the
     others are held again.
 
-    Returns the stage result (:class:`~totes.utils.stage_results.TransformResult`); its
+    Returns the stage result (:class:`~totes.contracts.stage_results.TransformResult`); its
     ``manifest`` is None and ``tables`` empty when there was nothing to transform.
 
     Raises:

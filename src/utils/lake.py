@@ -19,7 +19,8 @@ object that is not what the contract says, a denied access or a missing bucket i
 
 S3 settings come from the environment, as for every AWS client: credentials and
 ``AWS_REGION``/``AWS_DEFAULT_REGION``, and ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL`` for
-an S3-compatible endpoint (an emulator in tests). Reads and listings go through pyarrow's
+an S3-compatible endpoint (an emulator in tests), read through
+:class:`totes.utils.settings.Settings`. Reads and listings go through pyarrow's
 S3 filesystem; writes through boto3, which has the conditional create.
 """
 from __future__ import annotations
@@ -38,7 +39,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from totes.utils.errors import ConfigError, LakeError, StorageUnavailable, TotesError
+from totes.contracts.errors import ConfigError, LakeError, StorageUnavailable, TotesError
+from totes.utils import settings
 
 _LEVELS = (re.compile(r"^\d{4}$"), re.compile(r"^\d{2}$"), re.compile(r"^\d{2}$"))
 _KEY_TIME_FORMAT = "%Y/%m/%d/%H%M%S%f"
@@ -174,11 +176,12 @@ def _is_botocore_error(exc: BaseException) -> bool:
 
 def _s3_filesystem() -> pafs.S3FileSystem:
     options = {}
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    current = settings.current()
+    endpoint = current.aws_endpoint_url_s3
     if endpoint:
         scheme, _, rest = endpoint.partition("://")
         options.update(endpoint_override=rest or scheme, scheme=scheme if rest else "https")
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    region = current.aws_region
     if region:
         options["region"] = region
     return pafs.S3FileSystem(**options)

@@ -36,11 +36,9 @@ from typing import Any, Iterator, Optional
 
 from pydantic import BaseModel
 
-from totes.utils.errors import ConfigError, StorageUnavailable, TotesError, TransientError
+from totes.contracts.errors import ConfigError, LeaseLost, StorageUnavailable, TotesError
+from totes.utils import settings
 
-#: How long a lease lasts without renewal, in seconds (``TOTES_LEASE_SECONDS``).
-DEFAULT_LEASE_SECONDS = 60.0
-LEASE_VARIABLE = "TOTES_LEASE_SECONDS"
 ALL_TABLES = "*"
 
 
@@ -52,22 +50,13 @@ def _iso(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).isoformat(timespec="microseconds")
 
 
-def lease_seconds(env=os.environ) -> float:
-    """``TOTES_LEASE_SECONDS`` or 60.
+def lease_seconds() -> float:
+    """How long a lease lasts without renewal, in seconds: ``TOTES_LEASE_SECONDS`` (60).
 
     Raises:
         ConfigError: not a positive number.
     """
-    text = env.get(LEASE_VARIABLE)
-    if not text:
-        return DEFAULT_LEASE_SECONDS
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not value > 0:
-        raise ConfigError(f"{LEASE_VARIABLE}={text!r}: give a positive number of seconds")
-    return value
+    return settings.current().lease_seconds
 
 
 class LedgerRecord(BaseModel):
@@ -195,11 +184,6 @@ class Ledger(ABC):
             renewer.join()
             if lease.lost is None:
                 self.release(name, owner)
-
-
-class LeaseLost(TransientError):
-    """The lease of some work was lost while the work ran (a renewal failed, or it expired
-    and another run took it over): nothing was made visible; a retry can succeed."""
 
 
 class Lease:

@@ -8,17 +8,17 @@ secret whose JSON says ``"engine": "mysql"`` (or ``"mariadb"``), as RDS writes i
     {"engine": "mysql", "host": "...", "port": 3306, "username": "...", "password": "...",
      "dbname": "..."}
 
-The URL is read by the same rules as a PostgreSQL one (:meth:`totes.utils.db.Database.
+The URL is read by the same rules as a PostgreSQL one (:meth:`totes.utils.postgres.Database.
 from_url`: any character in a password, every part percent-decoded, never echoed).
 
 Every session is set up alike: ``time_zone = '+00:00'`` (``TIMESTAMP`` values are read in
 UTC; ``DATETIME`` values as stored), ``ANSI_QUOTES`` added to the ``sql_mode`` (so
-:func:`totes.utils.db.quote_ident`'s double quotes are identifiers in both engines), and the
-lock waits (``innodb_lock_wait_timeout``, ``lock_wait_timeout``) of
-:func:`totes.utils.db.timeout_seconds`. Errors are mapped as PostgreSQL's are: a server that
+:func:`totes.contracts.identifiers.quote_ident`'s double quotes are identifiers in both
+engines), and the lock waits (``innodb_lock_wait_timeout``, ``lock_wait_timeout``) of
+``TOTES_DB_TIMEOUT_SECONDS``. Errors are mapped as PostgreSQL's are: a server that
 cannot be reached, a lost connection, a lock wait or deadlock are
-:class:`~totes.utils.errors.DatabaseUnavailable` (retry); a refused login or unknown database
-is :class:`~totes.utils.errors.DatabaseRejected`; anything else a ``TerminalError`` naming the
+:class:`~totes.contracts.errors.DatabaseUnavailable` (retry); a refused login or unknown database
+is :class:`~totes.contracts.errors.DatabaseRejected`; anything else a ``TerminalError`` naming the
 MySQL error number.
 """
 from __future__ import annotations
@@ -31,9 +31,12 @@ from typing import Optional
 import pymysql
 import pymysql.cursors
 
-from totes.utils.db import (MYSQL_SCHEMES, READ_TIMEOUT_SECONDS, TIMEOUT_VARIABLE,
-                            parse_url, timeout_seconds)
-from totes.utils.errors import ConfigError, DatabaseRejected, DatabaseUnavailable
+from totes.contracts.errors import (ConfigError, DatabaseRejected, DatabaseUnavailable,
+                                    TerminalError)
+from totes.utils import settings
+from totes.utils.database_url import MYSQL_SCHEMES, parse_url
+from totes.utils.postgres import TIMEOUT_VARIABLE
+from totes.utils.postgres_errors import READ_TIMEOUT_SECONDS
 
 DEFAULT_PORT = 3306
 
@@ -63,8 +66,6 @@ def _message(exc: BaseException) -> str:
 def translate_mysql_error(exc: Exception, doing: str) -> Exception:
     """Turn a PyMySQL error raised while ``doing`` into a :class:`DatabaseUnavailable` when a
     retry can help, else into a ``TerminalError``; other exceptions are returned unchanged."""
-    from totes.utils.errors import TerminalError
-
     if isinstance(exc, (TimeoutError, ConnectionError)):
         return DatabaseUnavailable(f"{doing}: connection lost ({exc})")
     if not isinstance(exc, pymysql.err.MySQLError):
@@ -175,7 +176,7 @@ class MySQLDatabase:
         return f"{self.role} database {self.params['database']} at {where} (MySQL)"
 
     def session(self, application_name: str, doing: str) -> "MySQLSession":
-        """A connection for one piece of work (as :meth:`totes.utils.db.Database.session`)."""
+        """A connection for one piece of work (as :meth:`totes.utils.postgres.Database.session`)."""
         return MySQLSession(self, application_name, doing)
 
     def connect(self, application_name: str = "totes") -> MySQLConnection:
@@ -185,7 +186,7 @@ class MySQLDatabase:
             DatabaseUnavailable: the server could not be reached or did not answer in time.
             DatabaseRejected: the login was refused or the database does not exist.
         """
-        timeout = timeout_seconds()
+        timeout = settings.current().db_timeout_seconds
         wait = max(1, int(timeout))
         setup = ("SET time_zone = '+00:00', "
                  "sql_mode = CONCAT_WS(',', NULLIF(@@sql_mode, ''), 'ANSI_QUOTES'), "
@@ -222,7 +223,7 @@ def _set_tls(params: dict, sslmode: str) -> None:
 
 
 class MySQLSession:
-    """Context manager around one MySQL connection, as :class:`totes.utils.db.Session`:
+    """Context manager around one MySQL connection, as :class:`totes.utils.postgres.Session`:
     always closed; a driver error raised inside becomes DatabaseUnavailable (retry) or a
     TerminalError whose message starts with ``doing``."""
 

@@ -15,7 +15,7 @@ import time
 import uuid
 from typing import Callable, Optional, TypeVar
 
-from totes.utils.ledger import (Lease, Ledger, LeaseHolder, LedgerRecord, lease_name,
+from totes.utils.ledger import (Lease, LeaseHolder, Ledger, LedgerRecord, lease_name,
                                 lease_seconds, now)
 
 R = TypeVar("R")

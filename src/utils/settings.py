@@ -1,69 +1,135 @@
-"""Runtime settings from the environment: where the databases, the lake and the processed area
-are. The same variables serve the Lambda functions and the local command line (whose flags
-override them).
+"""Every setting totes reads from the environment, in one typed object: :class:`Settings`.
 
-=========================  ==============================================================
-``TOTES_SOURCE_URL``       source database URL (``postgresql://user:pass@host:port/db``)
-``TOTES_SOURCE_SECRET``    or: Secrets Manager secret with the source connection JSON
-``TOTES_WAREHOUSE_URL``    warehouse database URL
-``TOTES_WAREHOUSE_SECRET`` or: Secrets Manager secret with the warehouse connection JSON
-``TOTES_LAKE``             ingest lake: a directory or ``s3://bucket/prefix``
-``TOTES_PROCESSED``        processed area: a directory or ``s3://bucket/prefix``
-``TOTES_CONFIG``           pipeline YAML (default ``config/pipeline.yaml``)
-``TOTES_LEDGER``           run ledger: ``dynamodb://table`` or ``sqlite:///path`` (none: no
-                           records, no leases)
-=========================  ==============================================================
+The same variables serve the Lambda functions and the local command line (whose flags win over
+them); nothing else in totes reads ``os.environ``. Each field names its variable
+(``TOTES_<FIELD>``, or the AWS SDK's own names for S3), its type, its default and what it
+means; ``docs/configuration.md`` lists them from here (``python -m totes.utils.settings``
+prints the table, and a test keeps the page equal to it). An empty variable counts as unset.
+
+Built with pydantic-settings, as Meltano derives its variables from its configuration schema:
+a value of the wrong type fails at once, as a :class:`~totes.contracts.errors.ConfigError`
+naming the variable (never its value when it may hold a password).
 """
 from __future__ import annotations
 
-import os
-from typing import Mapping, Optional
+from typing import Optional
 
-from totes.utils.config import DEFAULT_CONFIG_PATH
-from totes.utils.db import Database, database_from_url
-from totes.utils.errors import ConfigError
-from totes.utils.lake import Lake
-from totes.utils.ledger import Ledger, ledger_from_uri
+from pydantic import AliasChoices, Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from totes.contracts.errors import ConfigError
+
+PREFIX = "TOTES_"
 
 
-def database_from_env(role: str, env: Mapping[str, str] = os.environ) -> Database:
-    """The ``role`` ("source" or "warehouse") database (a MySQL source is a
-    :class:`totes.utils.mysql.MySQLDatabase`) from ``TOTES_<ROLE>_URL`` or
-    ``TOTES_<ROLE>_SECRET``.
+class Settings(BaseSettings):
+    """What the environment says; see the module docstring. URLs are hidden from ``repr``
+    (they may hold a password)."""
+
+    model_config = SettingsConfigDict(env_prefix=PREFIX, extra="ignore", env_ignore_empty=True,
+                                      frozen=True)
+
+    source_url: Optional[str] = Field(
+        None, repr=False, description="Source database URL: `postgresql://user:pw@host:5432/db"
+        "[?host=/socket/dir&sslmode=require]`, or `mysql://` / `mariadb://` "
+        "(`?unix_socket=/path`). Flag `--source-url`; locally the embedded `totesys` when "
+        "unset.")
+    source_secret: Optional[str] = Field(
+        None, description="Or: the Secrets Manager secret holding the source connection as "
+        "JSON (`host`, `port`, `username`, `password`, `dbname`; `\"engine\": \"mysql\"` for "
+        "MySQL).")
+    warehouse_url: Optional[str] = Field(
+        None, repr=False, description="Warehouse database URL (PostgreSQL only). Flag "
+        "`--warehouse-url`; locally the embedded `warehouse` when unset.")
+    warehouse_secret: Optional[str] = Field(
+        None, description="Or: the Secrets Manager secret holding the warehouse connection.")
+    lake: Optional[str] = Field(
+        None, description="The ingest lake: a directory or `s3://bucket/prefix`. Flag "
+        "`--lake`; locally `$TOTES_HOME/lake` when unset.")
+    processed: Optional[str] = Field(
+        None, description="The processed area: a directory or `s3://bucket/prefix`. Flag "
+        "`--processed`; locally `$TOTES_HOME/processed` when unset.")
+    config: Optional[str] = Field(
+        None, description="The pipeline file: a path or `s3://bucket/key.yaml`. Flag "
+        "`--config`; `config/pipeline.yaml` of the project when unset.")
+    home: Optional[str] = Field(
+        None, description="The local state directory (embedded server, lake, processed "
+        "area, ledger); `<project>/.totes` when unset.")
+    ledger: Optional[str] = Field(
+        None, description="The run ledger: `sqlite:///path/ledger.sqlite3` or "
+        "`dynamodb://table`; locally `$TOTES_HOME/ledger.sqlite3` when unset, none (no "
+        "records, no leases) in a Lambda without it.")
+    lease_seconds: float = Field(
+        60.0, gt=0, description="How long a lease lasts without renewal, in seconds (its "
+        "holder renews it every third of that).")
+    db_timeout_seconds: float = Field(
+        60.0, gt=0, description="How long a database may keep totes waiting for a lock, in "
+        "seconds (the session's `lock_timeout`); a connection gets twice this to be "
+        "answered. A wait that runs out is transient (retried).")
+    load_max_batches: int = Field(
+        48, ge=1, description="The most batches one load takes: a backlog is loaded over "
+        "several runs, each well inside a Lambda's time limit.")
+    allow_shared_database: bool = Field(
+        False, description="`1` lets the warehouse share the source's database (never a "
+        "default: the star schema would be created among the source's tables).")
+    aws_endpoint_url_s3: Optional[str] = Field(
+        None, validation_alias=AliasChoices("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
+        description="An S3-compatible endpoint for the lake and processed area (an emulator "
+        "in tests), as the AWS SDKs read it.")
+    aws_region: Optional[str] = Field(
+        None, validation_alias=AliasChoices("AWS_REGION", "AWS_DEFAULT_REGION"),
+        description="The AWS region of S3, as the AWS SDKs read it.")
+
+
+def variable(name: str) -> str:
+    """The environment variable of field ``name`` (``TOTES_LAKE``; ``AWS_REGION`` for the
+    AWS SDK's own)."""
+    alias = Settings.model_fields[name].validation_alias
+    if isinstance(alias, AliasChoices):
+        return str(alias.choices[0])
+    return f"{PREFIX}{name.upper()}"
+
+
+def current() -> Settings:
+    """The settings the environment gives now (read on every call: cheap, and a test or a
+    command that changes a variable is seen at once).
 
     Raises:
-        ConfigError: neither variable is set.
+        ConfigError: a variable holds a value of the wrong type; the message names the
+            variable and the rule, e.g. ``TOTES_DB_TIMEOUT_SECONDS: input should be greater
+            than 0``.
     """
-    prefix = f"TOTES_{role.upper()}"
-    if env.get(f"{prefix}_URL"):
-        return database_from_url(role, env[f"{prefix}_URL"])
-    if env.get(f"{prefix}_SECRET"):
-        return Database.from_secret(role, env[f"{prefix}_SECRET"])
-    raise ConfigError(f"no {role} database: set {prefix}_URL or {prefix}_SECRET")
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise ConfigError(f"invalid environment: "
+                          f"{'; '.join(_problem(e) for e in exc.errors())}") from None
 
 
-def lake_from_env(variable: str, env: Mapping[str, str] = os.environ) -> Lake:
-    """The storage area named by ``variable`` (``TOTES_LAKE`` or ``TOTES_PROCESSED``).
-
-    Raises:
-        ConfigError: the variable is not set.
-    """
-    uri: Optional[str] = env.get(variable)
-    if not uri:
-        raise ConfigError(f"{variable} is not set (a directory or s3://bucket/prefix)")
-    return Lake(uri)
+def _problem(error) -> str:
+    """``TOTES_LEASE_SECONDS='soon': input should be a valid number`` (the value only when
+    the field may be shown: never a URL's)."""
+    name = str(error["loc"][0]) if error["loc"] else ""
+    if name not in Settings.model_fields:
+        return error["msg"].lower()
+    shown = f"={error['input']!r}" if Settings.model_fields[name].repr else ""
+    return f"{variable(name)}{shown}: {error['msg'].lower()}"
 
 
-def config_path_from_env(env: Mapping[str, str] = os.environ) -> str:
-    """``TOTES_CONFIG`` or the default ``config/pipeline.yaml``."""
-    return env.get("TOTES_CONFIG") or DEFAULT_CONFIG_PATH
+def markdown_table() -> str:
+    """The variables as the Markdown table ``docs/configuration.md`` shows: variable,
+    type, default, meaning."""
+    lines = ["| variable | type | default | meaning |", "|---|---|---|---|"]
+    for name, info in Settings.model_fields.items():
+        names = info.validation_alias.choices if isinstance(info.validation_alias,
+                                                            AliasChoices) else [variable(name)]
+        kind = {float: "seconds", int: "integer", bool: "boolean"}.get(
+            info.annotation, "text")  # type: ignore[arg-type]  # annotation is a type here
+        default = "unset" if info.default is None else f"`{info.default}`"
+        lines.append(f"| {' or '.join(f'`{n}`' for n in names)} | {kind} | {default} | "
+                     f"{info.description} |")
+    return "\n".join(lines)
 
 
-def ledger_from_env(env: Mapping[str, str] = os.environ) -> Optional[Ledger]:
-    """The ledger ``TOTES_LEDGER`` names, or None when it is not set.
-
-    Raises:
-        ConfigError: an unsupported scheme.
-    """
-    uri = env.get("TOTES_LEDGER")
-    return ledger_from_uri(uri) if uri else None
+if __name__ == "__main__":
+    print(markdown_table())

@@ -8,11 +8,12 @@ import pyarrow as pa
 import pytest
 
 from support import query, snapshot
+from totes.contracts.config import TablePlan
+from totes.contracts.errors import SourceSchemaError
+from totes.contracts.watermark import HIGH_WATERMARK_KEY
 from totes.ingest.extract import ingest_table
-from totes.utils.config import TablePlan
-from totes.utils.errors import SourceSchemaError
+from totes.utils.footers import read_high_watermark
 from totes.utils.lake import Lake
-from totes.utils.watermark import HIGH_WATERMARK_KEY, read_high_watermark
 
 
 def make_big_table(source, rows: int) -> None:
@@ -117,7 +118,7 @@ def test_the_s3_lake_and_the_local_lake_get_identical_files(seeded_source, tmp_p
 
 def test_plan_advises_an_index_for_a_large_table_without_one(empty_source):
     from totes.ingest.plan import plan
-    from totes.utils.config import parse_config
+    from totes.contracts.config import parse_config
 
     make_big_table(empty_source, 150_000)
     query(empty_source, "ANALYZE big")

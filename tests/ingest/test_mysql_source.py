@@ -14,15 +14,16 @@ import pytest
 
 from support import CONFIG, fact_versions
 from test_end_to_end import fingerprint
-from totes.ingest import mysql_reader
+from totes.contracts.config import TablePlan
+from totes.contracts.errors import SourceSchemaError
+from totes.utils import mysql_reader
 from totes.ingest.extract import ingest_table
 from totes.ingest.plan import plan as plan_tables
 from totes.local.runner import Resources, run_pipeline
 from totes.local.seed import seed
-from totes.utils.config import TablePlan, load_config
-from totes.utils.errors import SourceSchemaError
+from totes.utils.config_file import load_config
+from totes.utils.footers import batch_files
 from totes.utils.lake import Lake
-from totes.utils.watermark import batch_files
 
 
 def run_sql(database, *statements):
@@ -274,7 +275,7 @@ def test_concurrent_writes_during_a_partitioned_mysql_read_lose_and_double_nothi
 
 
 def test_mysql_connection_errors_say_whether_a_retry_can_help(mariadb, tmp_path):
-    from totes.utils.errors import DatabaseRejected, DatabaseUnavailable
+    from totes.contracts.errors import DatabaseRejected, DatabaseUnavailable
     from totes.utils.mysql import MySQLDatabase
 
     wrong = MySQLDatabase.from_url("source", f"mysql://root:n0t-it@localhost/mysql"

@@ -10,14 +10,14 @@ import pytest
 
 from support import query, snapshot
 from test_end_to_end import fingerprint
+from totes.contracts.config import TablePlan
+from totes.contracts.errors import StorageUnavailable
+from totes.contracts.partitions import Partition
 from totes.ingest.extract import ingest_table
-from totes.ingest.partitions import Partition
-from totes.ingest.postgres_reader import PostgresReader, partition_predicate
 from totes.local.runner import Resources, run_pipeline
-from totes.utils.config import TablePlan
-from totes.utils.errors import StorageUnavailable
+from totes.utils.footers import batch_files, read_footer, read_high_watermark
 from totes.utils.lake import Lake
-from totes.utils.watermark import batch_files, read_footer, read_high_watermark
+from totes.utils.postgres_reader import PostgresReader, partition_predicate
 
 
 def plan(**settings) -> TablePlan:

@@ -4,8 +4,8 @@ does not (its job plans its own parts under its lease), and keeps its workers.""
 import yaml
 
 from support import CONFIG
+from totes.contracts.config import parse_config
 from totes.ingest.plan import plan
-from totes.utils.config import parse_config
 from totes.utils.lake import Lake
 
 

@@ -7,13 +7,13 @@ from collections import Counter
 
 import pytest
 
+from totes.contracts.config import TablePlan
+from totes.contracts.errors import LakeError, SourceSchemaError, StorageUnavailable
 from totes.ingest.extract import ingest_table
 from totes.ingest.spark_extract import SourceRef, extract_on_spark
-from totes.utils.config import TablePlan
-from totes.utils.errors import LakeError, SourceSchemaError, StorageUnavailable
+from totes.utils.footers import batch_files, read_footer
 from totes.utils.lake import Lake
 from totes.utils.ledger import SqliteLedger
-from totes.utils.watermark import batch_files, read_footer
 
 pytest.importorskip("pyspark", reason="the Spark engine's tests need pyspark "
                                       "(requirements-dev.txt)")
@@ -104,7 +104,7 @@ def test_the_glue_job_script_runs_a_payload_as_the_state_machine_passes_it(seede
     import sys
 
     from totes.ingest.glue_job import parse_arguments
-    from totes.utils.errors import ConfigError
+    from totes.contracts.errors import ConfigError
 
     payload = TablePlan(table="payment", primary_key="payment_id", job_type="glue",
                         partition_column="payment_id", num_partitions=2,

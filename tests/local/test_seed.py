@@ -5,8 +5,8 @@ import pyarrow.compute as pc
 import pytest
 
 from support import query, snapshot
+from totes.contracts.errors import ConfigError
 from totes.local.seed import seed
-from totes.utils.errors import ConfigError
 
 AS_OF = datetime(2024, 11, 1)
 LATER = datetime(2024, 11, 8)

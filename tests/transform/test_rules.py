@@ -6,9 +6,9 @@ from decimal import Decimal
 import pyarrow as pa
 import pytest
 
-from totes.transform.dimensions import currency_name, dim_currency, dim_date, latest_per_key
-from totes.transform.facts import fact_rows
-from totes.utils.errors import DataError
+from totes.contracts.errors import DataError
+from totes.rules.dimensions import currency_name, dim_currency, dim_date, latest_per_key
+from totes.rules.facts import fact_rows
 
 
 def test_dim_date_is_iso_with_english_names_and_no_fixed_range():
@@ -81,7 +81,7 @@ def test_latest_per_key_keeps_the_newest_version():
 
 
 def test_a_microsecond_timestamp_keeps_its_microseconds_and_a_finer_one_is_truncated():
-    from totes.transform.columns import split_timestamp
+    from totes.rules.columns import split_timestamp
 
     moments = pa.array([datetime(2024, 11, 15, 14, 40, 10, 123456), None], pa.timestamp("us"))
     dates, times = split_timestamp(moments)
@@ -106,7 +106,7 @@ def test_a_value_too_large_for_the_warehouse_names_its_row():
 
 
 def test_many_bad_rows_are_each_held_once_with_their_first_violation():
-    from totes.transform.columns import rows_that_do_not_fit
+    from totes.rules.columns import rows_that_do_not_fit
 
     values = pa.array([Decimal(i) * 10_000_000 if i % 1000 == 0 else Decimal(i)
                        for i in range(1, 10_001)], pa.decimal128(14, 2))
@@ -120,9 +120,9 @@ def test_many_bad_rows_are_each_held_once_with_their_first_violation():
 
 
 def test_a_violation_without_row_ids_still_names_the_table_and_column():
-    from totes.transform.columns import conform
-    from totes.utils.quarantine import Violations
-    from totes.utils.star_schema import TABLES
+    from totes.rules.columns import conform
+    from totes.contracts.quarantine import Violations
+    from totes.contracts.star_schema import TABLES
 
     columns = {"payment_type_id": pa.array([1], pa.int32()),
                "payment_type_name": pa.array([None], pa.string()),

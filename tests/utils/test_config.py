@@ -2,9 +2,10 @@
 import pytest
 
 from support import CONFIG
+from totes.contracts.config import parse_config, resolve_tables
+from totes.contracts.errors import ConfigError, SourceSchemaError
 from totes.ingest.plan import plan
-from totes.utils.config import load_config, parse_config, resolve_tables
-from totes.utils.errors import ConfigError, SourceSchemaError
+from totes.utils.config_file import load_config
 
 
 def test_a_table_setting_wins_over_the_defaults():

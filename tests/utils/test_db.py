@@ -1,8 +1,9 @@
 """Database locations and errors: URLs, unreachable servers, no password in messages."""
 import pytest
 
-from totes.utils.db import Database, quote_ident
-from totes.utils.errors import ConfigError, DatabaseRejected, DatabaseUnavailable
+from totes.contracts.errors import ConfigError, DatabaseRejected, DatabaseUnavailable
+from totes.contracts.identifiers import quote_ident
+from totes.utils.postgres import Database
 
 
 def test_urls_with_a_host_or_a_socket_directory():
@@ -89,7 +90,7 @@ def test_a_server_that_accepts_but_never_answers_is_transient(monkeypatch):
     assert time.monotonic() - started < 5
     listener.close()
     monkeypatch.setenv("TOTES_DB_TIMEOUT_SECONDS", "soon")
-    with pytest.raises(ConfigError, match="TOTES_DB_TIMEOUT_SECONDS='soon': give a positive"):
+    with pytest.raises(ConfigError, match="TOTES_DB_TIMEOUT_SECONDS='soon': input should be a valid number"):
         database.connect()
 
 
@@ -131,42 +132,46 @@ def secrets(monkeypatch):
 
 
 def test_a_connection_round_trips_through_secrets_manager(secrets, server):
+    from totes.utils.databases import database_from_secret
+
     tcp = Database.from_url("source", "postgresql://etl:s3cret@db.example.com:6543/totesys"
                                       "?sslmode=require")
     secrets.create_secret(Name="totes/source", SecretString=tcp.to_secret())
-    read = Database.from_secret("source", "totes/source")
+    read = database_from_secret("source", "totes/source")
     assert {k: read.params[k] for k in ("host", "port", "user", "password", "database")} == {
         "host": "db.example.com", "port": 6543, "user": "etl", "password": "s3cret",
         "database": "totesys"}
     assert "ssl_context" in read.params  # sslmode=require survives the round trip
     plain = Database.from_url("source", "postgresql://etl:pw@db.example.com/totesys")
     secrets.create_secret(Name="totes/plain", SecretString=plain.to_secret())
-    assert "ssl_context" not in Database.from_secret("source", "totes/plain").params
+    assert "ssl_context" not in database_from_secret("source", "totes/plain").params
 
     # The test server listens on a Unix socket: a secret naming its directory connects.
     secrets.create_secret(Name="totes/local", SecretString=server.to_secret())
-    local = Database.from_secret("warehouse", "totes/local")
+    local = database_from_secret("warehouse", "totes/local")
     with local.session("test", "reading the version") as session:
         assert session.conn.run("SELECT 1") == [[1]]
 
 
 def test_a_bad_secret_is_a_configuration_error_without_its_value(secrets):
+    from totes.utils.databases import database_from_secret
+
     secrets.create_secret(Name="totes/bad", SecretString='{"host": "h", "password": "pw!"}')
     with pytest.raises(ConfigError, match="secret 'totes/bad' of the source database lacks "
                                           "username or dbname") as error:
-        Database.from_secret("source", "totes/bad")
+        database_from_secret("source", "totes/bad")
     assert "pw!" not in str(error.value)
     secrets.create_secret(Name="totes/text", SecretString="pw! not json")
     with pytest.raises(ConfigError, match="must be JSON with host, port, username") as error:
-        Database.from_secret("source", "totes/text")
+        database_from_secret("source", "totes/text")
     assert "pw!" not in str(error.value)
     with pytest.raises(ConfigError, match="ResourceNotFoundException"):
-        Database.from_secret("source", "totes/missing")
+        database_from_secret("source", "totes/missing")
 
 
 # ---- MySQL and MariaDB sources --------------------------------------------------------------
 def test_a_mysql_url_is_read_by_the_same_rules():
-    from totes.utils.db import database_from_url
+    from totes.utils.databases import database_from_url
 
     tcp = database_from_url("source", "mysql://etl:p%40ss/w@rd@db.example.com:3307/totesys"
                                       "?sslmode=require")
@@ -191,20 +196,21 @@ def test_a_mysql_url_is_read_by_the_same_rules():
 def test_a_mysql_secret_is_read_as_rds_writes_it(secrets, mariadb):
     import json
 
+    from totes.utils.databases import database_from_secret
     from totes.utils.mysql import MySQLDatabase
 
     secrets.create_secret(Name="totes/rds", SecretString=json.dumps({
         "engine": "mysql", "host": "db.example.com", "port": 3306, "username": "etl",
         "password": "pw!", "dbname": "totesys"}))
-    rds = Database.from_secret("source", "totes/rds")
+    rds = database_from_secret("source", "totes/rds")
     assert isinstance(rds, MySQLDatabase) and rds.params["host"] == "db.example.com"
     assert "ssl" in rds.params  # TLS by default for a secret, as for PostgreSQL's
     with pytest.raises(ConfigError, match="must be PostgreSQL"):
-        Database.from_secret("warehouse", "totes/rds")
+        database_from_secret("warehouse", "totes/rds")
     # A secret naming the test server's socket connects.
     local = MySQLDatabase.from_url("source", mariadb.url("mysql"))
     secrets.create_secret(Name="totes/mariadb", SecretString=local.to_secret())
-    read = Database.from_secret("source", "totes/mariadb")
+    read = database_from_secret("source", "totes/mariadb")
     with read.session("test", "reading the version") as session:
         (version,), = session.conn.run("SELECT VERSION()")
     assert "MariaDB" in version
@@ -213,13 +219,13 @@ def test_a_mysql_secret_is_read_as_rds_writes_it(secrets, mariadb):
 def test_a_command_finds_its_databases_by_secret_when_no_url_is_given(secrets, server,
                                                                       tmp_path):
     from totes.local.workspace import Workspace
+    from totes.utils.settings import Settings
 
     secrets.create_secret(Name="totes/wh", SecretString=server.to_secret())
-    workspace = Workspace(env={"TOTES_WAREHOUSE_SECRET": "totes/wh",
-                               "TOTES_HOME": str(tmp_path)})
+    with_secret = Settings(warehouse_secret="totes/wh", home=str(tmp_path))
+    workspace = Workspace(current=with_secret)
     assert not workspace.is_embedded("warehouse") and workspace.is_embedded("source")
     with workspace.database("warehouse").session("test", "reading") as session:
         assert session.conn.run("SELECT 1") == [[1]]
-    by_url = Workspace(warehouse_url="postgresql://u@h/db",
-                       env={"TOTES_WAREHOUSE_SECRET": "totes/wh", "TOTES_HOME": str(tmp_path)})
+    by_url = Workspace(warehouse_url="postgresql://u@h/db", current=with_secret)
     assert by_url.secret("warehouse") is None  # a URL wins over the secret

@@ -1,7 +1,7 @@
 """A DataError carries what it is about; its message is built once, from those fields."""
 import pickle
 
-from totes.utils.errors import DataError, DatabaseUnavailable
+from totes.contracts.errors import DataError, DatabaseUnavailable
 
 
 def test_a_data_error_names_table_row_and_column_and_keeps_them():

@@ -6,7 +6,7 @@ from datetime import datetime
 import boto3
 import pytest
 
-from totes.utils.errors import ConfigError, LakeError, StorageUnavailable
+from totes.contracts.errors import ConfigError, LakeError, StorageUnavailable
 from totes.utils.lake import Lake, key_time, storage_error
 
 

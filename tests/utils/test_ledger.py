@@ -95,15 +95,15 @@ def test_a_held_lease_is_renewed_and_a_dead_runs_record_reads_abandoned(ledger):
 def test_the_ledger_uri_names_the_backend(tmp_path):
     assert isinstance(ledger_from_uri(f"sqlite://{tmp_path}/l.sqlite3"), SqliteLedger)
     assert isinstance(ledger_from_uri(str(tmp_path / "l.sqlite3")), SqliteLedger)
-    from totes.utils.errors import ConfigError
+    from totes.contracts.errors import ConfigError
     with pytest.raises(ConfigError, match="use sqlite:///path/ledger.sqlite3 or dynamodb://"):
         ledger_from_uri("redis://x")
 
 
 def test_work_whose_lease_was_taken_over_publishes_nothing(ledger, tmp_path):
-    from totes.utils.errors import TransientError
+    from totes.contracts.errors import TransientError
     from totes.utils.lake import Lake
-    from totes.utils.ledger import LeaseLost
+    from totes.contracts.errors import LeaseLost
     from totes.utils.run_tracking import check_lease, tracked
 
     lake = Lake(str(tmp_path / "lake"))

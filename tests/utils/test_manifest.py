@@ -4,11 +4,11 @@ from datetime import datetime
 
 import pytest
 
-from totes.utils.errors import ConfigError, LakeError
+from totes.contracts.errors import ConfigError, LakeError
+from totes.contracts.manifest import Manifest
+from totes.contracts.stage_results import TableOutput
 from totes.utils.lake import Lake
-from totes.utils.manifest import (Manifest, commit, latest_manifest, manifests_after,
-                                  read_manifest)
-from totes.utils.stage_results import TableOutput
+from totes.utils.manifests import commit, latest_manifest, manifests_after, read_manifest
 
 
 def manifest(n: int) -> Manifest:

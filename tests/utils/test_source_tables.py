@@ -1,10 +1,11 @@
 """The one registry of source tables agrees with the real source database, the shipped
 configuration and transform."""
 from support import CONFIG, query
-from totes.transform.facts import FACT_SOURCES
-from totes.transform.dimensions import DIMENSION_RULES
-from totes.utils.config import load_config, resolve_tables
-from totes.utils.source_tables import REFERENCE_TABLES, SOURCE_TABLES, default_primary_key
+from totes.contracts.config import resolve_tables
+from totes.contracts.source_tables import REFERENCE_TABLES, SOURCE_TABLES, default_primary_key
+from totes.rules.dimensions import DIMENSION_RULES
+from totes.rules.facts import FACT_SOURCES
+from totes.utils.config_file import load_config
 
 
 def test_keys_and_parents_match_the_seeded_source(seeded_source):

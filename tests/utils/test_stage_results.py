@@ -4,13 +4,13 @@ import json
 import re
 
 from support import REPO
+from totes.contracts.stage_results import (IngestResult, LoadResult, PlanResult, ReconcileResult,
+                                           TransformResult)
+from totes.contracts.watermark import Watermark
 from totes.ingest.extract import PartResult
 from totes.ingest.status import ItemStatus
 from totes.load.pending import PendingResult
 from totes.notify.alerts import Alert
-from totes.utils.stage_results import (IngestResult, LoadResult, PlanResult, ReconcileResult,
-                                       TransformResult)
-from totes.utils.watermark import Watermark
 
 STATE_RESULTS = {"Plan": PlanResult, "IngestTable": IngestResult, "RecordSuccess": ItemStatus,
                  "RecordFailure": ItemStatus, "RecordCheckFailure": ItemStatus,

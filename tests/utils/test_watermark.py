@@ -6,10 +6,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from totes.utils.errors import LakeError
+from totes.contracts.errors import LakeError
+from totes.contracts.watermark import HIGH_WATERMARK_KEY, Watermark, footer_metadata
+from totes.utils.footers import read_footer, read_high_watermark
 from totes.utils.lake import Lake
-from totes.utils.watermark import (HIGH_WATERMARK_KEY, Watermark, footer_metadata,
-                                   read_footer, read_high_watermark)
 
 
 def write_batch(lake: Lake, key: str, metadata: dict) -> None:

@@ -1,7 +1,7 @@
 """Fact rules: one fact row per source row version.
 
 created_at → created_date + created_time and last_updated → last_updated_date +
-last_updated_time (microseconds kept: :func:`totes.transform.columns.split_timestamp`); text
+last_updated_time (microseconds kept: :func:`totes.rules.columns.split_timestamp`); text
 dates ('YYYY-MM-DD') → date; sales_order.staff_id → sales_staff_id; payment's
 company_ac_number and counterparty_ac_number are dropped. Money stays decimal(10,2).
 """
@@ -10,10 +10,10 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from totes.transform.columns import conform, split_timestamp, text_to_date
-from totes.utils.quarantine import Checked, Violations
-from totes.utils.source_tables import default_primary_key
-from totes.utils.star_schema import TABLES, WarehouseTable
+from totes.contracts.quarantine import Checked, Violations
+from totes.contracts.source_tables import default_primary_key
+from totes.contracts.star_schema import TABLES, WarehouseTable
+from totes.rules.columns import conform, split_timestamp, text_to_date
 
 #: source table → (fact table, {fact column: source column} where the names differ)
 FACT_SOURCES: dict[str, tuple[str, dict[str, str]]] = {

@@ -8,35 +8,32 @@ Arrow record batches written one Parquet row group at a time, the watermarks in 
   older than that and than the database's clock. A role that cannot see other sessions stops
   ``in_flight_safety_lag_seconds`` short of the database's clock instead.
 * **Streaming.** ``COPY (SELECT ...) TO STDOUT (FORMAT csv)`` is written by pg8000 into a pipe
-  (:func:`copy_stream`), parsed by pyarrow's streaming CSV reader into record batches of
-  ``record_batch_bytes`` (:func:`csv_record_batches`) and written one Parquet row group per
-  batch: memory stays bounded whatever the table's size.
+  (:func:`totes.utils.postgres_copy.copy_stream`), parsed by pyarrow's streaming CSV reader
+  into record batches of ``record_batch_bytes``
+  (:func:`totes.utils.postgres_copy.csv_record_batches`) and written one Parquet row group
+  per batch by ingest: memory stays bounded whatever the table's size.
 """
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
-import os
 import re
-import threading
 from datetime import datetime, timezone
 from typing import Iterator, Optional, Sequence
 
 import pyarrow as pa
-import pyarrow.csv as pacsv
 from pg8000.exceptions import DatabaseError
 
-from totes.ingest.batch_writer import Inspected, Job
-from totes.ingest.partitions import Partition, column_cast, partitions_of
-from totes.ingest.source_catalog import (arrow_type, check_table, is_integer,
-                                         watermark_index_advice)
-from totes.ingest.source_reader import SourceReader
-from totes.utils.config import TablePlan
-from totes.utils.db import quote_ident, translate_error
-from totes.utils.errors import ConfigError, DataError, TotesError
-from totes.utils.stage_results import HeldBackBy
-from totes.utils.watermark import Watermark
+from totes.contracts.config import TablePlan
+from totes.contracts.errors import ConfigError, DataError
+from totes.contracts.identifiers import quote_ident
+from totes.contracts.partitions import Partition, column_cast, partitions_of
+from totes.contracts.stage_results import HeldBackBy
+from totes.contracts.watermark import Watermark
+from totes.utils.postgres_catalog import (arrow_type, check_table, is_integer,
+                                          watermark_index_advice)
+from totes.utils.postgres_copy import copy_stream, csv_record_batches
+from totes.utils.source_reader import Inspected, Job, SourceReader
 
 log = logging.getLogger(__name__)
 
@@ -69,13 +66,6 @@ FROM cutoff LEFT JOIN oldest ON true
 """
 #: An open transaction older than this (seconds) that holds the cutoff back is reported.
 HELD_BACK_WARNING_SECONDS = 60.0
-#: The largest CSV block a row may need (pyarrow's block size is a 32-bit int).
-MAX_RECORD_BATCH_BYTES = (1 << 31) - 1
-
-
-class RowLargerThanBlock(Exception):
-    """A row did not fit in one CSV block of ``record_batch_bytes``; the extract is redone
-    with larger blocks."""
 
 
 def _read_cutoff(conn, lag_seconds: float, with_time_zone: bool
@@ -90,82 +80,6 @@ def _read_cutoff(conn, lag_seconds: float, with_time_zone: bool
                                state=state or "", transaction_age_seconds=round(age, 1))
     moment = datetime.fromisoformat(instant).astimezone(timezone.utc).replace(tzinfo=None)
     return (instant if with_time_zone else local), moment, bool(sees_all), held_back
-
-
-@contextlib.contextmanager
-def copy_stream(conn, sql: str, doing: str) -> Iterator[io.BufferedReader]:
-    """Run ``COPY ... TO STDOUT`` in a thread writing into a pipe; yields the pipe's reading
-    end, which the caller reads to its end. A failure of either side raises, the database's
-    first (unless the caller's is one of ours: bad data, a row larger than a block)."""
-    read_fd, write_fd = os.pipe()
-    reader = os.fdopen(read_fd, "rb", buffering=1 << 20)
-    writer = os.fdopen(write_fd, "wb", buffering=1 << 20)
-    failures: list[BaseException] = []
-
-    def produce():
-        try:
-            conn.run(sql, stream=writer)
-        except BaseException as exc:  # handed to the consuming thread below, which raises it
-            failures.append(exc)
-        finally:
-            try:
-                writer.close()
-            except OSError:
-                pass  # the consumer closed its end first; its own error is raised
-
-    thread = threading.Thread(target=produce, name="copy-out", daemon=True)
-    thread.start()
-    try:
-        yield reader
-    except BaseException as consumer_error:
-        reader.close()
-        thread.join()
-        # The consumer's own error comes first when it is one of ours (bad data, a row larger
-        # than a block, a full disk): the database then only saw its end of the pipe close.
-        if failures and not isinstance(consumer_error, (RowLargerThanBlock, TotesError)):
-            raise translate_error(failures[0], doing) from consumer_error
-        raise
-    reader.close()
-    thread.join()
-    if failures:
-        raise translate_error(failures[0], doing) from failures[0]
-
-
-def copy_through_pipe(conn, sql: str, consume, doing: str):
-    """:func:`copy_stream`, the pipe given to ``consume(reader)``; returns what it returns."""
-    with copy_stream(conn, sql, doing) as reader:
-        return consume(reader)
-
-
-def csv_record_batches(reader, schema: pa.Schema, table: str, block_bytes: int = 8 << 20,
-                       pool: Optional[pa.MemoryPool] = None) -> Iterator[pa.RecordBatch]:
-    """Record batches of ``schema`` parsed from PostgreSQL's CSV in ``reader`` (NULL is an
-    unquoted empty field, booleans ``t``/``f``), ``block_bytes`` of CSV each; none for an
-    empty stream.
-
-    Raises:
-        RowLargerThanBlock: a row does not fit in one block.
-        DataError: a value could not be read as its column's type (names ``table``).
-    """
-    if not reader.peek(1):
-        return
-    try:  # opening reads the first block: its errors are the stream's
-        yield from pacsv.open_csv(
-            reader,
-            # One thread: Arrow's readahead threads would read the pipe (a Python file) and
-            # allocate from this extract's memory pool after it ends; a crash seen in testing.
-            read_options=pacsv.ReadOptions(column_names=schema.names, block_size=block_bytes,
-                                           use_threads=False),
-            parse_options=pacsv.ParseOptions(newlines_in_values=True),
-            convert_options=pacsv.ConvertOptions(
-                column_types=schema, true_values=["t"], false_values=["f"], null_values=[""],
-                strings_can_be_null=True, quoted_strings_can_be_null=False),
-            memory_pool=pool)
-    except pa.ArrowInvalid as exc:
-        if "straddl" in str(exc):  # "straddling object straddles two block boundaries"
-            raise RowLargerThanBlock(str(exc)) from exc
-        raise DataError(table, f"has a value that cannot be read as its column's type: "
-                        f"{exc}") from None
 
 
 def inspect_table(conn, plan: TablePlan) -> Inspected:
@@ -295,7 +209,7 @@ def extract_sql(conn, plan: TablePlan, source: Inspected, low: Optional[Watermar
 def partition_predicate(part: Partition, column: str, cast: str) -> tuple[str, dict[str, str]]:
     """The SQL condition of ``part`` on ``column`` (its bounds read from the settings
     ``totes.part_lower`` and ``totes.part_upper``, cast to ``cast``) and the settings' values;
-    the first partition also takes NULLs (:mod:`totes.ingest.partitions`)."""
+    the first partition also takes NULLs (:mod:`totes.contracts.partitions`)."""
     q_column = quote_ident(column)
     conditions, values = [], {}
     if part.lower is not None:
@@ -313,7 +227,7 @@ _SNAPSHOT_ID = re.compile(r"^[0-9A-F]+-[0-9A-F]+-[0-9]+$")
 
 class PostgresReader(SourceReader):
     """How ingest reads a PostgreSQL source (the interface of
-    :mod:`totes.ingest.source_reader`): ``COPY`` parsed as CSV, snapshots shared between the
+    :mod:`totes.utils.source_reader`): ``COPY`` parsed as CSV, snapshots shared between the
     parts of a partitioned batch with ``pg_export_snapshot()``."""
 
     engine = "postgresql"
@@ -322,12 +236,12 @@ class PostgresReader(SourceReader):
 
     def check_table(self, conn, table: str, primary_key: str,
                     watermark_column: Optional[str]) -> list[tuple[str, str]]:
-        """As :func:`totes.ingest.source_catalog.check_table`."""
+        """As :func:`totes.utils.postgres_catalog.check_table`."""
         return check_table(conn, table, primary_key, watermark_column)
 
     def index_advice(self, conn, table: str, watermark_column: str,
                      primary_key: str) -> Optional[str]:
-        """As :func:`totes.ingest.source_catalog.watermark_index_advice`."""
+        """As :func:`totes.utils.postgres_catalog.watermark_index_advice`."""
         return watermark_index_advice(conn, table, watermark_column, primary_key)
 
     def inspect(self, conn, plan: TablePlan) -> Inspected:
@@ -354,7 +268,7 @@ class PostgresReader(SourceReader):
         return snapshot
 
     def partitions(self, conn, plan: TablePlan, schema: pa.Schema) -> list[Partition]:
-        """As :func:`totes.ingest.partitions.partitions_of`, the bounds read in ``conn``'s
+        """As :func:`totes.contracts.partitions.partitions_of`, the bounds read in ``conn``'s
         snapshot when the configuration gives none."""
         def bounds() -> tuple[Optional[str], Optional[str]]:
             q_column = quote_ident(plan.partition_column)

@@ -1,13 +1,13 @@
 """Column conversions shared by the dimension and fact rules. Each records the rows that break
-it in a :class:`~totes.utils.quarantine.Violations` (naming the table, the row's id and the
+it in a :class:`~totes.contracts.quarantine.Violations` (naming the table, the row's id and the
 column) instead of failing the batch; :func:`conform` then keeps the rows that passed."""
 from __future__ import annotations
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from totes.utils.quarantine import Checked, Violations
-from totes.utils.star_schema import TIME, WarehouseTable
+from totes.contracts.quarantine import Checked, Violations
+from totes.contracts.star_schema import TIME, WarehouseTable
 
 _CAST_ERRORS = (pa.ArrowInvalid, pa.ArrowNotImplementedError)
 

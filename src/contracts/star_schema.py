@@ -201,7 +201,7 @@ def mermaid_er_diagram() -> str:
     """The star schema as a Mermaid ``erDiagram`` (every table, its columns with their SQL
     types, keys marked ``PK``/``UK``/``FK``, one relationship per foreign key): what
     ``docs/warehouse.md`` shows, kept equal to it by a test; ``python -m
-    totes.utils.star_schema`` prints it."""
+    totes.contracts.star_schema`` prints it."""
     lines = ["erDiagram"]
     for table in TABLES.values():
         lines.append(f"    {table.name} {{")

@@ -13,7 +13,7 @@ into Arrow record batches written one Parquet row group at a time.
   ``PROCESS`` stops ``in_flight_safety_lag_seconds`` short of the clock instead.
 * **Watermarks** are ``datetime``/``timestamp`` columns only: MySQL does not tell which
   transaction wrote a row, so an integer watermark cannot be made safe against in-flight
-  inserts (:func:`totes.ingest.mysql_catalog.check_table`).
+  inserts (:func:`totes.utils.mysql_catalog.check_table`).
 * **Snapshot.** ``START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY`` at ``REPEATABLE
   READ``. MySQL cannot share a snapshot between connections, so the parts of a partitioned
   batch each take their own; all are bounded by the one cutoff, so together they hold each
@@ -34,16 +34,15 @@ from typing import Iterator, Optional, Sequence
 import pyarrow as pa
 import pymysql
 
-from totes.ingest.batch_writer import Inspected, Job
-from totes.ingest.mysql_catalog import arrow_schema, check_table, watermark_index_advice
-from totes.ingest.partitions import Partition, column_cast, partitions_of
-from totes.ingest.source_reader import SourceReader
-from totes.utils.config import TablePlan
-from totes.utils.db import quote_ident
-from totes.utils.errors import ConfigError, DataError
+from totes.contracts.config import TablePlan
+from totes.contracts.errors import ConfigError, DataError
+from totes.contracts.identifiers import quote_ident
+from totes.contracts.partitions import Partition, column_cast, partitions_of
+from totes.contracts.stage_results import HeldBackBy
+from totes.contracts.watermark import Watermark
 from totes.utils.mysql import ACCESS_DENIED_ERRORS, error_number
-from totes.utils.stage_results import HeldBackBy
-from totes.utils.watermark import Watermark
+from totes.utils.mysql_catalog import arrow_schema, check_table, watermark_index_advice
+from totes.utils.source_reader import Inspected, Job, SourceReader
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +160,7 @@ def select_sql(plan: TablePlan, source: Inspected, low: Optional[Watermark],
                ) -> tuple[str, dict]:
     """The ``SELECT`` of this run's rows (of partition ``part``, when given; with ``keys``,
     of those primary keys only) and its bound
-    values, by mode, as :func:`totes.ingest.postgres_reader.extract_sql`: incremental after
+    values, by mode, as :func:`totes.utils.postgres_reader.extract_sql`: incremental after
     ``low`` and before the cutoff in ``(watermark, key)`` order; reingest before the cutoff;
     backfill in ``[from, to)`` and before the cutoff; full every row, in key order. The
     statement holds identifiers only, each through ``quote_ident`` (``ANSI_QUOTES`` is on);
@@ -250,7 +249,7 @@ def _record_batches(cursor, schema: pa.Schema, table: str, size: int,
 
 class MySQLReader(SourceReader):
     """How ingest reads a MySQL or MariaDB source (the interface of
-    :mod:`totes.ingest.source_reader`)."""
+    :mod:`totes.utils.source_reader`)."""
 
     engine = "mysql"
     #: MySQL cannot hand a snapshot to another connection.
@@ -258,12 +257,12 @@ class MySQLReader(SourceReader):
 
     def check_table(self, conn, table: str, primary_key: str,
                     watermark_column: Optional[str]) -> list:
-        """As :func:`totes.ingest.mysql_catalog.check_table`."""
+        """As :func:`totes.utils.mysql_catalog.check_table`."""
         return check_table(conn, table, primary_key, watermark_column)
 
     def index_advice(self, conn, table: str, watermark_column: str,
                      primary_key: str) -> Optional[str]:
-        """As :func:`totes.ingest.mysql_catalog.watermark_index_advice`."""
+        """As :func:`totes.utils.mysql_catalog.watermark_index_advice`."""
         return watermark_index_advice(conn, table, watermark_column, primary_key)
 
     def inspect(self, conn, plan: TablePlan) -> Inspected:
@@ -281,7 +280,7 @@ class MySQLReader(SourceReader):
         return None
 
     def partitions(self, conn, plan: TablePlan, schema: pa.Schema) -> list[Partition]:
-        """As :func:`totes.ingest.partitions.partitions_of`, the bounds read in ``conn``'s
+        """As :func:`totes.contracts.partitions.partitions_of`, the bounds read in ``conn``'s
         snapshot when the configuration gives none."""
         def bounds() -> tuple[Optional[str], Optional[str]]:
             q_column = quote_ident(plan.partition_column)

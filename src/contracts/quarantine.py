@@ -12,7 +12,7 @@ lake, to a quarantine file of the batch::
 with the source table's columns plus :data:`RULE_COLUMNS`: ``_totes_key_column``,
 ``_totes_column``, ``_totes_value`` (as text), ``_totes_rule`` (a short name:
 ``text_date``, ``not_null``, ``fits_type``, ``iso_4217``, ``reference``) and
-``_totes_message`` (the :class:`~totes.utils.errors.DataError` text). One row per row version:
+``_totes_message`` (the :class:`~totes.contracts.errors.DataError` text). One row per row version:
 the first rule it breaks. The batch's manifest names its quarantine files (so they are
 committed with it) and keeps the list of every quarantine file so far.
 
@@ -29,7 +29,7 @@ from typing import Callable, Optional
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from totes.utils.errors import DataError
+from totes.contracts.errors import DataError
 
 QUARANTINE = "_quarantine"
 RULE_COLUMNS = ("_totes_key_column", "_totes_column", "_totes_value", "_totes_rule",

@@ -22,10 +22,10 @@ from typing import Optional
 import pyarrow as pa
 import pymysql
 
-from totes.utils.db import quote_ident
-from totes.utils.errors import PermissionDenied, SourceSchemaError
+from totes.contracts.errors import PermissionDenied, SourceSchemaError
+from totes.contracts.identifiers import quote_ident
+from totes.contracts.source_tables import check_transform_columns
 from totes.utils.mysql import ACCESS_DENIED_ERRORS, error_number
-from totes.utils.source_tables import check_transform_columns
 
 _INTEGERS = {"tinyint": (pa.int8(), pa.int16()), "smallint": (pa.int16(), pa.int32()),
              "mediumint": (pa.int32(), pa.int32()), "int": (pa.int32(), pa.int64()),
@@ -97,7 +97,7 @@ def arrow_schema(columns, table: str) -> pa.Schema:
 
 
 def check_table(conn, table: str, primary_key: str, watermark_column: Optional[str]):
-    """Check ``table`` as :func:`totes.ingest.source_catalog.check_table` does for
+    """Check ``table`` as :func:`totes.utils.postgres_catalog.check_table` does for
     PostgreSQL, and return its columns (as :func:`table_columns`). On MySQL a watermark column
     must be a ``datetime`` or ``timestamp``: the rule that makes an integer watermark safe
     (the writing transaction's id, ``xmin``) is PostgreSQL's; use ``extract_type: full`` for

@@ -17,15 +17,14 @@ The same rule as the Meltano SDK: validate up front, name the key and the rule i
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from totes.utils.db import quote_ident
-from totes.utils.errors import ConfigError, StorageUnavailable
-from totes.utils.source_tables import default_primary_key
+from totes.contracts.errors import ConfigError
+from totes.contracts.identifiers import quote_ident
+from totes.contracts.source_tables import default_primary_key
 
 DEFAULT_CONFIG_PATH = "config/pipeline.yaml"
 
@@ -103,7 +102,7 @@ class TablePlan(BaseModel):
     ``run_id`` names the run in the ledger (the state machine's execution, or the local run).
     ``partition_column``/``num_partitions``/``lower_bound``/``upper_bound``: read the table as
     that many ranges of an integer or timestamp column in parallel (bounds: the column's
-    minimum and maximum when not given; see :mod:`totes.ingest.partitions`).
+    minimum and maximum when not given; see :mod:`totes.contracts.partitions`).
     ``distributed`` (state machine only): the shared settings of a partitioned batch read by
     one worker per part.
     ``job_type``: ``lambda`` (the default) or ``glue``, the engine the state machine's Choice
@@ -169,49 +168,20 @@ class TablePlan(BaseModel):
                                         for e in exc.errors())) from None
 
 
-def load_config(path: str | Path = DEFAULT_CONFIG_PATH) -> PipelineConfig:
-    """Read and validate the YAML file at ``path``: a local file, or ``s3://bucket/key.yaml``
-    (where the state machine's plan reads it, so that a change needs no deployment).
+def parse_config_text(text: str, source: str = "configuration") -> PipelineConfig:
+    """Parse and validate the YAML ``text`` of a pipeline file (``source`` names it in
+    messages); :func:`totes.utils.config_file.load_config` reads the file.
 
     Raises:
-        ConfigError: the file is missing, is not YAML, or breaks the schema; the message names
-            the file and the key, e.g. ``tables.payment.watermark_colum: extra inputs are not
+        ConfigError: the text is not YAML, or breaks the schema; the message names the file
+            and the key, e.g. ``tables.payment.watermark_colum: extra inputs are not
             permitted``.
-        StorageUnavailable: S3 could not be reached (retry).
     """
-    if str(path).startswith("s3://"):
-        text = _read_s3(str(path))
-    else:
-        try:
-            text = Path(path).read_text()
-        except OSError as exc:
-            raise ConfigError(f"cannot read configuration {path}: {exc.strerror}") from None
     try:
         document = yaml.load(text, Loader=_UniqueKeyLoader)  # nosec B506 (a SafeLoader)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"configuration {path} is not valid YAML: {exc}") from None
-    return parse_config(document, source=str(path))
-
-
-def _read_s3(uri: str) -> str:
-    """The text of the object at ``s3://bucket/key``."""
-    import boto3
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    bucket, _, key = uri[len("s3://"):].partition("/")
-    try:
-        body = boto3.session.Session().client("s3").get_object(Bucket=bucket, Key=key)["Body"]
-        return body.read().decode("utf-8")
-    except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code", "")
-        if code in ("NoSuchKey", "NoSuchBucket", "AccessDenied", "404", "403"):
-            raise ConfigError(f"cannot read configuration {uri}: {code}") from None
-        raise StorageUnavailable(f"cannot read configuration {uri}: {code}") from exc
-    except BotoCoreError as exc:
-        raise StorageUnavailable(f"cannot read configuration {uri}: "
-                                 f"{type(exc).__name__}") from exc
-    except UnicodeDecodeError:
-        raise ConfigError(f"configuration {uri} is not UTF-8 text") from None
+        raise ConfigError(f"configuration {source} is not valid YAML: {exc}") from None
+    return parse_config(document, source=source)
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -233,7 +203,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 
 def parse_config(document: object, source: str = "configuration") -> PipelineConfig:
-    """Validate an already parsed document; see :func:`load_config`."""
+    """Validate an already parsed document; see :func:`parse_config_text`."""
     try:
         config = PipelineConfig.model_validate(document)
     except ValidationError as exc:
@@ -262,7 +232,7 @@ def _check_identifier(source: str, key: str, value: str) -> None:
 def resolve_tables(config: PipelineConfig) -> list[TablePlan]:
     """One :class:`TablePlan` per table, in file order: a table's own setting wins, otherwise
     ``defaults``, otherwise the built-in default (the primary key of
-    :mod:`totes.utils.source_tables`, else ``<table>_id``). Identifiers were checked when the
+    :mod:`totes.contracts.source_tables`, else ``<table>_id``). Identifiers were checked when the
     configuration was parsed."""
     plans = []
     for table, own in config.tables.items():

@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from totes.utils.errors import SourceSchemaError
+from totes.contracts.errors import SourceSchemaError
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """Reconciliation: does the warehouse still agree with the source?
 
 For every dimension built from a source table, and every fact, the source's current rows are
-put through the transform's own rules (:mod:`totes.transform.dimensions`,
-:func:`totes.transform.facts.fact_rows`) and compared with the warehouse: a dimension's rows,
+put through the transform's own rules (:mod:`totes.rules.dimensions`,
+:func:`totes.rules.facts.fact_rows`) and compared with the warehouse: a dimension's rows,
 a fact's current versions (``<fact>_current``). Three checks:
 
 * **rows**: each expected key is in the warehouse and no other (``missing in the warehouse``,
@@ -48,20 +48,21 @@ from typing import Iterator, Optional, Sequence
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from totes.ingest.batch_writer import Job, measuring_pool
-from totes.ingest.postgres_reader import copy_stream, csv_record_batches, key_condition
-from totes.ingest.source_reader import reader_for
-from totes.transform import dimensions as dims
-from totes.transform.facts import FACT_SOURCES, fact_rows
-from totes.utils.config import TablePlan
-from totes.utils.db import Database, quote_ident
-from totes.utils.errors import ConfigError
+from totes.contracts.config import TablePlan
+from totes.contracts.errors import ConfigError
+from totes.contracts.identifiers import quote_ident
+from totes.contracts.source_tables import SOURCE_TABLES
+from totes.contracts.stage_results import (Difference, ReconcileResult, SumCheck,
+                                           TableReconciliation)
+from totes.contracts.star_schema import TABLES, WarehouseTable
+from totes.rules import dimensions as dims
+from totes.rules.facts import FACT_SOURCES, fact_rows
 from totes.utils.lake import Lake
-from totes.utils.manifest import read_manifest
-from totes.utils.source_tables import SOURCE_TABLES
-from totes.utils.stage_results import (Difference, ReconcileResult, SumCheck,
-                                       TableReconciliation)
-from totes.utils.star_schema import TABLES, WarehouseTable
+from totes.utils.manifests import read_manifest
+from totes.utils.postgres import Database
+from totes.utils.postgres_copy import copy_stream, csv_record_batches
+from totes.utils.postgres_reader import key_condition
+from totes.utils.source_reader import Job, measuring_pool, reader_for
 
 log = logging.getLogger(__name__)
 

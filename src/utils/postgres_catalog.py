@@ -13,9 +13,9 @@ from typing import Optional
 
 import pyarrow as pa
 
-from totes.utils.db import quote_ident
-from totes.utils.errors import PermissionDenied, SourceSchemaError
-from totes.utils.source_tables import check_transform_columns
+from totes.contracts.errors import PermissionDenied, SourceSchemaError
+from totes.contracts.identifiers import quote_ident
+from totes.contracts.source_tables import check_transform_columns
 
 _NUMERIC = re.compile(r"^numeric\((\d+),(\d+)\)$")
 _TIMESTAMP = re.compile(r"^timestamp(?:\((\d)\))? (without|with) time zone$")
@@ -82,7 +82,7 @@ def check_table(conn, table: str, primary_key: str,
     column with a unique index of its own (the watermark's tie-break needs a unique key),
     ``watermark_column`` (when there is one) is a timestamp or an integer, and it has every
     column transform reads
-    (:data:`totes.utils.source_tables.SOURCE_TABLES`).
+    (:data:`totes.contracts.source_tables.SOURCE_TABLES`).
 
     Raises:
         SourceSchemaError: naming the table or the column that is missing or of the wrong type.

@@ -103,3 +103,13 @@ class LakeError(TerminalError):
 
 class StorageUnavailable(TransientError):
     """Lake or processed storage could not be reached."""
+
+
+class LeaseLost(TransientError):
+    """The lease of some work was lost while the work ran (a renewal failed, or it expired
+    and another run took it over): nothing was made visible; a retry can succeed."""
+
+
+class SparkJobFailed(TerminalError):
+    """Spark could not run a part at all (not the part's own error, which is re-raised as
+    it is): an executor that cannot import totes, a worker that died."""

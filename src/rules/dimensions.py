@@ -1,7 +1,7 @@
 """Dimension rules. Each returns the rows to upsert, one per key, with the latest values and
 their version (``source_last_updated``: the newest ``last_updated`` of the source rows a
 dimension row derives from); grain and columns are those of
-:data:`totes.utils.star_schema.TABLES`. :data:`DIMENSION_RULES` says which source tables each
+:data:`totes.contracts.star_schema.TABLES`. :data:`DIMENSION_RULES` says which source tables each
 dimension is built from, so that transform runs them as a table, as it runs the facts.
 
 * dim_design ← design; dim_location ← address (address_id → location_id);
@@ -22,10 +22,10 @@ from typing import Callable, Optional
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from totes.transform.columns import conform
-from totes.utils.quarantine import Checked, Violations
-from totes.utils.star_schema import (REFERENCE_LAST_UPDATED, SOURCE_LAST_UPDATED, TABLES,
-                                     VERSION)
+from totes.contracts.quarantine import Checked, Violations
+from totes.contracts.star_schema import (REFERENCE_LAST_UPDATED, SOURCE_LAST_UPDATED, TABLES,
+                                         VERSION)
+from totes.rules.columns import conform
 
 
 def latest_per_key(rows: pa.Table, key: str, order: str = "last_updated") -> pa.Table:

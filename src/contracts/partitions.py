@@ -17,8 +17,8 @@ from typing import Callable, Optional
 
 import pyarrow as pa
 
-from totes.utils.config import TablePlan
-from totes.utils.errors import ConfigError, SourceSchemaError
+from totes.contracts.config import TablePlan
+from totes.contracts.errors import ConfigError, SourceSchemaError
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,7 @@ class Partition:
     """Partition ``index`` (0-based) of ``count``: the rows whose partition column is at or
     after ``lower`` and before ``upper`` (text, in the column's type; None: unbounded, and
     the first partition also takes NULLs). Each source reader turns it into its SQL
-    (:func:`totes.ingest.postgres_reader.partition_predicate`)."""
+    (:func:`totes.utils.postgres_reader.partition_predicate`)."""
 
     index: int
     count: int

@@ -12,8 +12,8 @@ from typing import Optional
 
 from pydantic import BaseModel, ConfigDict
 
-from totes.utils.config import TablePlan
-from totes.utils.watermark import Watermark
+from totes.contracts.config import TablePlan
+from totes.contracts.watermark import Watermark
 
 
 class _Result(BaseModel):
@@ -198,7 +198,7 @@ class SumCheck(_Result):
 
 
 class ReconcileResult(_Result):
-    """Everything :func:`totes.load.reconcile.reconcile` found (its module docstring shows
+    """Everything :func:`totes.reconcile.reconcile.reconcile` found (its module docstring shows
     the JSON): the output of ``totes reconcile --json`` and of the state machine's Reconcile
     step."""
 

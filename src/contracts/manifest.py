@@ -3,9 +3,9 @@
 Layout of the processed area (a directory or ``s3://bucket/prefix``):
 
 * ``<warehouse_table>/YYYY/MM/DD/HHMMSSffffff.parquet``: the rows of one warehouse table in
-  one batch, typed as the warehouse columns (:mod:`totes.utils.star_schema`).
+  one batch, typed as the warehouse columns (:mod:`totes.contracts.star_schema`).
 * ``_state/<source_table>/YYYY/MM/DD/HHMMSSffffff.parquet``: the latest row of every key of a
-  reference table (:data:`totes.utils.source_tables.REFERENCE_TABLES`), so that a change on
+  reference table (:data:`totes.contracts.source_tables.REFERENCE_TABLES`), so that a change on
   either side of a dimension's join refreshes it without rereading the lake's history.
 * ``_manifests/YYYY/MM/DD/HHMMSSffffff.json``: written last, it commits one batch
   (:class:`Manifest`). A batch is the set of files its manifest names; files no manifest
@@ -17,18 +17,13 @@ never changed.
 """
 from __future__ import annotations
 
-import logging
 import re
-from datetime import datetime
 from typing import Optional
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from totes.utils.errors import ConfigError, LakeError
-from totes.utils.lake import Lake
-from totes.utils.stage_results import TableOutput
-
-log = logging.getLogger(__name__)
+from totes.contracts.errors import ConfigError, LakeError
+from totes.contracts.stage_results import TableOutput
 
 MANIFESTS = "_manifests"
 STATE = "_state"
@@ -76,52 +71,26 @@ def state_prefix(table: str) -> str:
     return f"{STATE}/{table}"
 
 
-def read_manifest(processed: Lake, key: str) -> Manifest:
-    """The manifest at ``key``.
+def check_manifest_key(key: str) -> None:
+    """Check that ``key`` is a manifest key.
 
     Raises:
-        ConfigError: ``key`` is not a manifest key (``_manifests/YYYY/MM/DD/HHMMSSffffff.json``).
-        LakeError: the manifest is missing, is not JSON, or lacks a field.
-        StorageUnavailable: the processed area could not be read (retry).
+        ConfigError: it is not (``_manifests/YYYY/MM/DD/HHMMSSffffff.json``).
     """
     if not _MANIFEST_KEY.match(key):
         raise ConfigError(f"{key!r} is not a batch manifest key: they look like "
                           f"{MANIFESTS}/2024/11/15/144010123000.{MANIFEST_EXT}")
-    try:
-        data = processed.read_bytes(key)
-    except LakeError:
-        if not processed.exists(key):
-            raise LakeError(f"no batch {key} in {processed.uri}") from None
-        raise
+
+
+def parse_manifest(data: bytes, where: str) -> Manifest:
+    """The manifest whose JSON is ``data`` (``where`` names it in messages).
+
+    Raises:
+        LakeError: not JSON, or a field is missing or wrong.
+    """
     try:
         return Manifest.model_validate_json(data)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'document'}: "
                              f"{e['msg'].lower()}" for e in exc.errors()[:3])
-        raise LakeError(f"{processed.describe(key)} is not a batch manifest: {problems}") \
-            from None
-
-
-def latest_manifest(processed: Lake) -> tuple[Optional[str], Optional[Manifest]]:
-    """The newest committed manifest's key and content; ``(None, None)`` before the first."""
-    key = processed.newest_key(MANIFESTS, MANIFEST_EXT)
-    return (None, None) if key is None else (key, read_manifest(processed, key))
-
-
-def manifests_after(processed: Lake, after: Optional[str]) -> list[str]:
-    """Keys of the manifests committed after ``after`` (all when None), oldest first. Only the
-    folders that can hold newer keys are listed."""
-    return processed.keys_after(MANIFESTS, after, MANIFEST_EXT)
-
-
-def commit(processed: Lake, manifest: Manifest, moment: datetime) -> str:
-    """Create the manifest of a batch whose time is ``moment``; returns its key.
-
-    Raises:
-        LakeError: another transform committed a batch under the same key first (this one
-            is not committed; its files are never read).
-        StorageUnavailable: the processed area could not be written (retry).
-    """
-    key = processed.next_key(MANIFESTS, moment, MANIFEST_EXT)
-    processed.put_bytes(key, manifest.model_dump_json(indent=1).encode())
-    return key
+        raise LakeError(f"{where} is not a batch manifest: {problems}") from None

@@ -38,8 +38,7 @@ import pyarrow as pa
 from pydantic import (BaseModel, ConfigDict, ValidationError, model_serializer,
                       model_validator)
 
-from totes.utils.errors import LakeError
-from totes.utils.lake import Lake
+from totes.contracts.errors import LakeError
 
 HIGH_WATERMARK_KEY = b"totes.high_watermark"
 LOW_WATERMARK_KEY = b"totes.low_watermark"
@@ -126,34 +125,18 @@ def footer_metadata(high: Optional[Watermark], low: Optional[Watermark],
     return metadata
 
 
-def batch_files(lake: Lake, key: str) -> list[str]:
-    """The files that hold the rows of the batch at ``key``: its parts for a partitioned
-    batch (whose own file has no rows), else ``[key]``.
+def parse_footer(metadata: Optional[dict], where: str) -> Footer:
+    """What a batch file's footer key-value ``metadata`` says (see the module docstring);
+    ``where`` names the file in messages. Files without ``totes.mode`` (the first release)
+    read as ``incremental``.
 
     Raises:
-        LakeError / StorageUnavailable: as :func:`read_footer`.
+        LakeError: no or a malformed ``totes.high_watermark`` (the file was not written by
+            ingest).
     """
-    parts = read_footer(lake, key).parts
-    return [part["key"] for part in parts] if parts is not None else [key]
-
-
-def highest(marks) -> Optional[Watermark]:
-    """The greatest of ``marks`` in ``(value, primary key)`` order, None when there is none."""
-    found = [mark for mark in marks if mark is not None]
-    return max(found, key=_order) if found else None
-
-
-def read_footer(lake: Lake, key: str) -> Footer:
-    """What the footer of the batch file at ``key`` says.
-
-    Raises:
-        LakeError: the file has no or a malformed ``totes.high_watermark`` (it was not written
-            by ingest).
-        StorageUnavailable: the lake could not be read (retry).
-    """
-    metadata = lake.metadata(key).metadata or {}
+    metadata = metadata or {}
     if HIGH_WATERMARK_KEY not in metadata:
-        raise LakeError(f"{lake.describe(key)} has no totes.high_watermark metadata; "
+        raise LakeError(f"{where} has no totes.high_watermark metadata; "
                         "it was not written by ingest")
     try:
         return Footer(high=json.loads(metadata[HIGH_WATERMARK_KEY]),
@@ -162,20 +145,19 @@ def read_footer(lake: Lake, key: str) -> Footer:
                       range=json.loads(metadata.get(RANGE_KEY, b"null")),
                       parts=json.loads(metadata.get(PARTS_KEY, b"null")))
     except (ValidationError, ValueError, TypeError) as exc:
-        raise LakeError(f"{lake.describe(key)} has a malformed watermark in its footer: "
-                        f"{exc}") from None
+        raise LakeError(f"{where} has a malformed watermark in its footer: {exc}") from None
 
 
-def read_high_watermark(lake: Lake, table: str) -> Optional[Watermark]:
-    """The table's incremental watermark: the high watermark in the footer of its newest
-    batch, or None when the table has no batch yet (first run: everything).
+def part_keys(footer: Footer, key: str) -> list[str]:
+    """The files that hold the rows of the batch at ``key`` whose footer is ``footer``: its
+    parts for a partitioned batch (whose own file has no rows), else ``[key]``."""
+    return [part["key"] for part in footer.parts] if footer.parts is not None else [key]
 
-    Raises:
-        LakeError: the newest file has no or a malformed watermark.
-        StorageUnavailable: the lake could not be read (retry).
-    """
-    key = lake.newest_key(table)
-    return None if key is None else read_footer(lake, key).high
+
+def highest(marks) -> Optional[Watermark]:
+    """The greatest of ``marks`` in ``(value, primary key)`` order, None when there is none."""
+    found = [mark for mark in marks if mark is not None]
+    return max(found, key=_order) if found else None
 
 
 def greatest(batch: pa.RecordBatch, watermark_column: str, primary_key: str,

@@ -1,0 +1,34 @@
+"""Merging a staged table into its target in one set-based PostgreSQL statement
+(``INSERT ... SELECT ... ON CONFLICT``): how load upserts dimensions and inserts fact versions,
+and how the seeder applies a snapshot. Identifiers only, each through ``quote_ident``; no
+values are formatted into the statement."""
+from __future__ import annotations
+
+from typing import Optional
+
+from totes.contracts.identifiers import quote_ident
+
+
+def merge_staged(conn, target: str, stage: str, columns: list[str], key: list[str],
+                 update_when: Optional[str] = None) -> tuple[int, int]:
+    """``INSERT INTO target (columns) SELECT columns FROM stage`` in one set-based statement.
+    On a ``key`` conflict the row is left as it is when ``update_when`` is None; otherwise its
+    other columns are updated where ``update_when`` holds (a condition over the quoted
+    ``target`` and ``EXCLUDED``, built from identifiers only). Returns (inserted, updated)."""
+    names = [quote_ident(c) for c in columns]
+    q_target, listed = quote_ident(target), ", ".join(names)
+    conflict = ", ".join(quote_ident(c) for c in key)
+    if update_when is None:
+        action = "DO NOTHING"
+    else:
+        sets = ", ".join(f"{c} = EXCLUDED.{c}" for c, raw in zip(names, columns) if raw not in key)
+        # Identifiers only (update_when is built from quoted identifiers by the caller).
+        action = f"DO UPDATE SET {sets} WHERE {update_when}"  # nosec B608
+    # Identifiers only, each through quote_ident; no values.
+    (inserted, updated), = conn.run(
+        f"WITH merged AS (INSERT INTO {q_target} ({listed}) "  # nosec B608
+        f"SELECT {listed} FROM {quote_ident(stage)} ON CONFLICT ({conflict}) {action} "
+        "RETURNING (xmax = 0) AS inserted) "
+        "SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) "
+        "FROM merged")
+    return inserted, updated
