@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 BUILD = REPO / "build"
 LIMIT = 262_144_000  # bytes, Lambda's function + layers unzipped limit
 LAYER_PACKAGES = ("pyarrow", "pg8000", "pgpq", "PyMySQL", "python-dateutil", "pydantic",
-                  "PyYAML", "pycountry")
+                  "pydantic-settings", "python-dotenv", "PyYAML", "pycountry")
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
 TRIM = [
     "pyarrow/include", "pyarrow/tests", "pyarrow/src", "pycountry/locales",
@@ -87,7 +87,7 @@ def install_trimmed(target: Path, python_version: str) -> tuple[int, int]:
 
 SMOKE = """
 import io, pyarrow as pa, pyarrow.csv, pyarrow.parquet as pq, pyarrow.compute as pc, pyarrow.fs
-import pycountry, pg8000.native, pgpq, pymysql, pydantic, yaml
+import pycountry, pg8000.native, pgpq, pymysql, pydantic, pydantic_settings, yaml
 assert pa.__file__.startswith(sys.argv[1]), pa.__file__
 batch = pa.csv.read_csv(io.BytesIO(b"1,2.50,t"), read_options=pa.csv.ReadOptions(
     column_names=["i", "m", "b"]), convert_options=pa.csv.ConvertOptions(column_types={
@@ -100,8 +100,8 @@ pa.fs.S3FileSystem(region="eu-west-2", anonymous=True)
 encoder = pgpq.ArrowToPostgresBinaryEncoder(batch.schema)
 copy = encoder.write_header() + encoder.write_batch(batch.to_batches()[0]) + encoder.finish()
 assert copy[:6] == b"PGCOPY" and copy[-2:] == bytes([255, 255]) and len(copy) > 40, copy
-print("layer smoke test: pyarrow csv/parquet/compute/S3, pg8000, pgpq, pymysql, pydantic, yaml, "
-      "pycountry ok")
+print("layer smoke test: pyarrow csv/parquet/compute/S3, pg8000, pgpq, pymysql, pydantic, "
+      "pydantic-settings, yaml, pycountry ok")
 """
 
 
