@@ -11,13 +11,19 @@ DEV_INSTALLED := $(VENV)/.dev-installed
 DLT_VENV := .venv-dlt
 DLT_INSTALLED := $(DLT_VENV)/.installed
 
-.PHONY: help run test install-requirements install-dev-tools run-pytest check-pep8-compliance \
+.PHONY: help run test test-fast lint-imports typecheck install-requirements install-dev-tools \
+	run-pytest check-pep8-compliance \
 	test-packages security-checks bandit dependency-audit run-checks bench bench-large report stop clean-state clean \
 	layer package tf-validate deploy-local put-secrets upload-config
 
 help:
 	@echo "make run                    run the pipeline once on the embedded PostgreSQL"
-	@echo "make test                   run the tests (start their own PostgreSQL, MariaDB, Spark)"
+	@echo "make test                   import contract, type check, then every test (they start"
+	@echo "                            their own PostgreSQL, MariaDB, Spark, Chromium, S3)"
+	@echo "make test-fast              the edit loop: every test but MariaDB, Spark, Chromium and"
+	@echo "                            the S3 emulator ones, on both cores (about 2 minutes)"
+	@echo "make lint-imports           the import contract (pyproject.toml [tool.importlinter])"
+	@echo "make typecheck              mypy over src/"
 	@echo "make install-requirements   create .venv and install totes (totes on .venv/bin)"
 	@echo "make install-dev-tools      add pytest, moto, flake8, bandit, pip-audit, pyspark"
 	@echo "make check-pep8-compliance  flake8"
@@ -53,7 +59,21 @@ install-dev-tools: $(DEV_INSTALLED)
 run: $(INSTALLED)
 	$(BIN)/totes run
 
-test: $(DEV_INSTALLED) test-packages run-pytest
+test: $(DEV_INSTALLED) test-packages lint-imports typecheck run-pytest
+
+# The edit loop: the unit and embedded-PostgreSQL tests on both cores; what needs MariaDB,
+# Spark, Chromium or moto's server is left out (make test runs it).
+test-fast: $(DEV_INSTALLED)
+	@$(BIN)/pytest -n 2 -q -m "not mariadb and not spark and not browser and not emulator" \
+		$(PYTEST_ARGS)
+
+# Stages import only contracts and utils (and the star-schema rules), never each other;
+# contracts import nothing of the project's; utils never import a stage.
+lint-imports: $(DEV_INSTALLED)
+	$(BIN)/lint-imports
+
+typecheck: $(DEV_INSTALLED)
+	scripts/typecheck.sh
 
 # What the tests use from Debian (MariaDB for MySQL sources, Chromium for the report), if missing.
 test-packages:

@@ -1,7 +1,8 @@
 locals {
   # Retry only what a retry can fix (retry_transient.json): Lambda service errors and
-  # throttling, and the project's own transient errors (totes.utils.errors.TransientError and
-  # its subclasses DatabaseUnavailable, StorageUnavailable), with backoff and full jitter.
+  # throttling, and the project's own transient errors (totes.contracts.errors.TransientError
+  # and every subclass, by name: DatabaseUnavailable, StorageUnavailable, LeaseLost; a test
+  # checks the list against the classes), with backoff and full jitter.
   definition = templatefile("${path.module}/state_machine.asl.json", {
     plan_arn        = aws_lambda_function.stage["plan"].arn
     ingest_arn      = aws_lambda_function.stage["ingest"].arn

@@ -16,13 +16,13 @@ import sys
 from datetime import datetime
 from importlib import metadata
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, overload
 
-import click
 import typer
 from rich.markup import escape
 from typer.core import TyperGroup
 
+from totes.contracts.config import Mode
 from totes.contracts.errors import ConfigError, TotesError
 from totes.local import render
 from totes.local.embedded import EmbeddedPostgres
@@ -40,7 +40,7 @@ class _Commands(TyperGroup):
     here, once (as dlt's CLI does at its dispatcher): one red line on standard error (with
     ``--json`` also a JSON document on standard output) and the exit code its type gives."""
 
-    def invoke(self, ctx: click.Context):
+    def invoke(self, ctx):  # typer's own (vendored) click.Context
         try:
             return super().invoke(ctx)
         except TotesError as exc:
@@ -116,6 +116,14 @@ class _Progress:
 
 def _print_json(document) -> None:
     print(json.dumps(document, default=str, indent=2))
+
+
+@overload
+def _parse_time(value: str, flag: str) -> datetime: ...
+
+
+@overload
+def _parse_time(value: Optional[str], flag: str) -> Optional[datetime]: ...
 
 
 def _parse_time(value: Optional[str], flag: str) -> Optional[datetime]:
@@ -324,7 +332,7 @@ def _ingest_on_spark(workspace, plans) -> list:
 
 
 def _mode(reingest: bool, low: Optional[str], high: Optional[str],
-          tables: Optional[List[str]]) -> Optional[str]:
+          tables: Optional[List[str]]) -> Optional[Mode]:
     """The mode the flags ask for (None: each table's own).
 
     Raises:
@@ -336,7 +344,7 @@ def _mode(reingest: bool, low: Optional[str], high: Optional[str],
                           "one or the other")
     if (low is None) != (high is None):
         raise ConfigError("a backfill needs both --from and --to (the range is [from, to))")
-    mode = "reingest" if reingest else "backfill" if low is not None else None
+    mode: Optional[Mode] = "reingest" if reingest else "backfill" if low is not None else None
     if mode is not None and not tables:
         raise ConfigError(f"a {mode} needs --table: name the tables to {mode}")
     return mode

@@ -156,3 +156,20 @@ def mysql_source(mariadb):
 @pytest.fixture
 def empty_mysql_source(mariadb):
     return mariadb.database(f"src_{uuid.uuid4().hex[:12]}")
+
+
+# ---- what make test-fast leaves out -------------------------------------------------------
+#: A marker per outside part a test needs beyond the embedded PostgreSQL, given by the
+#: fixture that provides the part (or, for the Spark tests, their module).
+_PART_OF_FIXTURE = {"mariadb": "mariadb", "s3_server": "emulator"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark each test by the outside parts it needs (``mariadb``, ``spark``, ``browser``,
+    ``emulator``), so that ``make test-fast`` can leave exactly those out."""
+    for item in items:
+        for fixture, marker in _PART_OF_FIXTURE.items():
+            if fixture in getattr(item, "fixturenames", ()):
+                item.add_marker(marker)
+        if "test_spark_extract" in item.nodeid:
+            item.add_marker("spark")

@@ -49,3 +49,44 @@ def test_the_readme_links_the_docs():
     for doc in ("architecture", "contracts", "warehouse", "configuration", "runbook"):
         assert f"(docs/{doc}.md)" in readme, doc
         assert (REPO / "docs" / f"{doc}.md").exists()
+
+
+def test_the_module_maps_name_exactly_the_modules_of_src():
+    """docs/contracts.md maps every module of src/, and neither it nor docs/architecture.md
+    names a module or package that does not exist."""
+    modules = {str(p.relative_to(REPO / "src")) for p in (REPO / "src").rglob("*.py")
+               if p.name != "__init__.py"}
+    path = re.compile(r"`(?:src/)?((?:[a-z_]+/)*[a-z_]+\.py)`")
+    mapped = set(path.findall((REPO / "docs" / "contracts.md").read_text()))
+    assert modules - mapped == set(), "modules docs/contracts.md does not map"
+    for doc in ("contracts.md", "architecture.md"):
+        text = (REPO / "docs" / doc).read_text()
+        named = {m for m in path.findall(text) if ("/" in m or m == "cli.py")
+                 and not m.startswith("tests/")}
+        assert named - modules == set(), f"docs/{doc} names modules that do not exist"
+        packages = set(re.findall(r"`src/([a-z_]+)/`", text))
+        assert all((REPO / "src" / p / "__init__.py").exists() for p in packages), packages
+    architecture = (REPO / "docs" / "architecture.md").read_text()
+    for package in ("contracts", "utils", "rules", "ingest", "transform", "load", "reconcile",
+                    "notify", "local"):
+        assert f"`src/{package}/`" in architecture, package
+
+
+def test_the_configuration_page_lists_the_settings_object():
+    from totes.utils.settings import markdown_table
+
+    text = (REPO / "docs" / "configuration.md").read_text()
+    block = re.search(r"<!-- settings:start -->\n(.*?)\n<!-- settings:end -->", text, re.S)
+    assert block, "docs/configuration.md lost its settings markers"
+    assert block.group(1) == markdown_table(), (
+        "docs/configuration.md differs from src/utils/settings.py: paste the output of "
+        "`python -m totes.utils.settings` between the markers")
+
+
+def test_only_the_settings_object_reads_the_environment():
+    readers = re.compile(r"os\.environ(?!\.setdefault\(\"PYSPARK_PYTHON\")|os\.getenv|getenv\(")
+    found = [f"{p.relative_to(REPO)}:{n}" for p in (REPO / "src").rglob("*.py")
+             for n, line in enumerate(p.read_text().splitlines(), 1)
+             if readers.search(line) and p.name != "settings.py"
+             and not line.lstrip().startswith("#")]
+    assert found == []

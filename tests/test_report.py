@@ -36,6 +36,7 @@ def browse(browser: str, page, *flags: str) -> subprocess.CompletedProcess:
          page.as_uri()], capture_output=True, text=True, timeout=120, check=True)
 
 
+@pytest.mark.browser
 def test_the_report_renders_every_chart_and_prints_the_warehouse_figures(resources, tmp_path):
     browser = chromium()
     resources = dataclasses.replace(resources,

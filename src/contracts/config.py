@@ -152,9 +152,46 @@ class TablePlan(BaseModel):
                              f"{self.mode}")
         return self
 
-    def with_mode(self, mode: Mode, backfill_from: Optional[str] = None,
+    def watermark(self) -> str:
+        """The watermark column, which every mode but ``full`` has (the validator says so).
+
+        Raises:
+            ConfigError: the plan has none.
+        """
+        if not self.watermark_column:
+            raise ConfigError(f"table {self.table}: {self.mode} needs a watermark_column")
+        return self.watermark_column
+
+    def partitioning(self) -> str:
+        """The partition column of a partitioned table.
+
+        Raises:
+            ConfigError: the plan has none.
+        """
+        if not self.partition_column:
+            raise ConfigError(f"table {self.table}: partitions need a partition_column")
+        return self.partition_column
+
+    def shared(self) -> "DistributedBatch":
+        """What the parts of a distributed batch share (the state machine's payload).
+
+        Raises:
+            ConfigError: the payload holds no ``distributed`` (it is not a part's).
+        """
+        if self.distributed is None:
+            raise ConfigError(f"table {self.table}: the payload of a part or a commit needs "
+                              "'distributed' (what plan fixed for the parts)")
+        return self.distributed
+
+    def backfill_range(self) -> Optional[dict[str, str]]:
+        """A backfill's ``{"from": ..., "to": ...}`` (None for other modes)."""
+        if self.mode != "backfill" or self.backfill_from is None or self.backfill_to is None:
+            return None
+        return {"from": self.backfill_from, "to": self.backfill_to}
+
+    def with_mode(self, mode: str, backfill_from: Optional[str] = None,
                   backfill_to: Optional[str] = None) -> "TablePlan":
-        """This plan for a run in ``mode`` (reingest, backfill).
+        """This plan for a run in ``mode`` (reingest, backfill; any :data:`Mode`, checked).
 
         Raises:
             ConfigError: the combination is impossible (``--reingest`` with ``--from``, a

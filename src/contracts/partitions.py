@@ -84,7 +84,7 @@ def partitions_of(plan: TablePlan, schema: pa.Schema,
     if low is None or high is None:
         found_low, found_high = find_bounds()
         low, high = low or found_low, high or found_high
-    if low is None:  # an empty table: one read of it all
+    if low is None or high is None:  # an empty table: one read of it all
         return [Partition(0, 1, None, None)]
     lower = _parse(low, cast, "lower_bound", plan.table)
     upper = _parse(high, cast, "upper_bound", plan.table)

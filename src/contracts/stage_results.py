@@ -213,10 +213,9 @@ class ReconcileResult(_Result):
         pending)`` or ``reconcile: 3 differences (fact_payment 1, dim_staff 1, …)``."""
         pending = sum(t.pending for t in self.tables)
         waiting = f"; {pending:,} pending" if pending else ""
-        scoped = [t for t in self.tables if t.scoped_keys is not None]
+        scoped = [t.scoped_keys for t in self.tables if t.scoped_keys is not None]
         if scoped:
-            waiting += (f"; facts on the {sum(t.scoped_keys for t in scoped):,} ids the load "
-                        "brought")
+            waiting += f"; facts on the {sum(scoped):,} ids the load brought"
         if self.equal:
             rows = sum(t.source_rows for t in self.tables)
             return (f"reconcile: source and warehouse agree ({len(self.tables)} tables, "

@@ -218,8 +218,8 @@ def mermaid_er_diagram() -> str:
             lines.append(f"        {kind} {column.name}{' ' + ', '.join(marks) if marks else ''}")
         lines.append("    }")
     for table in TABLES.values():
-        for column, target in table.foreign_keys.items():
-            lines.append(f"    {target} ||--o{{ {table.name} : {column}")
+        for name, target in table.foreign_keys.items():
+            lines.append(f"    {target} ||--o{{ {table.name} : {name}")
     return "\n".join(lines)
 
 

@@ -66,7 +66,7 @@ def write_batches(batches: Iterable[pa.RecordBatch], staged: str, job: Job) -> O
         if parquet is None:
             return None
         high = _high(plan, last, low, top)
-        parquet.add_key_value_metadata(footer_metadata(high, low, plan.mode, backfill_range(plan)))
+        parquet.add_key_value_metadata(footer_metadata(high, low, plan.mode, plan.backfill_range()))
     finally:
         if parquet is not None:
             parquet.close()
@@ -129,14 +129,7 @@ def _high(plan: TablePlan, last, low: Optional[Watermark],
           top: Optional[Watermark]) -> Optional[Watermark]:
     """The footer's high watermark: the table's incremental watermark after this batch."""
     if plan.mode in ("incremental", "reingest"):
-        return Watermark.of_last_row(last, plan.watermark_column, plan.primary_key)
+        return Watermark.of_last_row(last, plan.watermark(), plan.primary_key)
     if plan.mode == "backfill":
         return low  # a backfill never moves the incremental watermark
     return top
-
-
-def backfill_range(plan: TablePlan) -> Optional[dict[str, str]]:
-    """A backfill's ``{"from": ..., "to": ...}`` (None for other modes)."""
-    if plan.mode != "backfill":
-        return None
-    return {"from": plan.backfill_from, "to": plan.backfill_to}

@@ -42,11 +42,11 @@ from totes.contracts.errors import DataError, LakeError
 from totes.contracts.partitions import Partition
 from totes.contracts.stage_results import IngestResult
 from totes.contracts.watermark import Watermark, footer_metadata, highest
-from totes.ingest.batch_writer import Written, backfill_range, cutoff_bound, read_into, vanished
+from totes.ingest.batch_writer import Written, cutoff_bound, read_into, vanished
 from totes.utils.footers import batch_files, read_footer, read_high_watermark
 from totes.utils.lake import Lake, parquet_writer
 from totes.utils.ledger import Ledger, new_run_id, record_json
-from totes.utils.postgres import Database
+from totes.utils.databases import SourceDatabase
 from totes.utils.postgres_copy import MAX_RECORD_BATCH_BYTES, RowLargerThanBlock
 from totes.utils.run_tracking import check_lease, skip_reason, tracked
 from totes.utils.source_reader import Inspected, Job, measuring_pool, reader_for
@@ -71,7 +71,7 @@ def _previous_snapshot_ids(lake: Lake, plan: TablePlan) -> Optional[pa.Array]:
     return pa.concat_arrays(arrays) if arrays else None
 
 
-def ingest_table(plan: TablePlan, source: Database, lake: Lake,
+def ingest_table(plan: TablePlan, source: SourceDatabase, lake: Lake,
                  ledger: Optional[Ledger] = None) -> IngestResult:
     """Extract this run's row versions of ``plan.table`` (by ``plan.mode``: see
     :func:`extract_sql`) into one lake file; with a ``ledger``, under the table's lease and
@@ -135,7 +135,7 @@ def _compare_with_ledger(ledger: Ledger, table: str,
     return None
 
 
-def _ingest(plan: TablePlan, source: Database, lake: Lake) -> IngestResult:
+def _ingest(plan: TablePlan, source: SourceDatabase, lake: Lake) -> IngestResult:
     started = time.monotonic()
     table = plan.table
     low = read_high_watermark(lake, table) if plan.mode in ("incremental", "backfill") \
@@ -168,7 +168,7 @@ def _ingest(plan: TablePlan, source: Database, lake: Lake) -> IngestResult:
         low_watermark=low if plan.mode == "incremental" else None,
         high_watermark=batch.high if batch.key else (
             low if plan.mode in ("incremental", "backfill") else None),
-        range=backfill_range(plan), vanished_rows=gone, parts=batch.parts,
+        range=plan.backfill_range(), vanished_rows=gone, parts=batch.parts,
         cutoff=batch.inspected.cutoff, held_back_by=batch.inspected.held_back_by,
         run_id=plan.run_id, seconds=round(time.monotonic() - started, 3),
         peak_arrow_bytes=pool.max_memory())
@@ -194,7 +194,7 @@ def _key_moment(high: Optional[Watermark], moment: datetime) -> datetime:
     return (high.moment() if high is not None else None) or moment
 
 
-def _extract(plan: TablePlan, source: Database, lake: Lake, low: Optional[Watermark],
+def _extract(plan: TablePlan, source: SourceDatabase, lake: Lake, low: Optional[Watermark],
              pool: pa.MemoryPool, block: int) -> _Batch:
     """One attempt: this run's rows into a published lake file (none if no row)."""
     doing = f"extracting table {plan.table} from the {source.describe()}"
@@ -215,7 +215,7 @@ def _extract(plan: TablePlan, source: Database, lake: Lake, low: Optional[Waterm
     return _Batch(inspected, key, size, written.high, [written])
 
 
-def _extract_partitioned(plan: TablePlan, source: Database, lake: Lake,
+def _extract_partitioned(plan: TablePlan, source: SourceDatabase, lake: Lake,
                          low: Optional[Watermark], pool: pa.MemoryPool, block: int) -> _Batch:
     """One attempt of a partitioned extract: the parts in parallel (in one exported snapshot
     where the engine shares them), each published under ``<table>/_parts/<batch>/``, then the
@@ -271,14 +271,14 @@ def _publish_commit(lake: Lake, plan: TablePlan, schema: pa.Schema, high: Option
     with lake.staging_file() as staged:
         with parquet_writer(staged, schema) as commit:
             commit.add_key_value_metadata(footer_metadata(
-                high, low, plan.mode, backfill_range(plan), parts=listed))
+                high, low, plan.mode, plan.backfill_range(), parts=listed))
         key = lake.next_key(plan.table, _key_moment(high, moment))
         check_lease()  # the commit makes the batch visible: only while the lease is ours
         lake.publish(staged, key)
     return key
 
 
-def _extract_part(plan: TablePlan, source: Database, lake: Lake, job: Job,
+def _extract_part(plan: TablePlan, source: SourceDatabase, lake: Lake, job: Job,
                   inspected: Inspected, snapshot: Optional[str], part: Partition,
                   batch_id: str):
     """One part, in the exported ``snapshot`` (None: a snapshot of its own, bounded by the
@@ -350,14 +350,14 @@ def plan_distributed(reader, conn, lake: Lake, plan: TablePlan) -> TablePlan:
                for p in parts])})
 
 
-def extract_part(plan: TablePlan, spec: dict, source: Database, lake: Lake) -> PartResult:
+def extract_part(plan: TablePlan, spec: dict, source: SourceDatabase, lake: Lake) -> PartResult:
     """Extract one part of a distributed batch into ``<table>/_parts/<batch>/``. A part
     that a previous attempt already published is not read again: its file is the part.
 
     Raises:
         as :func:`ingest_table`.
     """
-    shared = plan.distributed
+    shared = plan.shared()
     part = Partition(spec["index"], spec["count"], spec["lower"], spec["upper"])
     key = _part_key(plan, shared.batch_id, part)
     if lake.exists(key):
@@ -407,30 +407,30 @@ def commit_landed_parts(plan: TablePlan, parts: list[PartResult], lake: Lake,
                         run_id: str) -> IngestResult:
     """:func:`commit_parts`' work, for a caller that already holds the table's lease (a Spark
     job: :mod:`totes.ingest.spark_extract`)."""
-    shared = plan.distributed
+    shared = plan.shared()
     low = Watermark.model_validate(shared.low_watermark) if shared.low_watermark else None
     started = time.monotonic()
     if plan.mode in ("incremental", "backfill") and \
             read_high_watermark(lake, plan.table) != low:
         return skipped_result(plan, run_id, "another run committed a batch of the table "
                               "since its parts were read")
-    landed = [p for p in parts if p.key]
+    landed = [(p.key, p) for p in parts if p.key]
     key, high = None, None
-    listed = [{"key": p.key, "rows": p.rows, "lower": p.lower, "upper": p.upper}
-              for p in landed]
+    listed = [{"key": k, "rows": p.rows, "lower": p.lower, "upper": p.upper}
+              for k, p in landed]
     if landed:
-        high = _combined_high(plan, low, [p.high_watermark for p in landed])
-        schema = lake.metadata(landed[0].key).schema.to_arrow_schema()
+        high = _combined_high(plan, low, [p.high_watermark for _, p in landed])
+        schema = lake.metadata(landed[0][0]).schema.to_arrow_schema()
         key = _publish_commit(lake, plan, schema, high, low, listed,
                               datetime.fromisoformat(shared.moment))
     return IngestResult(
-        table=plan.table, mode=plan.mode, key=key, rows=sum(p.rows for p in landed),
-        row_groups=sum(p.row_groups for p in landed),
-        bytes=sum(lake.metadata(p.key).serialized_size for p in landed),
+        table=plan.table, mode=plan.mode, key=key, rows=sum(p.rows for _, p in landed),
+        row_groups=sum(p.row_groups for _, p in landed),
+        bytes=sum(lake.metadata(k).serialized_size for k, _ in landed),
         low_watermark=low if plan.mode == "incremental" else None,
         high_watermark=high if key else (low if plan.mode in ("incremental", "backfill")
                                          else None),
-        range=backfill_range(plan), parts=listed or None, cutoff=shared.cutoff,
+        range=plan.backfill_range(), parts=listed or None, cutoff=shared.cutoff,
         run_id=run_id, seconds=round(time.monotonic() - started, 3), peak_arrow_bytes=0)
 
 

@@ -39,9 +39,10 @@ def parse_arguments(argv: list[str]) -> dict[str, str]:
             raise ConfigError(f"Glue job argument {item!r}: expected --name value")
         name, equals, value = item[2:].partition("=")
         if not equals:
-            value = next(items, None)
-            if value is None:
+            following = next(items, None)
+            if following is None:
                 raise ConfigError(f"Glue job argument --{name} has no value")
+            value = following
         found[name] = value
     return found
 

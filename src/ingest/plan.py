@@ -19,7 +19,7 @@ from totes.contracts.config import PipelineConfig, TablePlan, resolve_tables
 from totes.contracts.errors import ConfigError, PermissionDenied, SourceSchemaError
 from totes.contracts.stage_results import PlanResult
 from totes.utils.lake import Lake
-from totes.utils.postgres import Database
+from totes.utils.databases import SourceDatabase
 from totes.utils.source_reader import reader_for
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ def select(plans: list[TablePlan],
     for item in request:
         spec = {"table": item} if isinstance(item, str) else item
         name = spec.get("table") if isinstance(spec, dict) else None
-        if name not in by_name:
+        if not isinstance(name, str) or name not in by_name:
             raise ConfigError(f"table {name!r} is not in the configuration (configured: "
                               f"{', '.join(by_name)})")
         chosen[name] = by_name[name] if "mode" not in spec else by_name[name].with_mode(
@@ -50,7 +50,7 @@ def select(plans: list[TablePlan],
     return list(chosen.values()), [p.table for p in plans if p.table not in chosen]
 
 
-def plan(config: PipelineConfig, source: Optional[Database] = None,
+def plan(config: PipelineConfig, source: Optional[SourceDatabase] = None,
          run_id: Optional[str] = None, tables: Optional[list] = None,
          per_table_errors: bool = False, lake: Optional[Lake] = None) -> PlanResult:
     """Resolve ``config`` into payloads (each naming ``run_id``), for the ``tables`` of this

@@ -136,10 +136,10 @@ def extract_on_spark(spark, plan: TablePlan, source: SourceRef, lake_uri: str,
         doing = f"planning the parts of table {plan.table} in the {database.describe()}"
         with database.session(f"totes-spark-{plan.table}", doing) as session:
             shared = plan_distributed(reader_for(database), session.conn, lake, plan)
-        specs = shared.distributed.parts
+        specs = shared.shared().parts
         payload = shared.model_dump(mode="json")
         log.info("%s: %d parts on Spark (batch %s)", plan.table, len(specs),
-                 shared.distributed.batch_id)
+                 shared.shared().batch_id)
         try:
             answers = spark.sparkContext.parallelize(specs, len(specs)).map(
                 lambda spec: _read_part(payload, spec, source, lake_uri)).collect()

@@ -76,7 +76,7 @@ def _quarantined(processed: Lake) -> dict[str, tuple[pa.Table, list[str]]]:
 def _warehouse_versions(conn, table: str, ids: list) -> list:
     """For each id of source ``table``: the newest version of that row in the warehouse
     table it becomes, or None (also when that table does not exist yet)."""
-    target = TABLES[SOURCE_TABLES[table].warehouse_table]
+    target = TABLES[SOURCE_TABLES[table].warehouse_table or ""]
     (exists,), = conn.run("SELECT to_regclass(:t) IS NOT NULL", t=target.name)
     if not exists:
         return [None] * len(ids)

@@ -45,6 +45,7 @@ from totes.utils import settings
 from totes.utils.lake import Lake
 from totes.utils.ledger import ALL_TABLES, Ledger, new_run_id
 from totes.utils.manifests import manifests_after, read_manifest
+from totes.utils.databases import SourceDatabase
 from totes.utils.postgres import Database
 from totes.utils.postgres_copy import copy_binary_into
 from totes.utils.postgres_errors import sqlstate_of
@@ -90,7 +91,7 @@ def max_batches() -> int:
     return settings.current().load_max_batches
 
 
-def check_separate(source: Database, warehouse: Database) -> None:
+def check_separate(source: SourceDatabase, warehouse: Database) -> None:
     """Refuse a warehouse that is the source database (same server and database name).
 
     Raises:

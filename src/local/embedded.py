@@ -80,7 +80,9 @@ class EmbeddedPostgres:
             warnings.simplefilter("ignore")
             import pgserver
         user = "pgserver" if os.geteuid() == 0 else None
-        pgserver.pg_ctl(["-w", "stop"], pgdata=self.data_dir, user=user)
+        # pg_ctl is pgserver's own wrapper, which its stubs do not declare.
+        stop = pgserver.pg_ctl  # type: ignore[attr-defined]
+        stop(["-w", "stop"], pgdata=self.data_dir, user=user)
         return True
 
 

@@ -24,6 +24,7 @@ from totes.transform.run import transform
 from totes.utils.config_file import load_config
 from totes.utils.lake import Lake
 from totes.utils.ledger import Ledger, new_run_id
+from totes.utils.databases import SourceDatabase
 from totes.utils.postgres import Database
 
 #: Tables ingested at once (each through its own connection), as the Map's MaxConcurrency.
@@ -35,7 +36,7 @@ class Resources:
     """Where one run reads and writes, and the ledger it records in (None: no records, no
     leases)."""
 
-    source: Database
+    source: SourceDatabase
     warehouse: Database
     lake: Lake
     processed: Lake
@@ -43,7 +44,7 @@ class Resources:
     ledger: Optional[Ledger] = None
 
 
-def ingest_all(source: Database, lake: Lake, planned: PlanResult,
+def ingest_all(source: SourceDatabase, lake: Lake, planned: PlanResult,
                on_table: Callable[[IngestResult], None] = lambda result: None,
                ledger: Optional[Ledger] = None) -> list[IngestResult]:
     """Ingest every table of ``planned`` from ``source`` into ``lake`` in parallel (as the

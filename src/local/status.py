@@ -23,6 +23,7 @@ from totes.utils.footers import read_high_watermark
 from totes.utils.lake import Lake
 from totes.utils.ledger import ALL_TABLES, Ledger, LedgerRecord, lease_name
 from totes.utils.manifests import latest_manifest
+from totes.utils.databases import SourceDatabase
 from totes.utils.postgres import Database
 
 
@@ -52,7 +53,7 @@ class PipelineStatus(BaseModel):
     notes: list[str] = []
 
 
-def _source_newest(source: Database, plan) -> Optional[object]:
+def _source_newest(source: SourceDatabase, plan) -> Optional[object]:
     with source.session("totes-status", f"reading the newest {plan.table} rows") as session:
         (newest,), = session.conn.run(
             f"SELECT max({quote_ident(plan.watermark_column)}) "  # nosec B608 (identifiers)
@@ -67,7 +68,7 @@ def _lag(newest, high: Optional[Watermark]) -> tuple[Optional[float], Optional[s
         return None, "everything"
     if high.integer is not None:
         return float(newest - high.integer), "rows"
-    extracted = datetime.fromisoformat(high.timestamp)
+    extracted = datetime.fromisoformat(high.value)
     if isinstance(newest, datetime) and newest.tzinfo is not None:
         newest = newest.astimezone(timezone.utc).replace(tzinfo=None)
     if extracted.tzinfo is not None:
@@ -76,7 +77,7 @@ def _lag(newest, high: Optional[Watermark]) -> tuple[Optional[float], Optional[s
 
 
 def pipeline_status(config: PipelineConfig, ledger: Ledger, lake: Lake, processed: Lake,
-                    warehouse: Optional[Database], source: Optional[Database]
+                    warehouse: Optional[Database], source: Optional[SourceDatabase]
                     ) -> PipelineStatus:
     """Where the pipeline stands. A source or warehouse that cannot be reached leaves its
     columns empty, with a note (status never fails for them).

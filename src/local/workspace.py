@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Literal, Optional, overload
 
 from totes.contracts.config import DEFAULT_CONFIG_PATH, PipelineConfig
 from totes.contracts.errors import ConfigError
@@ -36,7 +36,9 @@ from totes.local.embedded import (EmbeddedPostgres, SOURCE_DATABASE, WAREHOUSE_D
 from totes.local.runner import Resources
 from totes.utils import resources, settings
 from totes.utils.config_file import load_config
-from totes.utils.databases import SourceDatabase, database_from_secret, database_from_url
+from totes.utils.databases import (SourceDatabase, as_warehouse, database_from_secret,
+                                   database_from_url)
+from totes.utils.postgres import Database
 from totes.utils.lake import Lake
 from totes.utils.ledger import Ledger, SqliteLedger
 from totes.utils.settings import Settings
@@ -150,22 +152,29 @@ class Workspace:
 
     def url(self, role: str) -> str:
         """The URL of the ``role`` database, starting the embedded server if it is needed."""
-        if self._urls[role]:
-            return self._urls[role]
+        given = self._urls[role]
+        if given:
+            return given
         if self._embedded_urls is None:
             if not self.embedded.is_running():
                 self._on_server_start()
             self._embedded_urls = self.embedded.start()
         return self._embedded_urls[SOURCE_DATABASE if role == "source" else WAREHOUSE_DATABASE]
 
+    @overload
+    def database(self, role: Literal["warehouse"]) -> Database: ...
+
+    @overload
+    def database(self, role: Literal["source"]) -> SourceDatabase: ...
+
     def database(self, role: str) -> SourceDatabase:
         """The ``role`` database: its URL (flag or ``TOTES_<ROLE>_URL``), its secret
         (``TOTES_<ROLE>_SECRET``), or the embedded one. A MySQL source is a
         :class:`totes.utils.mysql.MySQLDatabase`."""
         secret = self.secret(role)
-        if secret:
-            return database_from_secret(role, secret)
-        return database_from_url(role, self.url(role))
+        found = database_from_secret(role, secret) if secret else \
+            database_from_url(role, self.url(role))
+        return as_warehouse(found) if role == "warehouse" else found
 
     def lake(self) -> Lake:
         return Lake(self.lake_uri)
@@ -226,6 +235,7 @@ class Workspace:
             leftover.unlink(missing_ok=True)
         return Resources(
             database_from_url("source", self._urls["source"] or urls["replay_totesys"]),
-            database_from_url("warehouse", self._urls["warehouse"] or urls["replay_warehouse"]),
+            as_warehouse(database_from_url("warehouse",
+                                           self._urls["warehouse"] or urls["replay_warehouse"])),
             Lake(folders["lake"]), Lake(folders["processed"]), str(self.config_path),
             SqliteLedger(str(ledger)))

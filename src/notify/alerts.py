@@ -169,14 +169,14 @@ def render_differences(result: ReconcileResult, environment: str,
     unequal = [s for s in result.sums if not s.equal]
     if unequal:
         lines.append("Sums that differ (per currency, over the rows compared):")
-        lines += [f"  - {s.table}.{s.column} in {s.currency}: source {s.source}, warehouse "
-                  f"{s.warehouse}" for s in unequal[:MAX_DIFFERENCES]]
-    apart = [(sum(t.pending for t in result.tables), "pending (changed in the source after "
-              "the last load: the next execution brings them)"),
-             (sum(t.held for t in result.tables), "held (a fact waiting for its dimension "
-              "row)"),
-             (sum(t.quarantined for t in result.tables), "quarantined (totes quarantine)")]
-    apart = [f"{count:,} {what}" for count, what in apart if count]
+        lines += [f"  - {u.table}.{u.column} in {u.currency}: source {u.source}, warehouse "
+                  f"{u.warehouse}" for u in unequal[:MAX_DIFFERENCES]]
+    tallies = [(sum(t.pending for t in result.tables), "pending (changed in the source after "
+                "the last load: the next execution brings them)"),
+               (sum(t.held for t in result.tables), "held (a fact waiting for its dimension "
+                "row)"),
+               (sum(t.quarantined for t in result.tables), "quarantined (totes quarantine)")]
+    apart = [f"{count:,} {what}" for count, what in tallies if count]
     if apart:
         lines.append(f"Not differences: {'; '.join(apart)}.")
     lines.append("What to do: run totes reconcile --source-url <source> --warehouse-url "

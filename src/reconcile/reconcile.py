@@ -442,7 +442,8 @@ def reconcile(source, warehouse: Database, limit: int = DEFAULT_LIMIT,
         SourceSchemaError: a source table is missing or lacks a column transform reads.
     """
     started = time.monotonic()
-    tables, sums = [], []
+    tables: list[TableReconciliation] = []
+    sums: list[SumCheck] = []
     with warehouse.session("totes-reconcile", f"reconciling the {warehouse.describe()}") \
             as session:
         conn = session.conn
@@ -456,7 +457,7 @@ def reconcile(source, warehouse: Database, limit: int = DEFAULT_LIMIT,
         for source_table in FACT_SOURCES:
             keys = (scope or {}).get(FACT_SOURCES[source_table][0])
             tables.append(_fact(conn, source, source_table, limit, sums, keys))
-    differences = sum(t.differences for t in tables) + sum(1 for s in sums if not s.equal)
+    differences = sum(t.differences for t in tables) + sum(not s.equal for s in sums)
     result = ReconcileResult(equal=differences == 0, differences=differences, tables=tables,
                              sums=sums, seconds=round(time.monotonic() - started, 3))
     (log.info if result.equal else log.warning)(result.summary())

@@ -3,11 +3,13 @@ it in a :class:`~totes.contracts.quarantine.Violations` (naming the table, the r
 column) instead of failing the batch; :func:`conform` then keeps the rows that passed."""
 from __future__ import annotations
 
+from functools import partial
+
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from totes.contracts.quarantine import Checked, Violations
-from totes.contracts.star_schema import TIME, WarehouseTable
+from totes.contracts.star_schema import TIME, Column, WarehouseTable
 
 _CAST_ERRORS = (pa.ArrowInvalid, pa.ArrowNotImplementedError)
 
@@ -61,6 +63,14 @@ def rows_that_do_not_fit(values, arrow_type: pa.DataType, offset: int = 0) -> li
             + rows_that_do_not_fit(values.slice(middle), arrow_type, offset + middle))
 
 
+def _not_null_problem(table: str, column: Column, value: object) -> str:
+    return f"is empty but {table}.{column.name} is NOT NULL"
+
+
+def _fits_problem(table: str, column: Column, value: object) -> str:
+    return f"{value} does not fit {table}.{column.name} ({column.sql_type})"
+
+
 def conform(columns: dict, target: WarehouseTable, violations: Violations) -> Checked:
     """Build ``target``'s rows from ``columns`` (name → array, one per column of ``target``,
     aligned with ``violations.rows``) cast to the warehouse types, keeping the rows that
@@ -79,14 +89,12 @@ def conform(columns: dict, target: WarehouseTable, violations: Violations) -> Ch
         arrays[column.name] = values
         if not column.nullable and values.null_count:
             violations.add(pc.is_null(values), column.name, "not_null",
-                           lambda v, c=column: f"is empty but {target.name}.{c.name} is NOT "
-                                               "NULL")
+                           partial(_not_null_problem, target.name, column))
         try:
             cast[column.name] = values.cast(column.arrow_type)
         except _CAST_ERRORS:
             violations.add(rows_that_do_not_fit(values, column.arrow_type), column.name,
-                           "fits_type", lambda v, c=column: f"{v} does not fit "
-                           f"{target.name}.{c.name} ({c.sql_type})", values)
+                           "fits_type", partial(_fits_problem, target.name, column), values)
     if not len(violations):
         return Checked(pa.table([cast[c.name] for c in target.columns],
                                 schema=target.arrow_schema()))

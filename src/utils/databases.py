@@ -45,15 +45,15 @@ def database_from_secret(role: str, secret_id: str, session=None) -> SourceDatab
     return Database.from_document(role, secret_id, doc)
 
 
-def warehouse_from_url(url: str) -> Database:
-    """The warehouse a URL names (PostgreSQL).
+def as_warehouse(database: SourceDatabase) -> Database:
+    """``database`` as the warehouse, which is PostgreSQL.
 
     Raises:
-        ConfigError: not a PostgreSQL URL (MySQL is a source only), or as
-            :meth:`Database.from_url`.
+        ConfigError: it is a MySQL database (a source only).
     """
-    database = database_from_url("warehouse", url)
-    assert isinstance(database, Database)  # nosec B101 (_refuse_mysql refused MySQL)
+    if not isinstance(database, Database):
+        _refuse_mysql("warehouse")
+        raise ConfigError(f"the {database.describe()} cannot be the warehouse")
     return database
 
 

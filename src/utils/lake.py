@@ -175,7 +175,7 @@ def _is_botocore_error(exc: BaseException) -> bool:
 
 
 def _s3_filesystem() -> pafs.S3FileSystem:
-    options = {}
+    options: dict[str, str] = {}
     current = settings.current()
     endpoint = current.aws_endpoint_url_s3
     if endpoint:

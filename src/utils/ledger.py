@@ -313,7 +313,8 @@ class SqliteLedger(Ledger):
 class DynamoLedger(Ledger):
     """The ledger in one DynamoDB table with a string partition key ``pk`` and sort key
     ``sk``: a run record is ``pk = run#<stage>#<table>``, ``sk = <started_at>#<run_id>``; a
-    lease is ``pk = lease#<name>``, ``sk = lease``, taken with a conditional put."""
+    lease is ``pk = lease#<name>``, ``sk = lease``, taken with one conditional put that, when
+    its condition fails, returns the holder (``ReturnValuesOnConditionCheckFailure=ALL_OLD``)."""
 
     def __init__(self, table_name: str, session=None):
         import boto3
@@ -350,6 +351,7 @@ class DynamoLedger(Ledger):
 
     def history(self, stage=None, table=None, limit=20) -> list[LedgerRecord]:
         records = []
+        pages: list[list[dict]] = []
         with self._call("reading run records"):
             if stage is not None and table is not None:
                 pages = [self.client.query(
@@ -357,7 +359,7 @@ class DynamoLedger(Ledger):
                     ExpressionAttributeValues={":pk": {"S": f"run#{stage}#{table}"}},
                     ScanIndexForward=False, Limit=limit)["Items"]]
             else:  # a few hundred records a day: a filtered scan of the run records
-                pages, start = [], {}
+                start: dict = {}
                 while True:
                     page = self.client.scan(TableName=self.table_name, **start,
                                             FilterExpression="begins_with(pk, :run)",
@@ -386,12 +388,17 @@ class DynamoLedger(Ledger):
                                         "expires_at < :now",
                     ExpressionAttributeNames={"#o": "owner"},
                     ExpressionAttributeValues={":me": {"S": owner},
-                                               ":now": {"S": _iso(moment)}})
+                                               ":now": {"S": _iso(moment)}},
+                    ReturnValuesOnConditionCheckFailure="ALL_OLD")
                 return None
-            except self.client.exceptions.ConditionalCheckFailedException:
-                pass
-        held = self.holder(name)
-        return held or LeaseHolder(name=name, owner="(just released)", expires_at=_iso(moment))
+            except self.client.exceptions.ConditionalCheckFailedException as refused:
+                # The holder that made the condition fail, in the same call (as Powertools'
+                # idempotency layer reads it): no second read that could see another state.
+                held = refused.response.get("Item") or {}
+        if "owner" not in held:  # none came back: taken and released in between
+            return LeaseHolder(name=name, owner="(just released)", expires_at=_iso(moment))
+        return LeaseHolder(name=name, owner=held["owner"]["S"],
+                           expires_at=held["expires_at"]["S"])
 
     def release(self, name, owner) -> None:
         with self._call(f"releasing lease {name}"):

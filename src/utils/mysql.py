@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import ssl
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Literal
 
 import pymysql
 import pymysql.cursors
@@ -227,18 +227,19 @@ class MySQLSession:
     always closed; a driver error raised inside becomes DatabaseUnavailable (retry) or a
     TerminalError whose message starts with ``doing``."""
 
+    #: The open connection (from :meth:`__enter__` on).
+    conn: MySQLConnection
+
     def __init__(self, database: MySQLDatabase, application_name: str, doing: str):
         self.database, self.application_name, self.doing = database, application_name, doing
-        self.conn: Optional[MySQLConnection] = None
 
     def __enter__(self) -> "MySQLSession":
         self.conn = self.database.connect(self.application_name)
         return self
 
-    def __exit__(self, exc_type, exc, traceback) -> bool:
+    def __exit__(self, exc_type, exc, traceback) -> Literal[False]:
         try:
-            if self.conn is not None:
-                self.conn.close()
+            self.conn.close()
         except (pymysql.err.MySQLError, OSError):
             pass  # a connection that broke with the work: the work's error is the one raised
         if exc is not None and isinstance(exc, Exception):

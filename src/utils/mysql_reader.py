@@ -29,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from datetime import datetime, timedelta, timezone
-from typing import Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import pyarrow as pa
 import pymysql
@@ -137,7 +137,7 @@ def _check_range(plan: TablePlan) -> None:
     bounds = {}
     for flag, value in (("--from", plan.backfill_from), ("--to", plan.backfill_to)):
         try:
-            bounds[flag] = _as_bound(value)
+            bounds[flag] = _as_bound(value or "")
         except (TypeError, ValueError):
             raise ConfigError(f"backfill {flag} {value!r} is not a timestamp, the type of "
                               f"{column}") from None
@@ -166,9 +166,10 @@ def select_sql(plan: TablePlan, source: Inspected, low: Optional[Watermark],
     statement holds identifiers only, each through ``quote_ident`` (``ANSI_QUOTES`` is on);
     values are bound by the driver."""
     q_pk = quote_ident(plan.primary_key)
-    conditions, values = [], {}
+    conditions: list[str] = []
+    values: dict[str, object] = {}
     if plan.mode != "full":
-        q_wm = quote_ident(plan.watermark_column)
+        q_wm = quote_ident(plan.watermark())
         conditions.append(f"{q_wm} < %(cutoff)s")
         values["cutoff"] = _as_bound(source.cutoff)
         if plan.mode == "incremental" and low is not None:
@@ -176,17 +177,18 @@ def select_sql(plan: TablePlan, source: Inspected, low: Optional[Watermark],
             conditions.append(f"{q_wm} >= %(low_value)s AND ({q_wm} > %(low_value)s OR "
                               f"{q_pk} > %(low_pk)s)")
             values.update(low_value=_as_bound(low.value), low_pk=low.primary_key)
-        if plan.mode == "backfill":
+        backfill = plan.backfill_range()
+        if backfill is not None:
             conditions.append(f"{q_wm} >= %(range_from)s AND {q_wm} < %(range_to)s")
-            values.update(range_from=_as_bound(plan.backfill_from),
-                          range_to=_as_bound(plan.backfill_to))
+            values.update(range_from=_as_bound(backfill["from"]),
+                          range_to=_as_bound(backfill["to"]))
         order = f"{q_wm}, {q_pk}"
     else:
         order = q_pk
     if part is not None and (part.lower is not None or part.upper is not None):
         cast = column_cast(source.schema, plan)
-        q_column = quote_ident(plan.partition_column)
-        bound = int if cast == "bigint" else _as_bound
+        q_column = quote_ident(plan.partitioning())
+        bound: Callable[[str], object] = int if cast == "bigint" else _as_bound
         if part.lower is not None:
             conditions.append(f"{q_column} >= %(part_lower)s")
             values["part_lower"] = bound(part.lower)
@@ -220,7 +222,7 @@ def rows_per_batch(conn, table: str, batch_bytes: int) -> int:
 def _converter(field: pa.Field, table: str):
     kind = field.type
 
-    def convert(values: tuple, pool: pa.MemoryPool) -> pa.Array:
+    def convert(values: Sequence, pool: pa.MemoryPool) -> pa.Array:
         try:
             if pa.types.is_boolean(kind):
                 values = [None if v is None else bool(v) for v in values]
@@ -283,7 +285,7 @@ class MySQLReader(SourceReader):
         """As :func:`totes.contracts.partitions.partitions_of`, the bounds read in ``conn``'s
         snapshot when the configuration gives none."""
         def bounds() -> tuple[Optional[str], Optional[str]]:
-            q_column = quote_ident(plan.partition_column)
+            q_column = quote_ident(plan.partitioning())
             (low, high), = conn.run(  # identifiers only, each through quote_ident
                 f"SELECT CAST(MIN({q_column}) AS CHAR), CAST(MAX({q_column}) AS CHAR) "
                 f"FROM {quote_ident(plan.table)}")  # nosec B608

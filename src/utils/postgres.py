@@ -20,6 +20,7 @@ import json
 import ssl
 import threading
 from dataclasses import dataclass, field
+from typing import Literal
 
 import pg8000.native
 from pg8000.exceptions import DatabaseError, InterfaceError
@@ -221,15 +222,17 @@ class Session:
     ``TerminalError``, with a message starting with ``doing`` (update it as work proceeds).
     An error the pipeline raised itself passes through unchanged."""
 
+    #: The open connection (from :meth:`__enter__` on).
+    conn: pg8000.native.Connection
+
     def __init__(self, database: Database, application_name: str, doing: str):
         self.database, self.application_name, self.doing = database, application_name, doing
-        self.conn: pg8000.native.Connection | None = None
 
     def __enter__(self) -> "Session":
         self.conn = self.database.connect(self.application_name)
         return self
 
-    def __exit__(self, exc_type, exc, traceback) -> bool:
+    def __exit__(self, exc_type, exc, traceback) -> Literal[False]:
         close_quietly(self.conn)
         if exc is not None and isinstance(exc, Exception):
             translated = translate_error(exc, self.doing)

@@ -6,10 +6,9 @@ the table's size.
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import threading
-from typing import Iterator, Optional
+from typing import BinaryIO, Iterator, Optional
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -85,7 +84,7 @@ def copy_binary_into(conn, table: str, schema, batches) -> int:
 
 
 @contextlib.contextmanager
-def copy_stream(conn, sql: str, doing: str) -> Iterator[io.BufferedReader]:
+def copy_stream(conn, sql: str, doing: str) -> Iterator[BinaryIO]:
     """Run ``COPY ... TO STDOUT`` in a thread writing into a pipe; yields the pipe's reading
     end, which the caller reads to its end. A failure of either side raises, the database's
     first (unless the caller's is one of ours: bad data, a row larger than a block)."""

@@ -4,6 +4,7 @@ what was being done and the server's own words (never a password)."""
 from __future__ import annotations
 
 import socket
+from typing import Optional
 
 from pg8000.exceptions import DatabaseError, InterfaceError
 
@@ -18,7 +19,7 @@ READ_TIMEOUT_SECONDS = 900.0
 REJECTED_SQLSTATE_PREFIXES = ("28", "3D")
 
 
-def server_error(exc: BaseException) -> DatabaseError | None:
+def server_error(exc: Optional[BaseException]) -> Optional[DatabaseError]:
     """The server's error behind ``exc``, if any. When a server refuses a connection (no such
     database, bad password) it sends its error and closes the socket; pg8000 then writes a
     Terminate message to that socket and raises the broken pipe as "network error", with the
@@ -47,7 +48,7 @@ def sqlstate_of(exc: Exception) -> str:
 def network_reason(exc: BaseException) -> str:
     """What the operating system said when a connection failed (``Connection refused``,
     ``Name or service not known``, ``timed out``), not the driver's own wording."""
-    seen = exc
+    seen: Optional[BaseException] = exc
     while seen is not None:
         if isinstance(seen, OSError) and (seen.strerror or str(seen)):
             return seen.strerror or str(seen)
@@ -62,7 +63,7 @@ def network_reason(exc: BaseException) -> str:
 _TRANSIENT_SQLSTATE_PREFIXES = ("08", "40", "53", "57", "55P03")
 
 
-def translate_error(exc: Exception, doing: str) -> Exception:
+def translate_error(exc: BaseException, doing: str) -> BaseException:
     """Turn a pg8000 error raised while ``doing`` (e.g. "extracting table payment from the
     source database") into a :class:`DatabaseUnavailable` when a retry can help, else into a
     ``TerminalError`` subclass; other exceptions are returned unchanged."""

@@ -97,7 +97,7 @@ def inspect_table(conn, plan: TablePlan) -> Inspected:
     wm_type = types[plan.watermark_column] if plan.watermark_column else None
     cast = None if wm_type is None else "bigint" if is_integer(wm_type) else \
         "timestamptz" if "with time zone" in wm_type else "timestamp"
-    if plan.mode == "backfill":
+    if plan.mode == "backfill" and cast is not None:  # a backfill has a watermark
         _check_range(conn, plan, cast)
     schema = pa.schema([(name, arrow_type(pg_type, table, name)) for name, pg_type in columns])
     if plan.distributed is not None:  # a part of a distributed batch: plan's cutoff for all
@@ -175,7 +175,8 @@ def extract_sql(conn, plan: TablePlan, source: Inspected, low: Optional[Watermar
     q_pk = quote_ident(plan.primary_key)
     conditions = []
     if plan.mode != "full":
-        q_wm, cast = quote_ident(plan.watermark_column), source.watermark_cast
+        # inspect sets the cast whenever the table has a watermark column.
+        q_wm, cast = quote_ident(plan.watermark()), source.watermark_cast or "timestamp"
         if cast == "bigint":
             conditions.append("age(xmin) > age((pg_snapshot_xmin(pg_current_snapshot())"
                               "::text::bigint % 4294967296)::text::xid)")
@@ -186,15 +187,16 @@ def extract_sql(conn, plan: TablePlan, source: Inspected, low: Optional[Watermar
             _set(conn, low_value=low.value, low_pk=low.primary_key)
             conditions.append(f"({q_wm}, {q_pk}) > ({_setting('low_value', cast)}, "
                               f"{_setting('low_pk', 'bigint')})")
-        if plan.mode == "backfill":
-            _set(conn, range_from=plan.backfill_from, range_to=plan.backfill_to)
+        backfill = plan.backfill_range()
+        if backfill is not None:
+            _set(conn, range_from=backfill["from"], range_to=backfill["to"])
             conditions.append(f"{q_wm} >= {_setting('range_from', cast)}")
             conditions.append(f"{q_wm} < {_setting('range_to', cast)}")
         order = f"{q_wm}, {q_pk}"
     else:
         order = q_pk
     if part is not None and (part.lower is not None or part.upper is not None):
-        condition, values = partition_predicate(part, plan.partition_column,
+        condition, values = partition_predicate(part, plan.partitioning(),
                                                 column_cast(source.schema, plan))
         _set(conn, **values)
         conditions.append(condition)
@@ -271,7 +273,7 @@ class PostgresReader(SourceReader):
         """As :func:`totes.contracts.partitions.partitions_of`, the bounds read in ``conn``'s
         snapshot when the configuration gives none."""
         def bounds() -> tuple[Optional[str], Optional[str]]:
-            q_column = quote_ident(plan.partition_column)
+            q_column = quote_ident(plan.partitioning())
             (low, high), = conn.run(  # identifiers only, each through quote_ident
                 f"SELECT min({q_column})::text, max({q_column})::text "  # nosec B608
                 f"FROM {quote_ident(plan.table)}")

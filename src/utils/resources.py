@@ -4,18 +4,28 @@ the databases, the two storage areas, the pipeline file's path and the ledger. (
 embedded defaults.)"""
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal, Optional, overload
 
 from totes.contracts.config import DEFAULT_CONFIG_PATH
 from totes.contracts.errors import ConfigError
 from totes.utils import settings as settings_module
-from totes.utils.databases import SourceDatabase, database_from_secret, database_from_url
+from totes.utils.databases import (SourceDatabase, as_warehouse, database_from_secret,
+                                   database_from_url)
+from totes.utils.postgres import Database
 from totes.utils.lake import Lake
 from totes.utils.ledger import Ledger, ledger_from_uri
 from totes.utils.settings import Settings
 
 Role = Literal["source", "warehouse"]
 Area = Literal["lake", "processed"]
+
+
+@overload
+def database(role: Literal["warehouse"], settings: Optional[Settings] = None) -> Database: ...
+
+
+@overload
+def database(role: Literal["source"], settings: Optional[Settings] = None) -> SourceDatabase: ...
 
 
 def database(role: Role, settings: Optional[Settings] = None) -> SourceDatabase:
@@ -28,10 +38,9 @@ def database(role: Role, settings: Optional[Settings] = None) -> SourceDatabase:
     """
     settings = settings or settings_module.current()
     url, secret = getattr(settings, f"{role}_url"), getattr(settings, f"{role}_secret")
-    if url:
-        return database_from_url(role, url)
-    if secret:
-        return database_from_secret(role, secret)
+    if url or secret:
+        found = database_from_url(role, url) if url else database_from_secret(role, secret)
+        return as_warehouse(found) if role == "warehouse" else found
     prefix = f"{settings_module.PREFIX}{role.upper()}"
     raise ConfigError(f"no {role} database: set {prefix}_URL or {prefix}_SECRET")
 

@@ -90,7 +90,8 @@ def test_a_server_that_accepts_but_never_answers_is_transient(monkeypatch):
     assert time.monotonic() - started < 5
     listener.close()
     monkeypatch.setenv("TOTES_DB_TIMEOUT_SECONDS", "soon")
-    with pytest.raises(ConfigError, match="TOTES_DB_TIMEOUT_SECONDS='soon': input should be a valid number"):
+    with pytest.raises(ConfigError, match="TOTES_DB_TIMEOUT_SECONDS='soon': input should be "
+                                          "a valid number"):
         database.connect()
 
 
