@@ -6,6 +6,10 @@ wheel, so a fresh machine needs nothing else. The server listens on a Unix socke
 (``<state>/postgres``), keeps running after the command that started it, and is reused by
 the next command; ``totes embedded stop`` stops it. When started as root it runs as the
 system user ``pgserver``, since PostgreSQL refuses to run as root.
+
+The server runs with ``wal_level = logical``, so that a newcomer can try change data capture
+(``extract_type: cdc``) locally: a server that runs without it (created by an earlier
+release) is set so and restarted once, the first time it is started.
 """
 from __future__ import annotations
 
@@ -52,12 +56,41 @@ class EmbeddedPostgres:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         server = self._server()
         admin = Database.from_url("embedded", server.get_uri("postgres"))
+        self._ensure_logical_decoding(admin)
         with admin.session("totes-admin", "creating the embedded databases") as session:
             existing = {name for name, in session.conn.run("SELECT datname FROM pg_database")}
             for name in databases:
                 if name not in existing:
                     session.conn.run(f"CREATE DATABASE {quote_ident(name)}")
         return {name: server.get_uri(name) for name in databases}
+
+    def _ensure_logical_decoding(self, admin: Database) -> None:
+        """``wal_level = logical`` (set with ``ALTER SYSTEM`` and a restart when it is not).
+
+        Raises:
+            DatabaseUnavailable: the server could not be restarted.
+        """
+        with admin.session("totes-admin", "reading the embedded server's wal_level") as session:
+            (level,), = session.conn.run("SHOW wal_level")
+            if level == "logical":
+                return
+            session.conn.run("ALTER SYSTEM SET wal_level = 'logical'")
+        try:
+            self._pg_ctl(["-w", "-m", "fast", "-l", str(self.data_dir / "log"), "restart"])
+        except Exception as exc:  # pgserver's pg_ctl raises CalledProcessError with the log
+            raise DatabaseUnavailable(f"cannot restart the embedded PostgreSQL in "
+                                      f"{self.data_dir} with wal_level=logical: {exc}") from exc
+
+    def _pg_ctl(self, arguments: list[str]) -> None:
+        """Run pgserver's ``pg_ctl`` on this server (as the system user ``pgserver`` when this
+        process is root)."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import pgserver
+        user = "pgserver" if os.geteuid() == 0 else None
+        # pg_ctl is pgserver's own wrapper, which its stubs do not declare.
+        pg_ctl = pgserver.pg_ctl  # type: ignore[attr-defined]
+        pg_ctl(arguments, pgdata=self.data_dir, user=user)
 
     def is_running(self) -> bool:
         """Whether a server is running on this state directory."""
@@ -76,13 +109,7 @@ class EmbeddedPostgres:
         """Stop the server; returns False when it was not running."""
         if not self.is_running():
             return False
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import pgserver
-        user = "pgserver" if os.geteuid() == 0 else None
-        # pg_ctl is pgserver's own wrapper, which its stubs do not declare.
-        stop = pgserver.pg_ctl  # type: ignore[attr-defined]
-        stop(["-w", "stop"], pgdata=self.data_dir, user=user)
+        self._pg_ctl(["-w", "stop"])
         return True
 
 
