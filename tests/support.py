@@ -48,3 +48,11 @@ def fact_versions(warehouse: Database, fact: str, id_column: str) -> list:
     rows = query(warehouse, f"SELECT {id_column}, last_updated_date, last_updated_time "
                             f"FROM {fact}")
     return [(i, datetime.combine(d, t)) for i, d, t in rows]
+
+
+def url_of(database: Database) -> str:
+    """A URL of ``database`` (the test server's: a Unix socket, no password)."""
+    params = database.params
+    folder, _, name = params["unix_sock"].rpartition("/")
+    port = name.rsplit(".", 1)[1]
+    return f"postgresql://{params['user']}@/{params['database']}?host={folder}&port={port}"

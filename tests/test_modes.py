@@ -206,7 +206,7 @@ def test_an_integer_watermark_extracts_each_row_once_and_waits_for_open_writers(
 
 @pytest.mark.parametrize("document, message", [
     ({"tables": {"payment": {"extract_type": "sideways"}}},
-     "tables.payment.extract_type: input should be 'incremental' or 'full'"),
+     "tables.payment.extract_type: input should be 'incremental', 'full' or 'cdc'"),
 ])
 def test_an_unknown_extract_type_names_the_table_and_key(document, message):
     with pytest.raises(ConfigError, match=message):

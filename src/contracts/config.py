@@ -3,7 +3,8 @@
 File shape (``config/pipeline.yaml``)::
 
     defaults:                          # applies to every table unless the table overrides it
-      extract_type: incremental        # or full: the whole table as one snapshot each run
+      extract_type: incremental        # or full (the whole table as one snapshot each run),
+                                       # or cdc (every change, from the database's log)
       watermark_column: last_updated   # timestamp or integer column that moves on change
       record_batch_bytes: 8388608      # CSV bytes per Arrow record batch / Parquet row group
       in_flight_safety_lag_seconds: 300
@@ -11,6 +12,11 @@ File shape (``config/pipeline.yaml``)::
       sales_order: {}                  # primary key from the source registry, else <table>_id
       payment: {primary_key: payment_id}
       currency: {extract_type: full}   # a full table has a watermark only if it names one
+      sales_order: {extract_type: cdc} # read from the publication and slot below
+    cdc:                               # change data capture (tables whose extract_type is cdc)
+      slot: totes                      # one logical replication slot per pipeline
+      publication: totes               # and one publication
+      max_changes_per_run: 100000      # a read stops after the transaction that passes it
 
 Unknown keys, wrong types and invalid identifiers fail before any work, naming the key.
 The same rule as the Meltano SDK: validate up front, name the key and the rule it broke.
@@ -29,6 +35,9 @@ from totes.contracts.source_tables import default_primary_key
 DEFAULT_CONFIG_PATH = "config/pipeline.yaml"
 
 
+#: How a table is read: the versions after its watermark (``incremental``), a whole snapshot
+#: each run (``full``), or every committed change from the database's log (``cdc``).
+ExtractType = Literal["incremental", "full", "cdc"]
 #: The engine that extracts a table: a Lambda function (one per part when partitioned) or an
 #: AWS Glue (Spark) job whose executors read the parts (:mod:`totes.ingest.spark_extract`).
 JobType = Literal["lambda", "glue"]
@@ -41,7 +50,7 @@ class TableOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    extract_type: Optional[Literal["incremental", "full"]] = None
+    extract_type: Optional[ExtractType] = None
     primary_key: Optional[str] = None
     watermark_column: Optional[str] = None
     record_batch_bytes: Optional[int] = Field(None, ge=1024, le=1 << 30)
@@ -55,13 +64,34 @@ class TableOptions(BaseModel):
     worker_no: Optional[int] = Field(None, ge=2, le=299)
 
 
+class CdcOptions(BaseModel):
+    """Change data capture (PostgreSQL logical replication) of the tables whose
+    ``extract_type`` is ``cdc``: one publication and one slot for the whole pipeline, read by
+    one reader per run (:mod:`totes.ingest.capture`).
+
+    ``slot``/``publication``: their names (``totes``). ``max_changes_per_run``: a read of the
+    log stops after the transaction in which it passes this many changes (a transaction is
+    never split), so that a run stays inside a Lambda's time; the next run goes on from
+    there. ``retained_wal_alert_bytes``: the slot's retained WAL beyond which the state
+    machine alerts (an abandoned slot fills the source's disk)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    slot: str = "totes"
+    publication: str = "totes"
+    max_changes_per_run: int = Field(100_000, ge=1, le=100_000_000)
+    retained_wal_alert_bytes: int = Field(1 << 30, ge=1 << 20)
+
+
 class PipelineConfig(BaseModel):
-    """The whole file: ``defaults`` plus ``tables`` (name → overrides)."""
+    """The whole file: ``defaults`` plus ``tables`` (name → overrides), and ``cdc`` (the
+    publication and slot of the ``cdc`` tables)."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
     defaults: TableOptions = TableOptions()
     tables: dict[str, Optional[TableOptions]] = Field(min_length=1)
+    cdc: CdcOptions = CdcOptions()
 
 
 class DistributedBatch(BaseModel):
@@ -81,9 +111,10 @@ class DistributedBatch(BaseModel):
     parts: list[dict]
 
 
-#: What one ingest of a table does: its ``extract_type`` (incremental, full), or a reingest
-#: (from the beginning, whatever the lake holds) or a backfill (a ``[from, to)`` range).
-Mode = Literal["incremental", "full", "reingest", "backfill"]
+#: What one ingest of a table does: its ``extract_type`` (incremental, full, cdc), or a
+#: reingest (from the beginning, whatever the lake holds; for a ``cdc`` table, a new initial
+#: copy) or a backfill (a ``[from, to)`` range).
+Mode = Literal["incremental", "full", "cdc", "reingest", "backfill"]
 
 
 class TablePlan(BaseModel):
@@ -98,7 +129,10 @@ class TablePlan(BaseModel):
     ``mode`` is what this run does: the table's ``extract_type``, or ``reingest``, or
     ``backfill`` of the row versions whose watermark is in ``[backfill_from, backfill_to)``
     (text as the source prints the column's values: ``2024-11-01 00:00:00`` or ``1200``).
-    ``watermark_column`` is None only for a ``full`` table that names none.
+    A ``cdc`` table's mode is ``cdc`` (read the log; the first time, an initial copy) or
+    ``reingest`` (a new initial copy); it has no backfill, partitions or Glue job.
+    ``watermark_column`` is None only for a ``full`` table that names none (a ``cdc`` table's
+    only serves ``totes status``'s lag).
     ``run_id`` names the run in the ledger (the state machine's execution, or the local run).
     ``partition_column``/``num_partitions``/``lower_bound``/``upper_bound``: read the table as
     that many ranges of an integer or timestamp column in parallel (bounds: the column's
@@ -117,7 +151,7 @@ class TablePlan(BaseModel):
 
     table: str
     primary_key: str
-    extract_type: Literal["incremental", "full"] = "incremental"
+    extract_type: ExtractType = "incremental"
     mode: Mode = "incremental"
     watermark_column: Optional[str] = "last_updated"
     record_batch_bytes: int = 8 << 20
@@ -138,10 +172,16 @@ class TablePlan(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> "TablePlan":
         where = f"table {self.table}"
-        if self.mode in ("incremental", "reingest", "backfill") and not self.watermark_column:
-            raise ValueError(f"{where}: {self.mode} needs a watermark_column")
         if self.extract_type == "full" and self.mode == "incremental":
             self.mode = "full"
+        if self.extract_type == "cdc" and self.mode == "incremental":
+            self.mode = "cdc"
+        if self.extract_type == "cdc":
+            self._check_cdc(where)
+        elif self.mode in ("incremental", "reingest", "backfill") and not self.watermark_column:
+            raise ValueError(f"{where}: {self.mode} needs a watermark_column")
+        elif self.mode == "cdc":
+            raise ValueError(f"{where}: mode cdc needs extract_type: cdc")
         if self.num_partitions > 1 and not self.partition_column:
             raise ValueError(f"{where}: num_partitions needs a partition_column")
         if self.mode == "backfill":
@@ -151,6 +191,17 @@ class TablePlan(BaseModel):
             raise ValueError(f"{where}: --from/--to make a backfill; they cannot go with "
                              f"{self.mode}")
         return self
+
+    def _check_cdc(self, where: str) -> None:
+        if self.mode not in ("cdc", "reingest"):
+            raise ValueError(f"{where}: a cdc table is read from the database's log: "
+                             f"{self.mode} does not apply (--reingest takes a new initial copy)")
+        if self.num_partitions > 1:
+            raise ValueError(f"{where}: a cdc table is read from the log, not in partitions "
+                             "(remove num_partitions)")
+        if self.job_type != "lambda":
+            raise ValueError(f"{where}: a cdc table is read by the pipeline's one log reader, "
+                             "not by a Glue job (remove job_type)")
 
     def watermark(self) -> str:
         """The watermark column, which every mode but ``full`` has (the validator says so).
@@ -205,6 +256,34 @@ class TablePlan(BaseModel):
                                         for e in exc.errors())) from None
 
 
+class CapturePlan(BaseModel):
+    """The payload of the pipeline's one reader of the change log (the state machine's
+    Capture step; a thread of the local run), for every ``cdc`` table of this run::
+
+        {"slot": "totes", "publication": "totes", "max_changes_per_run": 100000,
+         "tables": [<TablePlan>, ...], "run_id": "run-…"}
+
+    One reader, because a slot serves one reader at a time (:mod:`totes.ingest.capture`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    slot: str
+    publication: str
+    max_changes_per_run: int = 100_000
+    tables: list[TablePlan]
+    run_id: Optional[str] = None
+
+
+def capture_plan(config: PipelineConfig, plans: list[TablePlan]) -> Optional[CapturePlan]:
+    """The reader's payload for the ``cdc`` tables among ``plans`` (None when there is none)."""
+    chosen = [p for p in plans if p.extract_type == "cdc"]
+    if not chosen:
+        return None
+    return CapturePlan(slot=config.cdc.slot, publication=config.cdc.publication,
+                       max_changes_per_run=config.cdc.max_changes_per_run, tables=chosen,
+                       run_id=chosen[0].run_id)
+
+
 def parse_config_text(text: str, source: str = "configuration") -> PipelineConfig:
     """Parse and validate the YAML ``text`` of a pipeline file (``source`` names it in
     messages); :func:`totes.utils.config_file.load_config` reads the file.
@@ -250,6 +329,8 @@ def parse_config(document: object, source: str = "configuration") -> PipelineCon
         raise ConfigError(f"{source} is invalid: {problems}") from None
     for table in config.tables:
         _check_identifier(source, f"tables.{table}", table)
+    _check_identifier(source, "cdc.slot", config.cdc.slot)
+    _check_identifier(source, "cdc.publication", config.cdc.publication)
     for key, options in [("defaults", config.defaults)] + [
             (f"tables.{table}", own) for table, own in config.tables.items() if own]:
         for column in ("primary_key", "watermark_column", "partition_column"):
@@ -281,6 +362,8 @@ def resolve_tables(config: PipelineConfig) -> list[TablePlan]:
             # A full extract needs no watermark: the defaults' does not apply to it.
             merged["watermark_column"] = own.watermark_column
             merged["mode"] = "full"
+        elif merged.get("extract_type") == "cdc":
+            merged["mode"] = "cdc"
         try:
             plans.append(TablePlan(table=table, **merged))
         except ValidationError as exc:

@@ -12,7 +12,7 @@ from typing import Optional
 
 from pydantic import BaseModel, ConfigDict
 
-from totes.contracts.config import TablePlan
+from totes.contracts.config import CapturePlan, TablePlan
 from totes.contracts.watermark import Watermark
 
 
@@ -23,14 +23,18 @@ class _Result(BaseModel):
 class PlanResult(_Result):
     """The plan step's output, the input of the Map over tables::
 
-        {"tables": [<TablePlan>, ...], "left_out": ["currency", ...]}
+        {"tables": [<TablePlan>, ...], "capture": <CapturePlan> | null,
+         "left_out": ["currency", ...]}
 
+    ``tables``: the tables read by a cursor (incremental, full), one Map item each;
+    ``capture``: the ``cdc`` tables, read from the change log by one reader.
     ``left_out``: the configured tables this run does not extract (the run named others).
     ``warnings``: what plan advises without failing (a large table without an index on its
     watermark, with the statement that adds one).
     """
 
     tables: list[TablePlan]
+    capture: Optional[CapturePlan] = None
     left_out: list[str] = []
     warnings: list[str] = []
 
@@ -67,6 +71,11 @@ class IngestResult(_Result):
     ``cutoff`` is the instant the extract stopped short of (in-flight transactions).
     ``peak_arrow_bytes`` is the most memory Arrow held at once during the extract.
     ``held_back_by`` names an old open source transaction that held the cutoff back.
+    A ``cdc`` table's result (mode ``cdc``, or ``cdc_snapshot`` for its initial copy) also
+    gives ``changes`` (the versions read from the log by operation: ``{"insert": 3,
+    "update": 5, "delete": 1}``), ``through_lsn`` (the log position its batches now hold
+    every change up to, as PostgreSQL writes an LSN: ``0/16B0A40``) and, when a TRUNCATE or
+    a schema change read from the log stopped it, ``stopped`` (what happened and what to do).
     """
 
     table: str
@@ -87,6 +96,35 @@ class IngestResult(_Result):
     run_id: Optional[str] = None
     seconds: float
     peak_arrow_bytes: int
+    changes: Optional[dict[str, int]] = None
+    through_lsn: Optional[str] = None
+    stopped: Optional[str] = None
+
+
+class CaptureResult(_Result):
+    """One read of the change log for every ``cdc`` table (the Capture step's output)::
+
+        {"slot": "totes", "tables": [<IngestResult>, ...],
+         "position": "_cdc/totes/2026/12/04/101500123456.json" | null,
+         "through_lsn": "0/16B0A40", "transactions": 12, "changes": 40,
+         "stopped": {"payment": "TRUNCATE ..."}, "skipped": null, "seconds": 0.4}
+
+    ``position``: the position record this read committed (null when it read nothing new);
+    ``transactions``/``changes``: what it read from the log (the changes of the tables'
+    versions, before several changes of a row in one transaction became one version);
+    ``stopped``: the tables a TRUNCATE or a schema change stopped (their batches stop short
+    of it, and the slot is not advanced past it until a person acts: the message says how);
+    ``skipped``: why nothing was read (another run holds the reader's lease)."""
+
+    slot: str
+    tables: list[IngestResult]
+    position: Optional[str] = None
+    through_lsn: Optional[str] = None
+    transactions: int = 0
+    changes: int = 0
+    stopped: dict[str, str] = {}
+    skipped: Optional[str] = None
+    seconds: float
 
 
 class TableOutput(_Result):
@@ -227,11 +265,14 @@ class ReconcileResult(_Result):
 
 
 class RunResult(_Result):
-    """A whole local run (``totes run --json``): every stage's output and the run's seconds."""
+    """A whole local run (``totes run --json``): every stage's output and the run's seconds.
+    ``ingest`` holds one result per table, the ``cdc`` tables' included; ``capture`` is the
+    read of the change log that brought those (null without ``cdc`` tables)."""
 
     run_id: Optional[str] = None
     plan: PlanResult
     ingest: list[IngestResult]
+    capture: Optional[CaptureResult] = None
     transform: TransformResult
     load: LoadResult
     reconcile: Optional[ReconcileResult] = None

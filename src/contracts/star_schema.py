@@ -6,10 +6,18 @@ time64[us], money as decimal128(10,2), ids as int32); load creates the tables fr
 :meth:`WarehouseTable.ddl` and merges on :attr:`WarehouseTable.merge_key`.
 
 Grain: a dimension row is the latest version of one source key; a fact row is one version of
-one source row, identified by its source id plus ``last_updated`` (date and time), which is the
-fact's merge key: loading the same version twice never adds a row. Each fact has a view of
-its current versions, ``<fact>_current`` (one row per source id, the latest version): what
-an analyst sums.
+one source row, identified by its source id plus ``last_updated`` (date and time) plus
+``source_lsn``, which is the fact's merge key: loading the same version twice never adds a
+row. ``source_lsn`` is the commit's log position for a version read from the change log
+(``extract_type: cdc``), so that two commits that give a row the same ``last_updated`` stay
+two versions; 0 for a version read by a cursor. Each fact has a view of its current
+versions, ``<fact>_current`` (one row per source id, the latest version, ids whose latest
+version is a delete left out): what an analyst sums.
+
+Deletes are versions: a source row deleted (read from the log, or found gone by a key
+comparison) lands as a fact version with ``is_deleted = true``, its values the row's last,
+``last_updated`` the moment of the delete; a deleted dimension row stays (facts refer to it),
+marked ``is_deleted``. Every other row has ``is_deleted = false``.
 
 Times keep microseconds (``time``, i.e. ``time(6)``, as PostgreSQL's default precision): two
 versions of a row a few microseconds apart stay two fact rows. A source with milliseconds
@@ -38,20 +46,39 @@ TIME = ("time(6)", pa.time64("us"))
 VERSION = ("timestamp(6)", pa.timestamp("us"))
 MONEY = ("numeric(10, 2)", pa.decimal128(10, 2))
 BOOL = ("boolean", pa.bool_())
+BIGINT = ("bigint", pa.int64())
+
+
+_DEFAULT_VALUES = {"false": False, "true": True, "0": 0}
 
 
 @dataclass(frozen=True)
 class Column:
+    """One column: its SQL and Arrow types, whether it may be NULL, and the SQL default a
+    row written without it gets (``default``: added to a warehouse of an older schema with
+    that value for its rows, and given to a processed file that lacks the column)."""
+
     name: str
     sql_type: str
     arrow_type: pa.DataType
     nullable: bool = False
+    default: Optional[str] = None
+
+    def default_value(self):
+        """``default`` as a Python value (``false`` → False, ``0`` → 0), None without one."""
+        return _DEFAULT_VALUES.get(self.default)
 
 
 def _columns(*specs) -> tuple[Column, ...]:
     """``("name", INT)`` or ``("name", INT, True)`` for a nullable column."""
     return tuple(Column(name, kind[0], kind[1], bool(rest and rest[0])) for name, kind, *rest
                  in specs)
+
+
+#: The change log's position of a version (0: read by a cursor) and whether it is a delete.
+SOURCE_LSN, IS_DELETED = "source_lsn", "is_deleted"
+_CHANGE_COLUMNS = (Column(SOURCE_LSN, *BIGINT, default="0"),
+                   Column(IS_DELETED, *BOOL, default="false"))
 
 
 @dataclass(frozen=True)
@@ -89,13 +116,15 @@ class WarehouseTable:
 
     def current_view_ddl(self) -> str:
         """``CREATE OR REPLACE VIEW <fact>_current``: the latest version of each source row
-        (grain: one row per source id, the version with the greatest ``last_updated``), with
-        every column of the fact."""
+        that is not a delete (grain: one row per source id, the version with the greatest
+        ``(last_updated, source_lsn)``; ids whose latest version is a delete are left out),
+        with every column of the fact."""
         source_id = self.merge_key[0]
         # The schema's own names (this module's constants), not input.
         return (f"CREATE OR REPLACE VIEW {self.current_view} AS "  # nosec B608
-                f"SELECT DISTINCT ON ({source_id}) * FROM {self.name} "
-                f"ORDER BY {source_id}, last_updated_date DESC, last_updated_time DESC")
+                f"SELECT * FROM (SELECT DISTINCT ON ({source_id}) * FROM {self.name} "
+                f"ORDER BY {source_id}, last_updated_date DESC, last_updated_time DESC, "
+                f"{SOURCE_LSN} DESC) latest WHERE NOT {IS_DELETED}")
 
     def ddl(self) -> str:
         """``CREATE TABLE IF NOT EXISTS`` with primary, unique and foreign keys."""
@@ -103,7 +132,8 @@ class WarehouseTable:
         if self.surrogate_key:
             lines.append(f"{self.surrogate_key} serial PRIMARY KEY")
         for c in self.columns:
-            lines.append(f"{c.name} {c.sql_type}{'' if c.nullable else ' NOT NULL'}")
+            default = f" DEFAULT {c.default}" if c.default is not None else ""
+            lines.append(f"{c.name} {c.sql_type}{'' if c.nullable else ' NOT NULL'}{default}")
         key = ", ".join(self.merge_key)
         lines.append(f"UNIQUE ({key})" if self.surrogate_key else f"PRIMARY KEY ({key})")
         for column, target in self.foreign_keys.items():
@@ -122,12 +152,14 @@ REFERENCE_LAST_UPDATED = "reference_last_updated"
 
 
 def _dimension(name: str, key: str, *specs, joined: bool = False) -> WarehouseTable:
-    """A dimension keyed by ``key`` whose rows carry their source version (and, ``joined`` to
-    a reference table, the reference row's)."""
-    versions = (SOURCE_LAST_UPDATED,) + ((REFERENCE_LAST_UPDATED,) if joined else ())
-    return WarehouseTable(name, "dimension",
-                          _columns(*specs, *((v, VERSION, True) for v in versions)), (key,),
-                          version_columns=versions)
+    """A dimension keyed by ``key`` whose rows carry their source version (``last_updated``,
+    then the log position: two commits with one ``last_updated`` stay ordered), whether the
+    source row is deleted, and, ``joined`` to a reference table, the reference row's
+    version."""
+    stamps = (SOURCE_LAST_UPDATED,) + ((REFERENCE_LAST_UPDATED,) if joined else ())
+    columns = _columns(*specs, *((v, VERSION, True) for v in stamps)) + _CHANGE_COLUMNS
+    versions = (SOURCE_LAST_UPDATED, SOURCE_LSN) + stamps[1:]
+    return WarehouseTable(name, "dimension", columns, (key,), version_columns=versions)
 
 
 _DIMENSIONS = (
@@ -168,8 +200,9 @@ _FACTS = (
         ("sales_order_id", INT), *_FACT_TIMES, ("sales_staff_id", INT), ("counterparty_id", INT),
         ("units_sold", INT), ("unit_price", MONEY), ("currency_id", INT), ("design_id", INT),
         ("agreed_payment_date", DATE), ("agreed_delivery_date", DATE),
-        ("agreed_delivery_location_id", INT)),
-        ("sales_order_id", "last_updated_date", "last_updated_time"), "sales_record_id",
+        ("agreed_delivery_location_id", INT)) + _CHANGE_COLUMNS,
+        ("sales_order_id", "last_updated_date", "last_updated_time", SOURCE_LSN),
+        "sales_record_id",
         {**_FACT_DATES, "agreed_payment_date": "dim_date", "agreed_delivery_date": "dim_date",
          "sales_staff_id": "dim_staff", "counterparty_id": "dim_counterparty",
          "currency_id": "dim_currency", "design_id": "dim_design",
@@ -178,16 +211,18 @@ _FACTS = (
         ("purchase_order_id", INT), *_FACT_TIMES, ("staff_id", INT), ("counterparty_id", INT),
         ("item_code", VARCHAR), ("item_quantity", INT), ("item_unit_price", MONEY),
         ("currency_id", INT), ("agreed_delivery_date", DATE), ("agreed_payment_date", DATE),
-        ("agreed_delivery_location_id", INT)),
-        ("purchase_order_id", "last_updated_date", "last_updated_time"), "purchase_record_id",
+        ("agreed_delivery_location_id", INT)) + _CHANGE_COLUMNS,
+        ("purchase_order_id", "last_updated_date", "last_updated_time", SOURCE_LSN),
+        "purchase_record_id",
         {**_FACT_DATES, "agreed_payment_date": "dim_date", "agreed_delivery_date": "dim_date",
          "staff_id": "dim_staff", "counterparty_id": "dim_counterparty",
          "currency_id": "dim_currency", "agreed_delivery_location_id": "dim_location"}),
     WarehouseTable("fact_payment", "fact", _columns(
         ("payment_id", INT), *_FACT_TIMES, ("transaction_id", INT), ("counterparty_id", INT),
         ("payment_amount", MONEY), ("currency_id", INT), ("payment_type_id", INT),
-        ("paid", BOOL), ("payment_date", DATE)),
-        ("payment_id", "last_updated_date", "last_updated_time"), "payment_record_id",
+        ("paid", BOOL), ("payment_date", DATE)) + _CHANGE_COLUMNS,
+        ("payment_id", "last_updated_date", "last_updated_time", SOURCE_LSN),
+        "payment_record_id",
         {**_FACT_DATES, "payment_date": "dim_date", "transaction_id": "dim_transaction",
          "counterparty_id": "dim_counterparty", "currency_id": "dim_currency",
          "payment_type_id": "dim_payment_type"}),

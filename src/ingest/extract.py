@@ -38,7 +38,7 @@ import pyarrow as pa
 from pydantic import BaseModel
 
 from totes.contracts.config import DistributedBatch, TablePlan
-from totes.contracts.errors import DataError, LakeError
+from totes.contracts.errors import ConfigError, DataError, LakeError
 from totes.contracts.partitions import Partition
 from totes.contracts.stage_results import IngestResult
 from totes.contracts.watermark import Watermark, footer_metadata, highest
@@ -138,6 +138,9 @@ def _compare_with_ledger(ledger: Ledger, table: str,
 def _ingest(plan: TablePlan, source: SourceDatabase, lake: Lake) -> IngestResult:
     started = time.monotonic()
     table = plan.table
+    if plan.extract_type == "cdc":
+        raise ConfigError(f"table {table} is a cdc table: the change log's reader "
+                          "(totes.ingest.capture) reads it, not a table extract")
     low = read_high_watermark(lake, table) if plan.mode in ("incremental", "backfill") \
         else None
     previous_ids = _previous_snapshot_ids(lake, plan) if plan.mode == "full" else None

@@ -33,13 +33,14 @@ import logging
 import time
 from typing import Optional
 
+import pyarrow as pa
 from pg8000.exceptions import DatabaseError
 
 from totes.contracts.errors import ConfigError
 from totes.contracts.identifiers import quote_ident
 from totes.contracts.source_tables import SOURCE_TABLES
 from totes.contracts.stage_results import LoadResult, LoadedTable
-from totes.contracts.star_schema import TABLES, TIME, WarehouseTable
+from totes.contracts.star_schema import SOURCE_LSN, TABLES, TIME, WarehouseTable
 from totes.load import held_facts
 from totes.utils import settings
 from totes.utils.lake import Lake
@@ -61,8 +62,10 @@ COPY_BATCH_ROWS = 65_536
 #: The warehouse schema this code writes. 1: the first release (time(3), no versions);
 #: 2: times keep microseconds, dimensions carry source_last_updated, totes.load_state;
 #: 3: held facts (totes.held_<fact>); 4: joined dimensions carry reference_last_updated;
-#: 5: each fact's current-version view (<fact>_current).
-WAREHOUSE_SCHEMA_VERSION = 5
+#: 5: each fact's current-version view (<fact>_current); 6: deletes and log positions (every
+#: fact and dimension but dim_date gains is_deleted and source_lsn; a fact's version key is
+#: its source id, last_updated and source_lsn; the current views leave deleted ids out).
+WAREHOUSE_SCHEMA_VERSION = 6
 _BOOKKEEPING_DDL = (
     "CREATE TABLE IF NOT EXISTS totes.loaded_batch ("
     " manifest_key text PRIMARY KEY,"
@@ -137,25 +140,52 @@ def create_warehouse(conn) -> None:
             conn.run(f"DROP VIEW IF EXISTS {quote_ident(table.current_view)}")
     for table in TABLES.values():
         conn.run(table.ddl())
-        _upgrade_columns(conn, table)
+        _upgrade_columns(conn, table, quote_ident(table.name))
         if table.kind == "fact":
+            _upgrade_key(conn, quote_ident(table.name), table, "u")
             conn.run(held_facts.held_ddl(table))
+            held = held_facts.held_table(table)
+            _upgrade_columns(conn, table, held)
+            _upgrade_key(conn, held, table, "p")
             conn.run(table.current_view_ddl())
     conn.run("INSERT INTO totes.schema_version (version) VALUES (:v)",
              v=WAREHOUSE_SCHEMA_VERSION)
 
 
-def _upgrade_columns(conn, table: WarehouseTable) -> None:
-    """Bring an existing ``table`` to its declared columns: add the nullable ones it lacks,
-    give its times microseconds."""
-    q_table = quote_ident(table.name)
+def _upgrade_columns(conn, table: WarehouseTable, q_table: str) -> None:
+    """Bring the existing relation ``q_table`` (quoted: ``table`` or its held table) to
+    ``table``'s declared columns: add the nullable ones it lacks, and those with a default
+    (their rows take it: ``is_deleted`` false, ``source_lsn`` 0); give its times
+    microseconds."""
     for column in table.columns:
         q_column = quote_ident(column.name)
         if column.nullable:
             conn.run(f"ALTER TABLE {q_table} ADD COLUMN IF NOT EXISTS {q_column} "
                      f"{column.sql_type}")
+        elif column.default is not None:
+            conn.run(f"ALTER TABLE {q_table} ADD COLUMN IF NOT EXISTS {q_column} "
+                     f"{column.sql_type} NOT NULL DEFAULT {column.default}")
         if (column.sql_type, column.arrow_type) == TIME:
             conn.run(f"ALTER TABLE {q_table} ALTER COLUMN {q_column} TYPE {column.sql_type}")
+
+
+def _upgrade_key(conn, q_table: str, table: WarehouseTable, kind: str) -> None:
+    """Make the unique (``kind`` ``u``) or primary (``p``) key of the relation ``q_table``
+    the fact's version key (:attr:`WarehouseTable.merge_key`), replacing a key of an older
+    schema (before version 6: without ``source_lsn``)."""
+    wanted = list(table.merge_key)
+    for name, columns in conn.run(
+            "SELECT c.conname, array_agg(a.attname::text ORDER BY k.i) FROM pg_constraint c "
+            "CROSS JOIN LATERAL unnest(c.conkey) WITH ORDINALITY AS k(attnum, i) "
+            "JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.attnum "
+            "WHERE c.conrelid = CAST(:t AS regclass) AND c.contype = CAST(:k AS \"char\") "
+            "GROUP BY c.conname", t=q_table, k=kind):
+        if list(columns) == wanted:
+            return
+        conn.run(f"ALTER TABLE {q_table} DROP CONSTRAINT {quote_ident(name)}")
+    listed = ", ".join(quote_ident(c) for c in wanted)
+    conn.run(f"ALTER TABLE {q_table} ADD {'PRIMARY KEY' if kind == 'p' else 'UNIQUE'} "
+             f"({listed})")
 
 
 def _newer_version(table: WarehouseTable) -> str:
@@ -165,9 +195,13 @@ def _newer_version(table: WarehouseTable) -> str:
     differs."""
     target = quote_ident(table.name)
     if table.version_columns:
-        versions = [quote_ident(c) for c in table.version_columns]
-        current = ", ".join(f"coalesce({target}.{v}, '-infinity')" for v in versions)
-        incoming = ", ".join(f"coalesce(EXCLUDED.{v}, '-infinity')" for v in versions)
+        types = {c.name: c.sql_type for c in table.columns}
+        # A missing version sorts first: -infinity for a time, -1 for a log position.
+        lowest = {c: "-1" if types[c] == "bigint" else "'-infinity'"
+                  for c in table.version_columns}
+        versions = [(quote_ident(c), lowest[c]) for c in table.version_columns]
+        current = ", ".join(f"coalesce({target}.{v}, {low})" for v, low in versions)
+        incoming = ", ".join(f"coalesce(EXCLUDED.{v}, {low})" for v, low in versions)
         return f"(({current}) < ({incoming}))"
     others = [quote_ident(c) for c in table.column_names if c not in table.merge_key]
     current = ", ".join(f"{target}.{c}" for c in others)
@@ -184,9 +218,12 @@ def merge_file(conn, table: WarehouseTable, processed: Lake, key: str,
     (binary COPY into a temporary table) and merged in one statement, a fact's orphan rows
     held first. A large fact file is bulk-loaded: straight into the fact table when it is
     empty (:func:`bulk_copy`: the first load of a table, a full reload), otherwise staged and
-    inserted by :func:`bulk_insert`."""
-    rows = processed.metadata(key).num_rows
-    batches = processed.iter_batches(key, COPY_BATCH_ROWS, columns=table.column_names)
+    inserted by :func:`bulk_insert`. A fact version read without a log position (by a cursor
+    or in a copy: ``source_lsn`` 0) is the one of its id and ``last_updated`` already loaded,
+    whatever that one's position (:func:`_drop_known_versions`)."""
+    metadata = processed.metadata(key)
+    rows = metadata.num_rows
+    batches = file_batches(processed, key, table, metadata.schema.to_arrow_schema().names)
     q_table = quote_ident(table.name)
     bulk = table.kind == "fact" and _bulk(conn, table, rows)
     if bulk:
@@ -201,6 +238,8 @@ def merge_file(conn, table: WarehouseTable, processed: Lake, key: str,
     conn.run(f"CREATE TEMP TABLE {quote_ident(stage)} ON COMMIT DROP AS "  # nosec B608
              f"SELECT {columns} FROM {q_table} WITH NO DATA")
     copy_binary_into(conn, stage, table.arrow_schema(), batches)
+    if table.kind == "fact":
+        _drop_known_versions(conn, table, stage)
     held = held_facts.hold_orphans(conn, table, stage, batch)[1] if table.kind == "fact" else 0
     if bulk:
         inserted, updated = bulk_insert(conn, table, stage), 0
@@ -210,6 +249,36 @@ def merge_file(conn, table: WarehouseTable, processed: Lake, key: str,
                                          None if table.kind == "fact" else _newer_version(table))
     conn.run(f"DROP TABLE {quote_ident(stage)}")
     return LoadedTable(table=table.name, rows=rows, inserted=inserted, updated=updated), held
+
+
+def file_batches(processed: Lake, key: str, table: WarehouseTable, present: list[str]):
+    """The record batches of the processed file ``key`` of ``table`` (``present``: the
+    columns it holds), in the table's columns: a column a file of an older release lacks
+    (``is_deleted``, ``source_lsn``) gets its default."""
+    missing = [c for c in table.columns if c.name not in present]
+    batches = processed.iter_batches(key, COPY_BATCH_ROWS,
+                                     columns=[c for c in table.column_names if c in present])
+    if not missing:
+        yield from batches
+        return
+    for batch in batches:
+        for column in missing:
+            batch = batch.append_column(column.name, pa.array(
+                [column.default_value()] * batch.num_rows, column.arrow_type))
+        yield batch.select(table.column_names)
+
+
+def _drop_known_versions(conn, table: WarehouseTable, stage: str) -> None:
+    """Remove from the staged fact rows the versions without a log position (``source_lsn``
+    0: read by a cursor, or in an initial copy) whose id and ``last_updated`` the fact
+    already holds at any position: a copy of a row that the change log brought before is
+    the same version (the unique key's index serves the lookup)."""
+    same = " AND ".join(f"f.{quote_ident(c)} = s.{quote_ident(c)}"
+                        for c in table.merge_key if c != SOURCE_LSN)
+    # Identifiers only, each through quote_ident.
+    conn.run(f"DELETE FROM {quote_ident(stage)} s WHERE s.{SOURCE_LSN} = 0 "  # nosec B608
+             f"AND EXISTS (SELECT 1 FROM {quote_ident(table.name)} f WHERE {same} "
+             f"AND f.{SOURCE_LSN} <> 0)")
 
 
 #: A fact batch of at least this many rows, and at least 1/20 of the table's rows, is

@@ -8,8 +8,10 @@ from functools import partial
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from totes.contracts.cdc import COMMIT_TIME, LSN, OPERATION
 from totes.contracts.quarantine import Checked, Violations
-from totes.contracts.star_schema import TIME, Column, WarehouseTable
+from totes.contracts.star_schema import (IS_DELETED, SOURCE_LSN, TIME, Column,
+                                         WarehouseTable)
 
 _CAST_ERRORS = (pa.ArrowInvalid, pa.ArrowNotImplementedError)
 
@@ -47,6 +49,34 @@ def split_timestamp(values) -> tuple[pa.Array, pa.Array]:
     if unit_type.unit == "ns":
         values = values.cast(pa.timestamp("us", unit_type.tz), safe=False)
     return values.cast(pa.date32()), values.cast(TIME[1])
+
+
+def version_columns(rows, stamp: str = "last_updated") -> dict[str, pa.Array]:
+    """What makes a lake row a version, as the warehouse keeps it: ``source_lsn`` (the
+    commit's log position, 0 for a version read by a cursor or in a copy), ``is_deleted``
+    (the version is a delete read from the log or found by a key comparison) and ``stamp``,
+    the row's ``last_updated``, except that a delete is stamped with the moment of the
+    delete (its commit time, UTC) instead of the last update's. Rows without the change
+    columns (:data:`totes.contracts.cdc.CDC_COLUMNS`: a polled table's) are versions at 0,
+    not deleted."""
+    count, names = len(rows), rows.schema.names
+    stamps = rows[stamp] if isinstance(rows, pa.Table) else rows.column(stamp)
+    if isinstance(stamps, pa.ChunkedArray):
+        stamps = stamps.combine_chunks()
+    if LSN not in names:
+        return {SOURCE_LSN: pa.repeat(pa.scalar(0, pa.int64()), count),
+                IS_DELETED: pa.repeat(pa.scalar(False), count), stamp: stamps}
+    lsn, operation, committed = (rows[n] if isinstance(rows, pa.Table) else rows.column(n)
+                                 for n in (LSN, OPERATION, COMMIT_TIME))
+    deleted = pc.fill_null(pc.equal(operation, "delete"), False)
+    kind = stamps.type
+    moment = pa.timestamp("us", kind.tz) if pa.types.is_timestamp(kind) else kind
+    # A UTC commit time as the column's type: the same instant (naive columns hold UTC).
+    commit = committed.cast(pa.timestamp("us", "UTC")).cast(
+        pa.timestamp("us", kind.tz) if kind.tz else pa.timestamp("us"))
+    stamped = pc.if_else(deleted, commit, stamps.cast(moment))
+    return {SOURCE_LSN: pc.fill_null(lsn, 0).cast(pa.int64()), IS_DELETED: deleted,
+            stamp: stamped}
 
 
 def rows_that_do_not_fit(values, arrow_type: pa.DataType, offset: int = 0) -> list[int]:

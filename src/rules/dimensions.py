@@ -22,15 +22,18 @@ from typing import Callable, Optional
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from totes.contracts.cdc import LSN
 from totes.contracts.quarantine import Checked, Violations
 from totes.contracts.star_schema import (REFERENCE_LAST_UPDATED, SOURCE_LAST_UPDATED, TABLES,
                                          VERSION)
-from totes.rules.columns import conform
+from totes.rules.columns import conform, version_columns
 
 
 def latest_per_key(rows: pa.Table, key: str, order: str = "last_updated") -> pa.Table:
-    """One row per ``key``: the one with the greatest ``order`` (sorted by key)."""
-    rows = rows.sort_by([(key, "ascending"), (order, "ascending")])
+    """One row per ``key``: the one with the greatest ``order`` and, among those, the
+    greatest commit position (rows read from the change log; sorted by key)."""
+    rows = rows.sort_by([(key, "ascending"), (order, "ascending")]
+                        + ([(LSN, "ascending")] if LSN in rows.column_names else []))
     if rows.num_rows < 2:
         return rows
     keys = rows[key].combine_chunks()
@@ -40,11 +43,14 @@ def latest_per_key(rows: pa.Table, key: str, order: str = "last_updated") -> pa.
 
 def _columns(rows: pa.Table, renames: Optional[dict[str, str]] = None) -> dict:
     """The columns of ``rows``, plus ``renames`` (new → old name), plus the version columns:
-    the row's own ``last_updated`` and, for rows joined to a reference row, its
+    the row's own ``last_updated`` (a delete's: the moment of the delete) and log position,
+    whether it is deleted and, for rows joined to a reference row, the reference's
     ``last_updated``."""
     columns = {name: rows[name] for name in rows.column_names}
     columns.update({new: rows[old] for new, old in (renames or {}).items()})
-    columns[SOURCE_LAST_UPDATED] = rows["last_updated"].cast(VERSION[1])
+    versions = version_columns(rows)
+    columns[SOURCE_LAST_UPDATED] = versions.pop("last_updated").cast(VERSION[1])
+    columns.update(versions)
     if _REFERENCE_VERSION in rows.column_names:
         columns[REFERENCE_LAST_UPDATED] = rows[_REFERENCE_VERSION].cast(VERSION[1])
     return columns

@@ -3,7 +3,10 @@
 created_at → created_date + created_time and last_updated → last_updated_date +
 last_updated_time (microseconds kept: :func:`totes.rules.columns.split_timestamp`); text
 dates ('YYYY-MM-DD') → date; sales_order.staff_id → sales_staff_id; payment's
-company_ac_number and counterparty_ac_number are dropped. Money stays decimal(10,2).
+company_ac_number and counterparty_ac_number are dropped. Money stays decimal(10,2). A
+version read from the change log keeps its commit's position (``source_lsn``); a delete is
+a version with ``is_deleted``, stamped with the moment of the delete
+(:func:`totes.rules.columns.version_columns`).
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ import pyarrow.compute as pc
 from totes.contracts.quarantine import Checked, Violations
 from totes.contracts.source_tables import default_primary_key
 from totes.contracts.star_schema import TABLES, WarehouseTable
-from totes.rules.columns import conform, split_timestamp, text_to_date
+from totes.rules.columns import conform, split_timestamp, text_to_date, version_columns
 
 #: source table → (fact table, {fact column: source column} where the names differ)
 FACT_SOURCES: dict[str, tuple[str, dict[str, str]]] = {
@@ -34,9 +37,11 @@ def fact_rows(batch: pa.RecordBatch, source_table: str) -> Checked:
     target: WarehouseTable = TABLES[fact_name]
     id_column = default_primary_key(source_table)
     violations = Violations(source_table, id_column, batch)
-    columns = {}
+    columns = version_columns(batch)
+    stamps = {"created_at": batch.column("created_at"), "last_updated": columns.pop(
+        "last_updated")}
     for source, (date_column, time_column) in _SPLIT.items():
-        columns[date_column], columns[time_column] = split_timestamp(batch.column(source))
+        columns[date_column], columns[time_column] = split_timestamp(stamps[source])
     for column in target.columns:
         if column.name in columns:
             continue

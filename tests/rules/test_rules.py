@@ -126,7 +126,8 @@ def test_a_violation_without_row_ids_still_names_the_table_and_column():
 
     columns = {"payment_type_id": pa.array([1], pa.int32()),
                "payment_type_name": pa.array([None], pa.string()),
-               "source_last_updated": pa.array([datetime(2024, 1, 1)], pa.timestamp("us"))}
+               "source_last_updated": pa.array([datetime(2024, 1, 1)], pa.timestamp("us")),
+               "source_lsn": pa.array([0], pa.int64()), "is_deleted": pa.array([False])}
     violations = Violations("payment_type", "no_such_id_column", pa.table(columns))
     checked = conform(columns, TABLES["dim_payment_type"], violations)
     assert checked.rows.num_rows == 0

@@ -1,0 +1,64 @@
+"""Upgrades: a lake, processed area and warehouse written by the previous release, run from
+its own code (:mod:`previous_release`), keep working with this one."""
+from __future__ import annotations
+
+from previous_release import run as run_previous, unpack
+from support import query, snapshot, url_of
+from totes.contracts.star_schema import TABLES
+from totes.load.warehouse import WAREHOUSE_SCHEMA_VERSION, load
+from totes.local.runner import run_pipeline
+from totes.reconcile.reconcile import reconcile
+from totes.utils.manifests import manifests_after
+
+
+def test_what_the_previous_release_wrote_is_upgraded_and_loads_each_version_once(
+        resources, tmp_path):
+    path = unpack(tmp_path / "previous")
+    flags = ["--source-url", url_of(resources.source), "--warehouse-url",
+             url_of(resources.warehouse), "--lake", resources.lake.uri, "--processed",
+             resources.processed.uri, "--no-reconcile"]
+    env = {"TOTES_HOME": str(tmp_path / "home"), "TOTES_LEDGER": str(tmp_path / "l.sqlite3")}
+    run_previous(path, ["run", *flags], env)
+    order = snapshot("sales_order")["sales_order_id"][0].as_py()
+    query(resources.source, "UPDATE sales_order SET units_sold = units_sold + 1, "
+          "last_updated = (SELECT max(last_updated) FROM sales_order) + interval '1 day' "
+          "WHERE sales_order_id = :o", o=order)
+    run_previous(path, ["run", *flags], env)
+    old_batches = manifests_after(resources.processed, None)
+    assert len(old_batches) == 2
+    assert query(resources.warehouse, "SELECT max(version) FROM totes.schema_version") == [[5]]
+
+    query(resources.source, "UPDATE sales_order SET units_sold = units_sold + 1, "
+          "last_updated = (SELECT max(last_updated) FROM sales_order) + interval '1 day' "
+          "WHERE sales_order_id = :o", o=order)
+    result = run_pipeline(resources)
+
+    assert result.load.batches and result.load.tables  # the new batch loaded
+    assert query(resources.warehouse, "SELECT max(version) FROM totes.schema_version") == \
+        [[WAREHOUSE_SCHEMA_VERSION]]
+    for name, table in TABLES.items():
+        if name == "dim_date":
+            continue
+        (deleted, positioned), = query(resources.warehouse, f"SELECT count(*) FILTER (WHERE "
+                                       f"is_deleted), count(*) FILTER (WHERE source_lsn <> 0) "
+                                       f"FROM {name}")  # nosec B608 (the schema's names)
+        assert (deleted, positioned) == (0, 0), name
+    versions = query(resources.warehouse, "SELECT count(*) FROM fact_sales_order WHERE "
+                     "sales_order_id = :o", o=order)
+    assert versions == [[3]]  # each version once: two of the old release's, one of this one
+    keys = query(resources.warehouse, "SELECT pg_get_constraintdef(oid) FROM pg_constraint "
+                 "WHERE conrelid = 'fact_sales_order'::regclass AND contype = 'u'")
+    assert keys == [["UNIQUE (sales_order_id, last_updated_date, last_updated_time, "
+                     "source_lsn)"]]
+    held_key = query(resources.warehouse, "SELECT pg_get_constraintdef(oid) FROM pg_constraint "
+                     "WHERE conrelid = 'totes.held_fact_payment'::regclass AND contype = 'p'")
+    assert held_key == [["PRIMARY KEY (payment_id, last_updated_date, last_updated_time, "
+                         "source_lsn)"]]
+
+    # A batch the previous release processed (files without is_deleted and source_lsn)
+    # loads again as a no-op.
+    before = query(resources.warehouse, "SELECT count(*) FROM fact_sales_order")
+    again = load(resources.processed, resources.warehouse, [old_batches[0]])
+    assert sum(t.inserted + t.updated for t in again.tables) == 0
+    assert query(resources.warehouse, "SELECT count(*) FROM fact_sales_order") == before
+    assert reconcile(resources.source, resources.warehouse).equal
