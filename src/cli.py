@@ -296,11 +296,9 @@ def ingest(source_url: Optional[str] = SourceUrl, lake: Optional[str] = LakeUri,
                           f"{workspace.config_path}")
     mode = _mode(reingest, low, high, table)
     source = workspace.database("source")
-    planned = run_plan(resolved, source, run_id=new_run_id())
-    if table:
-        planned.tables = [t for t in planned.tables if t.table in table]
-    if mode is not None:
-        planned.tables = [t.with_mode(mode, low, high) for t in planned.tables]
+    request = [name if mode is None else {"table": name, "mode": mode, "from": low, "to": high}
+               for name in table or ()]
+    planned = run_plan(resolved, source, run_id=new_run_id(), tables=request or None)
     if engine not in ("python", "spark"):
         raise ConfigError(f"--engine {engine!r}: use python or spark")
     with progress.status("ingest…"):

@@ -173,3 +173,39 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(marker)
         if "test_spark_extract" in item.nodeid:
             item.add_marker("spark")
+
+
+# ---- change data capture -------------------------------------------------------------------
+def cdc_config(tmp_path, tables: tuple[str, ...], slot: str) -> str:
+    """A copy of the shipped configuration with ``tables`` read from the change log through
+    ``slot`` (slots are the server's, shared by every test database: one per test)."""
+    import yaml
+
+    document = yaml.safe_load(open(CONFIG).read())
+    for table in tables:
+        document["tables"][table] = {"extract_type": "cdc"}
+    document["cdc"] = {"slot": slot, "publication": "totes_cdc"}
+    path = tmp_path / "cdc.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return str(path)
+
+
+@pytest.fixture
+def cdc_resources(resources, tmp_path):
+    """``resources`` with the three fact tables and ``transaction`` (whose rows a delete of a
+    sales or purchase order changes, ON DELETE SET NULL) on ``cdc`` (a slot of its own,
+    created with its publication as ``totes cdc init`` does, dropped afterwards)."""
+    from dataclasses import replace
+
+    from totes.contracts.config import capture_plan, resolve_tables
+    from totes.ingest.capture import drop_source, init_source
+    from totes.utils.config_file import load_config
+
+    slot = f"totes_test_{uuid.uuid4().hex[:10]}"
+    path = cdc_config(tmp_path, ("sales_order", "purchase_order", "payment", "transaction"),
+                      slot)
+    config = load_config(path)
+    plan = capture_plan(config, resolve_tables(config))
+    init_source(plan, resources.source)
+    yield replace(resources, config_path=path)
+    drop_source(plan, resources.source)

@@ -149,27 +149,35 @@ def visible_in_snapshot(xid: int, snapshot: str) -> bool:
     """Whether the transaction ``xid`` (a 32-bit id, as the log's Begin message gives it) is
     visible in ``snapshot`` (``pg_current_snapshot()`` text, ``xmin:xmax:xip,...``, of 64-bit
     ids): it committed before the snapshot was taken, so a copy in that snapshot holds its
-    changes. The rule is PostgreSQL's own (``pg_visible_in_snapshot``): below ``xmin``
-    visible, at or above ``xmax`` not, in between visible unless in progress (listed). The
-    32-bit id is widened with the epoch of ``xmax`` (the one before it when the id is
-    greater than ``xmax``'s low half: it was assigned before the wraparound).
+    changes. The rule is PostgreSQL's own (``pg_visible_in_snapshot``): before ``xmin``
+    visible, at or after ``xmax`` not, in between visible unless in progress (listed). Ids
+    are compared as PostgreSQL compares 32-bit ids (``TransactionIdPrecedes``: modulo 2^32,
+    the nearer way round), which is exact for transactions less than 2^31 ids apart.
 
     Raises:
         ValueError: ``snapshot`` is not a snapshot's text.
     """
     try:
         xmin_text, xmax_text, listed = snapshot.split(":")
-        xmin, xmax = int(xmin_text), int(xmax_text)
-        in_progress = {int(x) for x in listed.split(",") if x}
+        xmin, xmax = int(xmin_text) & _LOW, int(xmax_text) & _LOW
+        in_progress = {int(x) & _LOW for x in listed.split(",") if x}
     except ValueError:
         raise ValueError(f"{snapshot!r} is not a snapshot (xmin:xmax:xip,...)") from None
-    epoch, low = xmax >> 32, xmax & 0xFFFFFFFF
-    full = ((epoch if xid <= low else epoch - 1) << 32) | xid
-    if full < xmin:
+    xid &= _LOW
+    if _precedes(xid, xmin):
         return True
-    if full >= xmax:
+    if not _precedes(xid, xmax):
         return False
-    return full not in in_progress
+    return xid not in in_progress
+
+
+_LOW = 0xFFFFFFFF
+
+
+def _precedes(a: int, b: int) -> bool:
+    """``a`` comes before ``b``, 32-bit ids compared modulo 2^32 (PostgreSQL's rule)."""
+    difference = (a - b) & _LOW
+    return difference >= 0x80000000
 
 
 def position_json(position: Position) -> bytes:

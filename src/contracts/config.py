@@ -263,7 +263,10 @@ class CapturePlan(BaseModel):
         {"slot": "totes", "publication": "totes", "max_changes_per_run": 100000,
          "tables": [<TablePlan>, ...], "run_id": "run-…"}
 
-    One reader, because a slot serves one reader at a time (:mod:`totes.ingest.capture`)."""
+    One reader, because a slot serves one reader at a time (:mod:`totes.ingest.capture`).
+    ``check_error`` (state machine only): plan found the source not ready (``{"Error":
+    "CdcNotReady", "Cause": "<error JSON>"}``): the step records the failure, and the
+    polled tables go on."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -272,6 +275,7 @@ class CapturePlan(BaseModel):
     max_changes_per_run: int = 100_000
     tables: list[TablePlan]
     run_id: Optional[str] = None
+    check_error: Optional[dict] = None
 
 
 def capture_plan(config: PipelineConfig, plans: list[TablePlan]) -> Optional[CapturePlan]:

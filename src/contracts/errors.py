@@ -113,3 +113,13 @@ class LeaseLost(TransientError):
 class SparkJobFailed(TerminalError):
     """Spark could not run a part at all (not the part's own error, which is re-raised as
     it is): an executor that cannot import totes, a worker that died."""
+
+
+class CdcNotReady(ConfigError):
+    """The source is not ready for change data capture; the message lists what is missing,
+    each with its fix (``totes cdc init`` creates the publication and the slot)."""
+
+
+class CaptureStopped(SourceSchemaError):
+    """A TRUNCATE or a schema change read from the change log stopped one or more ``cdc``
+    tables (the message names each and says what to do); the other tables landed."""

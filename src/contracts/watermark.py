@@ -14,6 +14,8 @@ Each lake file keeps, in its Parquet footer's key-value metadata (UTF-8 JSON):
   the first release: ``incremental``).
 * ``totes.range``: for a backfill, ``{"from": "...", "to": "..."}``: the batch holds exactly
   the versions whose watermark is in ``[from, to)``.
+* ``totes.cdc``: for a batch of a ``cdc`` table, how far the change log is read
+  (:mod:`totes.contracts.cdc`).
 * ``totes.parts``: for a partitioned batch, whose file is then a commit with no rows, the
   parts that hold its rows: ``[{"key": "<table>/_parts/<batch>/part-00001-of-00004.parquet",
   "rows": 500000, "lower": null, "upper": "500001"}, ...]`` (:func:`batch_files`).
@@ -38,6 +40,7 @@ import pyarrow as pa
 from pydantic import (BaseModel, ConfigDict, ValidationError, model_serializer,
                       model_validator)
 
+from totes.contracts.cdc import CdcFooter, cdc_footer
 from totes.contracts.errors import LakeError
 
 HIGH_WATERMARK_KEY = b"totes.high_watermark"
@@ -108,6 +111,7 @@ class Footer(BaseModel):
     mode: str = "incremental"
     range: Optional[dict[str, str]] = None
     parts: Optional[list[dict]] = None
+    cdc: Optional[CdcFooter] = None
 
 
 def footer_metadata(high: Optional[Watermark], low: Optional[Watermark],
@@ -143,7 +147,8 @@ def parse_footer(metadata: Optional[dict], where: str) -> Footer:
                       low=json.loads(metadata.get(LOW_WATERMARK_KEY, b"null")),
                       mode=json.loads(metadata.get(MODE_KEY, b'"incremental"')),
                       range=json.loads(metadata.get(RANGE_KEY, b"null")),
-                      parts=json.loads(metadata.get(PARTS_KEY, b"null")))
+                      parts=json.loads(metadata.get(PARTS_KEY, b"null")),
+                      cdc=cdc_footer(metadata, where))
     except (ValidationError, ValueError, TypeError) as exc:
         raise LakeError(f"{where} has a malformed watermark in its footer: {exc}") from None
 

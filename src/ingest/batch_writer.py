@@ -38,11 +38,13 @@ class Written:
     ids: Optional[pa.Array] = None
 
 
-def write_batches(batches: Iterable[pa.RecordBatch], staged: str, job: Job) -> Optional[Written]:
+def write_batches(batches: Iterable[pa.RecordBatch], staged: str, job: Job,
+                  footer: Optional[dict[bytes, str]] = None) -> Optional[Written]:
     """Write each non-empty record batch (of ``job.schema``) as one row group of the Parquet
-    file ``staged``, the footer's watermarks by ``job.plan.mode``. Returns None, and writes
-    no file, when there is no row. Errors of ``batches`` propagate unchanged (the reader maps
-    its own)."""
+    file ``staged``, the footer's watermarks by ``job.plan.mode`` (and ``footer``'s entries:
+    an initial copy's ``totes.cdc`` and ``totes.mode``). Returns None, and writes no file,
+    when there is no row. Errors of ``batches`` propagate unchanged (the reader maps its
+    own)."""
     plan, schema, low = job.plan, job.schema, job.low
     rows = row_groups = 0
     last, top, ids = None, None, []
@@ -66,7 +68,8 @@ def write_batches(batches: Iterable[pa.RecordBatch], staged: str, job: Job) -> O
         if parquet is None:
             return None
         high = _high(plan, last, low, top)
-        parquet.add_key_value_metadata(footer_metadata(high, low, plan.mode, plan.backfill_range()))
+        parquet.add_key_value_metadata(footer_metadata(high, low, plan.mode,
+                                                       plan.backfill_range()) | (footer or {}))
     finally:
         if parquet is not None:
             parquet.close()
@@ -76,10 +79,11 @@ def write_batches(batches: Iterable[pa.RecordBatch], staged: str, job: Job) -> O
 
 
 def read_into(reader: SourceReader, conn, plan: TablePlan, inspected: Inspected, job: Job,
-              staged: str, doing: str, part: Optional[Partition] = None) -> Optional[Written]:
+              staged: str, doing: str, part: Optional[Partition] = None,
+              footer: Optional[dict[bytes, str]] = None) -> Optional[Written]:
     """This run's rows (of ``part``), read by ``reader``, into the Parquet file ``staged``,
-    the watermarks in its footer (:func:`write_batches`); None, and no file, when there is
-    none.
+    the watermarks (and ``footer``'s entries) in its footer (:func:`write_batches`); None,
+    and no file, when there is none.
 
     Raises:
         DataError: a value could not be read as its column's type.
@@ -88,7 +92,7 @@ def read_into(reader: SourceReader, conn, plan: TablePlan, inspected: Inspected,
     """
     with reader.batches(conn, plan, inspected, job, doing, part) as batches:
         try:
-            return write_batches(batches, staged, job)
+            return write_batches(batches, staged, job, footer)
         except OSError as exc:  # the local disk (a full /tmp), not the database
             raise StorageUnavailable(f"writing the staging file of {plan.table}: {exc}") \
                 from exc

@@ -15,11 +15,13 @@ import json
 import logging
 from typing import Optional
 
-from totes.contracts.config import PipelineConfig, TablePlan, resolve_tables
-from totes.contracts.errors import ConfigError, PermissionDenied, SourceSchemaError
+from totes.contracts.config import (CapturePlan, PipelineConfig, TablePlan, capture_plan,
+                                    resolve_tables)
+from totes.contracts.errors import CdcNotReady, ConfigError, PermissionDenied, SourceSchemaError
 from totes.contracts.stage_results import PlanResult
 from totes.utils.lake import Lake
 from totes.utils.databases import SourceDatabase
+from totes.utils import postgres_cdc
 from totes.utils.source_reader import reader_for
 
 log = logging.getLogger(__name__)
@@ -82,7 +84,7 @@ def plan(config: PipelineConfig, source: Optional[SourceDatabase] = None,
                 try:
                     reader.check_table(session.conn, item.table, item.primary_key,
                                        item.watermark_column)
-                    if item.mode != "full" and item.watermark_column:
+                    if item.mode not in ("full", "cdc") and item.watermark_column:
                         advice = reader.index_advice(session.conn, item.table,
                                                      item.watermark_column, item.primary_key)
                         if advice:
@@ -100,6 +102,37 @@ def plan(config: PipelineConfig, source: Optional[SourceDatabase] = None,
                         "Error": type(exc).__name__,
                         "Cause": json.dumps({"errorType": type(exc).__name__,
                                              "errorMessage": str(exc)})}})
+            capture = capture_plan(config, plans)
+            if capture is not None:
+                _check_capture(session.conn, source, capture, per_table_errors)
+    else:
+        capture = capture_plan(config, plans)
     if left_out:
         log.info("this run leaves out: %s", ", ".join(left_out))
-    return PlanResult(tables=plans, left_out=left_out, warnings=warnings)
+    polled = [p for p in plans if p.extract_type != "cdc"]
+    if capture is not None:  # the checks above may have marked a cdc table
+        capture.tables = [p for p in plans if p.extract_type == "cdc"]
+    return PlanResult(tables=polled, capture=capture, left_out=left_out, warnings=warnings)
+
+
+def _check_capture(conn, source, capture: CapturePlan, per_table_errors: bool) -> None:
+    """Check that the source is ready for change data capture of ``capture``'s tables.
+
+    Raises:
+        CdcNotReady: it is not (the message lists what is missing, each with its fix); with
+            ``per_table_errors`` the plan's ``check_error`` says so instead.
+        ConfigError: the source is not PostgreSQL.
+    """
+    names = [t.table for t in capture.tables]
+    if getattr(source, "engine", "postgresql") != "postgresql":
+        raise ConfigError(f"the cdc tables ({', '.join(names)}) need a PostgreSQL source; "
+                          f"the {source.describe()} is read by a cursor")
+    problems = postgres_cdc.readiness(conn, capture.slot, capture.publication, names)
+    if not problems:
+        return
+    error = CdcNotReady(f"change data capture of {', '.join(names)} is not ready in the "
+                        f"{source.describe()}: " + "; ".join(problems))
+    if not per_table_errors:
+        raise error
+    capture.check_error = {"Error": type(error).__name__, "Cause": json.dumps(
+        {"errorType": type(error).__name__, "errorMessage": str(error)})}

@@ -14,8 +14,9 @@ from typing import Callable, Optional
 
 import pyarrow as pa
 
-from totes.contracts.stage_results import (IngestResult, LoadResult, PlanResult, RunResult,
-                                           TransformResult)
+from totes.contracts.stage_results import (CaptureResult, IngestResult, LoadResult, PlanResult,
+                                           RunResult, TransformResult)
+from totes.ingest.capture import capture
 from totes.ingest.extract import ingest_table
 from totes.ingest.plan import plan
 from totes.load.quarantine import held_source_rows
@@ -46,18 +47,32 @@ class Resources:
 
 def ingest_all(source: SourceDatabase, lake: Lake, planned: PlanResult,
                on_table: Callable[[IngestResult], None] = lambda result: None,
-               ledger: Optional[Ledger] = None) -> list[IngestResult]:
+               ledger: Optional[Ledger] = None,
+               on_capture: Callable[[CaptureResult], None] = lambda result: None
+               ) -> list[IngestResult]:
     """Ingest every table of ``planned`` from ``source`` into ``lake`` in parallel (as the
-    state machine's Map does); returns the results in plan order. The first failure raises
-    once all tables are done."""
+    state machine's Map does), the ``cdc`` tables by one read of the change log
+    (:func:`totes.ingest.capture.capture`, whose result goes to ``on_capture``); returns the
+    tables' results in plan order, the ``cdc`` tables' last. The first failure raises once
+    all tables are done."""
     def one(item) -> IngestResult:
         result = ingest_table(item, source, lake, ledger)
         on_table(result)
         return result
 
-    with ThreadPoolExecutor(max_workers=min(INGEST_WORKERS, len(planned.tables) or 1)) as pool:
+    def read_log(plan) -> list[IngestResult]:
+        captured = capture(plan, source, lake, ledger)
+        on_capture(captured)
+        for result in captured.tables:
+            on_table(result)
+        return captured.tables
+
+    jobs = len(planned.tables) + (planned.capture is not None)
+    with ThreadPoolExecutor(max_workers=min(INGEST_WORKERS, jobs or 1)) as pool:
         futures = [pool.submit(one, item) for item in planned.tables]
-    return [future.result() for future in futures]
+        log_read = pool.submit(read_log, planned.capture) if planned.capture else None
+    results = [future.result() for future in futures]
+    return results + (log_read.result() if log_read is not None else [])
 
 
 def run_pipeline(resources: Resources,
@@ -90,7 +105,9 @@ def run_pipeline(resources: Resources,
     planned = plan(load_config(resources.config_path), resources.source, run_id=run_id,
                    tables=tables)
     ended("plan", planned)
-    ingested = ingest_all(resources.source, resources.lake, planned, on_table, resources.ledger)
+    captured: list[CaptureResult] = []
+    ingested = ingest_all(resources.source, resources.lake, planned, on_table, resources.ledger,
+                          captured.append)
     ended("ingest", ingested)
     transformed = transform(resources.lake, resources.processed, ledger=resources.ledger,
                             run_id=run_id)
@@ -105,7 +122,8 @@ def run_pipeline(resources: Resources,
         checked = reconcile_warehouse(resources.source, resources.warehouse,
                                       scope=load_scope(resources.processed, loaded.batches))
         ended("reconcile", checked)
-    return RunResult(run_id=run_id, plan=planned, ingest=ingested, transform=transformed,
+    return RunResult(run_id=run_id, plan=planned, ingest=ingested,
+                     capture=captured[0] if captured else None, transform=transformed,
                      load=loaded, reconcile=checked,
                      seconds=round(time.monotonic() - started, 3))
 

@@ -6,7 +6,8 @@ put through the transform's own rules (:mod:`totes.rules.dimensions`,
 a fact's current versions (``<fact>_current``). Three checks:
 
 * **rows**: each expected key is in the warehouse and no other (``missing in the warehouse``,
-  ``not in the source``);
+  ``not in the source``); a row deleted in the source and marked deleted in the warehouse
+  (``is_deleted``; left out of ``<fact>_current``) agrees;
 * **values**: each column of each key is equal (a fact's ``last_updated_date``/``_time`` too,
   so a lost newer version shows as an older one); a dimension's version columns are left out;
 * **sums**: each fact's money column summed per currency.
@@ -54,7 +55,7 @@ from totes.contracts.identifiers import quote_ident
 from totes.contracts.source_tables import SOURCE_TABLES
 from totes.contracts.stage_results import (Difference, ReconcileResult, SumCheck,
                                            TableReconciliation)
-from totes.contracts.star_schema import TABLES, WarehouseTable
+from totes.contracts.star_schema import IS_DELETED, SOURCE_LSN, TABLES, WarehouseTable
 from totes.rules import dimensions as dims
 from totes.rules.facts import FACT_SOURCES, fact_rows
 from totes.utils.lake import Lake
@@ -154,7 +155,9 @@ def _after(values: pa.ChunkedArray, moment) -> pa.Array:
     if moment is None:
         return pa.repeat(True, len(values))
     kind = values.type
-    bound = pa.scalar(moment, pa.timestamp("us")).cast(pa.timestamp(kind.unit))
+    # To the column's unit, truncated: a version stamped in microseconds (a delete's commit
+    # time) is a bound for a column of milliseconds.
+    bound = pa.scalar(moment, pa.timestamp("us")).cast(pa.timestamp(kind.unit), safe=False)
     plain = values.cast(pa.timestamp(kind.unit)) if kind.tz else values
     return pc.fill_null(pc.greater(plain, bound), True)
 
@@ -258,8 +261,10 @@ def _dimension(conn, source, name: str, limit: int) -> TableReconciliation:
             held_keys, value_set=pending_ids.cast(pa.int64()))))
     quarantined = len(quarantined_ids)
     columns = [c.name for c in table.columns if c.name not in table.version_columns
-               and c.name != key]
-    select = f"SELECT {', '.join(table.column_names)} FROM {name}"  # nosec B608: schema's
+               and c.name not in (key, IS_DELETED)]
+    # A row deleted in the source is kept in the warehouse, marked: not compared.
+    select = (f"SELECT {', '.join(table.column_names)} FROM {name} "  # nosec B608: schema's
+              f"WHERE NOT {IS_DELETED}")
     actual = _warehouse_table(conn, select, table.arrow_schema(), name)
     skip = pa.concat_arrays([pending_ids.cast(pa.int64()), quarantined_ids])
     if expected is None:
@@ -296,7 +301,8 @@ def _fact(conn, source, source_table: str, limit: int, sums: list[SumCheck],
     sums_of: dict[str, dict] = {"source": {}, "warehouse": {}}
     tally = _Tally(name, key, limit)
     counts = {"compared": 0, "pending": 0, "quarantined": 0, "held": 0, "warehouse": 0}
-    columns = [c.name for c in table.columns if c.name != key]
+    # A version's log position is the warehouse's own: the source's current row has none.
+    columns = [c.name for c in table.columns if c.name not in (key, SOURCE_LSN, IS_DELETED)]
     schema = table.arrow_schema()
     chosen = f"WHERE {key_condition(conn, key, keys)} " if keys is not None else ""
     view = (f"SELECT {', '.join(table.column_names)} FROM {table.current_view} "  # nosec B608

@@ -31,7 +31,7 @@ def server_error(exc: Optional[BaseException]) -> Optional[DatabaseError]:
     return None
 
 
-def sqlstate_and_message(exc: Exception) -> tuple[str, str]:
+def sqlstate_and_message(exc: BaseException) -> tuple[str, str]:
     """(SQLSTATE, message with the server's detail line, such as the key a constraint names)."""
     fields = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
     message = fields.get("M", str(exc))
@@ -40,7 +40,7 @@ def sqlstate_and_message(exc: Exception) -> tuple[str, str]:
     return fields.get("C", ""), message
 
 
-def sqlstate_of(exc: Exception) -> str:
+def sqlstate_of(exc: BaseException) -> str:
     """The SQLSTATE of a pg8000 ``DatabaseError`` (``"23505"``), or ``""``."""
     return sqlstate_and_message(exc)[0]
 
