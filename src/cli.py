@@ -57,6 +57,9 @@ app = typer.Typer(cls=_Commands, add_completion=False, no_args_is_help=True,
                   help="Incremental ETL of the ToteSys database into a star-schema warehouse.")
 embedded_app = typer.Typer(no_args_is_help=True, help="The embedded PostgreSQL server.")
 app.add_typer(embedded_app, name="embedded")
+cdc_app = typer.Typer(no_args_is_help=True, help="Change data capture (tables whose "
+                      "extract_type is cdc): the source's publication and slot.")
+app.add_typer(cdc_app, name="cdc")
 
 
 def _set_verbose(value: bool) -> bool:
@@ -582,6 +585,81 @@ def _url_of(database) -> str:
         return f"postgresql://{params['user']}@/{params['database']}?host={folder}&port={port}"
     return f"postgresql://{params['user']}@{params['host']}:{params['port']}/" \
            f"{params['database']}"
+
+
+# ---- change data capture ------------------------------------------------------------------
+def _capture_plan(workspace: Workspace, tables: Optional[List[str]]):
+    """The capture plan of the configuration's cdc tables (or of ``tables``, which need not
+    be cdc yet: ``totes cdc init --table T`` prepares T before the configuration says so).
+
+    Raises:
+        ConfigError: no cdc table, or a table that is not configured.
+    """
+    from totes.contracts.config import CapturePlan, resolve_tables
+
+    resolved = workspace.config()
+    plans = resolve_tables(resolved)
+    configured = {p.table: p for p in plans}
+    unknown = sorted(set(tables or ()) - set(configured))
+    if unknown:
+        raise ConfigError(f"--table {', '.join(unknown)}: not in {workspace.config_path}")
+    chosen = [configured[t] for t in tables] if tables else \
+        [p for p in plans if p.extract_type == "cdc"]
+    if not chosen:
+        raise ConfigError(f"{workspace.config_path} has no table whose extract_type is cdc: "
+                          "give --table, or set extract_type: cdc on a table")
+    return CapturePlan(slot=resolved.cdc.slot, publication=resolved.cdc.publication,
+                       max_changes_per_run=resolved.cdc.max_changes_per_run, tables=chosen)
+
+
+@cdc_app.command("init")
+def cdc_init(source_url: Optional[str] = SourceUrl, config: Optional[str] = ConfigFile,
+             table: Optional[List[str]] = typer.Option(
+                 None, "--table", help="Prepare this table (repeatable) [default: every cdc "
+                 "table of the configuration]"),
+             sql: bool = typer.Option(False, "--sql", help="Print the statements for a DBA "
+                                      "instead of running them"),
+             as_json: bool = JsonOutput, verbose: bool = Verbose):
+    """Create the publication (or add the tables it lacks) and the replication slot that
+    change data capture reads; prints what it ran (with --sql, what to run)."""
+    from totes.ingest.capture import init_source
+
+    workspace = _workspace(_Progress(), source_url=source_url, config=config)
+    plan = _capture_plan(workspace, table)
+    statements = init_source(plan, workspace.database("source"), apply=not sql)
+    if as_json:
+        return _print_json({"slot": plan.slot, "publication": plan.publication,
+                            "statements": statements, "applied": not sql})
+    console = render.stdout()
+    if not statements:
+        console.print(f"Publication {plan.publication} and slot {plan.slot} are ready for "
+                      f"{', '.join(t.table for t in plan.tables)}: nothing to do.")
+    for statement in statements:
+        console.print(f"{statement};" if sql else f"ran: {escape(statement)}", soft_wrap=True)
+
+
+@cdc_app.command("drop")
+def cdc_drop(source_url: Optional[str] = SourceUrl, config: Optional[str] = ConfigFile,
+             as_json: bool = JsonOutput, verbose: bool = Verbose):
+    """Drop the replication slot and the publication (the lake keeps every batch). An
+    abandoned slot keeps WAL on the source for ever: drop it when capture ends."""
+    from totes.contracts.config import CapturePlan
+    from totes.ingest.capture import drop_source
+
+    workspace = _workspace(_Progress(), source_url=source_url, config=config)
+    resolved = workspace.config()
+    plan = CapturePlan(slot=resolved.cdc.slot, publication=resolved.cdc.publication,
+                       tables=[])
+    statements = drop_source(plan, workspace.database("source"))
+    if as_json:
+        return _print_json({"slot": plan.slot, "publication": plan.publication,
+                            "statements": statements})
+    console = render.stdout()
+    if not statements:
+        console.print(f"No slot {plan.slot} and no publication {plan.publication}: nothing "
+                      "to drop.")
+    for statement in statements:
+        console.print(f"ran: {escape(statement)}", soft_wrap=True)
 
 
 # ---- the embedded server ------------------------------------------------------------------

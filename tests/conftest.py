@@ -185,27 +185,51 @@ def cdc_config(tmp_path, tables: tuple[str, ...], slot: str) -> str:
     for table in tables:
         document["tables"][table] = {"extract_type": "cdc"}
     document["cdc"] = {"slot": slot, "publication": "totes_cdc"}
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "cdc.yaml"
     path.write_text(yaml.safe_dump(document))
     return str(path)
 
 
+#: The tables the cdc tests read from the log: the facts, and ``transaction``, whose rows a
+#: delete of a sales or purchase order changes (ON DELETE SET NULL) without moving
+#: ``last_updated``.
+CDC_TABLES = ("sales_order", "purchase_order", "payment", "transaction")
+
+
 @pytest.fixture
-def cdc_resources(resources, tmp_path):
-    """``resources`` with the three fact tables and ``transaction`` (whose rows a delete of a
-    sales or purchase order changes, ON DELETE SET NULL) on ``cdc`` (a slot of its own,
-    created with its publication as ``totes cdc init`` does, dropped afterwards)."""
+def with_cdc(tmp_path):
+    """``with_cdc(resources, tables=CDC_TABLES, **cdc)`` → ``resources`` whose ``tables`` are
+    on ``cdc`` (a slot of its own, created with its publication as ``totes cdc init`` does,
+    dropped at the end; ``cdc`` adds to the configuration's ``cdc`` section)."""
     from dataclasses import replace
 
     from totes.contracts.config import capture_plan, resolve_tables
     from totes.ingest.capture import drop_source, init_source
     from totes.utils.config_file import load_config
 
-    slot = f"totes_test_{uuid.uuid4().hex[:10]}"
-    path = cdc_config(tmp_path, ("sales_order", "purchase_order", "payment", "transaction"),
-                      slot)
-    config = load_config(path)
-    plan = capture_plan(config, resolve_tables(config))
-    init_source(plan, resources.source)
-    yield replace(resources, config_path=path)
-    drop_source(plan, resources.source)
+    made = []
+
+    def make(resources, tables=CDC_TABLES, **options):
+        import yaml
+
+        slot = f"totes_test_{uuid.uuid4().hex[:10]}"
+        path = cdc_config(tmp_path / f"config-{len(made)}", tables, slot)
+        document = yaml.safe_load(open(path).read())
+        document["cdc"].update(options)
+        open(path, "w").write(yaml.safe_dump(document))
+        config = load_config(path)
+        plan = capture_plan(config, resolve_tables(config))
+        init_source(plan, resources.source)
+        made.append((plan, resources.source))
+        return replace(resources, config_path=path)
+
+    yield make
+    for plan, source in made:
+        drop_source(plan, source)
+
+
+@pytest.fixture
+def cdc_resources(resources, with_cdc):
+    """``resources`` with :data:`CDC_TABLES` on ``cdc``."""
+    return with_cdc(resources)

@@ -70,10 +70,12 @@ class CdcOptions(BaseModel):
     one reader per run (:mod:`totes.ingest.capture`).
 
     ``slot``/``publication``: their names (``totes``). ``max_changes_per_run``: a read of the
-    log stops after the transaction in which it passes this many changes (a transaction is
-    never split), so that a run stays inside a Lambda's time; the next run goes on from
-    there. ``retained_wal_alert_bytes``: the slot's retained WAL beyond which the state
-    machine alerts (an abandoned slot fills the source's disk)."""
+    log stops after the transaction in which it passes this many of the log's messages (a
+    change is one; each transaction adds a begin and a commit; PostgreSQL's
+    ``upto_nchanges``), and never splits a transaction, so that a run stays inside a
+    Lambda's time; the next run goes on from there. ``retained_wal_alert_bytes``: the
+    slot's retained WAL beyond which the state machine alerts (an abandoned slot fills the
+    source's disk)."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 

@@ -35,11 +35,22 @@ def ingest_table(results: list[IngestResult]) -> Table:
     for r in results:
         high = r.high_watermark
         note = f"skipped: {r.skipped}" if r.skipped else \
+            f"stopped: {r.stopped}" if r.stopped else \
             f"range [{r.range['from']}, {r.range['to']})" if r.range else \
-            f"{r.vanished_rows:,} rows gone from the source" if r.vanished_rows else ""
+            f"{r.vanished_rows:,} rows gone from the source" if r.vanished_rows else \
+            _changes(r) if r.changes is not None else ""
         table.add_row(r.table, r.mode, f"{r.rows:,}", "1" if r.key else "0",
                       f"{r.seconds:.2f}", _mark(high.model_dump()) if high else "-", note)
     return table
+
+
+def _changes(result: IngestResult) -> str:
+    """``3 updates, 1 delete through 0/16B0A40`` of a cdc table's ingest."""
+    changes = result.changes or {}
+    counted = [f"{n:,} {kind}{'s' if n != 1 else ''}" for kind, n in
+               (("insert", changes.get("insert", 0)), ("update", changes.get("update", 0)),
+                ("delete", changes.get("delete", 0))) if n]
+    return f"{', '.join(counted) or 'no change'} through {result.through_lsn}"
 
 
 def transform_table(result: TransformResult) -> Table:
