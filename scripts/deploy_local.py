@@ -28,7 +28,12 @@ real state machine execution end to end, then a failing one, then everything des
    (d) payment_type removed from the configuration in S3: execution 6 ingests the ten other
    tables, with no redeploy (it loads nothing, so it skips Reconcile);
    (e) a fact value changed in the warehouse by hand, a new sales order: execution 7 loads
-   it, then FAILS in Reconcile with one alert naming the difference (table, key, column).
+   it, then FAILS in Reconcile with one alert naming the difference (table, key, column);
+   (f) purchase_order and transaction on cdc (their publication and slot created as `totes
+   cdc init` does): execution 8's Capture item takes their initial copies; a purchase order
+   updated in two transactions and another deleted (its transaction's purchase_order_id
+   set NULL by the source): execution 9 SUCCEEDS, brings both versions and the delete
+   (with is_deleted; the current view leaves it out), and reconciles equal.
 5. terraform destroy, both layers; the emulator and PostgreSQL stop.
 """
 from __future__ import annotations
@@ -449,6 +454,53 @@ def main() -> int:
               and "warehouse 1.00" in differences[0] and "totes reconcile" in differences[0],
               "execution 7 should send exactly one alert naming fact_payment, payment_id=2 "
               "and payment_amount")
+        say("(f) purchase_order and transaction on cdc: executions 8 and 9 read them from the "
+            "change log through the state machine's Capture item")
+        from totes.contracts.config import CapturePlan, TablePlan
+        from totes.ingest.capture import init_source
+
+        with source.session("deploy-local", "reading payment 2") as session:
+            (amount,), = session.conn.run("SELECT payment_amount FROM payment WHERE "
+                                          "payment_id = 2")
+        with warehouse.session("deploy-local", "undoing the tampering") as session:
+            session.conn.run("UPDATE fact_payment SET payment_amount = :a WHERE payment_id = "
+                             "2", a=amount)
+        cdc_tables = [TablePlan(table=t, primary_key=f"{t}_id", extract_type="cdc")
+                      for t in ("purchase_order", "transaction")]
+        print("cdc init:", init_source(CapturePlan(slot="totes", publication="totes",
+                                                   tables=cdc_tables), source))
+        configure(purchase_order={"extract_type": "cdc"}, transaction={"extract_type": "cdc"})
+        eighth = execute(stepfunctions, machine, "deploy-local-8")
+        items = {i["table"]: i for i in json.loads(eighth.get("output") or "{}")
+                 .get("ingested", [])}
+        print(f"execution 8 ended {eighth['status']}: capture item {items.get('capture:totes')}")
+        check(eighth["status"] == "SUCCEEDED" and items.get("capture:totes", {}).get(
+            "status") == "succeeded" and "purchase_order" not in items,
+            "execution 8 should read purchase_order and transaction through its Capture item")
+        copied = own_ingest("purchase_order", "deploy-local-8")
+        check(copied is not None and copied.mode == "cdc_snapshot"
+              and copied.rows == FACT_ROWS["fact_purchase_order"],
+              f"purchase_order's initial copy should hold every row: {copied}")
+        with source.session("deploy-local", "changing and deleting purchase orders") as session:
+            for quantity in (77, 78):
+                session.conn.run("UPDATE purchase_order SET item_quantity = :q WHERE "
+                                 "purchase_order_id = 1", q=quantity)
+            session.conn.run("DELETE FROM purchase_order WHERE purchase_order_id = 2")
+        ninth = execute(stepfunctions, machine, "deploy-local-9")
+        print(f"execution 9 ended {ninth['status']}")
+        check(ninth["status"] == "SUCCEEDED" and alerts() == [],
+              "execution 9 should have SUCCEEDED without an alert")
+        with warehouse.session("deploy-local", "reading the versions") as session:
+            versions = session.conn.run(
+                "SELECT purchase_order_id, item_quantity, is_deleted FROM fact_purchase_order "
+                "WHERE purchase_order_id IN (1, 2) AND source_lsn <> 0 ORDER BY source_lsn")
+            current = session.conn.run("SELECT count(*) FROM fact_purchase_order_current "
+                                       "WHERE purchase_order_id = 2")[0][0]
+        print(f"purchase orders 1 and 2 from the change log: {versions}")
+        check([v[0] for v in versions] == [1, 1, 2] and [v[1] for v in versions][:2] == [77, 78]
+              and [v[2] for v in versions] == [False, False, True] and current == 0,
+              "execution 9 should bring both versions of purchase order 1 and the delete of 2")
+        check_reconciled(ninth, "execution 9")
         say("deploy-local: both layers applied; (a) a normal execution filled the warehouse "
             "and reconciled equal, payment extracted by the Glue job with the Lambda path's "
             "rows; a quarantined row sent one alert; (b) a failing table and "
@@ -457,7 +509,8 @@ def main() -> int:
             "transform was completed by the next execution with no new rows; (d) a "
             "configuration change in S3 was used without a redeploy, and an execution that "
             "loaded nothing skipped Reconcile; (e) a value changed in the warehouse by hand "
-            "failed Reconcile with one alert naming it")
+            "failed Reconcile with one alert naming it; (f) two tables on cdc were read "
+            "through the Capture item: versions and a delete reached the warehouse")
         return 0
     finally:
         for layer in reversed(applied):

@@ -15,7 +15,7 @@ def test_the_er_diagram_in_the_docs_is_the_star_schema():
                       r"<!-- er-diagram:end -->", text, re.S)
     assert block, "docs/warehouse.md lost its ER diagram markers"
     assert block.group(1) == mermaid_er_diagram(), (
-        "docs/warehouse.md's diagram differs from src/utils/star_schema.py: paste the output "
+        "docs/warehouse.md's diagram differs from src/contracts/star_schema.py: paste the output "
         "of `python -m totes.contracts.star_schema` between the markers")
     diagram = mermaid_er_diagram()
     for table in TABLES.values():  # every table, column and foreign key is drawn
@@ -46,7 +46,7 @@ def test_every_document_named_in_the_repository_exists():
 
 def test_the_readme_links_the_docs():
     readme = (REPO / "README.md").read_text()
-    for doc in ("architecture", "contracts", "warehouse", "configuration", "runbook"):
+    for doc in ("architecture", "contracts", "warehouse", "configuration", "runbook", "cdc"):
         assert f"(docs/{doc}.md)" in readme, doc
         assert (REPO / "docs" / f"{doc}.md").exists()
 

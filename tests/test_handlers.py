@@ -66,7 +66,9 @@ def run_map(tables, ledger_env=True):
             items.append(through_json(status_handler({"action": "failed", "item": item}, None)))
             continue
         try:
-            result = through_json(ingest_handler(item, None))
+            result = through_json(ingest_handler(
+                {"capture": item["capture"]} if item.get("job_type") == "capture" else item,
+                None))
         except Exception as exc:  # what the item's Catch receives
             error = {"Error": type(exc).__name__, "Cause": json.dumps(
                 {"errorType": type(exc).__name__, "errorMessage": str(exc),
@@ -74,9 +76,48 @@ def run_map(tables, ledger_env=True):
             items.append(through_json(status_handler(
                 {"action": "failed", "item": item, "error": error}, None)))
             continue
-        items.append(through_json(status_handler({"action": "ingested", "result": result},
+        action = "captured" if item.get("job_type") == "capture" else "ingested"
+        items.append(through_json(status_handler({"action": action, "result": result},
                                                  None)))
     return items
+
+
+def test_the_change_log_is_read_by_one_map_item_for_every_cdc_table(
+        lambda_environment, monkeypatch, tmp_path, resources, with_cdc):
+    """Plan gives the cdc tables one item (job_type capture); the Map's Capture step reads
+    the log for all of them and records each table; a change and a delete reach the
+    warehouse through the handlers, as in AWS."""
+    from totes.load.handler import pending_handler
+    from totes.utils.ledger import SqliteLedger
+
+    cdc = with_cdc(resources, tables=("payment",))
+    monkeypatch.setenv("TOTES_CONFIG", cdc.config_path)
+    monkeypatch.setenv("TOTES_SOURCE_URL", url(resources.source))
+    monkeypatch.setenv("TOTES_LEDGER", f"sqlite://{tmp_path}/ledger.sqlite3")
+    ledger = SqliteLedger(str(tmp_path / "ledger.sqlite3"))
+
+    def execution(name: str) -> list:
+        planned = through_json(plan_handler({"run_id": name}, None))
+        assert [i["table"] for i in planned["items"] if i.get("job_type") == "capture"] == \
+            [f"capture:{planned['capture']['slot']}"]
+        assert "payment" not in [t["table"] for t in planned["tables"]]
+        items = run_map(planned["items"])
+        through_json(pending_handler({"items": items}, None))
+        transform_handler({"run_id": name}, None)
+        load_handler({"run_id": name}, None)
+        return items
+
+    first = execution("execution-1")
+    assert [i["status"] for i in first] == ["succeeded"] * 11
+    query(resources.source, "UPDATE payment SET paid = NOT paid WHERE payment_id = 9")
+    query(resources.source, "DELETE FROM payment WHERE payment_id = 10")
+    second = execution("execution-2")
+    [captured] = [i for i in second if i["table"].startswith("capture:")]
+    assert captured["rows"] == 2 and captured["status"] == "succeeded"
+    record = ledger.last("ingest", "payment", "succeeded")
+    assert record is not None and record.run_id == "execution-2" and record.rows == 2
+    assert query(resources.warehouse, "SELECT count(*) FROM fact_payment_current WHERE "
+                 "payment_id IN (9, 10)") == [[1]]
 
 
 def test_one_failing_table_is_recorded_and_the_others_land(lambda_environment, monkeypatch,

@@ -24,10 +24,12 @@ class PlanResult(_Result):
     """The plan step's output, the input of the Map over tables::
 
         {"tables": [<TablePlan>, ...], "capture": <CapturePlan> | null,
-         "left_out": ["currency", ...]}
+         "items": [...], "left_out": ["currency", ...]}
 
     ``tables``: the tables read by a cursor (incremental, full), one Map item each;
-    ``capture``: the ``cdc`` tables, read from the change log by one reader.
+    ``capture``: the ``cdc`` tables, read from the change log by one reader; ``items``: the
+    Map's items, the tables' payloads and, when there are ``cdc`` tables, one for the reader
+    (``{"table": "capture:<slot>", "job_type": "capture", "capture": <CapturePlan>, ...}``).
     ``left_out``: the configured tables this run does not extract (the run named others).
     ``warnings``: what plan advises without failing (a large table without an index on its
     watermark, with the statement that adds one).
@@ -35,6 +37,7 @@ class PlanResult(_Result):
 
     tables: list[TablePlan]
     capture: Optional[CapturePlan] = None
+    items: list[dict] = []
     left_out: list[str] = []
     warnings: list[str] = []
 

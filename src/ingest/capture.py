@@ -203,7 +203,9 @@ class _Capture:
                                         if t.limit is not None])
             keys = self._publish(stack, through, read_end)
         record = self._commit_position(position, through, read_end, keys)
-        results = [self._result(t, read_end) for t in self.tables.values()]
+        seconds = round(time.monotonic() - started, 3)  # one read serves every table
+        results = [self._result(t, read_end).model_copy(update={"seconds": seconds})
+                   for t in self.tables.values()]
         if ledger is not None:
             for result in results:
                 self._record(ledger, result)
@@ -214,7 +216,7 @@ class _Capture:
             through_lsn=lsn_text(through), transactions=self.transactions,
             changes=self.changes,
             stopped={n: t.stopped for n, t in self.tables.items() if t.stopped},
-            seconds=round(time.monotonic() - started, 3))
+            seconds=seconds)
 
     def _position(self) -> tuple[Optional[str], Optional[Position]]:
         prefix = position_prefix(self.plan.slot)

@@ -5,7 +5,7 @@ Environment: ``TOTES_SOURCE_SECRET`` (or ``TOTES_SOURCE_URL``), ``TOTES_LAKE``,
 raises; its type (``TransientError`` or ``TerminalError``) decides whether Step Functions
 retries.
 """
-from totes.contracts.config import TablePlan
+from totes.contracts.config import CapturePlan, TablePlan
 from totes.ingest.extract import ingest_table
 from totes.ingest.plan import plan
 from totes.utils import resources
@@ -16,9 +16,13 @@ from totes.utils.ledger import new_run_id
 def plan_handler(event, context):
     """Event: ``{"run_id": "<execution name>", "request": <the execution's input>}``; the
     input may name the tables of this run (``{"tables": ["sales_order", {"table": "payment",
-    "mode": "reingest"}]}``). Returns :class:`~totes.contracts.stage_results.PlanResult` as JSON:
-    ``{"tables": [<TablePlan JSON>, ...], "left_out": [...]}``; a table the source check
-    rejects keeps its payload, with ``check_error``, so that only its Map item fails."""
+    "mode": "reingest"}]}``). Returns :class:`~totes.contracts.stage_results.PlanResult` as JSON,
+    with ``items``, the Map's items: ``{"tables": [<TablePlan JSON>, ...], "capture":
+    <CapturePlan JSON> | null, "left_out": [...], "items": [...]}``. ``items`` are the
+    tables' payloads and, when there are ``cdc`` tables, one item for the reader of the
+    change log (``{"table": "capture:<slot>", "job_type": "capture", "capture":
+    <CapturePlan JSON>, ...}``); a table the source check rejects keeps its payload, with
+    ``check_error``, so that only its Map item fails."""
     event = event or {}
     request = event.get("request") or {}
     return plan(load_config(resources.config_path()), resources.database("source"),
@@ -28,18 +32,22 @@ def plan_handler(event, context):
 
 def status_handler(event, context):
     """The status step of a Map item. Event: ``{"action": "ingested", "result": <IngestResult
-    JSON>}`` after the ingest succeeded; ``{"action": "job_ran", "item": <TablePlan JSON>}``
-    after a ``glue`` table's job run succeeded (the job recorded its ingest: read back, not
+    JSON>}`` after the ingest succeeded; ``{"action": "captured", "result": <CaptureResult
+    JSON>}`` after the change log's reader succeeded (it recorded each table itself);
+    ``{"action": "job_ran", "item": <TablePlan JSON>}`` after a ``glue`` table's job run
+    succeeded (the job recorded its ingest: read back, not
     written again); or ``{"action": "failed", "item": <TablePlan JSON>, "error": {"Error",
     "Cause"}}`` from its Catch. Records the table's outcome in the ledger and returns
     :class:`~totes.ingest.status.ItemStatus` as JSON (errors: see
     :func:`~totes.ingest.status.job_ran`)."""
-    from totes.ingest.status import job_ran, record_failed, record_ingested
-    from totes.contracts.stage_results import IngestResult
+    from totes.contracts.stage_results import CaptureResult, IngestResult
+    from totes.ingest.status import captured, job_ran, record_failed, record_ingested
 
     ledger = resources.ledger()
     if event.get("action") == "ingested":
         status = record_ingested(ledger, IngestResult.model_validate(event["result"]))
+    elif event.get("action") == "captured":
+        status = captured(CaptureResult.model_validate(event["result"]))
     elif event.get("action") == "job_ran":
         status = job_ran(ledger, event.get("item") or {})
     else:
@@ -57,10 +65,18 @@ def ingest_handler(event, context):
     :class:`~totes.contracts.stage_results.IngestResult` as JSON. For a partitioned table in the
     state machine: ``{"plan": <TablePlan>, "part": {...}}`` extracts one part and returns
     its :class:`~totes.ingest.extract.PartResult`; ``{"commit": <TablePlan and its
-    "part_results">}`` commits the batch and returns its IngestResult."""
+    "part_results">}`` commits the batch and returns its IngestResult; ``{"capture":
+    <CapturePlan JSON>, ...}`` (the change log reader's item) reads the log for every
+    ``cdc`` table and returns :class:`~totes.contracts.stage_results.CaptureResult`."""
     from totes.ingest.extract import PartResult, commit_parts, extract_part
 
     lake = resources.storage("lake")
+    if "capture" in event:
+        from totes.ingest.capture import capture
+
+        return capture(CapturePlan.model_validate(event["capture"]),
+                       resources.database("source"), lake,
+                       resources.ledger()).model_dump(mode="json")
     if "part" in event:
         return extract_part(TablePlan.model_validate(event["plan"]), event["part"],
                             resources.database("source"), lake).model_dump(mode="json")

@@ -112,7 +112,18 @@ def plan(config: PipelineConfig, source: Optional[SourceDatabase] = None,
     polled = [p for p in plans if p.extract_type != "cdc"]
     if capture is not None:  # the checks above may have marked a cdc table
         capture.tables = [p for p in plans if p.extract_type == "cdc"]
-    return PlanResult(tables=polled, capture=capture, left_out=left_out, warnings=warnings)
+    items = [p.model_dump(mode="json") for p in polled] + \
+        ([capture_item(capture)] if capture is not None else [])
+    return PlanResult(tables=polled, capture=capture, items=items, left_out=left_out,
+                      warnings=warnings)
+
+
+def capture_item(capture: CapturePlan) -> dict:
+    """The Map item of the change log's reader: the state machine's JobType choice sends it
+    to the Capture step (``job_type`` ``capture``)."""
+    return {"table": f"capture:{capture.slot}", "job_type": "capture",
+            "run_id": capture.run_id, "mode": "cdc", "check_error": capture.check_error,
+            "capture": capture.model_dump(mode="json")}
 
 
 def _check_capture(conn, source, capture: CapturePlan, per_table_errors: bool) -> None:

@@ -5,6 +5,8 @@ so that one table's failure never aborts the others.
 * ``ingested``: the ingest function recorded its run itself; the step checks the record is
   there (``succeeded`` or ``skipped``) and writes it from the ingest result if not (the
   ledger write failed after the extract landed).
+* ``captured``: the change log's reader succeeded; it recorded each ``cdc`` table itself, and
+  the item's summary counts their rows.
 * ``job_ran``: a ``glue`` table's job run succeeded. The job recorded its ingest in the
   ledger itself (under the table's lease, as the Lambda does); the step reads that record
   back for the item's summary and writes nothing (a job run's output has no ingest result).
@@ -25,7 +27,7 @@ from typing import Optional
 
 from pydantic import BaseModel
 
-from totes.contracts.stage_results import IngestResult
+from totes.contracts.stage_results import CaptureResult, IngestResult
 from totes.contracts.step_errors import error_of
 from totes.utils.ledger import LeaseHolder, Ledger, LedgerRecord, lease_name, now, record_json
 from totes.utils.run_tracking import skip_reason
@@ -61,6 +63,15 @@ def record_ingested(ledger: Optional[Ledger], result: IngestResult) -> ItemStatu
             high_watermark=record_json(result.high_watermark),
             details={"recorded_by": "status step"}))
     return ItemStatus(table=result.table, status=status, rows=result.rows, key=result.key,
+                      reason=result.skipped)
+
+
+def captured(result: CaptureResult) -> ItemStatus:
+    """The success path of the change log reader's item (``capture:<slot>``): every table's
+    rows, the position record as its key."""
+    return ItemStatus(table=f"capture:{result.slot}",
+                      status="skipped" if result.skipped else "succeeded",
+                      rows=sum(t.rows for t in result.tables), key=result.position,
                       reason=result.skipped)
 
 

@@ -4,8 +4,8 @@ import json
 import re
 
 from support import REPO
-from totes.contracts.stage_results import (IngestResult, LoadResult, PlanResult, ReconcileResult,
-                                           TransformResult)
+from totes.contracts.stage_results import (CaptureResult, IngestResult, LoadResult, PlanResult,
+                                           ReconcileResult, TransformResult)
 from totes.contracts.watermark import Watermark
 from totes.ingest.extract import PartResult
 from totes.ingest.status import ItemStatus
@@ -16,7 +16,8 @@ STATE_RESULTS = {"Plan": PlanResult, "IngestTable": IngestResult, "RecordSuccess
                  "RecordFailure": ItemStatus, "RecordCheckFailure": ItemStatus,
                  "Pending": PendingResult, "Transform": TransformResult, "Load": LoadResult,
                  "Reconcile": ReconcileResult, "Alert": Alert, "ExtractPart": PartResult,
-                 "CommitParts": IngestResult, "RecordJobRun": ItemStatus}
+                 "CommitParts": IngestResult, "RecordJobRun": ItemStatus,
+                 "CaptureChanges": CaptureResult, "RecordCaptured": ItemStatus}
 #: What IngestOnGlue selects from Glue's GetJobRun output (the JobRun structure).
 JOB_RUN_FIELDS = {"Id", "JobRunState", "ExecutionTime", "ErrorMessage", "JobName", "Attempt"}
 
@@ -82,7 +83,11 @@ def test_a_glue_item_goes_to_the_glue_job_with_its_payload_and_workers():
     item_states = dict(states(definition()["States"]["Ingest"]["ItemProcessor"]))
     assert item_states["CheckedByPlan"]["Default"] == "JobType"
     choice = item_states["JobType"]
-    glue_rule, parts_rule = choice["Choices"]
+    capture_rule, glue_rule, parts_rule = choice["Choices"]
+    assert {"Variable": "$.job_type", "StringEquals": "capture"} in capture_rule["And"]
+    assert capture_rule["Next"] == "CaptureChanges"
+    assert item_states["CaptureChanges"]["Parameters"]["Payload"] == {"capture.$": "$.capture"}
+    assert item_states["CaptureChanges"]["Next"] == "RecordCaptured"
     assert {"Variable": "$.job_type", "StringEquals": "glue"} in glue_rule["And"]
     assert glue_rule["Next"] == "IngestOnGlue"
     assert parts_rule["Next"] == "ExtractParts" and choice["Default"] == "IngestTable"
