@@ -357,7 +357,8 @@ def test_a_glue_job_run_ends_its_item_from_the_jobs_own_ledger_record(lambda_env
     status = through_json(status_handler({"action": "job_ran", "item": item}, None))
     assert status == expected == {"table": "payment", "status": "succeeded",
                                   "rows": snapshot("payment").num_rows, "key": result.key,
-                                  "reason": None, "error_type": None, "error_message": None}
+                                  "reason": None, "error_type": None, "error_message": None,
+                                  "warning": None}
     [record] = ledger.history("ingest", "payment")
     assert record.details.get("recorded_by") is None  # the job's record, not the step's
 
@@ -394,7 +395,7 @@ def test_a_failed_glue_job_run_is_recorded_failed_and_alerted_like_a_lambda(
     assert items == [{"table": "payment", "status": "failed", "rows": 0, "key": None,
                       "reason": None, "error_type": "DatabaseRejected", "error_message":
                       "the source database refused the connection (password authentication "
-                      "failed)"}]
+                      "failed)", "warning": None}]
     [record] = SqliteLedger(str(tmp_path / "ledger.sqlite3")).history("ingest", "payment")
     assert (record.status, record.run_id, record.error_type) == ("failed", "execution-f",
                                                                  "DatabaseRejected")

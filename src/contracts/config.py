@@ -275,6 +275,7 @@ class CapturePlan(BaseModel):
     slot: str
     publication: str
     max_changes_per_run: int = 100_000
+    retained_wal_alert_bytes: int = 1 << 30
     tables: list[TablePlan]
     run_id: Optional[str] = None
     check_error: Optional[dict] = None
@@ -286,8 +287,9 @@ def capture_plan(config: PipelineConfig, plans: list[TablePlan]) -> Optional[Cap
     if not chosen:
         return None
     return CapturePlan(slot=config.cdc.slot, publication=config.cdc.publication,
-                       max_changes_per_run=config.cdc.max_changes_per_run, tables=chosen,
-                       run_id=chosen[0].run_id)
+                       max_changes_per_run=config.cdc.max_changes_per_run,
+                       retained_wal_alert_bytes=config.cdc.retained_wal_alert_bytes,
+                       tables=chosen, run_id=chosen[0].run_id)
 
 
 def parse_config_text(text: str, source: str = "configuration") -> PipelineConfig:

@@ -117,7 +117,9 @@ class CaptureResult(_Result):
     versions, before several changes of a row in one transaction became one version);
     ``stopped``: the tables a TRUNCATE or a schema change stopped (their batches stop short
     of it, and the slot is not advanced past it until a person acts: the message says how);
-    ``skipped``: why nothing was read (another run holds the reader's lease)."""
+    ``skipped``: why nothing was read (another run holds the reader's lease);
+    ``retained_wal_bytes``: the WAL the source keeps for the slot after the read, and
+    ``warning`` when it passed ``cdc.retained_wal_alert_bytes`` (an alert, not a failure)."""
 
     slot: str
     tables: list[IngestResult]
@@ -127,6 +129,8 @@ class CaptureResult(_Result):
     changes: int = 0
     stopped: dict[str, str] = {}
     skipped: Optional[str] = None
+    retained_wal_bytes: Optional[int] = None
+    warning: Optional[str] = None
     seconds: float
 
 

@@ -202,7 +202,17 @@ class _Capture:
             through = min([read_end] + [t.limit for t in self.tables.values()
                                         if t.limit is not None])
             keys = self._publish(stack, through, read_end)
+            state = postgres_cdc.slot_state(conn, slot)
         record = self._commit_position(position, through, read_end, keys)
+        retained = state.retained_bytes if state is not None else None
+        warning = None
+        if retained is not None and retained > self.plan.retained_wal_alert_bytes:
+            warning = (f"replication slot {slot} retains {retained:,} bytes of WAL on the "
+                       f"{self.source.describe()}, more than cdc.retained_wal_alert_bytes "
+                       f"({self.plan.retained_wal_alert_bytes:,}): the source keeps WAL until "
+                       "the slot is read; check that runs read it (a stopped table holds it "
+                       "back: totes status), or drop it when capture is over (totes cdc drop)")
+            log.warning(warning)
         seconds = round(time.monotonic() - started, 3)  # one read serves every table
         results = [self._result(t, read_end).model_copy(update={"seconds": seconds})
                    for t in self.tables.values()]
@@ -216,7 +226,7 @@ class _Capture:
             through_lsn=lsn_text(through), transactions=self.transactions,
             changes=self.changes,
             stopped={n: t.stopped for n, t in self.tables.items() if t.stopped},
-            seconds=seconds)
+            retained_wal_bytes=retained, warning=warning, seconds=seconds)
 
     def _position(self) -> tuple[Optional[str], Optional[Position]]:
         prefix = position_prefix(self.plan.slot)

@@ -43,6 +43,7 @@ class ItemStatus(BaseModel):
     reason: Optional[str] = None
     error_type: Optional[str] = None
     error_message: Optional[str] = None
+    warning: Optional[str] = None
 
 
 def _own_record(ledger: Ledger, table: str, run_id: str) -> Optional[LedgerRecord]:
@@ -72,7 +73,7 @@ def captured(result: CaptureResult) -> ItemStatus:
     return ItemStatus(table=f"capture:{result.slot}",
                       status="skipped" if result.skipped else "succeeded",
                       rows=sum(t.rows for t in result.tables), key=result.position,
-                      reason=result.skipped)
+                      reason=result.skipped, warning=result.warning)
 
 
 def job_ran(ledger: Optional[Ledger], item: dict) -> ItemStatus:

@@ -22,7 +22,8 @@ def pending_handler(event, context):
         failed_tables=[{k: i.get(k) for k in ("table", "error_type", "error_message")}
                        for i in items if i.get("status") == "failed"],
         skipped_tables=[{"table": i.get("table"), "reason": i.get("reason")}
-                        for i in items if i.get("status") == "skipped"]).model_dump(mode="json")
+                        for i in items if i.get("status") == "skipped"],
+        warnings=[i["warning"] for i in items if i.get("warning")]).model_dump(mode="json")
 
 
 def handler(event, context):

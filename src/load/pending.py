@@ -35,11 +35,16 @@ class PendingResult(PendingWork):
 
         {"transform": true, "load": true, "lake_files": 3, "batches": 0,
          "failed_tables": [{"table": "design", "error_type": "...", "error_message": "..."}],
-         "skipped_tables": [{"table": "staff", "reason": "leased by run-…"}]}
+         "skipped_tables": [{"table": "staff", "reason": "leased by run-…"}],
+         "warnings": ["replication slot totes retains 1.2 GB of WAL, ..."]}
+
+    ``warnings``: what an item reported without failing (the replication slot's retained
+    WAL past its limit): the state machine sends one alert for them and goes on.
     """
 
     failed_tables: list[dict] = []
     skipped_tables: list[dict] = []
+    warnings: list[str] = []
 
 
 def untransformed_files(lake: Lake, processed: Lake, tables=None) -> int:

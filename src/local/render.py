@@ -214,7 +214,40 @@ def status_table(result) -> Table:
                       if batch else "-", _mark(s.high_watermark), _lag(s),
                       f"{s.pending_lake_files:,} files", s.running or "",
                       f"{_short_when(bad.ended_at)} {bad.error_type}" if bad else "")
+    if result.slot is not None:
+        table.caption = slot_line(result.slot)
+        table.caption_justify = "left"
     return table
+
+
+def slot_line(slot) -> str:
+    """``slot totes: retains 12.3 MB of WAL (alert above 1.0 GB); oldest unread change
+    3.2 min old; the lake holds every change through 0/16B0A40``."""
+    if not slot.exists:
+        return f"slot {slot.slot}: does not exist (totes cdc init creates it)"
+    age = slot.oldest_change_age_seconds
+    waiting = "no unread change" if age is None else \
+        f"oldest unread change {_duration(age)} old"
+    warning = " — OVER THE LIMIT: resume the runs, or totes cdc drop" if slot.over_limit \
+        else ""
+    return (f"slot {slot.slot}: retains {_bytes(slot.retained_wal_bytes or 0)} of WAL (alert "
+            f"above {_bytes(slot.limit_bytes)}){warning}; {waiting}; the lake holds every "
+            f"change through {slot.lake_through}")
+
+
+def _bytes(count: int) -> str:
+    for unit, size in (("GB", 1 << 30), ("MB", 1 << 20), ("kB", 1 << 10)):
+        if count >= size:
+            return f"{count / size:.1f} {unit}"
+    return f"{count} bytes"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def history_table(records) -> Table:

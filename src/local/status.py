@@ -14,11 +14,13 @@ from typing import Optional
 
 from pydantic import BaseModel
 
+from totes.contracts.cdc import lsn_text, parse_position, position_prefix
 from totes.contracts.config import PipelineConfig, resolve_tables
 from totes.contracts.errors import TotesError
 from totes.contracts.identifiers import quote_ident
 from totes.contracts.watermark import Watermark
 from totes.load.pending import unloaded_batches
+from totes.utils import postgres_cdc
 from totes.utils.footers import read_high_watermark
 from totes.utils.lake import Lake
 from totes.utils.ledger import ALL_TABLES, Ledger, LedgerRecord, lease_name
@@ -43,10 +45,31 @@ class TableStatus(BaseModel):
     pending_lake_files: int = 0
 
 
+class SlotStatus(BaseModel):
+    """The replication slot of the ``cdc`` tables: ``retained_wal_bytes`` (WAL the source
+    keeps for it), ``oldest_change_age_seconds`` (how long the oldest change not in the lake
+    yet has waited; None when there is none), ``lake_through`` (the LSN every ``cdc`` table's
+    batches hold every change up to: the newest position record) and ``confirmed_through``
+    (the slot's: it moves to the lake's at the start of the next read), whether a reader
+    holds it now, and whether the retained WAL passed ``cdc.retained_wal_alert_bytes``
+    (``over_limit``: the state machine alerts)."""
+
+    slot: str
+    exists: bool
+    retained_wal_bytes: Optional[int] = None
+    oldest_change_age_seconds: Optional[float] = None
+    lake_through: Optional[str] = None
+    confirmed_through: Optional[str] = None
+    active: Optional[bool] = None
+    limit_bytes: int
+    over_limit: bool = False
+
+
 class PipelineStatus(BaseModel):
     """``totes status --json``."""
 
     tables: list[TableStatus]
+    slot: Optional[SlotStatus] = None
     pending_batches: Optional[int] = None   # None: the warehouse could not be asked
     last_transform: Optional[LedgerRecord] = None
     last_load: Optional[LedgerRecord] = None
@@ -110,12 +133,43 @@ def pipeline_status(config: PipelineConfig, ledger: Ledger, lake: Lake, processe
                 notes.append(f"source not read for {plan.table}: {exc}")
                 source = None  # one note, not one per table
         tables.append(status)
+    slot = None
+    if source is not None and any(p.extract_type == "cdc" for p in resolve_tables(config)):
+        try:
+            slot = slot_status(config, source, lake)
+        except TotesError as exc:
+            notes.append(f"replication slot {config.cdc.slot} not read: {exc}")
     pending = None
     if warehouse is not None:
         try:
             pending = unloaded_batches(processed, warehouse)
         except TotesError as exc:
             notes.append(f"warehouse not read: {exc}")
-    return PipelineStatus(tables=tables, pending_batches=pending,
+    return PipelineStatus(tables=tables, slot=slot, pending_batches=pending,
                           last_transform=ledger.last("transform", ALL_TABLES),
                           last_load=ledger.last("load", ALL_TABLES), notes=notes)
+
+
+def slot_status(config: PipelineConfig, source: SourceDatabase, lake: Lake) -> SlotStatus:
+    """The health of the pipeline's replication slot (:class:`SlotStatus`).
+
+    Raises:
+        DatabaseUnavailable / TerminalError: the source could not be asked.
+        LakeError / StorageUnavailable: the lake's position record could not be read.
+    """
+    slot, limit = config.cdc.slot, config.cdc.retained_wal_alert_bytes
+    key = lake.newest_key(position_prefix(slot), "json")
+    position = parse_position(lake.read_bytes(key), lake.describe(key)) if key else None
+    with source.session("totes-status", f"reading replication slot {slot}") as session:
+        state = postgres_cdc.slot_state(session.conn, slot)
+        if state is None:
+            return SlotStatus(slot=slot, exists=False, limit_bytes=limit)
+        through = max(state.confirmed_flush, position.through_lsn if position else 0)
+        oldest = postgres_cdc.oldest_change_time(session.conn, slot, config.cdc.publication,
+                                                 through, config.cdc.max_changes_per_run)
+    age = None if oldest is None else \
+        max((datetime.now(timezone.utc) - oldest).total_seconds(), 0.0)
+    return SlotStatus(slot=slot, exists=True, retained_wal_bytes=state.retained_bytes,
+                      oldest_change_age_seconds=age, lake_through=lsn_text(through),
+                      confirmed_through=lsn_text(state.confirmed_flush), active=state.active,
+                      limit_bytes=limit, over_limit=state.retained_bytes > limit)

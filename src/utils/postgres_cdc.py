@@ -22,6 +22,7 @@ import contextlib
 import csv
 import io
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Iterator, Optional
 
 from totes.contracts.identifiers import quote_ident
@@ -188,3 +189,26 @@ def peek(conn, slot: str, publication: str, upto_lsn: int, max_changes: int,
         text = io.TextIOWrapper(reader, encoding="ascii", newline="")
         yield ((int(lsn), int(xid), bytes.fromhex(data[2:]))
                for lsn, xid, data in csv.reader(text))
+
+
+def oldest_change_time(conn, slot: str, publication: str, after_lsn: int,
+                       limit: int) -> Optional[datetime]:
+    """The commit time of the oldest transaction with a published change that the slot holds
+    past ``after_lsn`` (what the lake already holds), looking at most ``limit`` of the log's
+    messages ahead; None when there is none (or the slot is being read now)."""
+    from totes.utils.pgoutput import Begin, Commit, decode
+
+    if conn.run("SELECT active FROM pg_replication_slots WHERE slot_name = :s",
+                s=slot) in ([], [[True]]):
+        return None
+    begun = None
+    for (data,) in conn.run(
+            "SELECT data FROM pg_logical_slot_peek_binary_changes(CAST(:s AS name), NULL, "
+            "CAST(:n AS int), 'proto_version', '1', 'publication_names', CAST(:p AS text))",
+            s=slot, n=limit, p=publication):
+        message = decode(bytes(data))
+        if isinstance(message, Begin):
+            begun = message.commit_time
+        elif isinstance(message, Commit) and message.end_lsn > after_lsn:
+            return begun
+    return None

@@ -356,3 +356,32 @@ def test_a_replayed_week_on_cdc_is_the_polled_warehouse_plus_every_version_and_d
                 [(twice, False), (gone, True)]
     checked = reconcile(cdc.source, cdc.warehouse)
     assert checked.equal, [d for t in checked.tables for d in t.listed]
+
+
+def test_the_slots_health_shows_in_status_and_a_slot_past_its_limit_warns(
+        resources, with_cdc, tmp_path):
+    from dataclasses import replace
+
+    from totes.ingest.status import captured
+    from totes.local.status import pipeline_status
+    from totes.utils.config_file import load_config
+    from totes.utils.ledger import SqliteLedger
+
+    cdc = with_cdc(resources, tables=("payment",), retained_wal_alert_bytes=1 << 20)
+    cdc = replace(cdc, ledger=SqliteLedger(str(tmp_path / "ledger.sqlite3")))
+    run_pipeline(cdc)
+    query(cdc.source, "UPDATE payment SET paid = NOT paid")  # 15,836 changes: MBs of WAL
+    status = pipeline_status(load_config(cdc.config_path), cdc.ledger, cdc.lake, cdc.processed,
+                             cdc.warehouse, cdc.source)
+    slot = status.slot
+    assert slot is not None and slot.exists and slot.over_limit
+    assert slot.retained_wal_bytes > 1 << 20
+    assert slot.oldest_change_age_seconds is not None and slot.oldest_change_age_seconds < 60
+
+    result = run_pipeline(cdc)
+    assert result.capture.warning.startswith(f"replication slot {slot.slot} retains ")
+    assert "more than cdc.retained_wal_alert_bytes (1,048,576)" in result.capture.warning
+    assert captured(result.capture).warning == result.capture.warning  # the Map item's
+    after = pipeline_status(load_config(cdc.config_path), cdc.ledger, cdc.lake, cdc.processed,
+                            cdc.warehouse, cdc.source).slot
+    assert after.oldest_change_age_seconds is None  # every change is in the lake
