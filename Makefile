@@ -13,7 +13,7 @@ DLT_INSTALLED := $(DLT_VENV)/.installed
 
 .PHONY: help run test test-fast lint-imports typecheck install-requirements install-dev-tools \
 	run-pytest check-pep8-compliance \
-	test-packages security-checks bandit dependency-audit run-checks bench bench-large report stop clean-state clean \
+	test-packages security-checks bandit dependency-audit run-checks bench bench-large bench-cdc report stop clean-state clean \
 	layer package tf-validate deploy-local put-secrets upload-config
 
 help:
@@ -30,6 +30,7 @@ help:
 	@echo "make security-checks        bandit and a dependency audit (needs the network)"
 	@echo "make bench                  time small incremental runs after 1, 10, 100 batches"
 	@echo "make bench-large            time every stage on a 2,000,000-row sales_order, next to dlt"
+	@echo "make bench-cdc              time change data capture on the 2,000,000-row sales_order"
 	@echo "make report                 write report.html: the warehouse and the pipeline's health"
 	@echo "make layer / package        build the Lambda layer / code zip into build/ (sizes printed)"
 	@echo "make tf-validate            terraform fmt + validate, asl-validator, checkov (offline)"
@@ -112,6 +113,10 @@ report: $(INSTALLED)
 # runs (about 4 minutes).
 bench-large: $(DEV_INSTALLED) $(DLT_INSTALLED)
 	TOTES_BENCH_DLT_PYTHON=$(DLT_VENV)/bin/python $(BIN)/python benchmarks/large_source.py
+
+# sales_order on extract_type: cdc: the initial copy, a run with nothing new, 10,000 changes.
+bench-cdc: $(INSTALLED)
+	$(BIN)/python benchmarks/cdc_run.py
 
 $(DLT_INSTALLED): benchmarks/requirements-dlt.txt
 	$(PYTHON) -m venv $(DLT_VENV)
