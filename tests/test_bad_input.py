@@ -173,17 +173,3 @@ def test_an_old_open_transaction_that_holds_rows_back_is_named(seeded_source, tm
     assert result.rows == snapshot("currency").num_rows  # older rows still come
 
 
-def test_a_value_arrow_cannot_read_is_a_data_error_naming_the_table(empty_source, tmp_path):
-    query(empty_source, "CREATE TABLE odd (odd_id int PRIMARY KEY, at timestamp, "
-                        "last_updated timestamp(3) NOT NULL)")
-    query(empty_source, "INSERT INTO odd SELECT i, CASE WHEN i = 7 THEN 'infinity' ELSE "
-                        "timestamp '2024-01-01' END, timestamp '2024-01-01' + i * interval "
-                        "'1 second' FROM generate_series(1, 5000) i")
-    lake = Lake(str(tmp_path))
-    from totes.contracts.errors import DataError
-
-    with pytest.raises(DataError, match="odd: has a value that cannot be read as its "
-                                        "column's type") as error:
-        ingest_table(TablePlan(table="odd", primary_key="odd_id"), empty_source, lake)
-    assert not error.value.retryable
-    assert files(lake.root) == []

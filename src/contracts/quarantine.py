@@ -1,8 +1,9 @@
 """The quarantine: source row versions that break a rule of the star schema, set aside with the
 rule they broke so that the rest of their batch goes on.
 
-Transform checks every row version against the rules (a text date that is not
-``YYYY-MM-DD``, an empty NOT NULL column, a value too large for its warehouse column, a
+Transform checks every row version against the rules (a value the lake's type could not
+hold, a text date that is not ``YYYY-MM-DD``, an empty NOT NULL column, a value too large for
+its warehouse column, a
 currency code without an ISO 4217 name, a row whose reference row is missing). A row that
 breaks one is not written to the star schema; it is written, whole and as it came from the
 lake, to a quarantine file of the batch::
@@ -11,7 +12,7 @@ lake, to a quarantine file of the batch::
 
 with the source table's columns plus :data:`RULE_COLUMNS`: ``_totes_key_column``,
 ``_totes_column``, ``_totes_value`` (as text), ``_totes_rule`` (a short name:
-``text_date``, ``not_null``, ``fits_type``, ``iso_4217``, ``reference``) and
+``unreadable``, ``text_date``, ``not_null``, ``fits_type``, ``iso_4217``, ``reference``) and
 ``_totes_message`` (the :class:`~totes.contracts.errors.DataError` text). One row per row version:
 the first rule it breaks. The batch's manifest names its quarantine files (so they are
 committed with it) and keeps the list of every quarantine file so far.
@@ -23,6 +24,7 @@ here. A newer version of the same source row supersedes a quarantined one; ``tot
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -32,6 +34,13 @@ import pyarrow.compute as pc
 from totes.contracts.errors import DataError
 
 QUARANTINE = "_quarantine"
+#: The lake column that keeps, per row version, the source values the lake's types cannot
+#: hold (numeric ``NaN``, a timestamp at ``infinity`` or before year 1, a MySQL zero date,
+#: bytes that are not UTF-8): JSON text ``{"<column>": "<the value as the source wrote it>",
+#: ...}``, null for a row whose every value was read. Such a value is null in its column;
+#: transform quarantines the version under the rule ``unreadable``, with the column and the
+#: original text. Batches of releases before it have no such column (every value read).
+UNREADABLE = "_totes_unreadable"
 RULE_COLUMNS = ("_totes_key_column", "_totes_column", "_totes_value", "_totes_rule",
                 "_totes_message")
 #: The version column of a source row (what orders a row's versions).
@@ -41,6 +50,24 @@ VERSION_COLUMN = "last_updated"
 def quarantine_prefix(table: str) -> str:
     """``_quarantine/<table>``: where the quarantined row versions of ``table`` are kept."""
     return f"{QUARANTINE}/{table}"
+
+
+def unreadable_field() -> pa.Field:
+    """The :data:`UNREADABLE` column's Arrow field."""
+    return pa.field(UNREADABLE, pa.string())
+
+
+def with_unreadable(schema: pa.Schema) -> pa.Schema:
+    """A lake file's schema: the source's columns, then :data:`UNREADABLE`."""
+    return schema if UNREADABLE in schema.names else schema.append(unreadable_field())
+
+
+def add_unreadable(found: Optional[str], column: str, text: str) -> str:
+    """The :data:`UNREADABLE` JSON ``found`` (None: none yet) with ``column``'s original
+    ``text`` added."""
+    values = json.loads(found) if found else {}
+    values[column] = text
+    return json.dumps(values, ensure_ascii=False)
 
 
 def source_rows(held: pa.Table) -> pa.Table:

@@ -85,6 +85,22 @@ class Watermark(BaseModel):
         """The watermark of the last row of ``batch``."""
         return cls.of_row(batch, batch.num_rows - 1, watermark_column, primary_key)
 
+    @classmethod
+    def of_last_readable_row(cls, batch, watermark_column: str,
+                             primary_key: str) -> Optional["Watermark"]:
+        """The watermark of the last row of ``batch`` whose watermark value was read (a
+        source value the lake cannot hold, a timestamp at -infinity, is NULL); None when no
+        row's was."""
+        import pyarrow.compute as pc
+
+        values = batch.column(watermark_column)
+        if not values.null_count:
+            return cls.of_last_row(batch, watermark_column, primary_key)
+        readable = pc.indices_nonzero(pc.is_valid(values))
+        if not len(readable):
+            return None
+        return cls.of_row(batch, readable[-1].as_py(), watermark_column, primary_key)
+
     @property
     def value(self) -> str:
         """The watermark value as text, to bind in SQL."""

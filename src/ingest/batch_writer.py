@@ -58,7 +58,9 @@ def write_batches(batches: Iterable[pa.RecordBatch], staged: str, job: Job,
             parquet.write_batch(batch)
             rows += batch.num_rows
             row_groups += 1
-            last = batch
+            if plan.mode in ("incremental", "reingest"):
+                last = Watermark.of_last_readable_row(batch, plan.watermark(),
+                                                      plan.primary_key) or last
             if plan.mode == "full":
                 ids.append(batch.column(plan.primary_key))
                 if plan.watermark_column:
@@ -129,11 +131,12 @@ def _before(batch: pa.RecordBatch, column: str, cutoff: Optional[datetime]) -> p
     return batch.filter(pc.fill_null(pc.less(values, bound), False))
 
 
-def _high(plan: TablePlan, last, low: Optional[Watermark],
+def _high(plan: TablePlan, last: Optional[Watermark], low: Optional[Watermark],
           top: Optional[Watermark]) -> Optional[Watermark]:
-    """The footer's high watermark: the table's incremental watermark after this batch."""
+    """The footer's high watermark: the table's incremental watermark after this batch (its
+    last row whose watermark was read; the low one when none was)."""
     if plan.mode in ("incremental", "reingest"):
-        return Watermark.of_last_row(last, plan.watermark(), plan.primary_key)
+        return last or low
     if plan.mode == "backfill":
         return low  # a backfill never moves the incremental watermark
     return top

@@ -33,6 +33,7 @@ import contextlib
 import io
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
@@ -47,8 +48,9 @@ from totes.contracts.cdc import (CDC_COLUMNS, CDC_FIELDS, CdcFooter, LSN, Positi
                                  STREAM_MODE, lsn_text, parse_position, position_json,
                                  position_prefix, visible_in_snapshot)
 from totes.contracts.config import CapturePlan, TablePlan
-from totes.contracts.errors import (CaptureStopped, CdcNotReady, ConfigError,
-                                    DatabaseUnavailable, PermissionDenied, SourceSchemaError)
+from totes.contracts.errors import (CaptureStopped, CdcNotReady, ConfigError, DatabaseUnavailable,
+                                    PermissionDenied, SourceSchemaError)
+from totes.contracts.quarantine import UNREADABLE, add_unreadable, with_unreadable
 from totes.contracts.stage_results import CaptureResult, IngestResult
 from totes.contracts.watermark import Footer, MODE_KEY, Watermark, footer_metadata, greatest
 from totes.ingest.batch_writer import cutoff_bound, read_into
@@ -255,9 +257,10 @@ class _Capture:
                       schema.get_field_index(plan.primary_key), result, high=footer.high)
 
     def _lake_schema(self, key: str) -> pa.Schema:
+        """The source's columns as the table's lake batches keep them."""
         files = batch_files(self.lake, key)
         schema = self.lake.metadata(files[0]).schema.to_arrow_schema()
-        return pa.schema([f for f in schema if f.name not in CDC_COLUMNS])
+        return pa.schema([f for f in schema if f.name not in CDC_COLUMNS + (UNREADABLE,)])
 
     def _copy(self, conn, plan: TablePlan) -> IngestResult:
         """The table's initial copy, in one snapshot, with the snapshot and the slot's
@@ -558,11 +561,23 @@ def _versions_batch(schema: pa.Schema, rows: list, table: str,
                     pool: pa.MemoryPool) -> pa.RecordBatch:
     """The versions ``rows`` (``(values as text, operation, lsn, commit time)``) as a record
     batch of the lake's columns plus the change columns: the text values parsed by the same
-    CSV reader as a ``COPY`` (so that a value reads as it does when polled)."""
-    # PostgreSQL's CSV: a value quoted (its quotes doubled), NULL an unquoted empty field.
-    text = "".join(",".join("" if v is None else '"' + str(v).replace('"', '""') + '"'
-                            for v in values) + "\n" for values, *_ in rows)
-    data = io.BufferedReader(io.BytesIO(text.encode("utf-8")))
+    CSV reader as a ``COPY`` (so that a value reads as it does when polled); a value the
+    lake's type cannot hold is NULL and kept in
+    :data:`~totes.contracts.quarantine.UNREADABLE`, as the polled extract does."""
+    schema = with_unreadable(schema)
+    checks = [(i, f.name, _unholdable(f.type)) for i, f in enumerate(schema)
+              if f.name != UNREADABLE]
+    lines = []
+    for values, *_ in rows:
+        kept, found = list(values), None
+        for i, name, outside in checks:
+            if outside is not None and kept[i] is not None and outside(kept[i]):
+                found = add_unreadable(found, name, kept[i])
+                kept[i] = None
+        # PostgreSQL's CSV: a value quoted (its quotes doubled), NULL an unquoted empty field.
+        lines.append(",".join("" if v is None else '"' + str(v).replace('"', '""') + '"'
+                              for v in [*kept, found]) + "\n")
+    data = io.BufferedReader(io.BytesIO("".join(lines).encode("utf-8")))
     parsed = pa.Table.from_batches(list(csv_record_batches(data, schema, table, pool=pool)),
                                    schema)
     extra = [pa.array([r[1] for r in rows], pa.string()),
@@ -571,6 +586,21 @@ def _versions_batch(schema: pa.Schema, rows: list, table: str,
     combined = pa.table([*parsed.columns, *extra],
                         schema=pa.schema([*schema, *CDC_FIELDS]))
     return combined.combine_chunks().to_batches()[0]
+
+
+_NOT_A_NUMBER = ("NaN", "Infinity", "-Infinity")
+_FOUR_DIGIT_YEAR = re.compile(r"^\d{4}-")
+
+
+def _unholdable(kind: pa.DataType):
+    """A test of a value as the log writes it (text) that the lake's ``kind`` cannot hold,
+    the same as the polled extract's (numeric NaN and infinities; a timestamp or date at
+    infinity, before year 1 (``BC``) or after 9999); None for a kind that holds any."""
+    if pa.types.is_decimal(kind):
+        return lambda text: text in _NOT_A_NUMBER
+    if pa.types.is_timestamp(kind) or pa.types.is_date(kind):
+        return lambda text: not _FOUR_DIGIT_YEAR.match(text) or text.endswith(" BC")
+    return None
 
 
 def _as_text(value, kind: pa.DataType) -> Optional[str]:

@@ -3,13 +3,14 @@ it in a :class:`~totes.contracts.quarantine.Violations` (naming the table, the r
 column) instead of failing the batch; :func:`conform` then keeps the rows that passed."""
 from __future__ import annotations
 
+import json
 from functools import partial
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from totes.contracts.cdc import COMMIT_TIME, LSN, OPERATION
-from totes.contracts.quarantine import Checked, Violations
+from totes.contracts.quarantine import UNREADABLE, Checked, Violations
 from totes.contracts.star_schema import (IS_DELETED, SOURCE_LSN, TIME, Column,
                                          WarehouseTable)
 
@@ -101,6 +102,34 @@ def _fits_problem(table: str, column: Column, value: object) -> str:
     return f"{value} does not fit {table}.{column.name} ({column.sql_type})"
 
 
+def unreadable(violations: Violations) -> None:
+    """Record the rows of ``violations.rows`` that hold a value the lake's type could not
+    hold (:data:`totes.contracts.quarantine.UNREADABLE`): rule ``unreadable``, the column
+    and the value as the source wrote it (``sales_order row sales_order_id=20: unit_price
+    'NaN' cannot be held by numeric(10,2) in the lake``, the first such column of a row)."""
+    rows = violations.rows
+    if UNREADABLE not in rows.schema.names:
+        return
+    found = rows.column(UNREADABLE)
+    if isinstance(found, pa.ChunkedArray):
+        found = found.combine_chunks()
+    if not found.null_count < len(found):
+        return
+    by_column: dict[str, list[int]] = {}
+    texts: list = [None] * len(found)
+    for i in pc.indices_nonzero(pc.is_valid(found)).to_pylist():
+        column, text = next(iter(json.loads(found[i].as_py()).items()))
+        by_column.setdefault(column, []).append(i)
+        texts[i] = text
+    values = pa.array(texts, pa.string())
+    for column, where in by_column.items():
+        violations.add(where, column, "unreadable", _unreadable_problem, values)
+
+
+def _unreadable_problem(value: object) -> str:
+    return f"{value!r} cannot be held by the lake's type for the column (kept as text)"
+
+
 def conform(columns: dict, target: WarehouseTable, violations: Violations) -> Checked:
     """Build ``target``'s rows from ``columns`` (name → array, one per column of ``target``,
     aligned with ``violations.rows``) cast to the warehouse types, keeping the rows that
@@ -108,9 +137,11 @@ def conform(columns: dict, target: WarehouseTable, violations: Violations) -> Ch
 
     Violations recorded here: ``not_null`` (a column the warehouse declares NOT NULL is
     empty) and ``fits_type`` (``payment row payment_id=7: payment_amount 123456789.00 does not
-    fit fact_payment.payment_amount (numeric(10, 2))``). Rows with an earlier violation keep
-    it (one per row).
+    fit fact_payment.payment_amount (numeric(10, 2))``), after ``unreadable`` (a source value
+    the lake could not hold: :func:`unreadable`). Rows with an earlier violation keep it (one
+    per row).
     """
+    unreadable(violations)
     arrays, cast = {}, {}
     for column in target.columns:
         values = columns[column.name]

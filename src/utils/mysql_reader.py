@@ -35,7 +35,8 @@ import pyarrow as pa
 import pymysql
 
 from totes.contracts.config import TablePlan
-from totes.contracts.errors import ConfigError, DataError
+from totes.contracts.errors import ConfigError
+from totes.contracts.quarantine import UNREADABLE, add_unreadable, with_unreadable
 from totes.contracts.identifiers import quote_ident
 from totes.contracts.partitions import Partition, column_cast, partitions_of
 from totes.contracts.stage_results import HeldBackBy
@@ -106,7 +107,7 @@ def inspect_table(conn, plan: TablePlan) -> Inspected:
     """
     table = plan.table
     columns = check_table(conn, table, plan.primary_key, plan.watermark_column)
-    schema = arrow_schema(columns, table)
+    schema = with_unreadable(arrow_schema(columns, table))
     kinds = {name: data_type for name, data_type, *_ in columns}
     cast = None
     if plan.watermark_column:
@@ -203,7 +204,8 @@ def select_sql(plan: TablePlan, source: Inspected, low: Optional[Watermark],
             values["keys"] = tuple(int(k) for k in keys)
         else:
             conditions.append("FALSE")
-    select_list = ", ".join(quote_ident(name) for name in source.schema.names)
+    select_list = ", ".join(quote_ident(name) for name in source.schema.names
+                            if name != UNREADABLE)
     where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
     return (f"SELECT {select_list} FROM {quote_ident(plan.table)}{where} "  # nosec B608
             f"ORDER BY {order}"), values
@@ -219,34 +221,59 @@ def rows_per_batch(conn, table: str, batch_bytes: int) -> int:
     return max(MIN_ROWS_PER_BATCH, min(MAX_ROWS_PER_BATCH, batch_bytes // average))
 
 
-def _converter(field: pa.Field, table: str):
+_CONVERT_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, ValueError, TypeError)
+
+
+def _converter(field: pa.Field):
     kind = field.type
 
-    def convert(values: Sequence, pool: pa.MemoryPool) -> pa.Array:
+    def convert(values: Sequence, pool: pa.MemoryPool, unreadable: list) -> pa.Array:
+        """The column as ``kind``; a value that cannot be (a zero date ``0000-00-00``, text
+        that is not UTF-8) is NULL and kept as text in ``unreadable`` (one JSON text or
+        None per row)."""
         try:
             if pa.types.is_boolean(kind):
                 values = [None if v is None else bool(v) for v in values]
             return pa.array(values, type=kind, memory_pool=pool)
-        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:
-            if pa.types.is_string(kind):  # time, year, set...: the server's text of it
-                return pa.array([None if v is None else v.decode() if isinstance(v, bytes)
-                                 else str(v) for v in values], type=kind, memory_pool=pool)
-            raise DataError(table, f"has a value that cannot be read as {kind}: {exc}",
-                            column=field.name) from None
+        except _CONVERT_ERRORS:
+            pass
+        if pa.types.is_string(kind):  # time, year, set...: the server's text of it
+            values = [None if v is None else v if isinstance(v, str) else
+                      v.decode("utf-8", "surrogateescape") if isinstance(v, bytes) else str(v)
+                      for v in values]
+        kept = []
+        for i, value in enumerate(values):
+            try:
+                pa.array([value], type=kind)
+                if isinstance(value, str):
+                    value.encode("utf-8")  # a lone surrogate: bytes that were not UTF-8
+                kept.append(value)
+            except (*_CONVERT_ERRORS, UnicodeEncodeError):
+                text = value.encode("utf-8", "surrogateescape").decode(
+                    "utf-8", "backslashreplace") if isinstance(value, str) else str(value)
+                unreadable[i] = add_unreadable(unreadable[i], field.name, text)
+                kept.append(None)
+        return pa.array(kept, type=kind, memory_pool=pool)
     return convert
 
 
 def _record_batches(cursor, schema: pa.Schema, table: str, size: int,
                     pool: pa.MemoryPool) -> Iterator[pa.RecordBatch]:
-    converters = [_converter(field, table) for field in schema]
+    """Record batches of ``schema`` (a lake file's: its last column is
+    :data:`~totes.contracts.quarantine.UNREADABLE`, which the ``SELECT`` leaves NULL and
+    the converters fill) of ``size`` rows each, from the cursor's rows."""
+    converters = [_converter(field) for field in schema if field.name != UNREADABLE]
     while True:
         rows = cursor.fetchmany(size)
         if not rows:
             return
         columns = list(zip(*rows))
-        yield pa.RecordBatch.from_arrays(
-            [convert(column, pool) for convert, column in zip(converters, columns)],
-            schema=schema)
+        unreadable: list = [None] * len(rows)
+        arrays = [convert(column, pool, unreadable)
+                  for convert, column in zip(converters, columns)]
+        if UNREADABLE in schema.names:
+            arrays.append(pa.array(unreadable, pa.string()))
+        yield pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
 class MySQLReader(SourceReader):
@@ -301,8 +328,10 @@ class MySQLReader(SourceReader):
         ``job.schema``, in the transaction :meth:`begin` started; the caller reads them to
         the end.
 
+        A value that cannot be read as its column's type is NULL and kept as text in
+        :data:`~totes.contracts.quarantine.UNREADABLE`.
+
         Raises:
-            DataError: a value could not be read as its column's type (names the column).
             pymysql errors: mapped by the session (``doing`` says what).
         """
         size = rows_per_batch(conn, plan.table, job.block_bytes)

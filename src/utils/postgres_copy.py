@@ -15,6 +15,7 @@ import pyarrow.csv as pacsv
 
 from totes.contracts.errors import DataError, TotesError
 from totes.contracts.identifiers import quote_ident
+from totes.contracts.quarantine import UNREADABLE, add_unreadable
 from totes.utils.postgres_errors import translate_error
 
 #: The largest CSV block a row may need (pyarrow's block size is a 32-bit int).
@@ -134,14 +135,22 @@ def csv_record_batches(reader, schema: pa.Schema, table: str, block_bytes: int =
     unquoted empty field, booleans ``t``/``f``), ``block_bytes`` of CSV each; none for an
     empty stream.
 
+    When ``schema`` is a lake file's (it has :data:`~totes.contracts.quarantine.UNREADABLE`),
+    text that is not UTF-8 (bytes a database in ``SQL_ASCII`` hands out as they are) is NULL
+    in its column and kept, escaped, in that column: it stops nothing and is not lost.
+
     Raises:
         RowLargerThanBlock: a row does not fit in one block.
         DataError: a value could not be read as its column's type (names ``table``).
     """
     if not reader.peek(1):
         return
+    texts = [f.name for f in schema if pa.types.is_string(f.type) and f.name != UNREADABLE] \
+        if UNREADABLE in schema.names else []
+    read_as = pa.schema([pa.field(f.name, pa.binary()) if f.name in texts else f
+                         for f in schema])
     try:  # opening reads the first block: its errors are the stream's
-        yield from pacsv.open_csv(
+        for batch in pacsv.open_csv(
             reader,
             # One thread: Arrow's readahead threads would read the pipe (a Python file) and
             # allocate from this extract's memory pool after it ends; a crash seen in testing.
@@ -149,11 +158,43 @@ def csv_record_batches(reader, schema: pa.Schema, table: str, block_bytes: int =
                                            use_threads=False),
             parse_options=pacsv.ParseOptions(newlines_in_values=True),
             convert_options=pacsv.ConvertOptions(
-                column_types=schema, true_values=["t"], false_values=["f"], null_values=[""],
-                strings_can_be_null=True, quoted_strings_can_be_null=False),
-            memory_pool=pool)
+                column_types=read_as, true_values=["t"], false_values=["f"],
+                null_values=[""], strings_can_be_null=True, quoted_strings_can_be_null=False),
+                memory_pool=pool):
+            yield _as_text(batch, schema, texts) if texts else batch
     except pa.ArrowInvalid as exc:
         if "straddl" in str(exc):  # "straddling object straddles two block boundaries"
             raise RowLargerThanBlock(str(exc)) from exc
         raise DataError(table, f"has a value that cannot be read as its column's type: "
                         f"{exc}") from None
+
+
+def _as_text(batch: pa.RecordBatch, schema: pa.Schema, texts: list[str]) -> pa.RecordBatch:
+    """``batch`` (its ``texts`` columns read as bytes) in ``schema``: each text column
+    checked as UTF-8 (one pass); a value that is not is NULL, and kept in
+    :data:`~totes.contracts.quarantine.UNREADABLE` with its bytes escaped
+    (``'caf\\xe9'``)."""
+    columns = {name: batch.column(name) for name in batch.schema.names}
+    found = None
+    for name in texts:
+        try:
+            columns[name] = columns[name].cast(pa.string())
+            continue
+        except pa.ArrowInvalid:
+            pass
+        values = columns[name].to_pylist()
+        if found is None:
+            found = columns[UNREADABLE].to_pylist()
+        for i, value in enumerate(values):
+            if value is None:
+                continue
+            try:
+                values[i] = value.decode("utf-8")
+            except UnicodeDecodeError:
+                found[i] = add_unreadable(found[i], name,
+                                          value.decode("utf-8", "backslashreplace"))
+                values[i] = None
+        columns[name] = pa.array(values, pa.string())
+    if found is not None:
+        columns[UNREADABLE] = pa.array(found, pa.string())
+    return pa.RecordBatch.from_arrays([columns[f.name] for f in schema], schema=schema)

@@ -28,6 +28,7 @@ from totes.contracts.config import TablePlan
 from totes.contracts.errors import ConfigError, DataError
 from totes.contracts.identifiers import quote_ident
 from totes.contracts.partitions import Partition, column_cast, partitions_of
+from totes.contracts.quarantine import UNREADABLE, with_unreadable
 from totes.contracts.stage_results import HeldBackBy
 from totes.contracts.watermark import Watermark
 from totes.utils.postgres_catalog import (arrow_type, check_table, is_integer,
@@ -99,7 +100,8 @@ def inspect_table(conn, plan: TablePlan) -> Inspected:
         "timestamptz" if "with time zone" in wm_type else "timestamp"
     if plan.mode == "backfill" and cast is not None:  # a backfill has a watermark
         _check_range(conn, plan, cast)
-    schema = pa.schema([(name, arrow_type(pg_type, table, name)) for name, pg_type in columns])
+    schema = with_unreadable(pa.schema([(name, arrow_type(pg_type, table, name))
+                                        for name, pg_type in columns]))
     if plan.distributed is not None:  # a part of a distributed batch: plan's cutoff for all
         return Inspected(schema, cast, plan.distributed.cutoff,
                          datetime.fromisoformat(plan.distributed.moment), None)
@@ -202,10 +204,61 @@ def extract_sql(conn, plan: TablePlan, source: Inspected, low: Optional[Watermar
         conditions.append(condition)
     if keys is not None:
         conditions.append(key_condition(conn, plan.primary_key, keys))
-    select_list = ", ".join(quote_ident(name) for name in source.schema.names)
+    select_list = ", ".join(_select_list(source.schema))
     where = f"WHERE {' AND '.join(conditions)} " if conditions else ""
     return (f"COPY (SELECT {select_list} FROM {quote_ident(plan.table)} "  # nosec B608
             f"{where}ORDER BY {order}) TO STDOUT WITH (FORMAT csv)")
+
+
+#: The values the lake's Arrow types cannot hold, by kind: a numeric NaN or infinity; a
+#: timestamp or date at infinity, before year 1 or after 9999 (Arrow's CSV reader reads
+#: four-digit years, AD).
+_DECIMAL_OUTSIDE = "{column} = ANY(CAST('{{NaN,Infinity,-Infinity}}' AS numeric[]))"
+_MOMENT_OUTSIDE = ("NOT ({column} BETWEEN CAST('0001-01-01' AS {cast}) "
+                   "AND CAST('9999-12-31 23:59:59.999999' AS {cast}))")
+
+
+def _outside(field: pa.Field) -> Optional[str]:
+    """The condition under which ``field``'s source value cannot be held by its Arrow type
+    (None: any value can)."""
+    column = quote_ident(field.name)
+    if pa.types.is_decimal(field.type):
+        return _DECIMAL_OUTSIDE.format(column=column)
+    if pa.types.is_timestamp(field.type):
+        cast = "timestamptz" if field.type.tz else "timestamp"
+        return _MOMENT_OUTSIDE.format(column=column, cast=cast)
+    if pa.types.is_date(field.type):
+        return _MOMENT_OUTSIDE.format(column=column, cast="date")
+    return None
+
+
+def _select_list(schema: pa.Schema) -> list[str]:
+    """The ``COPY (SELECT ...)`` list of a lake file's columns: a value the lake's type
+    cannot hold is NULL, and :data:`~totes.contracts.quarantine.UNREADABLE` keeps it as
+    text (a JSON object, NULL when the row has none), so that it stops nothing and is not
+    lost. The conditions cost one comparison per value; the JSON is built only for a row
+    that needs it."""
+    listed, outside = [], []
+    for field in schema:
+        if field.name == UNREADABLE:
+            continue
+        column, condition = quote_ident(field.name), _outside(field)
+        if condition is None:
+            listed.append(column)
+        else:
+            listed.append(f"CASE WHEN {condition} THEN NULL ELSE {column} END AS {column}")
+            outside.append((field.name, column, condition))
+    if UNREADABLE in schema.names:
+        if outside:
+            pairs = ", ".join(f"CAST('{name}' AS text), CASE WHEN {condition} THEN "
+                              f"CAST({column} AS text) END"
+                              for name, column, condition in outside)
+            listed.append(f"CASE WHEN {' OR '.join(c for _, _, c in outside)} THEN "
+                          f"CAST(jsonb_strip_nulls(jsonb_build_object({pairs})) AS text) END "
+                          f"AS {quote_ident(UNREADABLE)}")
+        else:
+            listed.append(f"CAST(NULL AS text) AS {quote_ident(UNREADABLE)}")
+    return listed
 
 
 def partition_predicate(part: Partition, column: str, cast: str) -> tuple[str, dict[str, str]]:
