@@ -134,3 +134,48 @@ def test_runs_killed_at_any_point_then_rerun_lose_and_double_nothing(tmp_path, e
     assert abandoned, "a run killed midway leaves its records abandoned"
     print(f"{len(abandoned)} records abandoned by killed runs: "
           f"{sorted({(r.stage, r.table) for r in abandoned})}")
+
+
+def test_the_first_run_after_a_crash_takes_over_the_dead_runs_leases(tmp_path, seeded_source,
+                                                                      warehouse, monkeypatch):
+    """A run killed during ingest holds its leases for ten minutes here: the next run does not
+    wait for them, skips nothing, and completes the work (its holder is provably dead: the
+    same boot, no process with its PID and start time)."""
+    resources = Resources(seeded_source, warehouse, Lake(str(tmp_path / "lake")),
+                          Lake(str(tmp_path / "processed")), CONFIG,
+                          SqliteLedger(str(tmp_path / "ledger.sqlite3")))
+    argv, env = command(resources, tmp_path)
+    env["TOTES_LEASE_SECONDS"] = "600"
+    run = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL,  # nosec B603
+                           stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while run.poll() is None and time.monotonic() < deadline and not any(
+            r.status == "running" for r in resources.ledger.history(stage="ingest", limit=50)):
+        time.sleep(0.005)
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+    held = [r for r in resources.ledger.history(stage="ingest", limit=50)
+            if r.status == "running"]
+    assert held, "the run was killed inside ingest, holding leases"
+
+    monkeypatch.setenv("TOTES_LEASE_SECONDS", "600")
+    result = run_pipeline(resources)
+
+    assert [r.table for r in result.ingest if r.skipped] == []
+    assert result.transform.skipped is None and result.load.skipped is None
+    assert_exact(resources)
+    statuses = {r.status for r in resources.ledger.resolved(
+        resources.ledger.history(stage="ingest", limit=100)) if r.run_id == held[0].run_id}
+    assert "abandoned" in statuses and "running" not in statuses
+
+
+def test_a_lease_holder_is_dead_only_on_this_boot_without_its_process():
+    from totes.utils.ledger import dead, this_process
+
+    me = this_process()
+    assert me is not None and not dead(me)  # alive
+    boot, pid, started = me.split(":")
+    assert dead(f"{boot}:{pid}:{int(started) + 1}")  # the PID reused by another process
+    assert dead(f"{boot}:999999999:1")  # no such process
+    assert not dead(f"another-boot:{pid}:{started}")  # another machine, or rebooted
+    assert not dead(None) and not dead("garbage")

@@ -12,7 +12,10 @@ for watermarks; the ledger records and explains.
 **Leases.** A lease is a named row with an owner and an expiry, taken by a conditional write:
 it is granted when nobody holds it or its holder's lease has expired. The holder renews it
 while it works (every third of its duration) and releases it at the end. Names:
-``ingest:<table>``, ``transform``, ``load``.
+``ingest:<table>``, ``transform``, ``load``, ``capture:<slot>``. Locally (SQLite) a lease also
+keeps its holder's process (boot id, PID and start time): a holder that provably died (killed,
+crashed) is taken over at once, so the first run after a crash completes the work; in AWS
+(DynamoDB) a dead holder's lease expires.
 
 Backends behind one interface (:class:`Ledger`): :class:`SqliteLedger`, a file under
 ``TOTES_HOME`` that needs no server (the local default), and :class:`DynamoLedger`, a DynamoDB
@@ -24,6 +27,7 @@ Times are UTC, ISO 8601 with microseconds; durations in seconds.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -38,6 +42,8 @@ from pydantic import BaseModel
 
 from totes.contracts.errors import ConfigError, LeaseLost, StorageUnavailable, TotesError
 from totes.utils import settings
+
+log = logging.getLogger(__name__)
 
 ALL_TABLES = "*"
 
@@ -225,6 +231,48 @@ def new_run_id() -> str:
     return f"run-{now():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
 
 
+# ---- a lease's holder process ----------------------------------------------------------------
+_BOOT_ID = "/proc/sys/kernel/random/boot_id"
+
+
+def _boot_id() -> Optional[str]:
+    try:
+        with open(_BOOT_ID) as found:
+            return found.read().strip()
+    except OSError:
+        return None
+
+
+def _start_time(pid: int) -> Optional[str]:
+    """The process's start time since boot, in clock ticks (``/proc/<pid>/stat`` field 22),
+    None when there is no such process (or no /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat") as found:
+            return found.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def this_process() -> Optional[str]:
+    """``<boot id>:<pid>:<start time>`` of this process (None where /proc cannot say): what
+    tells a holder that died from one whose PID was reused."""
+    boot, started = _boot_id(), _start_time(os.getpid())
+    return f"{boot}:{os.getpid()}:{started}" if boot and started else None
+
+
+def dead(process: Optional[str]) -> bool:
+    """Whether the process ``process`` (:func:`this_process` of the holder) is provably dead:
+    it ran on this machine since its last boot, and no process has its id and start time
+    now. A holder on another machine, or of unknown process, is never dead here (its lease
+    expires instead)."""
+    if not process or process.count(":") != 2:
+        return False
+    boot, pid, started = process.split(":")
+    if boot != _boot_id() or not pid.isdigit():
+        return False
+    return _start_time(int(pid)) != started
+
+
 # ---- SQLite ---------------------------------------------------------------------------------
 class SqliteLedger(Ledger):
     """The ledger in one SQLite file (WAL journal, so that runs in several processes read
@@ -240,7 +288,10 @@ class SqliteLedger(Ledger):
                        "NULL, record TEXT NOT NULL, PRIMARY KEY (stage, table_name, "
                        "started_at, run_id))")
             db.execute("CREATE TABLE IF NOT EXISTS leases (name TEXT PRIMARY KEY, "
-                       "owner TEXT NOT NULL, expires_at TEXT NOT NULL)")
+                       "owner TEXT NOT NULL, expires_at TEXT NOT NULL, process TEXT)")
+            columns = {row[1] for row in db.execute("PRAGMA table_info(leases)")}
+            if "process" not in columns:  # a ledger of a release before it
+                db.execute("ALTER TABLE leases ADD COLUMN process TEXT")
 
     def __repr__(self) -> str:
         return f"SqliteLedger({self.path!r})"
@@ -284,16 +335,26 @@ class SqliteLedger(Ledger):
         return [LedgerRecord.model_validate_json(record) for record, in rows]
 
     def try_lease(self, name, owner, seconds) -> Optional[LeaseHolder]:
+        """As :meth:`Ledger.try_lease`; besides, a lease whose holder is a process of this
+        machine that is provably dead (:func:`dead`: the same boot, and no process with its
+        id and start time) is taken over at once, instead of when it expires."""
         moment = now()
         with self._connect() as db:
             db.execute("BEGIN IMMEDIATE")
-            db.execute("INSERT INTO leases VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE "
-                       "SET owner = excluded.owner, expires_at = excluded.expires_at "
-                       "WHERE leases.owner = excluded.owner OR leases.expires_at < ?",
-                       (name, owner, _iso(moment + timedelta(seconds=seconds)), _iso(moment)))
+            held = db.execute("SELECT owner, process FROM leases WHERE name = ?",
+                              (name,)).fetchone()
+            dead_owner = held[0] if held and held[0] != owner and dead(held[1]) else None
+            db.execute("INSERT INTO leases VALUES (?, ?, ?, ?) ON CONFLICT (name) DO UPDATE "
+                       "SET owner = excluded.owner, expires_at = excluded.expires_at, "
+                       "process = excluded.process WHERE leases.owner = excluded.owner "
+                       "OR leases.expires_at < ? OR leases.owner = ?",
+                       (name, owner, _iso(moment + timedelta(seconds=seconds)),
+                        this_process(), _iso(moment), dead_owner))
             row = db.execute("SELECT owner, expires_at FROM leases WHERE name = ?",
                              (name,)).fetchone()
             db.execute("COMMIT")
+        if dead_owner is not None and row[0] == owner:
+            log.warning("took over lease %s from %s, whose process is dead", name, dead_owner)
         if row[0] == owner:
             return None
         return LeaseHolder(name=name, owner=row[0], expires_at=row[1])
