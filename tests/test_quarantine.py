@@ -3,6 +3,7 @@ of its batch lands, a fixed version supersedes it, an orphan fact waits for its 
 and no version is lost: warehouse + held + quarantine = lake."""
 from __future__ import annotations
 
+import json
 from collections import Counter
 from datetime import datetime
 
@@ -251,3 +252,34 @@ def test_quarantine_files_keep_the_whole_row_and_its_rule(resources):
     assert (record["sales_order_id"], record["_totes_rule"], record["_totes_column"]) == \
         (bad, "text_date", "agreed_payment_date")
     assert rows.schema.field("unit_price").type == pa.decimal128(10, 2)  # as in the lake
+
+
+def test_quarantine_files_of_different_source_types_are_read_together(resources):
+    """units_sold becomes numeric(12, 2), a row is quarantined; then text, another is: the
+    report (every variant) and the retry read both files, values as text where the types
+    differ, each original type recorded."""
+    from totes.contracts.quarantine import SOURCE_TYPES_KEY, concat_quarantined
+    from totes.utils.manifests import latest_manifest
+
+    run_pipeline(resources)
+    query(resources.source, "ALTER TABLE sales_order ALTER COLUMN units_sold TYPE "
+                            "numeric(12, 2)")
+    first = add_order(resources.source, units_sold="1.5")  # not an int: fits_type
+    assert run_pipeline(resources).transform.quarantined == {"sales_order": 1}
+    query(resources.source, "ALTER TABLE sales_order ALTER COLUMN units_sold TYPE text")
+    second = add_order(resources.source, at="2024-11-17", units_sold="lots")
+    assert run_pipeline(resources).transform.quarantined == {"sales_order": 1}
+
+    _, manifest = latest_manifest(resources.processed)
+    files = [resources.processed.read_table(k) for k in manifest.quarantine]
+    joined = concat_quarantined(files)
+    assert joined.schema.field("units_sold").type == pa.string()
+    assert json.loads(joined.schema.metadata[SOURCE_TYPES_KEY]) == {
+        "units_sold": ["decimal128(12, 2)", "string"]}
+    for everything in (False, True):
+        report = quarantine_report(resources.processed, resources.warehouse,
+                                   everything=everything)
+        held = {(e.row_id, e.column, e.value) for e in report.entries}
+        assert {(first, "units_sold", "1.50"), (second, "units_sold", "lots")} <= held
+    retried, _ = retry_quarantine(resources.lake, resources.processed, resources.warehouse)
+    assert retried.quarantined == {"sales_order": 2}  # held again, nothing broke

@@ -70,6 +70,45 @@ def add_unreadable(found: Optional[str], column: str, text: str) -> str:
     return json.dumps(values, ensure_ascii=False)
 
 
+#: Schema metadata of :func:`concat_quarantined`'s table: the types a column had in the
+#: files it was read from, when they differ (``{"units_sold": ["decimal128(12, 2)",
+#: "string"]}``), for each column read as text.
+SOURCE_TYPES_KEY = b"totes.source_types"
+
+
+def concat_quarantined(tables: list[pa.Table]) -> pa.Table:
+    """Quarantine files read together, whatever schema the source had when each was written:
+    a column missing from a file is NULL there, and a column whose type differs between
+    files (a source column changed from ``numeric`` to ``text``) is read as text in all of
+    them, its original types recorded in the schema's metadata (:data:`SOURCE_TYPES_KEY`).
+    """
+    if not tables:
+        return pa.table({})
+    kinds: dict[str, list[pa.DataType]] = {}
+    for table in tables:
+        for field in table.schema:
+            found = kinds.setdefault(field.name, [])
+            if field.type not in found:
+                found.append(field.type)
+    mixed = {name for name, found in kinds.items()
+             if len([k for k in found if not pa.types.is_null(k)]) > 1}
+    if mixed:
+        tables = [_as_text(table, mixed) for table in tables]
+    joined = pa.concat_tables(tables, promote_options="default")
+    if mixed:
+        recorded = {name: [str(k) for k in kinds[name]] for name in sorted(mixed)}
+        joined = joined.replace_schema_metadata({SOURCE_TYPES_KEY: json.dumps(recorded)})
+    return joined
+
+
+def _as_text(table: pa.Table, columns: set[str]) -> pa.Table:
+    for name in columns & set(table.column_names):
+        index = table.schema.get_field_index(name)
+        table = table.set_column(index, pa.field(name, pa.string()),
+                                 table[name].cast(pa.string()))
+    return table
+
+
 def source_rows(held: pa.Table) -> pa.Table:
     """The source row versions of a quarantine file, without its rule columns."""
     return held.drop_columns([c for c in RULE_COLUMNS if c in held.column_names])

@@ -19,7 +19,7 @@ import pyarrow as pa
 from pydantic import BaseModel
 
 from totes.contracts.identifiers import quote_ident
-from totes.contracts.quarantine import VERSION_COLUMN, source_rows
+from totes.contracts.quarantine import VERSION_COLUMN, concat_quarantined, source_rows
 from totes.contracts.source_tables import SOURCE_TABLES, default_primary_key
 from totes.contracts.star_schema import TABLES
 from totes.load.held_facts import held_rows
@@ -61,7 +61,7 @@ def _quarantined(processed: Lake) -> dict[str, tuple[pa.Table, list[str]]]:
         by_table.setdefault(table, []).append((processed.read_table(key), key))
     result = {}
     for table, parts in by_table.items():
-        rows = pa.concat_tables([t for t, _ in parts], promote_options="default")
+        rows = concat_quarantined([t for t, _ in parts])
         files = [key for t, key in parts for _ in range(t.num_rows)]
         newest: dict = {}
         pk = default_primary_key(table)
