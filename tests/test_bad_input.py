@@ -171,5 +171,3 @@ def test_an_old_open_transaction_that_holds_rows_back_is_named(seeded_source, tm
                                                              "forgotten-client")
     assert held.role == seeded_source.params["user"] and held.transaction_age_seconds >= 1
     assert result.rows == snapshot("currency").num_rows  # older rows still come
-
-

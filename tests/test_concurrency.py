@@ -136,8 +136,8 @@ def test_runs_killed_at_any_point_then_rerun_lose_and_double_nothing(tmp_path, e
           f"{sorted({(r.stage, r.table) for r in abandoned})}")
 
 
-def test_the_first_run_after_a_crash_takes_over_the_dead_runs_leases(tmp_path, seeded_source,
-                                                                      warehouse, monkeypatch):
+def test_the_first_run_after_a_crash_takes_over_the_dead_runs_leases(
+        tmp_path, seeded_source, warehouse, monkeypatch):
     """A run killed during ingest holds its leases for ten minutes here: the next run does not
     wait for them, skips nothing, and completes the work (its holder is provably dead: the
     same boot, no process with its PID and start time)."""

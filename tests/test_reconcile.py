@@ -198,3 +198,28 @@ def test_reconcile_before_any_load_says_what_to_run(seeded_source, warehouse):
     with pytest.raises(ConfigError, match="has no star schema of version 5 yet .*run `totes "
                                           "load`"):
         reconcile(seeded_source, warehouse)
+
+
+def test_a_silent_change_that_breaks_a_rule_is_a_difference_not_quarantined(resources):
+    """design 2's name set NULL without moving last_updated: never extracted, so the
+    quarantine does not hold it; the warehouse still says 'Steel'. Reconcile reports it, and
+    counts a row as quarantined only when the quarantine holds that version."""
+    run_pipeline(resources)
+    [[name]] = query(resources.warehouse, "SELECT design_name FROM dim_design WHERE "
+                                          "design_id = 2")
+    query(resources.source, "ALTER TABLE design ALTER COLUMN design_name DROP NOT NULL")
+    query(resources.source, "UPDATE design SET design_name = NULL WHERE design_id = 2")
+
+    result = reconcile(resources.source, resources.warehouse)
+
+    [design] = [t for t in result.tables if t.table == "dim_design"]
+    assert not result.equal and design.quarantined == 0
+    assert [(d.key, d.column, d.source, d.warehouse) for d in design.listed] == [
+        ({"design_id": 2}, "design_name", None, name)]
+
+    # The same NULL with a new last_updated is extracted and quarantined: then it counts so.
+    query(resources.source, "UPDATE design SET last_updated = now() WHERE design_id = 2")
+    run_pipeline(resources)
+    again = reconcile(resources.source, resources.warehouse)
+    [design] = [t for t in again.tables if t.table == "dim_design"]
+    assert again.equal and design.quarantined == 1

@@ -34,8 +34,8 @@ VALUES = [
 ]
 
 
-def test_every_postgres_value_outside_the_lakes_types_lands_null_with_its_text(empty_source,
-                                                                              tmp_path):
+def test_every_postgres_value_outside_the_lakes_types_lands_null_with_its_text(
+        empty_source, tmp_path):
     query(empty_source, KINDS)
     for i, (column, value, _) in enumerate(VALUES, start=1):
         query(empty_source, f"INSERT INTO kinds (kinds_id, {column}, last_updated) VALUES "

@@ -62,3 +62,28 @@ def test_what_the_previous_release_wrote_is_upgraded_and_loads_each_version_once
     assert sum(t.inserted + t.updated for t in again.tables) == 0
     assert query(resources.warehouse, "SELECT count(*) FROM fact_sales_order") == before
     assert reconcile(resources.source, resources.warehouse).equal
+
+
+def test_a_row_the_previous_release_quarantined_counts_as_quarantined_after_the_upgrade(
+        resources, tmp_path):
+    """The upgrade to warehouse schema 7 records the versions the previous release's
+    quarantine holds (totes.quarantined): reconcile counts design 2 as quarantined, not as a
+    difference (it would without the backfill)."""
+    path = unpack(tmp_path / "previous")
+    query(resources.source, "ALTER TABLE design ALTER COLUMN design_name DROP NOT NULL")
+    query(resources.source, "UPDATE design SET design_name = NULL WHERE design_id = 2")
+    flags = ["--source-url", url_of(resources.source), "--warehouse-url",
+             url_of(resources.warehouse), "--lake", resources.lake.uri, "--processed",
+             resources.processed.uri, "--no-reconcile"]
+    env = {"TOTES_HOME": str(tmp_path / "home"), "TOTES_LEDGER": str(tmp_path / "l.sqlite3")}
+    done = run_previous(path, ["run", *flags], env, exit_codes=(65,))  # EX_DATAERR: quarantined
+    assert "Quarantined 1 row versions" in done.stdout + done.stderr
+
+    run_pipeline(resources)
+
+    recorded = query(resources.warehouse, "SELECT source_table, row_id, rule FROM "
+                     "totes.quarantined")
+    assert [(t, i) for t, i, _ in recorded] == [("design", 2)]
+    result = reconcile(resources.source, resources.warehouse)
+    [design] = [t for t in result.tables if t.table == "dim_design"]
+    assert result.equal and (design.quarantined, design.differences) == (1, 0)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from datetime import timezone
 from typing import Optional
 
 import pyarrow as pa
@@ -40,12 +41,13 @@ from totes.contracts.errors import ConfigError
 from totes.contracts.identifiers import quote_ident
 from totes.contracts.source_tables import SOURCE_TABLES
 from totes.contracts.stage_results import LoadResult, LoadedTable
+from totes.contracts.quarantine import VERSION_COLUMN, quarantine_prefix
 from totes.contracts.star_schema import SOURCE_LSN, TABLES, TIME, WarehouseTable
 from totes.load import held_facts
 from totes.utils import settings
 from totes.utils.lake import Lake
 from totes.utils.ledger import ALL_TABLES, Ledger, new_run_id
-from totes.utils.manifests import manifests_after, read_manifest
+from totes.utils.manifests import latest_manifest, manifests_after, read_manifest
 from totes.utils.databases import SourceDatabase
 from totes.utils.postgres import Database
 from totes.utils.postgres_copy import copy_binary_into
@@ -64,8 +66,9 @@ COPY_BATCH_ROWS = 65_536
 #: 3: held facts (totes.held_<fact>); 4: joined dimensions carry reference_last_updated;
 #: 5: each fact's current-version view (<fact>_current); 6: deletes and log positions (every
 #: fact and dimension but dim_date gains is_deleted and source_lsn; a fact's version key is
-#: its source id, last_updated and source_lsn; the current views leave deleted ids out).
-WAREHOUSE_SCHEMA_VERSION = 6
+#: its source id, last_updated and source_lsn; the current views leave deleted ids out);
+#: 7: the row versions the quarantine holds (totes.quarantined), for reconciliation.
+WAREHOUSE_SCHEMA_VERSION = 7
 _BOOKKEEPING_DDL = (
     "CREATE TABLE IF NOT EXISTS totes.loaded_batch ("
     " manifest_key text PRIMARY KEY,"
@@ -76,6 +79,15 @@ _BOOKKEEPING_DDL = (
     " loaded_through text)",
     "INSERT INTO totes.load_state (singleton, loaded_through) VALUES (true, NULL) "
     "ON CONFLICT DO NOTHING",
+    # The row versions transform held in quarantine, recorded by the load of their batch:
+    # what reconciliation counts as quarantined (a version, not a row's id).
+    "CREATE TABLE IF NOT EXISTS totes.quarantined ("
+    " source_table text NOT NULL,"
+    " row_id bigint NOT NULL,"
+    " version timestamp NOT NULL,"
+    " rule text NOT NULL,"
+    " batch text NOT NULL,"
+    " PRIMARY KEY (source_table, row_id, version))",
 )
 
 
@@ -120,11 +132,13 @@ def _refuse_source_tables(conn) -> None:
                           f"warehouse at another database, or set {ALLOW_SHARED_DATABASE}=1")
 
 
-def create_warehouse(conn) -> None:
+def create_warehouse(conn, processed: Optional[Lake] = None) -> None:
     """Create the star schema and the load bookkeeping where absent, and upgrade a warehouse
     of an older schema version in place (adding the dimensions' version column, widening
-    times to microseconds). Runs inside the caller's transaction; a warehouse already at
-    :data:`WAREHOUSE_SCHEMA_VERSION` costs one query."""
+    times to microseconds, ...: :data:`WAREHOUSE_SCHEMA_VERSION`). Runs inside the caller's
+    transaction; a warehouse already at the version costs one query. Upgraded from before
+    version 7, its record of quarantined versions is filled from ``processed`` (every
+    quarantine file the newest manifest names)."""
     conn.run("CREATE SCHEMA IF NOT EXISTS totes")
     conn.run("CREATE TABLE IF NOT EXISTS totes.schema_version (version int NOT NULL)")
     (current,), = conn.run("SELECT coalesce(max(version), 0) FROM totes.schema_version")
@@ -148,8 +162,39 @@ def create_warehouse(conn) -> None:
             _upgrade_columns(conn, table, held)
             _upgrade_key(conn, held, table, "p")
             conn.run(table.current_view_ddl())
+    if 0 < current < 7 and processed is not None:
+        newest_key, newest = latest_manifest(processed)
+        for key in (newest.quarantine if newest else []):
+            record_quarantined(conn, processed, key, newest_key or "")
     conn.run("INSERT INTO totes.schema_version (version) VALUES (:v)",
              v=WAREHOUSE_SCHEMA_VERSION)
+
+
+def record_quarantined(conn, processed: Lake, key: str, batch: str) -> int:
+    """Record the row versions of the quarantine file ``key`` (of ``batch``) in
+    ``totes.quarantined`` (once each); returns how many rows the file holds."""
+    table = key.split("/")[1]
+    pk = SOURCE_TABLES[table].primary_key if table in SOURCE_TABLES else f"{table}_id"
+    rows = processed.read_table(key, columns=[pk, VERSION_COLUMN, "_totes_rule"])
+    if not rows.num_rows:
+        return 0
+    conn.run("INSERT INTO totes.quarantined (source_table, row_id, version, rule, batch) "
+             "SELECT CAST(:t AS text), q.id, q.version, q.rule, CAST(:b AS text) FROM "
+             "unnest(CAST(:ids AS bigint[]), CAST(:versions AS timestamp[]), "
+             "CAST(:rules AS text[])) AS q(id, version, rule) ON CONFLICT DO NOTHING",
+             t=table, b=batch, ids=rows[pk].to_pylist(),
+             versions=[_utc_text(v) for v in rows[VERSION_COLUMN].to_pylist()],
+             rules=rows["_totes_rule"].to_pylist())
+    return rows.num_rows
+
+
+def _utc_text(moment) -> Optional[str]:
+    """A version as text in UTC, as ``totes.quarantined`` keeps it (``timestamp``)."""
+    if moment is None:
+        return None
+    if getattr(moment, "tzinfo", None) is not None:
+        moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
+    return moment.isoformat(sep=" ")
 
 
 def _upgrade_columns(conn, table: WarehouseTable, q_table: str) -> None:
@@ -472,6 +517,11 @@ def _load_batch(session, conn, processed: Lake, manifest_key: str,
         total.updated += merged.updated
         if newly_held:
             held[name] = held.get(name, 0) + newly_held
+    for source_table in manifest.quarantined:  # this batch's files: the last named
+        prefix = f"{quarantine_prefix(source_table)}/"
+        own = [k for k in manifest.quarantine if k.startswith(prefix)]
+        if own:
+            record_quarantined(conn, processed, own[-1], manifest_key)
     conn.run("INSERT INTO totes.loaded_batch (manifest_key, rows) "
              "VALUES (:key, CAST(:rows AS jsonb)) ON CONFLICT (manifest_key) DO NOTHING",
              key=manifest_key, rows=json.dumps(counts))
@@ -531,7 +581,7 @@ def _load(processed: Lake, warehouse: Database,
         conn = session.conn
         conn.run("START TRANSACTION")
         conn.run("SELECT pg_advisory_xact_lock(:id)", id=LOAD_LOCK_ID)
-        create_warehouse(conn)
+        create_warehouse(conn, processed)
         if manifest_keys is None:
             keys, through = pending_batches(conn, processed, max_batches())
         else:

@@ -43,6 +43,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from datetime import timezone
 from decimal import Decimal
 from typing import Iterator, Optional, Sequence
 
@@ -246,6 +247,8 @@ def _dimension(conn, source, name: str, limit: int) -> TableReconciliation:
             ref_key = SOURCE_TABLES[reference].primary_key
             pending = pc.or_(pending, pc.is_in(rows[reference_column],
                                                value_set=late[ref_key].combine_chunks()))
+    holds = _quarantine_holds(conn, source_table)
+    pending = pc.and_(pending, pc.invert(_version_held(rows, source_key, holds)))
     pending_ids = rows.filter(pending)[source_key].combine_chunks()
     checked = None
     if found is not None:  # the transform's own rule, every row as new
@@ -254,11 +257,15 @@ def _dimension(conn, source, name: str, limit: int) -> TableReconciliation:
             new={source_table: rows},
             state={source_table: rows, **({reference: reference_rows} if reference else {})}))
     expected = checked.rows if checked is not None else None
-    quarantined_ids = pa.array([], pa.int64())
+    quarantined_ids = breaking = pa.array([], pa.int64())
+    broken = None
     if checked is not None and checked.held is not None and checked.held.num_rows:
-        held_keys = _flat(checked.held[source_key]).cast(pa.int64())  # pending ones are pending
-        quarantined_ids = held_keys.filter(pc.invert(pc.is_in(
-            held_keys, value_set=pending_ids.cast(pa.int64()))))
+        held = checked.held.filter(pc.invert(pc.is_in(  # pending ones are pending
+            checked.held[source_key].cast(pa.int64()), value_set=pending_ids.cast(pa.int64()))))
+        quarantined_ids = _in_quarantine(held, source_key, holds)
+        broken = held.filter(pc.invert(pc.is_in(held[source_key].cast(pa.int64()),
+                                                value_set=quarantined_ids)))
+        breaking = _flat(broken[source_key]).cast(pa.int64())
     quarantined = len(quarantined_ids)
     columns = [c.name for c in table.columns if c.name not in table.version_columns
                and c.name not in (key, IS_DELETED)]
@@ -266,12 +273,14 @@ def _dimension(conn, source, name: str, limit: int) -> TableReconciliation:
     select = (f"SELECT {', '.join(table.column_names)} FROM {name} "  # nosec B608: schema's
               f"WHERE NOT {IS_DELETED}")
     actual = _warehouse_table(conn, select, table.arrow_schema(), name)
-    skip = pa.concat_arrays([pending_ids.cast(pa.int64()), quarantined_ids])
+    skip = pa.concat_arrays([pending_ids.cast(pa.int64()), quarantined_ids, breaking])
     if expected is None:
         expected = table.arrow_schema().empty_table()
     expected = _without(expected, key, skip)
     actual_compared = _without(actual, key, skip)
     tally = _Tally(name, key, limit)
+    if broken is not None and broken.num_rows:
+        _rule_breaks(broken, source_key, actual, key, tally)
     _compare(expected, actual_compared, key, columns, tally)
     return TableReconciliation(
         table=name, source_table=source_table, source_rows=expected.num_rows,
@@ -293,6 +302,7 @@ def _fact(conn, source, source_table: str, limit: int, sums: list[SumCheck],
                                    warehouse_rows=0, pending=0, differences=0,
                                    loaded_through=None, listed=[], scoped_keys=0)
     through = _loaded_through(conn, table)
+    holds = _quarantine_holds(conn, source_table)
     held_sql = (f"SELECT DISTINCT {quote_ident(key)} "  # nosec B608: quoted identifiers
                 f"FROM totes.{quote_ident('held_' + name)}")
     held_ids = pa.array([int(i) for i, in conn.run(held_sql)], pa.int64())
@@ -325,7 +335,7 @@ def _fact(conn, source, source_table: str, limit: int, sums: list[SumCheck],
             upto = pc.less_equal(waiting[key], high)
             actual, waiting = waiting.filter(upto), waiting.filter(pc.invert(upto))
             expected, actual = _expected_facts(batch, source_table, through, held_ids, actual,
-                                               counts)
+                                               counts, holds, tally)
             _compared(expected, actual, key, columns, money, codes, sums_of, tally, counts)
         for following in warehouse_batches:  # rows after the source's last key
             waiting = pa.concat_tables([waiting, pa.Table.from_batches([following])])
@@ -346,14 +356,17 @@ def _fact(conn, source, source_table: str, limit: int, sums: list[SumCheck],
 
 
 def _expected_facts(batch: pa.RecordBatch, source_table: str, through, held_ids: pa.Array,
-                    actual: pa.Table, counts: dict) -> tuple[pa.Table, pa.Table]:
+                    actual: pa.Table, counts: dict, holds: Optional[set] = None,
+                    tally: Optional["_Tally"] = None) -> tuple[pa.Table, pa.Table]:
     """The fact rows ``batch`` (source rows) should be, and the warehouse rows to compare them
-    with: rows changed after ``through`` (pending), held and quarantined left out of both."""
+    with: rows changed after ``through`` (pending), held and quarantined (the quarantine
+    holds that very version: ``holds``) left out of both."""
     name = FACT_SOURCES[source_table][0]
     key = TABLES[name].merge_key[0]
     counts["warehouse"] += actual.num_rows
     rows = pa.Table.from_batches([batch])
-    late = _after(rows["last_updated"], through)
+    late = pc.and_(_after(rows["last_updated"], through),
+                   pc.invert(_version_held(rows, key, holds)))
     counts["pending"] += pc.sum(late).as_py() or 0
     current = rows.filter(pc.invert(late)).combine_chunks()
     skip = [rows.filter(late)[key].cast(pa.int64()).combine_chunks(), held_ids]
@@ -363,12 +376,69 @@ def _expected_facts(batch: pa.RecordBatch, source_table: str, through, held_ids:
         if checked.rows is not None:
             expected = checked.rows
         if checked.held is not None and checked.held.num_rows:
-            counts["quarantined"] += checked.held.num_rows
-            skip.append(_flat(checked.held[key]).cast(pa.int64()))
+            quarantined = _in_quarantine(checked.held, key, holds)
+            counts["quarantined"] += len(quarantined)
+            skip.append(quarantined)
+            broken = checked.held.filter(pc.invert(pc.is_in(
+                checked.held[key].cast(pa.int64()), value_set=quarantined)))
+            if broken.num_rows and tally is not None:
+                _rule_breaks(broken, key, actual, key, tally)
+                skip.append(_flat(broken[key]).cast(pa.int64()))
     counts["held"] += pc.sum(pc.is_in(expected[key].cast(pa.int64()),
                                       value_set=held_ids)).as_py() or 0
     skip_ids = pa.concat_arrays(skip)
     return _without(expected, key, skip_ids), _without(actual, key, skip_ids)
+
+
+def _rule_breaks(broken: pa.Table, source_key: str, actual: pa.Table, key: str,
+                 tally: "_Tally") -> None:
+    """Differences for source rows that break a rule although the quarantine does not hold
+    their version (changed in the source without a new ``last_updated``, so never
+    extracted): the column the rule names, the source's value and the warehouse's."""
+    found = {row[key]: row for row in actual.to_pylist()}
+    for row in broken.to_pylist():
+        column = row.get("_totes_column")
+        kept = found.get(row[source_key])
+        tally.add([row[source_key]], f"breaks the rule {row.get('_totes_rule')} in the "
+                  "source, but the quarantine does not hold that version (changed without a "
+                  "new last_updated?)", column, [row.get("_totes_value")],
+                  [None if kept is None or column not in kept else kept[column]])
+
+
+def _quarantine_holds(conn, source_table: str) -> Optional[set]:
+    """The row versions ``(id, last_updated)`` of ``source_table`` the quarantine holds, as
+    the loads recorded them (``totes.quarantined``); None for a warehouse of a schema before
+    it, where a row the rules hold counts as quarantined."""
+    (exists,), = conn.run("SELECT to_regclass('totes.quarantined') IS NOT NULL")
+    if not exists:
+        return None
+    return {(int(i), v) for i, v in conn.run(
+        "SELECT row_id, version FROM totes.quarantined WHERE source_table = :t",
+        t=source_table)}
+
+
+def _in_quarantine(held: pa.Table, key: str, holds: Optional[set]) -> pa.Array:
+    """The ids of the source rows ``held`` (the rules hold them) whose version the
+    quarantine holds: counted as quarantined. A row the rules hold but the quarantine does
+    not (changed in the source without a new ``last_updated``, so never extracted) is
+    compared, and its difference shown."""
+    ids = _flat(held[key]).cast(pa.int64())
+    if holds is None:
+        return ids
+    return ids.filter(_version_held(held, key, holds))
+
+
+def _version_held(rows: pa.Table, key: str, holds: Optional[set]) -> pa.Array:
+    """A boolean per row of ``rows`` (source rows: ``key``, ``last_updated``): whether the
+    quarantine holds that version (``holds``, from :func:`_quarantine_holds`). Such a row is
+    quarantined, not pending, though its ``last_updated`` is past what the warehouse holds."""
+    if not holds:
+        return pa.array([False] * rows.num_rows, pa.bool_())
+    versions = [None if v is None else v.replace(tzinfo=None) if v.tzinfo is None else
+                v.astimezone(timezone.utc).replace(tzinfo=None)
+                for v in rows["last_updated"].to_pylist()]
+    return pa.array([(int(i), v) in holds for i, v in
+                     zip(_flat(rows[key]).to_pylist(), versions)], pa.bool_())
 
 
 def _compared(expected: pa.Table, actual: pa.Table, key: str, columns: list[str],
