@@ -688,7 +688,9 @@ def embedded_status():
 
 def main() -> None:
     """Console entry point (``totes``)."""
-    logging.basicConfig(level=logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(render.VisibleFormatter("%(asctime)s %(levelname)s %(name)s: "
+                                                 "%(message)s"))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
     logging.getLogger("pgserver").setLevel(logging.WARNING)
     sys.exit(app())

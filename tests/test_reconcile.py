@@ -5,6 +5,7 @@ differences."""
 from __future__ import annotations
 
 import json
+import logging
 from datetime import datetime
 from decimal import Decimal
 
@@ -223,3 +224,29 @@ def test_a_silent_change_that_breaks_a_rule_is_a_difference_not_quarantined(reso
     again = reconcile(resources.source, resources.warehouse)
     [design] = [t for t in again.tables if t.table == "dim_design"]
     assert again.equal and design.quarantined == 1
+
+
+def test_control_characters_in_a_source_value_are_shown_not_sent_to_the_terminal(
+        resources, monkeypatch):
+    """A design name with terminal escapes (retitle, bell, clear screen) and Rich markup,
+    changed without a new last_updated, is a difference: totes reconcile shows it with the
+    escapes written out, sends no control character, and reads no markup in it."""
+    run_pipeline(resources, reconcile=False)
+    evil = "Evil\x1b]0;PWNED\x07\x1b[2J[/]\u202e"
+    query(resources.source, "UPDATE design SET design_name = :n WHERE design_id = 2", n=evil)
+    monkeypatch.setenv("TOTES_SOURCE_URL", _url(resources.source))
+    monkeypatch.setenv("TOTES_WAREHOUSE_URL", _url(resources.warehouse))
+    monkeypatch.setenv("TOTES_LAKE", resources.lake.root)
+
+    shown = CliRunner().invoke(app, ["reconcile"])
+
+    assert shown.exit_code == 1, shown.output
+    assert "Evil\\x1b]0;PWNED\\x07\\x1b[2J[/]\\u202e" in shown.output
+    sent = {c for c in shown.output if ord(c) < 32 and c not in "\n\t" or "\x7f" <= c <= "\x9f"}
+    assert sent == set()
+
+    from totes.local.render import VisibleFormatter
+    record = logging.LogRecord("totes", logging.WARNING, __file__, 1, "design %s", (evil,),
+                               None)
+    assert VisibleFormatter("%(message)s").format(record) == \
+        "design Evil\\x1b]0;PWNED\\x07\\x1b[2J[/]\\u202e"

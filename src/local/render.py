@@ -2,12 +2,16 @@
 progress and errors on standard error. ``--json`` output does not come through here."""
 from __future__ import annotations
 
+import logging
+import re
 import sys
 from datetime import datetime, timezone
 
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from typing import Optional
 
@@ -19,14 +23,51 @@ PIPED_WIDTH = 200
 FACT_SOURCES = ("sales_order", "purchase_order", "payment")
 
 
+#: Characters a terminal acts on instead of showing: C0 controls but newline and tab, DEL and
+#: C1 controls (ESC starts the sequences that retitle, clear or rewrite a terminal; BEL rings
+#: it; CR overwrites the line), and the Unicode bidirectional overrides and isolates, which
+#: reorder what is shown ("Trojan Source", CVE-2021-42574).
+_INVISIBLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def visible(text: str) -> str:
+    """``text`` with every character a terminal would act on (:data:`_INVISIBLE`) written
+    as its Python escape: ``Evil\\x1b]0;PWNED\\x07``. Source values, keys and error
+    messages reach a terminal only through this (:class:`VisibleConsole`,
+    :class:`VisibleFormatter`)."""
+    return _INVISIBLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+class VisibleConsole(Console):
+    """A Rich console that shows control characters instead of sending them: every string
+    it renders (a message, a table cell, a title) passes through :func:`visible` before it
+    is measured or parsed for markup. Rich's own styles are added after, untouched."""
+
+    def render_str(self, text: str, **options) -> Text:
+        return super().render_str(visible(text), **options)
+
+
+class VisibleFormatter(logging.Formatter):
+    """The log's formatter: a record's message and traceback through :func:`visible`."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return visible(super().format(record))
+
+
 def stdout() -> Console:
     """A console on standard output; as wide as the terminal, or :data:`PIPED_WIDTH`."""
-    return Console(width=None if sys.stdout.isatty() else PIPED_WIDTH, highlight=False)
+    return VisibleConsole(width=None if sys.stdout.isatty() else PIPED_WIDTH, highlight=False)
 
 
 def stderr() -> Console:
-    return Console(stderr=True, width=None if sys.stderr.isatty() else PIPED_WIDTH,
-                   highlight=False)
+    return VisibleConsole(stderr=True, width=None if sys.stderr.isatty() else PIPED_WIDTH,
+                          highlight=False)
+
+
+def value(text: object) -> str:
+    """A source value (or any text from outside) as a table cell or inside a markup
+    string: shown as it is, never read as Rich markup (``[/]`` in a design name is text)."""
+    return escape(str(text))
 
 
 def ingest_table(results: list[IngestResult]) -> Table:
@@ -160,8 +201,9 @@ def quarantine_table(report) -> Table:
                   "dimension row has not arrived; superseded/released: resolved (--all)",
                   caption_justify="left")
     for e in report.entries:
-        table.add_row(e.stage, e.table, f"{e.key_column}={e.row_id}", e.version[:26], e.rule,
-                      e.status, e.message.split(": ", 1)[-1])
+        table.add_row(e.stage, e.table, value(f"{e.key_column}={e.row_id}"),
+                      value(e.version[:26]), e.rule, e.status,
+                      value(e.message.split(": ", 1)[-1]))
     if not report.entries:
         table.add_row("-", "(nothing held)", "", "", "", "", "")
     return table
@@ -259,7 +301,7 @@ def history_table(records) -> Table:
                       f"{r.rows:,}" if r.rows >= 0 else "-",
                       f"{r.seconds:.2f}" if r.seconds is not None else "-",
                       r.key or "", r.run_id,
-                      f"{r.error_type}: {r.error_message}"[:80] if r.error_type else
+                      value(f"{r.error_type}: {r.error_message}"[:80]) if r.error_type else
                       (r.details.get("lease_holder", "") and
                        f"lease held by {r.details['lease_holder']}"))
     if not records:
@@ -291,12 +333,12 @@ def differences_table(result) -> Table:
     for t in result.tables:
         for d in t.listed:
             key = ", ".join(f"{k}={v}" for k, v in d.key.items())
-            table.add_row(d.table, key, d.column or "-", d.source or "-", d.warehouse or "-",
-                          d.problem)
+            table.add_row(d.table, value(key), d.column or "-", value(d.source or "-"),
+                          value(d.warehouse or "-"), value(d.problem))
         if t.differences > len(t.listed):
             table.add_row(t.table, f"… {t.differences - len(t.listed):,} more", "", "", "", "")
     for s in result.sums:
         if not s.equal:
-            table.add_row(s.table, f"currency {s.currency}", f"sum({s.column})", s.source,
-                          s.warehouse, "sum differs")
+            table.add_row(s.table, value(f"currency {s.currency}"), f"sum({s.column})",
+                          value(s.source), value(s.warehouse), "sum differs")
     return table
