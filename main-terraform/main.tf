@@ -44,6 +44,7 @@ locals {
       TOTES_LAKE             = "s3://${local.imported.ingest_bucket}"
       TOTES_PROCESSED        = "s3://${local.imported.processed_bucket}"
       TOTES_WAREHOUSE_SECRET = local.imported.warehouse_secret_arn
+      TOTES_WAREHOUSE_SCHEMA = var.warehouse_schema
     }
     alert = {}
     transform = {
@@ -54,12 +55,14 @@ locals {
     load = {
       TOTES_PROCESSED        = "s3://${local.imported.processed_bucket}"
       TOTES_WAREHOUSE_SECRET = local.imported.warehouse_secret_arn
+      TOTES_WAREHOUSE_SCHEMA = var.warehouse_schema
       TOTES_LEDGER           = local.ledger
     }
     # Reconcile reads both databases (streamed, compared in memory), no storage.
     reconcile = {
       TOTES_SOURCE_SECRET    = local.imported.source_secret_arn
       TOTES_WAREHOUSE_SECRET = local.imported.warehouse_secret_arn
+      TOTES_WAREHOUSE_SCHEMA = var.warehouse_schema
     }
   }
 }

@@ -97,3 +97,13 @@ variable "glue_timeout_minutes" {
   type        = number
   default     = 120
 }
+
+variable "warehouse_schema" {
+  description = "The PostgreSQL schema of the warehouse's star schema (TOTES_WAREHOUSE_SCHEMA of load, pending and reconcile); the bookkeeping stays in schema totes."
+  type        = string
+  default     = "public"
+  validation {
+    condition     = can(regex("^[a-z_][a-z0-9_]{0,62}$", var.warehouse_schema))
+    error_message = "warehouse_schema must be a lower-case identifier: letters, digits and _, at most 63 characters."
+  }
+}

@@ -255,17 +255,26 @@ def _exit_if_held(newly_held: int) -> None:
 
 
 @app.command()
-def plan(source_url: Optional[str] = SourceUrl, config: Optional[str] = ConfigFile,
+def plan(source_url: Optional[str] = SourceUrl, warehouse_url: Optional[str] = WarehouseUrl,
+         config: Optional[str] = ConfigFile,
          check_source: bool = typer.Option(True, help="Check tables against the source"),
+         check_warehouse: bool = typer.Option(
+             True, help="Check that the warehouse role can create the star schema in "
+             "TOTES_WAREHOUSE_SCHEMA and owns its tables"),
          as_json: bool = typer.Option(True, "--json", callback=_set_json, hidden=True,
                                       help="The output is JSON in any case"),
          verbose: bool = Verbose):
-    """Print the per-table payloads the configuration resolves to (the Map state's input)."""
+    """Print the per-table payloads the configuration resolves to (the Map state's input),
+    after checking the source's tables and the warehouse's privileges."""
     from totes.ingest.plan import plan as run_plan
+    from totes.load.warehouse import check_warehouse as check_privileges
 
-    workspace = _workspace(_Progress(), source_url=source_url, config=config)
+    workspace = _workspace(_Progress(), source_url=source_url, warehouse_url=warehouse_url,
+                           config=config)
     resolved = workspace.config()
     source = workspace.database("source") if check_source else None
+    if check_warehouse:
+        check_privileges(workspace.database("warehouse"))
     _print_json(run_plan(resolved, source).model_dump(mode="json"))
 
 

@@ -196,7 +196,7 @@ def _url(database) -> str:
 def test_reconcile_before_any_load_says_what_to_run(seeded_source, warehouse):
     from totes.contracts.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="has no star schema of version 5 yet .*run `totes "
+    with pytest.raises(ConfigError, match="has no star schema in schema public yet .*run `totes "
                                           "load`"):
         reconcile(seeded_source, warehouse)
 

@@ -26,3 +26,13 @@ def quote_ident(name: str) -> str:
             "(at most 63 characters, not starting with a digit)"
         )
     return f'"{name}"'
+
+
+def qualified(schema: str, name: str) -> str:
+    """``"schema"."name"``: a relation named with its schema, both checked and quoted, so
+    that a statement never depends on the role's ``search_path``.
+
+    Raises:
+        ConfigError: either is not a valid identifier (see :func:`quote_ident`).
+    """
+    return f"{quote_ident(schema)}.{quote_ident(name)}"

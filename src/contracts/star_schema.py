@@ -31,6 +31,11 @@ compared in that order: load replaces a dimension row only by a newer version, s
 loaded again, or out of order, never takes a dimension back to older values, while a change
 on either side (a staff member who moves to another department, a department renamed) is
 newer.
+
+Where: the tables and views live in one PostgreSQL schema of the warehouse, configuration
+(``TOTES_WAREHOUSE_SCHEMA``, :data:`DEFAULT_SCHEMA` ``public``), and every statement names it
+(:meth:`WarehouseTable.relation`): the role's ``search_path`` plays no part. The bookkeeping
+(loaded batches, held facts, the quarantine's record) is in schema ``totes``.
 """
 from __future__ import annotations
 
@@ -38,6 +43,11 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import pyarrow as pa
+
+from totes.contracts.identifiers import qualified
+
+#: The warehouse schema of the star schema unless ``TOTES_WAREHOUSE_SCHEMA`` says another.
+DEFAULT_SCHEMA = "public"
 
 INT = ("int", pa.int32())
 VARCHAR = ("varchar", pa.string())
@@ -114,20 +124,32 @@ class WarehouseTable:
         """A fact's current-version view, ``<fact>_current`` (None for a dimension)."""
         return f"{self.name}_current" if self.kind == "fact" else None
 
-    def current_view_ddl(self) -> str:
-        """``CREATE OR REPLACE VIEW <fact>_current``: the latest version of each source row
-        that is not a delete (grain: one row per source id, the version with the greatest
-        ``(last_updated, source_lsn)``; ids whose latest version is a delete are left out),
-        with every column of the fact."""
+    def relation(self, schema: str) -> str:
+        """The table in the warehouse schema ``schema``, quoted: ``"public"."dim_date"``."""
+        return qualified(schema, self.name)
+
+    def current_relation(self, schema: str) -> str:
+        """A fact's current-version view in ``schema``, quoted."""
+        if self.current_view is None:
+            raise ValueError(f"{self.name} is a dimension: it has no current-version view")
+        return qualified(schema, self.current_view)
+
+    def current_view_ddl(self, schema: str) -> str:
+        """``CREATE OR REPLACE VIEW <schema>.<fact>_current``: the latest version of each
+        source row that is not a delete (grain: one row per source id, the version with the
+        greatest ``(last_updated, source_lsn)``; ids whose latest version is a delete are
+        left out), with every column of the fact."""
         source_id = self.merge_key[0]
-        # The schema's own names (this module's constants), not input.
-        return (f"CREATE OR REPLACE VIEW {self.current_view} AS "  # nosec B608
-                f"SELECT * FROM (SELECT DISTINCT ON ({source_id}) * FROM {self.name} "
+        # The schema's own names (this module's constants) and a checked, quoted schema.
+        return (f"CREATE OR REPLACE VIEW {self.current_relation(schema)} AS "  # nosec B608
+                f"SELECT * FROM (SELECT DISTINCT ON ({source_id}) * FROM "
+                f"{self.relation(schema)} "
                 f"ORDER BY {source_id}, last_updated_date DESC, last_updated_time DESC, "
                 f"{SOURCE_LSN} DESC) latest WHERE NOT {IS_DELETED}")
 
-    def ddl(self) -> str:
-        """``CREATE TABLE IF NOT EXISTS`` with primary, unique and foreign keys."""
+    def ddl(self, schema: str) -> str:
+        """``CREATE TABLE IF NOT EXISTS <schema>.<table>`` with primary, unique and foreign
+        keys (referencing the dimensions in the same schema)."""
         lines = []
         if self.surrogate_key:
             lines.append(f"{self.surrogate_key} serial PRIMARY KEY")
@@ -137,10 +159,10 @@ class WarehouseTable:
         key = ", ".join(self.merge_key)
         lines.append(f"UNIQUE ({key})" if self.surrogate_key else f"PRIMARY KEY ({key})")
         for column, target in self.foreign_keys.items():
-            lines.append(f"FOREIGN KEY ({column}) REFERENCES {target} "
+            lines.append(f"FOREIGN KEY ({column}) REFERENCES {qualified(schema, target)} "
                          f"({TABLES[target].merge_key[0]})")
         body = ",\n    ".join(lines)
-        return f"CREATE TABLE IF NOT EXISTS {self.name} (\n    {body}\n)"
+        return f"CREATE TABLE IF NOT EXISTS {self.relation(schema)} (\n    {body}\n)"
 
 
 _FACT_TIMES = (("created_date", DATE), ("created_time", TIME),

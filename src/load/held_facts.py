@@ -15,7 +15,7 @@ one query per foreign key.
 """
 from __future__ import annotations
 
-from totes.contracts.identifiers import quote_ident
+from totes.contracts.identifiers import qualified, quote_ident
 from totes.contracts.star_schema import TABLES, WarehouseTable
 
 HELD_SCHEMA = "totes"
@@ -38,30 +38,33 @@ def held_ddl(table: WarehouseTable) -> str:
     return f"CREATE TABLE IF NOT EXISTS {held_table(table)} (\n    {body}\n)"
 
 
-def _found(table: WarehouseTable, alias: str) -> list[tuple[str, str, str]]:
-    """Per foreign key: (the condition that its dimension row exists, column, dimension)."""
+def _found(table: WarehouseTable, alias: str, schema: str) -> list[tuple[str, str, str]]:
+    """Per foreign key: (the condition that its dimension row exists in the warehouse schema
+    ``schema``, column, dimension)."""
     checks = []
     for column, dimension in table.foreign_keys.items():
         key = quote_ident(TABLES[dimension].merge_key[0])
-        checks.append((f"EXISTS (SELECT 1 FROM {quote_ident(dimension)} d "  # nosec B608
+        checks.append((f"EXISTS (SELECT 1 FROM {qualified(schema, dimension)} d "  # nosec
                        f"WHERE d.{key} = {alias}.{quote_ident(column)})", column, dimension))
     return checks
 
 
-def hold_orphans(conn, table: WarehouseTable, relation: str, batch: str) -> tuple[int, int]:
-    """Move the rows of fact ``table`` held in ``relation`` (the batch's staging table, or the
-    fact table itself when the batch was copied straight into it) that have a foreign key
-    without its dimension row out of ``relation`` into the held table; returns (rows moved
-    out, rows newly held): a row held already, by an earlier load of the same batch, leaves
-    ``relation`` but is not held twice."""
-    checks = _found(table, "s")
+def hold_orphans(conn, table: WarehouseTable, relation: str, batch: str,
+                 schema: str) -> tuple[int, int]:
+    """Move the rows of fact ``table`` held in ``relation`` (quoted: the batch's staging
+    table, or the fact table itself when the batch was copied straight into it) that have a
+    foreign key without its dimension row (in the warehouse schema ``schema``) out of
+    ``relation`` into the held table; returns (rows moved out, rows newly held): a row held
+    already, by an earlier load of the same batch, leaves ``relation`` but is not held
+    twice."""
+    checks = _found(table, "s", schema)
     if not checks:
         return 0, 0
     orphan = " AND ".join(condition for condition, _, _ in checks)
     reasons = ", ".join(
         f"CASE WHEN NOT {condition} THEN format('%s %s has no %s row', "
         f"CAST(:c{i} AS text), o.{quote_ident(column)}, CAST(:d{i} AS text)) END"
-        for i, (condition, column, _) in enumerate(_found(table, "o")))
+        for i, (condition, column, _) in enumerate(_found(table, "o", schema)))
     names = ", ".join(quote_ident(c) for c in table.column_names)
     listed = ", ".join(f"o.{quote_ident(c)}" for c in table.column_names)
     key = ", ".join(quote_ident(c) for c in table.merge_key)
@@ -69,7 +72,7 @@ def hold_orphans(conn, table: WarehouseTable, relation: str, batch: str) -> tupl
     params.update({f"d{i}": dimension for i, (_, _, dimension) in enumerate(checks)})
     # Identifiers only, each through quote_ident; names and the batch key are bound values.
     (moved, held), = conn.run(
-        f"WITH orphans AS (DELETE FROM {quote_ident(relation)} s WHERE NOT ({orphan}) "  # nosec
+        f"WITH orphans AS (DELETE FROM {relation} s WHERE NOT ({orphan}) "  # nosec B608
         f"RETURNING s.*), "
         f"held AS (INSERT INTO {held_table(table)} ({names}, reason, batch) "
         f"SELECT {listed}, concat_ws('; ', {reasons}), CAST(:batch AS text) FROM orphans o "
@@ -79,11 +82,12 @@ def hold_orphans(conn, table: WarehouseTable, relation: str, batch: str) -> tupl
     return moved, held
 
 
-def release(conn, table: WarehouseTable) -> int:
-    """Insert the held rows of fact ``table`` whose dimension rows have all arrived, and
-    remove them from the held table; returns how many were inserted (a version that had
-    reached the fact table by another way leaves the held table without a second row)."""
-    checks = _found(table, "h")
+def release(conn, table: WarehouseTable, schema: str) -> int:
+    """Insert the held rows of fact ``table`` whose dimension rows have all arrived into the
+    fact (in the warehouse schema ``schema``), and remove them from the held table; returns
+    how many were inserted (a version that had reached the fact table by another way leaves
+    the held table without a second row)."""
+    checks = _found(table, "h", schema)
     if not checks:
         return 0
     names = ", ".join(quote_ident(c) for c in table.column_names)
@@ -93,7 +97,7 @@ def release(conn, table: WarehouseTable) -> int:
     (released,), = conn.run(
         f"WITH ready AS (DELETE FROM {held_table(table)} h WHERE {ready} "  # nosec B608
         f"RETURNING {', '.join('h.' + quote_ident(c) for c in table.column_names)}), "
-        f"inserted AS (INSERT INTO {quote_ident(table.name)} ({names}) "
+        f"inserted AS (INSERT INTO {table.relation(schema)} ({names}) "
         f"SELECT {names} FROM ready ON CONFLICT ({key}) DO NOTHING RETURNING 1) "
         "SELECT count(*) FROM inserted")
     return released

@@ -23,6 +23,7 @@ from totes.contracts.quarantine import VERSION_COLUMN, concat_quarantined, sourc
 from totes.contracts.source_tables import SOURCE_TABLES, default_primary_key
 from totes.contracts.star_schema import TABLES
 from totes.load.held_facts import held_rows
+from totes.utils import settings
 from totes.utils.lake import Lake
 from totes.utils.manifests import latest_manifest
 from totes.utils.postgres import Database
@@ -75,9 +76,11 @@ def _quarantined(processed: Lake) -> dict[str, tuple[pa.Table, list[str]]]:
 
 def _warehouse_versions(conn, table: str, ids: list) -> list:
     """For each id of source ``table``: the newest version of that row in the warehouse
-    table it becomes, or None (also when that table does not exist yet)."""
+    table it becomes (in the warehouse schema, ``TOTES_WAREHOUSE_SCHEMA``), or None (also
+    when that table does not exist yet)."""
     target = TABLES[SOURCE_TABLES[table].warehouse_table or ""]
-    (exists,), = conn.run("SELECT to_regclass(:t) IS NOT NULL", t=target.name)
+    relation = target.relation(settings.current().warehouse_schema)
+    (exists,), = conn.run("SELECT to_regclass(:t) IS NOT NULL", t=relation)
     if not exists:
         return [None] * len(ids)
     key = quote_ident(target.merge_key[0])
@@ -85,7 +88,7 @@ def _warehouse_versions(conn, table: str, ids: list) -> list:
               else f"max(w.{quote_ident(target.version_columns[0])})")
     # Identifiers only, each through quote_ident; ids and versions are bound arrays.
     rows = conn.run(
-        f"SELECT (SELECT {newest} FROM {quote_ident(target.name)} w "  # nosec B608
+        f"SELECT (SELECT {newest} FROM {relation} w "  # nosec B608
         f"WHERE w.{key} = q.id) FROM unnest(CAST(:ids AS bigint[])) "
         "WITH ORDINALITY AS q(id, n) ORDER BY q.n", ids=ids)
     return [row[0] for row in rows]

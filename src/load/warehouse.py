@@ -37,7 +37,7 @@ from typing import Optional
 import pyarrow as pa
 from pg8000.exceptions import DatabaseError
 
-from totes.contracts.errors import ConfigError
+from totes.contracts.errors import ConfigError, PermissionDenied
 from totes.contracts.identifiers import quote_ident
 from totes.contracts.source_tables import SOURCE_TABLES
 from totes.contracts.stage_results import LoadResult, LoadedTable
@@ -119,12 +119,13 @@ def check_separate(source: SourceDatabase, warehouse: Database) -> None:
                           "star schema beside the source's tables")
 
 
-def _refuse_source_tables(conn) -> None:
-    """Before the first creation: refuse a database that holds the ToteSys tables."""
+def _refuse_source_tables(conn, schema: str) -> None:
+    """Before the first creation: refuse a warehouse schema that holds the ToteSys tables."""
     found = [name for name, in conn.run(
         "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p') "
-        "AND c.relname = ANY(CAST(:names AS text[])) ORDER BY 1", names=list(SOURCE_TABLES))]
+        "WHERE n.nspname = :schema AND c.relkind IN ('r', 'p') "
+        "AND c.relname = ANY(CAST(:names AS text[])) ORDER BY 1", schema=schema,
+        names=list(SOURCE_TABLES))]
     if len(found) >= 3 and not settings.current().allow_shared_database:
         (database,), = conn.run("SELECT current_database()")
         raise ConfigError(f"the warehouse database {database} holds the ToteSys source tables "
@@ -132,42 +133,162 @@ def _refuse_source_tables(conn) -> None:
                           f"warehouse at another database, or set {ALLOW_SHARED_DATABASE}=1")
 
 
-def create_warehouse(conn, processed: Optional[Lake] = None) -> None:
-    """Create the star schema and the load bookkeeping where absent, and upgrade a warehouse
-    of an older schema version in place (adding the dimensions' version column, widening
-    times to microseconds, ...: :data:`WAREHOUSE_SCHEMA_VERSION`). Runs inside the caller's
-    transaction; a warehouse already at the version costs one query. Upgraded from before
-    version 7, its record of quarantined versions is filled from ``processed`` (every
-    quarantine file the newest manifest names)."""
-    conn.run("CREATE SCHEMA IF NOT EXISTS totes")
+def warehouse_schema() -> str:
+    """The warehouse schema of the star schema (``TOTES_WAREHOUSE_SCHEMA``, ``public``).
+
+    Raises:
+        ConfigError: not a lower-case identifier.
+    """
+    return settings.current().warehouse_schema
+
+
+def create_warehouse(conn, processed: Optional[Lake] = None,
+                     schema: Optional[str] = None) -> None:
+    """Create the star schema (in the warehouse schema ``schema``, default
+    :func:`warehouse_schema`; created if absent) and the load bookkeeping (schema ``totes``)
+    where absent, and upgrade a warehouse of an older schema version in place (adding the
+    dimensions' version column, widening times to microseconds, ...:
+    :data:`WAREHOUSE_SCHEMA_VERSION`). Runs inside the caller's transaction; a warehouse
+    already at the version costs one query. Upgraded from before version 7, its record of
+    quarantined versions is filled from ``processed`` (every quarantine file the newest
+    manifest names).
+
+    Raises:
+        ConfigError: the warehouse's star schema is in another schema than ``schema`` (the
+            message names it and the setting); the database holds the source's tables.
+        PermissionDenied: the role may not create the schema or the tables in it.
+    """
+    schema = schema or warehouse_schema()
+    _create_schema(conn, "totes")
     conn.run("CREATE TABLE IF NOT EXISTS totes.schema_version (version int NOT NULL)")
-    (current,), = conn.run("SELECT coalesce(max(version), 0) FROM totes.schema_version")
+    (current, here), = conn.run(
+        "SELECT coalesce(max(version), 0), to_regclass(:dates) IS NOT NULL "
+        "FROM totes.schema_version", dates=TABLES["dim_date"].relation(schema))
+    if current and not here:
+        _wrong_schema(conn, schema)
     if current >= WAREHOUSE_SCHEMA_VERSION:
         return
+    _create_schema(conn, schema)
     (created,), = conn.run("SELECT to_regclass('totes.loaded_batch') IS NOT NULL")
     if not created:
-        _refuse_source_tables(conn)
+        _refuse_source_tables(conn, schema)
     for statement in _BOOKKEEPING_DDL:
         conn.run(statement)
     for table in TABLES.values():  # views first: a column a view uses cannot change type
         if table.current_view:
-            conn.run(f"DROP VIEW IF EXISTS {quote_ident(table.current_view)}")
+            conn.run(f"DROP VIEW IF EXISTS {table.current_relation(schema)}")
     for table in TABLES.values():
-        conn.run(table.ddl())
-        _upgrade_columns(conn, table, quote_ident(table.name))
+        conn.run(table.ddl(schema))
+        _upgrade_columns(conn, table, table.relation(schema))
         if table.kind == "fact":
-            _upgrade_key(conn, quote_ident(table.name), table, "u")
+            _upgrade_key(conn, table.relation(schema), table, "u")
             conn.run(held_facts.held_ddl(table))
             held = held_facts.held_table(table)
             _upgrade_columns(conn, table, held)
             _upgrade_key(conn, held, table, "p")
-            conn.run(table.current_view_ddl())
+            conn.run(table.current_view_ddl(schema))
     if 0 < current < 7 and processed is not None:
         newest_key, newest = latest_manifest(processed)
         for key in (newest.quarantine if newest else []):
             record_quarantined(conn, processed, key, newest_key or "")
     conn.run("INSERT INTO totes.schema_version (version) VALUES (:v)",
              v=WAREHOUSE_SCHEMA_VERSION)
+
+
+def check_warehouse(warehouse: Database, schema: Optional[str] = None) -> None:
+    """Before a run starts: check that the warehouse role can create the star schema in the
+    warehouse schema ``schema`` (default :func:`warehouse_schema`) and its bookkeeping in
+    ``totes`` (CREATE on each, or on the database where a schema does not exist yet), and
+    that it owns the star schema's tables already there (a bulk load drops and adds their
+    keys, an upgrade alters them).
+
+    Raises:
+        PermissionDenied: a privilege is missing (the message names the schema or tables,
+            the role and the GRANT or ALTER that gives it).
+        ConfigError: the star schema is in another schema (see :func:`create_warehouse`).
+        DatabaseUnavailable / DatabaseRejected: the warehouse could not be reached.
+    """
+    schema = schema or warehouse_schema()
+    with warehouse.session("totes-plan", f"checking the {warehouse.describe()}") as session:
+        conn = session.conn
+        for name in dict.fromkeys(("totes", schema)):
+            _check_schema(conn, name)
+        (versioned, here), = conn.run(
+            "SELECT to_regclass('totes.schema_version') IS NOT NULL, to_regclass(:t) IS NOT "
+            "NULL", t=TABLES["dim_date"].relation(schema))
+        if versioned and not here:
+            (version,), = conn.run("SELECT coalesce(max(version), 0) FROM totes.schema_version")
+            if version:
+                _wrong_schema(conn, schema)
+        (role,), = conn.run("SELECT current_user")
+        foreign = [name for name, in conn.run(
+            "SELECT c.relname FROM pg_class c WHERE c.oid = ANY(ARRAY(SELECT to_regclass(t) "
+            "FROM unnest(CAST(:tables AS text[])) t)) AND NOT pg_has_role(c.relowner, "
+            "'USAGE') ORDER BY 1", tables=[t.relation(schema) for t in TABLES.values()])]
+        if foreign:
+            raise PermissionDenied(
+                f"the warehouse role {role} does not own {', '.join(foreign)} in schema "
+                f"{schema}: load alters them (keys dropped and added by a bulk load, columns "
+                f"by an upgrade). As their owner: ALTER TABLE {schema}.<table> OWNER TO "
+                f"{quote_ident(role)}, or GRANT <owner> TO {quote_ident(role)}")
+
+
+def _check_schema(conn, schema: str) -> None:
+    """The role may create in ``schema``, or may create ``schema`` when it is absent.
+
+    Raises:
+        PermissionDenied: it may not (the message gives the GRANT).
+    """
+    (exists, allowed, role, database), = conn.run(
+        "SELECT n IS NOT NULL, CASE WHEN n IS NULL THEN has_database_privilege("
+        "current_database(), 'CREATE') ELSE has_schema_privilege(n, 'CREATE') "
+        "AND has_schema_privilege(n, 'USAGE') END, current_user, current_database() "
+        "FROM to_regnamespace(:s) AS n", s=quote_ident(schema))
+    if allowed:
+        return
+    if not exists:
+        raise PermissionDenied(f"the warehouse has no schema {schema} and the role {role} may "
+                               f"not create it: CREATE SCHEMA {quote_ident(schema)} (as its "
+                               f"owner), or GRANT CREATE ON DATABASE {quote_ident(database)} "
+                               f"TO {quote_ident(role)}; or set "
+                               f"{settings.variable('warehouse_schema')} to a schema it owns")
+    raise PermissionDenied(f"the warehouse role {role} may not create tables in schema "
+                           f"{schema} of database {database}: GRANT USAGE, CREATE ON SCHEMA "
+                           f"{quote_ident(schema)} TO {quote_ident(role)}; or set "
+                           f"{settings.variable('warehouse_schema')} to a schema it owns")
+
+
+def _create_schema(conn, schema: str) -> None:
+    """Create the database schema ``schema`` when it does not exist. (``CREATE SCHEMA IF NOT
+    EXISTS`` is not used: it needs the database's CREATE privilege even when the schema
+    exists.)
+
+    Raises:
+        PermissionDenied: the role may not create it (the message says which grant helps).
+    """
+    (exists,), = conn.run("SELECT to_regnamespace(:s) IS NOT NULL", s=quote_ident(schema))
+    if exists:
+        return
+    _check_schema(conn, schema)
+    conn.run(f"CREATE SCHEMA {quote_ident(schema)}")
+
+
+def _wrong_schema(conn, schema: str) -> None:
+    """A warehouse with a star schema, but not in ``schema``: raise, naming where it is.
+
+    Raises:
+        ConfigError: always.
+    """
+    found = [name for name, in conn.run(
+        "SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE c.relname = 'dim_date' AND c.relkind = 'r' AND n.nspname <> 'totes' "
+        "ORDER BY 1")]
+    (database,), = conn.run("SELECT current_database()")
+    where = f"in schema {', '.join(found)}" if found else "nowhere (dropped?)"
+    raise ConfigError(f"the star schema of the warehouse database {database} is {where}, "
+                      f"not in schema {schema} ({settings.variable('warehouse_schema')})"
+                      + (f": set {settings.variable('warehouse_schema')}={found[0]}"
+                         if len(found) == 1 else ""))
 
 
 def record_quarantined(conn, processed: Lake, key: str, batch: str) -> int:
@@ -255,9 +376,10 @@ def _newer_version(table: WarehouseTable) -> str:
 
 
 def merge_file(conn, table: WarehouseTable, processed: Lake, key: str,
-               batch: str) -> tuple[LoadedTable, int]:
-    """Load one processed file of ``table`` (of ``batch``); returns its rows, inserted and
-    updated, and for a fact the rows newly held for want of a dimension row.
+               batch: str, schema: str) -> tuple[LoadedTable, int]:
+    """Load one processed file of ``table`` (of ``batch``) into the warehouse schema
+    ``schema``; returns its rows, inserted and updated, and for a fact the rows newly held
+    for want of a dimension row.
 
     A dimension's file, and a fact file too small for a bulk load (:func:`_bulk`), is staged
     (binary COPY into a temporary table) and merged in one statement, a fact's orphan rows
@@ -269,14 +391,14 @@ def merge_file(conn, table: WarehouseTable, processed: Lake, key: str,
     metadata = processed.metadata(key)
     rows = metadata.num_rows
     batches = file_batches(processed, key, table, metadata.schema.to_arrow_schema().names)
-    q_table = quote_ident(table.name)
-    bulk = table.kind == "fact" and _bulk(conn, table, rows)
+    q_table = table.relation(schema)
+    bulk = table.kind == "fact" and _bulk(conn, table, rows, schema)
     if bulk:
         # Before looking at the table: nothing else writes it until the load commits.
         conn.run(f"LOCK TABLE {q_table} IN ACCESS EXCLUSIVE MODE")
         (empty,), = conn.run(f"SELECT NOT EXISTS (SELECT 1 FROM {q_table})")  # nosec B608
         if empty:
-            inserted, held = bulk_copy(conn, table, batches, batch)
+            inserted, held = bulk_copy(conn, table, batches, batch, schema)
             return LoadedTable(table=table.name, rows=rows, inserted=inserted), held
     stage = f"stage_{table.name}"
     columns = ", ".join(quote_ident(c) for c in table.column_names)
@@ -284,14 +406,16 @@ def merge_file(conn, table: WarehouseTable, processed: Lake, key: str,
              f"SELECT {columns} FROM {q_table} WITH NO DATA")
     copy_binary_into(conn, stage, table.arrow_schema(), batches)
     if table.kind == "fact":
-        _drop_known_versions(conn, table, stage)
-    held = held_facts.hold_orphans(conn, table, stage, batch)[1] if table.kind == "fact" else 0
+        _drop_known_versions(conn, table, stage, schema)
+    held = held_facts.hold_orphans(conn, table, quote_ident(stage), batch, schema)[1] \
+        if table.kind == "fact" else 0
     if bulk:
-        inserted, updated = bulk_insert(conn, table, stage), 0
+        inserted, updated = bulk_insert(conn, table, stage, schema), 0
     else:
         inserted, updated = merge_staged(conn, table.name, stage, table.column_names,
                                          list(table.merge_key),
-                                         None if table.kind == "fact" else _newer_version(table))
+                                         None if table.kind == "fact" else _newer_version(table),
+                                         schema=schema)
     conn.run(f"DROP TABLE {quote_ident(stage)}")
     return LoadedTable(table=table.name, rows=rows, inserted=inserted, updated=updated), held
 
@@ -313,7 +437,7 @@ def file_batches(processed: Lake, key: str, table: WarehouseTable, present: list
         yield batch.select(table.column_names)
 
 
-def _drop_known_versions(conn, table: WarehouseTable, stage: str) -> None:
+def _drop_known_versions(conn, table: WarehouseTable, stage: str, schema: str) -> None:
     """Remove from the staged fact rows the versions without a log position (``source_lsn``
     0: read by a cursor, or in an initial copy) whose id and ``last_updated`` the fact
     already holds at any position: a copy of a row that the change log brought before is
@@ -322,7 +446,7 @@ def _drop_known_versions(conn, table: WarehouseTable, stage: str) -> None:
                         for c in table.merge_key if c != SOURCE_LSN)
     # Identifiers only, each through quote_ident.
     conn.run(f"DELETE FROM {quote_ident(stage)} s WHERE s.{SOURCE_LSN} = 0 "  # nosec B608
-             f"AND EXISTS (SELECT 1 FROM {quote_ident(table.name)} f WHERE {same} "
+             f"AND EXISTS (SELECT 1 FROM {table.relation(schema)} f WHERE {same} "
              f"AND f.{SOURCE_LSN} <> 0)")
 
 
@@ -333,7 +457,7 @@ BULK_MIN_ROWS = 10_000
 BULK_TABLE_FRACTION = 20
 
 
-def _bulk(conn, table: WarehouseTable, rows: int) -> bool:
+def _bulk(conn, table: WarehouseTable, rows: int, schema: str) -> bool:
     """Whether a bulk load is cheaper. Measured on 2,000,000 sales orders (2 cores): the
     row-checked insert pays about 32 µs per row (9 foreign-key triggers and the unique
     index's conflict check), the bulk insert 1.2 µs per row plus 1.4 µs per row of the whole
@@ -341,7 +465,7 @@ def _bulk(conn, table: WarehouseTable, rows: int) -> bool:
     if rows < BULK_MIN_ROWS:
         return False
     (existing,), = conn.run("SELECT greatest(reltuples, 0)::bigint FROM pg_class "
-                            "WHERE oid = to_regclass(:t)", t=table.name)
+                            "WHERE oid = to_regclass(:t)", t=table.relation(schema))
     return rows * BULK_TABLE_FRACTION >= existing
 
 
@@ -349,12 +473,12 @@ class _Constraints:
     """A fact's primary, unique and foreign keys as the catalog defines them, to drop before
     a bulk load and add again after it (in the load's transaction)."""
 
-    def __init__(self, conn, table: WarehouseTable):
-        self.conn, self.q_table = conn, quote_ident(table.name)
+    def __init__(self, conn, table: WarehouseTable, schema: str):
+        self.conn, self.q_table = conn, table.relation(schema)
         found = conn.run(
             "SELECT conname, pg_get_constraintdef(oid), contype FROM pg_constraint "
             "WHERE conrelid = to_regclass(:t) AND contype IN ('p', 'u', 'f') ORDER BY conname",
-            t=table.name)
+            t=self.q_table)
         self.keys = [(n, d) for n, d, kind in found if kind in ("p", "u")]
         self.foreign_keys = [(n, d) for n, d, kind in found if kind == "f"]
 
@@ -395,9 +519,11 @@ def _same_version(table: WarehouseTable, left: str, right: str) -> str:
                         for c in table.merge_key)
 
 
-def bulk_copy(conn, table: WarehouseTable, batches, batch: str) -> tuple[int, int]:
-    """Load a large batch into the empty fact ``table`` at COPY speed, in the load's
-    transaction (the table locked); returns (rows inserted, rows newly held).
+def bulk_copy(conn, table: WarehouseTable, batches, batch: str,
+              schema: str) -> tuple[int, int]:
+    """Load a large batch into the empty fact ``table`` (in the warehouse schema ``schema``)
+    at COPY speed, in the load's transaction (the table locked); returns (rows inserted, rows
+    newly held).
 
     The fact's keys and foreign keys are dropped, the batch's record ``batches`` copied
     straight into it (binary COPY: no staging table, no per-row conflict check or trigger),
@@ -411,10 +537,10 @@ def bulk_copy(conn, table: WarehouseTable, batches, batch: str) -> tuple[int, in
     orders: the set-wise orphan check 1.4 s, the nine validations 2.0 s). The catalog
     declares the same keys afterwards.
     """
-    q_table = quote_ident(table.name)
-    constraints = _Constraints(conn, table)
+    q_table = table.relation(schema)
+    constraints = _Constraints(conn, table, schema)
     constraints.drop()
-    copied = copy_binary_into(conn, table.name, table.arrow_schema(), batches)
+    copied = copy_binary_into(conn, table.name, table.arrow_schema(), batches, in_schema=schema)
     removed = {"duplicates": 0, "orphans": 0, "held": 0}
 
     def remove_duplicates() -> None:
@@ -426,7 +552,7 @@ def bulk_copy(conn, table: WarehouseTable, batches, batch: str) -> tuple[int, in
 
     def hold_orphans() -> None:
         removed["orphans"], removed["held"] = held_facts.hold_orphans(
-            conn, table, table.name, batch)
+            conn, table, q_table, batch, schema)
 
     constraints.add_or(constraints.keys, _UNIQUE_VIOLATION, remove_duplicates)
     constraints.add_or(constraints.foreign_keys, _FOREIGN_KEY_VIOLATION, hold_orphans)
@@ -434,9 +560,9 @@ def bulk_copy(conn, table: WarehouseTable, batches, batch: str) -> tuple[int, in
     return copied - removed["duplicates"] - removed["orphans"], removed["held"]
 
 
-def bulk_insert(conn, table: WarehouseTable, stage: str) -> int:
-    """Insert the staged versions a fact lacks at bulk speed, in the load's transaction;
-    returns how many were inserted.
+def bulk_insert(conn, table: WarehouseTable, stage: str, schema: str) -> int:
+    """Insert the staged versions a fact (in the warehouse schema ``schema``) lacks at bulk
+    speed, in the load's transaction; returns how many were inserted.
 
     The fact's keys and foreign keys are dropped, the rows inserted (each version once: the
     fact's existing versions left out by an anti-join, the batch's own duplicates removed
@@ -447,8 +573,8 @@ def bulk_insert(conn, table: WarehouseTable, stage: str) -> int:
     nothing. The table is locked (ACCESS EXCLUSIVE) until the load commits; readers wait,
     as for any schema change.
     """
-    q_table, q_stage = quote_ident(table.name), quote_ident(stage)
-    constraints = _Constraints(conn, table)
+    q_table, q_stage = table.relation(schema), quote_ident(stage)
+    constraints = _Constraints(conn, table, schema)
     constraints.drop()
     columns = ", ".join(quote_ident(c) for c in table.column_names)
     key = ", ".join(quote_ident(c) for c in table.merge_key)
@@ -500,7 +626,7 @@ def pending_batches(conn, processed: Lake,
 
 
 def _load_batch(session, conn, processed: Lake, manifest_key: str,
-                totals: dict[str, LoadedTable], held: dict[str, int]) -> None:
+                totals: dict[str, LoadedTable], held: dict[str, int], schema: str) -> None:
     manifest = read_manifest(processed, manifest_key)
     counts = {}
     for name, table in TABLES.items():
@@ -509,7 +635,8 @@ def _load_batch(session, conn, processed: Lake, manifest_key: str,
             continue
         session.doing = f"loading {name} of batch {manifest_key} into the " \
                         f"{session.database.describe()}"
-        merged, newly_held = merge_file(conn, table, processed, output.key, manifest_key)
+        merged, newly_held = merge_file(conn, table, processed, output.key, manifest_key,
+                                        schema)
         counts[name] = merged.model_dump(exclude={"table"}) | {"held": newly_held}
         total = totals.setdefault(name, LoadedTable(table=name))
         total.rows += merged.rows
@@ -527,12 +654,12 @@ def _load_batch(session, conn, processed: Lake, manifest_key: str,
              key=manifest_key, rows=json.dumps(counts))
 
 
-def _release_held(conn, totals: dict[str, LoadedTable]) -> dict[str, int]:
+def _release_held(conn, totals: dict[str, LoadedTable], schema: str) -> dict[str, int]:
     """Insert the held fact rows whose dimension rows have arrived; counts them as inserted."""
     released = {}
     for name, table in TABLES.items():
         if table.kind == "fact":
-            count = held_facts.release(conn, table)
+            count = held_facts.release(conn, table, schema)
             if count:
                 released[name] = count
                 totals.setdefault(name, LoadedTable(table=name)).inserted += count
@@ -577,19 +704,20 @@ def _load(processed: Lake, warehouse: Database,
     started = time.monotonic()
     totals: dict[str, LoadedTable] = {}
     held: dict[str, int] = {}
+    schema = warehouse_schema()
     with warehouse.session("totes-load", f"loading into the {warehouse.describe()}") as session:
         conn = session.conn
         conn.run("START TRANSACTION")
         conn.run("SELECT pg_advisory_xact_lock(:id)", id=LOAD_LOCK_ID)
-        create_warehouse(conn, processed)
+        create_warehouse(conn, processed, schema)
         if manifest_keys is None:
             keys, through = pending_batches(conn, processed, max_batches())
         else:
             keys, through = list(manifest_keys), None
         for manifest_key in keys:
-            _load_batch(session, conn, processed, manifest_key, totals, held)
+            _load_batch(session, conn, processed, manifest_key, totals, held, schema)
         session.doing = f"releasing held fact rows in the {warehouse.describe()}"
-        released = _release_held(conn, totals)
+        released = _release_held(conn, totals, schema)
         still_waiting = held_facts.waiting(conn)
         if through is not None:
             conn.run("UPDATE totes.load_state SET loaded_through = :k", k=through)

@@ -18,62 +18,78 @@ from pathlib import Path
 from typing import Optional
 
 from totes.contracts.errors import ConfigError
+from totes.contracts.identifiers import quote_ident
+from totes.contracts.star_schema import TABLES
+from totes.utils import settings
 from totes.utils.postgres import Database
 
 log = logging.getLogger(__name__)
 
-#: Every chart's query: name → SQL on the warehouse (the current-version views).
+#: Every chart's query: name → SQL on the warehouse (the current-version views); ``{star}``
+#: stands for the warehouse schema (:func:`statement`).
 QUERIES: dict[str, str] = {
     "revenue_by_month": """
         SELECT to_char(d.date_id, 'YYYY-MM') AS month, c.currency_code,
                sum(f.units_sold * f.unit_price) AS revenue, count(*) AS orders
-        FROM fact_sales_order_current f
-        JOIN dim_date d ON d.date_id = f.created_date
-        JOIN dim_currency c USING (currency_id)
+        FROM {star}.fact_sales_order_current f
+        JOIN {star}.dim_date d ON d.date_id = f.created_date
+        JOIN {star}.dim_currency c USING (currency_id)
         GROUP BY 1, 2 ORDER BY 1, 2""",
     "top_designs": """
         SELECT d.design_name, sum(f.units_sold) AS units, count(*) AS orders
-        FROM fact_sales_order_current f JOIN dim_design d USING (design_id)
+        FROM {star}.fact_sales_order_current f JOIN {star}.dim_design d USING (design_id)
         GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 10""",
     "top_counterparties": """
         SELECT c.counterparty_legal_name, sum(f.units_sold) AS units, count(*) AS orders
-        FROM fact_sales_order_current f JOIN dim_counterparty c USING (counterparty_id)
+        FROM {star}.fact_sales_order_current f
+        JOIN {star}.dim_counterparty c USING (counterparty_id)
         GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 10""",
     "sales_by_staff": """
         SELECT s.first_name || ' ' || s.last_name AS staff, s.department_name,
                sum(f.units_sold) AS units, count(*) AS orders
-        FROM fact_sales_order_current f JOIN dim_staff s ON s.staff_id = f.sales_staff_id
+        FROM {star}.fact_sales_order_current f
+        JOIN {star}.dim_staff s ON s.staff_id = f.sales_staff_id
         GROUP BY 1, 2 ORDER BY 3 DESC, 1""",
     "purchases_by_month": """
         SELECT to_char(f.created_date, 'YYYY-MM') AS month, c.currency_code,
                sum(f.item_quantity) AS quantity,
                sum(f.item_quantity * f.item_unit_price) AS value
-        FROM fact_purchase_order_current f JOIN dim_currency c USING (currency_id)
+        FROM {star}.fact_purchase_order_current f JOIN {star}.dim_currency c USING (currency_id)
         GROUP BY 1, 2 ORDER BY 1, 2""",
     "payments_by_month": """
         SELECT to_char(f.payment_date, 'YYYY-MM') AS month, f.paid, count(*) AS payments,
                sum(f.payment_amount) AS amount
-        FROM fact_payment_current f
+        FROM {star}.fact_payment_current f
         GROUP BY 1, 2 ORDER BY 1, 2""",
 }
 
-#: The headline figures: name → SQL returning (label, value) rows.
+#: The headline figures: name → SQL returning (label, value) rows (``{star}`` as above).
 HEADLINES: dict[str, str] = {
     "revenue": """
         SELECT c.currency_code, sum(f.units_sold * f.unit_price)
-        FROM fact_sales_order_current f JOIN dim_currency c USING (currency_id)
+        FROM {star}.fact_sales_order_current f JOIN {star}.dim_currency c USING (currency_id)
         GROUP BY 1 ORDER BY 1""",
-    "orders": "SELECT 'sales', count(*) FROM fact_sales_order_current UNION ALL "
-              "SELECT 'purchases', count(*) FROM fact_purchase_order_current",
+    "orders": "SELECT 'sales', count(*) FROM {star}.fact_sales_order_current UNION ALL "
+              "SELECT 'purchases', count(*) FROM {star}.fact_purchase_order_current",
     "payments": """
         SELECT CASE WHEN paid THEN 'paid' ELSE 'unpaid' END, count(*)
-        FROM fact_payment_current GROUP BY 1 ORDER BY 1""",
+        FROM {star}.fact_payment_current GROUP BY 1 ORDER BY 1""",
     "payment_amount": """
         SELECT c.currency_code || CASE WHEN f.paid THEN '.paid' ELSE '.unpaid' END,
                sum(f.payment_amount)
-        FROM fact_payment_current f JOIN dim_currency c USING (currency_id)
+        FROM {star}.fact_payment_current f JOIN {star}.dim_currency c USING (currency_id)
         GROUP BY 1 ORDER BY 1""",
 }
+
+
+def statement(sql: str, schema: Optional[str] = None) -> str:
+    """``sql`` of :data:`QUERIES` or :data:`HEADLINES` with its relations in the warehouse
+    schema ``schema`` (default ``TOTES_WAREHOUSE_SCHEMA``, ``public``), quoted.
+
+    Raises:
+        ConfigError: the schema is not a valid identifier.
+    """
+    return sql.replace("{star}", quote_ident(schema or settings.current().warehouse_schema))
 
 
 @dataclass(frozen=True)
@@ -291,13 +307,16 @@ def write_report(warehouse: Database, output: str, ledger=None,
     doing = f"reading the {warehouse.describe()} for the report"
     with warehouse.session("totes-report", doing) as session:
         conn = session.conn
-        (ready,), = conn.run("SELECT to_regclass('fact_payment_current') IS NOT NULL")
+        schema = settings.current().warehouse_schema
+        (ready,), = conn.run("SELECT to_regclass(:v) IS NOT NULL",
+                             v=TABLES["fact_payment"].current_relation(schema))
         if not ready:
-            raise ConfigError(f"the {warehouse.describe()} has no star schema yet (or one "
-                              "older than schema version 5): run `totes run` (or `totes "
-                              "load`) first")
-        data = {name: _rows(conn, sql) for name, sql in QUERIES.items()}
-        headlines = {name: {str(label): value for label, value in conn.run(sql)}
+            raise ConfigError(f"the {warehouse.describe()} has no star schema in schema "
+                              f"{schema} yet (or one older than schema version 5): run `totes "
+                              "run` (or `totes load`) first")
+        data = {name: _rows(conn, statement(sql, schema)) for name, sql in QUERIES.items()}
+        headlines = {name: {str(label): value for label, value in
+                            conn.run(statement(sql, schema))}
                      for name, sql in HEADLINES.items()}
         (last_load, batches), = conn.run("SELECT max(loaded_at), count(*) "
                                          "FROM totes.loaded_batch")

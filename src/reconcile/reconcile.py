@@ -59,6 +59,7 @@ from totes.contracts.stage_results import (Difference, ReconcileResult, SumCheck
 from totes.contracts.star_schema import IS_DELETED, SOURCE_LSN, TABLES, WarehouseTable
 from totes.rules import dimensions as dims
 from totes.rules.facts import FACT_SOURCES, fact_rows
+from totes.utils import settings
 from totes.utils.lake import Lake
 from totes.utils.manifests import read_manifest
 from totes.utils.postgres import Database
@@ -142,9 +143,11 @@ def _scalar(conn, sql: str):
     return value
 
 
-def _loaded_through(conn, table: WarehouseTable, column: str = "source_last_updated"):
-    """The newest source version the warehouse holds of ``table`` (None: no row)."""
-    q_table = quote_ident(table.name)
+def _loaded_through(conn, table: WarehouseTable, schema: str,
+                    column: str = "source_last_updated"):
+    """The newest source version the warehouse holds of ``table`` (in the warehouse schema
+    ``schema``; None: no row)."""
+    q_table = table.relation(schema)
     if table.kind == "fact":
         return _scalar(conn, f"SELECT max(last_updated_date + last_updated_time) "  # nosec B608
                              f"FROM {q_table}")
@@ -228,13 +231,14 @@ def _compare_aligned(expected: pa.Table, actual: pa.Table, key: str, columns: li
                       s.filter(differ).to_pylist(), w.filter(differ).to_pylist())
 
 
-def _dimension(conn, source, name: str, limit: int) -> TableReconciliation:
+def _dimension(conn, source, name: str, limit: int, schema: str) -> TableReconciliation:
     table = TABLES[name]
     source_table, reference, reference_column = DIMENSION_SOURCES[name]
     key = table.merge_key[0]
     source_key = SOURCE_TABLES[source_table].primary_key
-    through = _loaded_through(conn, table)
-    ref_through = _loaded_through(conn, table, "reference_last_updated") if reference else None
+    through = _loaded_through(conn, table, schema)
+    ref_through = _loaded_through(conn, table, schema, "reference_last_updated") \
+        if reference else None
     found = _source_table(source, source_table)
     rows = found if found is not None else pa.table({
         source_key: pa.array([], pa.int32()), "last_updated": pa.array([], pa.timestamp("ms"))})
@@ -270,7 +274,7 @@ def _dimension(conn, source, name: str, limit: int) -> TableReconciliation:
     columns = [c.name for c in table.columns if c.name not in table.version_columns
                and c.name not in (key, IS_DELETED)]
     # A row deleted in the source is kept in the warehouse, marked: not compared.
-    select = (f"SELECT {', '.join(table.column_names)} FROM {name} "  # nosec B608: schema's
+    select = (f"SELECT {', '.join(table.column_names)} FROM {table.relation(schema)} "  # nosec
               f"WHERE NOT {IS_DELETED}")
     actual = _warehouse_table(conn, select, table.arrow_schema(), name)
     skip = pa.concat_arrays([pending_ids.cast(pa.int64()), quarantined_ids, breaking])
@@ -288,7 +292,7 @@ def _dimension(conn, source, name: str, limit: int) -> TableReconciliation:
         differences=tally.count, loaded_through=_text(through), listed=tally.listed)
 
 
-def _fact(conn, source, source_table: str, limit: int, sums: list[SumCheck],
+def _fact(conn, source, source_table: str, limit: int, sums: list[SumCheck], star: str,
           keys: Optional[Sequence[int]] = None) -> TableReconciliation:
     """A fact's current versions against the source's current rows (with ``keys``: of those
     source ids only, read by index on both sides): both sides streamed in key order (the
@@ -301,13 +305,14 @@ def _fact(conn, source, source_table: str, limit: int, sums: list[SumCheck],
         return TableReconciliation(table=name, source_table=source_table, source_rows=0,
                                    warehouse_rows=0, pending=0, differences=0,
                                    loaded_through=None, listed=[], scoped_keys=0)
-    through = _loaded_through(conn, table)
+    through = _loaded_through(conn, table, star)
     holds = _quarantine_holds(conn, source_table)
     held_sql = (f"SELECT DISTINCT {quote_ident(key)} "  # nosec B608: quoted identifiers
                 f"FROM totes.{quote_ident('held_' + name)}")
     held_ids = pa.array([int(i) for i, in conn.run(held_sql)], pa.int64())
     money = [c.name for c in table.columns if c.sql_type.startswith("numeric")]
-    codes = dict(conn.run("SELECT currency_id, currency_code FROM dim_currency"))
+    codes = dict(conn.run("SELECT currency_id, currency_code "  # nosec B608: quoted
+                          f"FROM {TABLES['dim_currency'].relation(star)}"))
     sums_of: dict[str, dict] = {"source": {}, "warehouse": {}}
     tally = _Tally(name, key, limit)
     counts = {"compared": 0, "pending": 0, "quarantined": 0, "held": 0, "warehouse": 0}
@@ -315,7 +320,8 @@ def _fact(conn, source, source_table: str, limit: int, sums: list[SumCheck],
     columns = [c.name for c in table.columns if c.name not in (key, SOURCE_LSN, IS_DELETED)]
     schema = table.arrow_schema()
     chosen = f"WHERE {key_condition(conn, key, keys)} " if keys is not None else ""
-    view = (f"SELECT {', '.join(table.column_names)} FROM {table.current_view} "  # nosec B608
+    view = (f"SELECT {', '.join(table.column_names)} "  # nosec B608: quoted identifiers
+            f"FROM {table.current_relation(star)} "
             f"{chosen}ORDER BY {key}")
     with _source_batches(source, source_table, keys) as source_batches, \
             _warehouse_batches(conn, view, schema, name) as warehouse_batches:
@@ -523,16 +529,18 @@ def reconcile(source, warehouse: Database, limit: int = DEFAULT_LIMIT,
     with warehouse.session("totes-reconcile", f"reconciling the {warehouse.describe()}") \
             as session:
         conn = session.conn
-        (ready,), = conn.run("SELECT to_regclass('fact_payment_current') IS NOT NULL")
+        star = settings.current().warehouse_schema
+        (ready,), = conn.run("SELECT to_regclass(:v) IS NOT NULL",
+                             v=TABLES["fact_payment"].current_relation(star))
         if not ready:
-            raise ConfigError(f"the {warehouse.describe()} has no star schema of version 5 "
-                              "yet (the current-version views): run `totes load` (or `totes "
-                              "run`) first")
+            raise ConfigError(f"the {warehouse.describe()} has no star schema in schema "
+                              f"{star} yet (or one before the current-version views of "
+                              "version 5): run `totes load` (or `totes run`) first")
         for name in DIMENSION_SOURCES:
-            tables.append(_dimension(conn, source, name, limit))
+            tables.append(_dimension(conn, source, name, limit, star))
         for source_table in FACT_SOURCES:
             keys = (scope or {}).get(FACT_SOURCES[source_table][0])
-            tables.append(_fact(conn, source, source_table, limit, sums, keys))
+            tables.append(_fact(conn, source, source_table, limit, sums, star, keys))
     differences = sum(t.differences for t in tables) + sum(not s.equal for s in sums)
     result = ReconcileResult(equal=differences == 0, differences=differences, tables=tables,
                              sums=sums, seconds=round(time.monotonic() - started, 3))

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from totes.contracts.errors import DataError, TotesError
-from totes.contracts.identifiers import quote_ident
+from totes.contracts.identifiers import qualified, quote_ident
 from totes.contracts.quarantine import UNREADABLE, add_unreadable
 from totes.utils.postgres_errors import translate_error
 
@@ -50,9 +50,11 @@ def copy_into(conn, table: str, columns: list[str], batches) -> None:
              stream=chunks())
 
 
-def copy_binary_into(conn, table: str, schema, batches) -> int:
-    """Bulk-load Arrow record ``batches`` into ``table`` with ``COPY ... FROM STDIN (FORMAT
-    binary)``, one encoded chunk per batch (bounded memory); returns the rows copied.
+def copy_binary_into(conn, table: str, schema, batches,
+                     in_schema: Optional[str] = None) -> int:
+    """Bulk-load Arrow record ``batches`` into ``table`` (of the database schema
+    ``in_schema`` when given) with ``COPY ... FROM STDIN (FORMAT binary)``, one encoded chunk
+    per batch (bounded memory); returns the rows copied.
 
     ``schema`` (a ``pyarrow.Schema``) names the columns, in order, and their Arrow types, which
     must be those of the table's columns (int32 for ``int``, decimal128 for ``numeric``,
@@ -79,7 +81,8 @@ def copy_binary_into(conn, table: str, schema, batches) -> int:
         yield encoder.finish()
 
     column_list = ", ".join(quote_ident(c) for c in schema.names)
-    conn.run(f"COPY {quote_ident(table)} ({column_list}) FROM STDIN WITH (FORMAT binary)",
+    target = qualified(in_schema, table) if in_schema else quote_ident(table)
+    conn.run(f"COPY {target} ({column_list}) FROM STDIN WITH (FORMAT binary)",
              stream=chunks())
     return conn.row_count
 

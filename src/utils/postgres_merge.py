@@ -6,17 +6,21 @@ from __future__ import annotations
 
 from typing import Optional
 
-from totes.contracts.identifiers import quote_ident
+from totes.contracts.identifiers import qualified, quote_ident
 
 
 def merge_staged(conn, target: str, stage: str, columns: list[str], key: list[str],
-                 update_when: Optional[str] = None) -> tuple[int, int]:
-    """``INSERT INTO target (columns) SELECT columns FROM stage`` in one set-based statement.
-    On a ``key`` conflict the row is left as it is when ``update_when`` is None; otherwise its
-    other columns are updated where ``update_when`` holds (a condition over the quoted
-    ``target`` and ``EXCLUDED``, built from identifiers only). Returns (inserted, updated)."""
+                 update_when: Optional[str] = None,
+                 schema: Optional[str] = None) -> tuple[int, int]:
+    """``INSERT INTO target (columns) SELECT columns FROM stage`` in one set-based statement
+    (``target`` in ``schema`` when given, else where the ``search_path`` finds it; ``stage``
+    is a temporary table). On a ``key`` conflict the row is left as it is when
+    ``update_when`` is None; otherwise its other columns are updated where ``update_when``
+    holds (a condition over the quoted ``target`` and ``EXCLUDED``, built from identifiers
+    only). Returns (inserted, updated)."""
     names = [quote_ident(c) for c in columns]
-    q_target, listed = quote_ident(target), ", ".join(names)
+    q_target = qualified(schema, target) if schema else quote_ident(target)
+    listed = ", ".join(names)
     conflict = ", ".join(quote_ident(c) for c in key)
     if update_when is None:
         action = "DO NOTHING"

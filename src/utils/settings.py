@@ -43,6 +43,10 @@ class Settings(BaseSettings):
         "`--warehouse-url`; locally the embedded `warehouse` when unset.")
     warehouse_secret: Optional[str] = Field(
         None, description="Or: the Secrets Manager secret holding the warehouse connection.")
+    warehouse_schema: str = Field(
+        "public", pattern=r"^[a-z_][a-z0-9_]{0,62}$", description="The PostgreSQL schema "
+        "of the star schema's tables and views (created if absent). Every statement names "
+        "it: the role's `search_path` plays no part. The bookkeeping is in schema `totes`.")
     lake: Optional[str] = Field(
         None, description="The ingest lake: a directory or `s3://bucket/prefix`. Flag "
         "`--lake`; locally `$TOTES_HOME/lake` when unset.")

@@ -55,8 +55,8 @@ def test_intermediate_versions_and_deletes_reach_the_warehouse_once(cdc_resource
     assert query(resources.warehouse, "SELECT units_sold FROM fact_sales_order_current "
                  "WHERE sales_order_id = :o", o=changed) == [[103]]
     assert reconcile(resources.source, resources.warehouse).equal
-    from totes.local.report import HEADLINES  # the report counts what the source holds
-    counted = dict(query(resources.warehouse, HEADLINES["orders"]))
+    from totes.local.report import HEADLINES, statement  # the report counts what the source holds
+    counted = dict(query(resources.warehouse, statement(HEADLINES["orders"])))
     assert counted["sales"] == snapshot("sales_order").num_rows - 1
 
     third = run_pipeline(resources)  # nothing new: nothing read twice
