@@ -46,7 +46,7 @@ class _Commands(TyperGroup):
         except TotesError as exc:
             code = EXIT_TRANSIENT if exc.retryable else EXIT_TERMINAL
             render.stderr().print(f"[bold red]error:[/] {type(exc).__name__}: "
-                                  f"{escape(str(exc))}")
+                                  f"{escape(str(exc))}", soft_wrap=True)  # one line to grep
             if _state["json"]:
                 print(json.dumps({"error": {**exc.to_dict(), "exit_code": code}}, default=str))
             raise typer.Exit(code) from None

@@ -57,7 +57,7 @@ from totes.ingest.batch_writer import cutoff_bound, read_into
 from totes.utils import postgres_cdc
 from totes.utils.databases import SourceDatabase
 from totes.utils.footers import batch_files, read_footer
-from totes.utils.lake import Lake, parquet_writer
+from totes.utils.lake import Lake, parquet_writer, storage_call
 from totes.utils.ledger import Ledger, LedgerRecord, new_run_id, now, record_json
 from totes.utils.pgoutput import (Begin, Change, Commit, Relation, Truncate, UNCHANGED, Value,
                                   decode)
@@ -285,7 +285,8 @@ class _Capture:
                                 footer=extra)
             conn.run("COMMIT")
             if written is None:  # an empty table: an empty file keeps the copy's state
-                with parquet_writer(staged, inspected.schema) as empty:
+                with storage_call(f"writing the staged copy of {plan.table}"), \
+                        parquet_writer(staged, inspected.schema) as empty:
                     empty.add_key_value_metadata(footer_metadata(None, None, SNAPSHOT_MODE)
                                                  | extra)
             high = written.high if written else None
@@ -457,11 +458,14 @@ class _Capture:
             return
         batch = _versions_batch(table.schema, table.rows, table.plan.table, self.pool)
         table.rows = []
+        doing = f"writing the staged batch of {table.plan.table} for {self.lake.uri}"
         if table.writer is None:
             table.staged = stack.enter_context(self.lake.staging_file())
-            table.writer = parquet_writer(table.staged, batch.schema, memory_pool=self.pool)
-            stack.callback(table.writer.close)
-        table.writer.write_batch(batch)
+            with storage_call(doing):
+                table.writer = parquet_writer(table.staged, batch.schema, memory_pool=self.pool)
+            stack.callback(_close, table.writer, doing)
+        with storage_call(doing):
+            table.writer.write_batch(batch)
         table.written += batch.num_rows
         table.row_groups += 1
         wm = table.plan.watermark_column
@@ -498,7 +502,8 @@ class _Capture:
             table.writer.add_key_value_metadata(
                 footer_metadata(table.high, table.low, STREAM_MODE)
                 | CdcFooter(through_lsn=max(table_through, table.through)).metadata())
-            table.writer.close()
+            _close(table.writer, f"writing the staged batch of {table.plan.table} for "
+                                 f"{self.lake.uri}")
             assert table.last_commit is not None and table.staged is not None  # nosec B101
             moment = table.last_commit.astimezone(timezone.utc).replace(tzinfo=None)
             key = self.lake.next_key(table.plan.table, moment)
@@ -689,3 +694,10 @@ def drop_source(plan: CapturePlan, source: SourceDatabase) -> list[str]:
         for statement in statements:
             session.conn.run(statement)
     return statements
+
+
+def _close(writer, doing: str) -> None:
+    """Close a Parquet ``writer`` (again: a no-op); a disk that fails it raises
+    StorageUnavailable (see :func:`~totes.utils.lake.storage_error`)."""
+    with storage_call(doing):
+        writer.close()

@@ -44,7 +44,7 @@ from totes.contracts.stage_results import IngestResult
 from totes.contracts.watermark import Watermark, footer_metadata, highest
 from totes.ingest.batch_writer import Written, cutoff_bound, read_into, vanished
 from totes.utils.footers import batch_files, read_footer, read_high_watermark
-from totes.utils.lake import Lake, parquet_writer
+from totes.utils.lake import Lake, parquet_writer, storage_call
 from totes.utils.ledger import Ledger, new_run_id, record_json
 from totes.utils.databases import SourceDatabase
 from totes.utils.postgres_copy import MAX_RECORD_BATCH_BYTES, RowLargerThanBlock
@@ -272,7 +272,8 @@ def _publish_commit(lake: Lake, plan: TablePlan, schema: pa.Schema, high: Option
     parts in its footer), which makes the batch visible; returns its key (named after
     ``high``'s moment, else ``moment``)."""
     with lake.staging_file() as staged:
-        with parquet_writer(staged, schema) as commit:
+        with storage_call(f"writing the staged commit file of {plan.table}"), \
+                parquet_writer(staged, schema) as commit:
             commit.add_key_value_metadata(footer_metadata(
                 high, low, plan.mode, plan.backfill_range(), parts=listed))
         key = lake.next_key(plan.table, _key_moment(high, moment))

@@ -21,6 +21,7 @@ from totes.contracts.errors import ConfigError
 from totes.contracts.identifiers import quote_ident
 from totes.contracts.star_schema import TABLES
 from totes.utils import settings
+from totes.utils.lake import storage_call
 from totes.utils.postgres import Database
 
 log = logging.getLogger(__name__)
@@ -303,6 +304,7 @@ def write_report(warehouse: Database, output: str, ledger=None,
     Raises:
         ConfigError: the warehouse has no star schema yet (run ``totes run`` first).
         DatabaseUnavailable / DatabaseRejected: the warehouse could not be reached.
+        StorageUnavailable / LakeError: the file could not be written.
     """
     doing = f"reading the {warehouse.describe()} for the report"
     with warehouse.session("totes-report", doing) as session:
@@ -326,7 +328,8 @@ def write_report(warehouse: Database, output: str, ledger=None,
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
     page, charts = render_html(data, headlines, health, generated)
     path = Path(output)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(page, encoding="utf-8")
+    with storage_call(f"writing the report {path}"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(page, encoding="utf-8")
     log.info("report: %s (%d charts, %d bytes)", path, len(charts), path.stat().st_size)
     return ReportResult(str(path), path.stat().st_size, charts, headlines, reconcile_summary)

@@ -34,7 +34,7 @@ from totes.contracts.star_schema import TABLES
 from totes.rules import dimensions as dims
 from totes.rules.facts import FACT_SOURCES, fact_dates, fact_rows
 from totes.utils.footers import batch_files
-from totes.utils.lake import Lake, key_time, parquet_writer
+from totes.utils.lake import Lake, key_time, parquet_writer, storage_call
 from totes.utils.ledger import ALL_TABLES, Ledger, new_run_id
 from totes.utils.manifests import commit, latest_manifest
 from totes.utils.run_tracking import check_lease, skip_reason, tracked
@@ -64,14 +64,24 @@ class _Outputs:
         if name not in self.writers:
             path = self.stack.enter_context(self.processed.staging_file())
             schema = TABLES[name].arrow_schema() if name in TABLES else rows.schema
-            writer = parquet_writer(path, schema)
-            self.stack.callback(writer.close)
+            with storage_call(self._doing(name)):
+                writer = parquet_writer(path, schema)
+            self.stack.callback(self._close, name, writer)
             self.writers[name] = (path, writer)
         writer = self.writers[name][1]
         if name not in TABLES and rows.schema != writer.schema:
             rows = rows.cast(writer.schema)  # a quarantine file of lake files of two schemas
-        writer.write_table(rows)
+        with storage_call(self._doing(name)):
+            writer.write_table(rows)
         self.rows[name] = self.rows.get(name, 0) + rows.num_rows
+
+    def _doing(self, name: str) -> str:
+        return f"writing the staged {name} file of the processed area {self.processed.uri}"
+
+    def _close(self, name: str, writer: pq.ParquetWriter) -> None:
+        """Close ``writer`` (again: a no-op); a disk that fails it raises StorageUnavailable."""
+        with storage_call(self._doing(name)):
+            writer.close()
 
     def hold(self, table: str, held: Optional[pa.Table]) -> None:
         """Add row versions of source ``table`` that broke a rule to its quarantine file."""
@@ -81,7 +91,7 @@ class _Outputs:
         """Close every file and publish it under its key; returns name → key."""
         keys = {}
         for name, (path, writer) in self.writers.items():
-            writer.close()
+            self._close(name, writer)
             key = self.processed.next_key(name, moment)
             self.processed.publish(path, key)
             keys[name] = key

@@ -113,6 +113,8 @@ def storage_error(exc: BaseException, doing: str) -> BaseException:
         return LakeError(f"{doing}: {code} (check the bucket name and the role's permissions)")
     if isinstance(exc, OSError) and any(c in str(exc) for c in _TERMINAL_S3_CODES):
         return LakeError(f"{doing}: {exc}")
+    if isinstance(exc, OSError) and exc.strerror and exc.filename:
+        return StorageUnavailable(f"{doing}: {exc.strerror} ({exc.filename})")
     if isinstance(exc, OSError) or code is not None or _is_botocore_error(exc):
         return StorageUnavailable(f"{doing}: {exc}")
     return exc
@@ -297,26 +299,36 @@ class Lake:
             self.remove_abandoned_staging()
         if self.is_local:
             folder = os.path.join(self.root, ".staging")
-            os.makedirs(folder, exist_ok=True)
+            with storage_call(f"creating the staging folder {folder}"):
+                os.makedirs(folder, exist_ok=True)
             path = os.path.join(folder, f"{os.getpid()}-{uuid.uuid4().hex}.partial")
             try:
                 yield path
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
+            except BaseException:
+                with contextlib.suppress(OSError):  # the block's own error is the one raised;
+                    os.unlink(path)  # a file left here is removed by the next process's
+                raise  # remove_abandoned_staging
+            with storage_call(f"removing the staging file {path}"), \
+                    contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
         else:
-            folder = tempfile.mkdtemp(prefix=f"{_STAGING_PREFIX}{os.getpid()}-")
+            with storage_call("creating a staging folder in the temporary directory"):
+                folder = tempfile.mkdtemp(prefix=f"{_STAGING_PREFIX}{os.getpid()}-")
             try:
                 yield os.path.join(folder, "object.partial")
             finally:
-                shutil.rmtree(folder, ignore_errors=True)
+                shutil.rmtree(folder, ignore_errors=True)  # or by remove_abandoned_staging
 
     def remove_abandoned_staging(self, older_than: float = STAGING_ABANDONED_AFTER_SECONDS
                                  ) -> list[str]:
         """Remove the staging files (local lake: ``.staging/<pid>-*.partial``) or folders (S3:
         the temporary ``totes-<pid>-*`` folders) of processes that are no longer running, and
         any untouched for ``older_than`` seconds whose process is unknown; returns their
-        paths. A live process's files are never removed."""
+        paths. A live process's files are never removed.
+
+        Raises:
+            StorageUnavailable: a file could not be removed (a read-only or failing disk).
+        """
         import time
 
         limit = time.time() - older_than
@@ -336,10 +348,14 @@ class Lake:
                     continue
                 if owner is None and _last_touched(path) >= limit:
                     continue
-                if os.path.isdir(path):
-                    shutil.rmtree(path)
-                else:
-                    os.unlink(path)
+                with storage_call(f"removing the abandoned staging file {path}"):
+                    try:
+                        if os.path.isdir(path):
+                            shutil.rmtree(path)
+                        else:
+                            os.unlink(path)
+                    except FileNotFoundError:
+                        continue  # another process removed it first
                 removed.append(path)
             except FileNotFoundError:
                 continue  # another process removed it first
@@ -439,8 +455,9 @@ class Lake:
     def put_bytes(self, key: str, data: bytes) -> int:
         """Create a small object (a JSON manifest) under a new ``key``; see :meth:`publish`."""
         with self.staging_file() as staged:
-            with open(staged, "wb") as out:
-                out.write(data)
+            with storage_call(f"writing the staging file of {self.describe(key)}"):
+                with open(staged, "wb") as out:
+                    out.write(data)
             return self.publish(staged, key)
 
     # ---- reading ------------------------------------------------------------------------
