@@ -362,12 +362,31 @@ def _mode(reingest: bool, low: Optional[str], high: Optional[str],
 
 @app.command()
 def transform(lake: Optional[str] = LakeUri, processed: Optional[str] = ProcessedUri,
+              rebuild: Optional[str] = typer.Option(
+                  None, "--rebuild", metavar="KEY",
+                  help="Rebuild one committed batch from the lake instead: KEY is its "
+                  "manifest key or any file of it that an error named (a damaged processed "
+                  "file); the batch keeps its place, the next load takes it"),
               as_json: bool = JsonOutput, verbose: bool = Verbose):
     """Run the transform stage: new lake files into the star schema's processed files."""
     from totes.transform.run import transform as run_transform
 
     progress = _Progress()
     workspace = _workspace(progress, lake=lake, processed=processed)
+    if rebuild is not None:
+        from totes.transform.rebuild import rebuild as rebuild_batch
+
+        with progress.status(f"rebuilding the batch of {rebuild} from the lake…"):
+            rebuilt = rebuild_batch(workspace.lake(), workspace.processed(), rebuild,
+                                    ledger=workspace.ledger(), reason="totes transform --rebuild")
+        if as_json:
+            _print_json(rebuilt.model_dump(mode="json"))
+        else:
+            render.stdout().print(render.rebuild_table(rebuilt))
+            render.stdout().print(f"Rebuilt batch {escape(rebuilt.batch)} from the lake "
+                                  f"({len(rebuilt.replaced)} files, repair "
+                                  f"{escape(rebuilt.repair)}); `totes load` takes it.")
+        return
     with progress.status("transform…"):
         result = run_transform(workspace.lake(), workspace.processed(),
                                ledger=workspace.ledger())

@@ -143,6 +143,25 @@ class TableOutput(_Result):
     rows: int
 
 
+class RebuildResult(_Result):
+    """``totes transform --rebuild``'s output::
+
+        {"batch": "_manifests/2024/11/15/144010123000.json",
+         "repair": "_repairs/2026/12/04/183000000000.json",
+         "replaced": {"fact_sales_order/....parquet": "fact_sales_order/....parquet"},
+         "rows": {"fact_sales_order": 1204, "_state/address": 30}, "seconds": 0.8}
+
+    ``replaced`` maps every file of the batch to its rebuilt file; ``rows`` counts the rows
+    of each rebuilt file (checked equal to the batch's own counts where it recorded them).
+    """
+
+    batch: str
+    repair: str
+    replaced: dict[str, str]
+    rows: dict[str, int]
+    seconds: float
+
+
 class TransformResult(_Result):
     """The transform step's output::
 

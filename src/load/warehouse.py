@@ -37,7 +37,8 @@ from typing import Optional
 import pyarrow as pa
 from pg8000.exceptions import DatabaseError
 
-from totes.contracts.errors import ConfigError, PermissionDenied
+from totes.contracts.errors import ConfigError, LakeError, PermissionDenied
+from totes.contracts.manifest import Manifest, Repair
 from totes.contracts.identifiers import quote_ident
 from totes.contracts.source_tables import SOURCE_TABLES
 from totes.contracts.stage_results import LoadResult, LoadedTable
@@ -47,7 +48,8 @@ from totes.load import held_facts
 from totes.utils import settings
 from totes.utils.lake import Lake
 from totes.utils.ledger import ALL_TABLES, Ledger, new_run_id
-from totes.utils.manifests import latest_manifest, manifests_after, read_manifest
+from totes.utils.manifests import (latest_manifest, manifests_after, read_manifest,
+                                   read_repairs)
 from totes.utils.databases import SourceDatabase
 from totes.utils.postgres import Database
 from totes.utils.postgres_copy import copy_binary_into
@@ -626,8 +628,26 @@ def pending_batches(conn, processed: Lake,
 
 
 def _load_batch(session, conn, processed: Lake, manifest_key: str,
+                totals: dict[str, LoadedTable], held: dict[str, int], schema: str,
+                repairs: list[Repair]) -> None:
+    """Load one batch (its manifest read through ``repairs``).
+
+    Raises:
+        LakeError: a file of the batch is missing or damaged; the message gives the command
+            that rebuilds the batch from the lake.
+    """
+    manifest = read_manifest(processed, manifest_key, repairs)
+    try:
+        _load_files(session, conn, processed, manifest_key, manifest, totals, held, schema)
+    except LakeError as exc:
+        raise LakeError(f"{exc}. The lake still holds the inputs of batch {manifest_key}: "
+                        f"`totes transform --rebuild {manifest_key}` writes its files again, "
+                        "and the next load takes it (docs/runbook.md, \"A damaged processed "
+                        "file\")") from exc
+
+
+def _load_files(session, conn, processed: Lake, manifest_key: str, manifest: Manifest,
                 totals: dict[str, LoadedTable], held: dict[str, int], schema: str) -> None:
-    manifest = read_manifest(processed, manifest_key)
     counts = {}
     for name, table in TABLES.items():
         output = manifest.output(name)
@@ -714,8 +734,9 @@ def _load(processed: Lake, warehouse: Database,
             keys, through = pending_batches(conn, processed, max_batches())
         else:
             keys, through = list(manifest_keys), None
+        repairs = read_repairs(processed) if keys else []
         for manifest_key in keys:
-            _load_batch(session, conn, processed, manifest_key, totals, held, schema)
+            _load_batch(session, conn, processed, manifest_key, totals, held, schema, repairs)
         session.doing = f"releasing held fact rows in the {warehouse.describe()}"
         released = _release_held(conn, totals, schema)
         still_waiting = held_facts.waiting(conn)

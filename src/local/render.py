@@ -104,6 +104,17 @@ def transform_table(result: TransformResult) -> Table:
     return table
 
 
+def rebuild_table(result) -> Table:
+    """``totes transform --rebuild``: each file of the batch, its rebuilt file and rows."""
+    table = Table("file", "rebuilt as", "rows", title=f"rebuild of {result.batch} "
+                  f"({result.seconds:.2f} s)")
+    rows_of = {new: n for name, n in result.rows.items() for new in result.replaced.values()
+               if new.startswith(f"{name}/")}
+    for old, new in result.replaced.items():
+        table.add_row(value(old), value(new), f"{rows_of.get(new, 0):,}")
+    return table
+
+
 def load_table(result: LoadResult) -> Table:
     table = Table("warehouse table", "rows", "inserted", "updated",
                   title=f"load ({len(result.batches)} batches, {result.seconds:.2f} s)")

@@ -26,7 +26,8 @@ from typing import Optional
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from totes.contracts.manifest import Manifest, state_prefix
+from totes.contracts.errors import LakeError
+from totes.contracts.manifest import Manifest, retry_prefix, state_prefix
 from totes.contracts.quarantine import quarantine_prefix
 from totes.contracts.source_tables import REFERENCE_TABLES, SOURCE_TABLES
 from totes.contracts.stage_results import TableOutput, TransformResult
@@ -119,7 +120,7 @@ def merge_reference_state(processed: Lake, previous: Optional[Manifest],
     state_keys = previous.state if previous is not None else {}
     state: dict[str, Optional[pa.Table]] = {}
     for table, key in REFERENCE_TABLES.items():
-        old = processed.read_table(state_keys[table]) if table in state_keys else None
+        old = _read_state(processed, state_keys[table]) if table in state_keys else None
         if table not in new:
             state[table] = old
             continue
@@ -128,6 +129,21 @@ def merge_reference_state(processed: Lake, previous: Optional[Manifest],
                                            key)
         outputs.write(state_prefix(table), state[table])
     return state
+
+
+def _read_state(processed: Lake, key: str) -> pa.Table:
+    """The reference state file ``key`` of the last batch.
+
+    Raises:
+        LakeError: it is missing or damaged; the message gives the command that rebuilds
+            the batch that wrote it.
+    """
+    try:
+        return processed.read_table(key)
+    except LakeError as exc:
+        raise LakeError(f"{exc}. It is the reference state of the last batch: `totes "
+                        f"transform --rebuild {key}` rebuilds the batch that wrote it from "
+                        "the lake (docs/runbook.md, \"A damaged processed file\")") from exc
 
 
 def write_facts(lake: Lake, new_keys: dict[str, list[str]], outputs: _Outputs,
@@ -153,6 +169,38 @@ def write_facts(lake: Lake, new_keys: dict[str, list[str]], outputs: _Outputs,
 def _chain(*iterables):
     for iterable in iterables:
         yield from iterable
+
+
+def build_batch(lake: Lake, processed: Lake, previous: Optional[Manifest],
+                new_keys: dict[str, list[str]], retry: dict[str, pa.Table],
+                moment: datetime) -> tuple[dict[str, str], dict[str, int]]:
+    """Write and publish the files of one batch: the lake files ``new_keys`` (per source
+    table, oldest first) and the quarantined row versions ``retry`` put through the rules,
+    with the reference state of ``previous`` (the batch before; None for the first). Returns
+    (file name → published key, file name → rows); a name is a warehouse table,
+    ``_state/<table>``, ``_quarantine/<table>`` or ``_retry/<table>``. The same inputs give
+    the same files: what :mod:`totes.transform.rebuild` relies on.
+
+    Raises:
+        LakeError / StorageUnavailable: a file could not be read or written.
+        LeaseLost: the transform lease was lost before the files were published.
+    """
+    with contextlib.ExitStack() as stack:
+        outputs = _Outputs(processed, stack)
+        for table in SOURCE_TABLES:  # the batch's own record of what it retried
+            outputs.write(retry_prefix(table), retry.get(table))
+        new = {t: _read_all(lake, new_keys.get(t, []), retry.get(t)) for t in SOURCE_TABLES
+               if (t in new_keys or t in retry) and t not in FACT_SOURCES}
+        state = merge_reference_state(processed, previous, new, outputs)
+        for rule, checked in dims.dimension_rows(dims.BatchInputs(new, state)):
+            if checked is not None:
+                outputs.write(rule.table, checked.rows)
+                outputs.hold(rule.sources[0], checked.held)
+        dates = write_facts(lake, new_keys, outputs, retry)
+        if len(dates):
+            outputs.write("dim_date", dims.dim_date(dates))
+        check_lease()
+        return outputs.publish(moment), dict(outputs.rows)
 
 
 def transform(lake: Lake, processed: Lake, retry: Optional[dict[str, pa.Table]] = None,
@@ -200,25 +248,10 @@ def _transform(lake: Lake, processed: Lake,
                                seconds=round(time.monotonic() - started, 3))
     moment = max([key_time(keys[-1]) for keys in new_keys.values()]
                  + ([datetime.fromisoformat(previous.batch_time)] if previous else []))
-
-    with contextlib.ExitStack() as stack:
-        outputs = _Outputs(processed, stack)
-        new = {t: _read_all(lake, new_keys.get(t, []), retry.get(t)) for t in SOURCE_TABLES
-               if (t in new_keys or t in retry) and t not in FACT_SOURCES}
-        state = merge_reference_state(processed, previous, new, outputs)
-        for rule, checked in dims.dimension_rows(dims.BatchInputs(new, state)):
-            if checked is not None:
-                outputs.write(rule.table, checked.rows)
-                outputs.hold(rule.sources[0], checked.held)
-        dates = write_facts(lake, new_keys, outputs, retry)
-        if len(dates):
-            outputs.write("dim_date", dims.dim_date(dates))
-        check_lease()
-        published = outputs.publish(moment)
-
-    tables = [TableOutput(table=name, key=published[name], rows=outputs.rows[name])
+    published, rows = build_batch(lake, processed, previous, new_keys, retry, moment)
+    tables = [TableOutput(table=name, key=published[name], rows=rows[name])
               for name in TABLES if name in published]
-    quarantined = {t: outputs.rows[quarantine_prefix(t)] for t in SOURCE_TABLES
+    quarantined = {t: rows[quarantine_prefix(t)] for t in SOURCE_TABLES
                    if quarantine_prefix(t) in published}
     manifest = Manifest(
         batch_time=moment.isoformat(sep=" ", timespec="microseconds"),
@@ -229,7 +262,9 @@ def _transform(lake: Lake, processed: Lake,
                   if state_prefix(t) in published}},
         source_files=new_keys, outputs=tables, quarantined=quarantined,
         quarantine=(previous.quarantine if previous else [])
-        + [published[quarantine_prefix(t)] for t in quarantined])
+        + [published[quarantine_prefix(t)] for t in quarantined],
+        retried={t: published[retry_prefix(t)] for t in SOURCE_TABLES
+                 if retry_prefix(t) in published})
     check_lease()  # the manifest makes the batch visible: only while the lease is ours
     manifest_key = commit(processed, manifest, moment)
     source_files = sum(map(len, new_keys.values()))

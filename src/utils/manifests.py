@@ -5,19 +5,33 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Optional
 
+from pydantic import ValidationError
+
 from totes.contracts.errors import LakeError
-from totes.contracts.manifest import (MANIFESTS, MANIFEST_EXT, Manifest, check_manifest_key,
-                                      parse_manifest)
+from totes.contracts.manifest import (MANIFESTS, MANIFEST_EXT, REPAIRS, Manifest, Repair,
+                                      check_manifest_key, parse_manifest, repaired)
 from totes.utils.lake import Lake
 
 
-def read_manifest(processed: Lake, key: str) -> Manifest:
-    """The manifest at ``key``.
+def read_manifest(processed: Lake, key: str,
+                  repairs: Optional[list[Repair]] = None) -> Manifest:
+    """The manifest at ``key``, read through the repairs of the processed area (``repairs``
+    when the caller read them already, see :func:`read_repairs`).
 
     Raises:
         ConfigError: ``key`` is not a manifest key (``_manifests/YYYY/MM/DD/HHMMSSffffff.json``).
         LakeError: the manifest is missing, is not JSON, or lacks a field.
         StorageUnavailable: the processed area could not be read (retry).
+    """
+    manifest = read_raw_manifest(processed, key)
+    return repaired(manifest, read_repairs(processed) if repairs is None else repairs)
+
+
+def read_raw_manifest(processed: Lake, key: str) -> Manifest:
+    """The manifest at ``key`` as it was committed (no repair applied).
+
+    Raises:
+        ConfigError / LakeError / StorageUnavailable: as :func:`read_manifest`.
     """
     check_manifest_key(key)
     try:
@@ -30,9 +44,39 @@ def read_manifest(processed: Lake, key: str) -> Manifest:
 
 
 def latest_manifest(processed: Lake) -> tuple[Optional[str], Optional[Manifest]]:
-    """The newest committed manifest's key and content; ``(None, None)`` before the first."""
+    """The newest committed manifest's key and content (repaired, see
+    :func:`read_manifest`); ``(None, None)`` before the first."""
     key = processed.newest_key(MANIFESTS, MANIFEST_EXT)
     return (None, None) if key is None else (key, read_manifest(processed, key))
+
+
+def read_repairs(processed: Lake) -> list[Repair]:
+    """Every repair record of the processed area (``_repairs/``), oldest first: a listing
+    that finds nothing where no batch was ever rebuilt.
+
+    Raises:
+        LakeError: a repair record is not one.
+        StorageUnavailable: the processed area could not be read (retry).
+    """
+    repairs = []
+    for key in processed.keys_after(REPAIRS, None, MANIFEST_EXT):
+        try:
+            repairs.append(Repair.model_validate_json(processed.read_bytes(key)))
+        except ValidationError as exc:
+            raise LakeError(f"{processed.describe(key)} is not a repair record: "
+                            f"{exc.errors()[0]['msg'].lower()}") from None
+    return repairs
+
+
+def record_repair(processed: Lake, repair: Repair, moment: datetime) -> str:
+    """Create the repair record ``repair`` (its key named after ``moment``); returns its key.
+
+    Raises:
+        LakeError / StorageUnavailable: as :func:`commit`.
+    """
+    key = processed.next_key(REPAIRS, moment, MANIFEST_EXT)
+    processed.put_bytes(key, repair.model_dump_json(indent=1).encode())
+    return key
 
 
 def manifests_after(processed: Lake, after: Optional[str]) -> list[str]:
