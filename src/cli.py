@@ -24,6 +24,7 @@ from typer.core import TyperGroup
 
 from totes.contracts.config import Mode
 from totes.contracts.errors import ConfigError, TotesError
+from totes.contracts.stage_results import counted
 from totes.local import render
 from totes.local.embedded import EmbeddedPostgres
 from totes.local.workspace import Workspace, home_dir
@@ -214,9 +215,9 @@ def run(source_url: Optional[str] = SourceUrl, warehouse_url: Optional[str] = Wa
     with progress.status("Looking at the source…"):
         counts = workspace.seed_embedded_if_empty()
     if counts is not None:
-        progress.line(f"Seeded the embedded source: "
-                      f"{sum(c['inserted'] for c in counts.values()):,} rows in "
-                      f"{len(counts)} tables")
+        seeded = counted(sum(c['inserted'] for c in counts.values()), "row")
+        progress.line(f"Seeded the embedded source: {seeded} in "
+                      f"{counted(len(counts), 'table')}")
     resources = workspace.resources()
     following = {"plan": "ingest", "ingest": "transform", "transform": "load",
                  "load": "reconcile"}
@@ -384,7 +385,7 @@ def transform(lake: Optional[str] = LakeUri, processed: Optional[str] = Processe
         else:
             render.stdout().print(render.rebuild_table(rebuilt))
             render.stdout().print(f"Rebuilt batch {escape(rebuilt.batch)} from the lake "
-                                  f"({len(rebuilt.replaced)} files, repair "
+                                  f"({counted(len(rebuilt.replaced), 'file')}, repair "
                                   f"{escape(rebuilt.repair)}); `totes load` takes it.")
         return
     with progress.status("transform…"):
@@ -529,7 +530,9 @@ def status(source_url: Optional[str] = SourceUrl, warehouse_url: Optional[str] =
            check_source: bool = typer.Option(True, "--source/--no-source",
                                              help="Read the source's newest rows for the lag"),
            as_json: bool = JsonOutput, verbose: bool = Verbose):
-    """Per table: mode, last success, lag behind the source, pending work, last failure."""
+    """Per table: mode, last success, lag behind the source, pending work, last failure.
+    Exit 0; 75 (a retry may help) or 1 when the source, the slot or the warehouse could not
+    be read (the rest is still shown)."""
     from totes.local.status import pipeline_status
 
     progress = _Progress()
@@ -540,10 +543,16 @@ def status(source_url: Optional[str] = SourceUrl, warehouse_url: Optional[str] =
                              workspace.processed(), workspace.database("warehouse"),
                              workspace.database("source") if check_source else None)
     if as_json:
-        return _print_json(result.model_dump(mode="json"))
-    render.stdout().print(render.status_table(result))
-    for note in result.notes:
-        progress.console.print(f"[yellow]{escape(note)}[/]")
+        _print_json(result.model_dump(mode="json"))
+    else:
+        render.stdout().print(render.status_table(result))
+        for note in result.notes:
+            progress.console.print(f"[yellow]{escape(note)}[/]")
+    if result.unreadable:  # the status is incomplete: a script must not read it as healthy
+        if not as_json:
+            progress.console.print(f"[bold red]status incomplete:[/] not read: "
+                                   f"{escape(', '.join(result.unreadable))}")
+        raise typer.Exit(EXIT_TRANSIENT if result.retryable else EXIT_TERMINAL)
 
 
 @app.command()
@@ -598,8 +607,8 @@ def replay(start: str = typer.Option(..., "--from", help="Seed the source as of 
                           render.replay_row(table, moment, result)))
     console = render.stdout()
     console.print(table)
-    console.print(f"{len(runs)} runs replayed. Lake {resources.lake.uri}, processed area "
-                  f"{resources.processed.uri}.")
+    console.print(f"{counted(len(runs), 'run')} replayed. Lake {resources.lake.uri}, "
+                  f"processed area {resources.processed.uri}.")
     console.print(f"Query the replay's warehouse with: [bold]psql "
                   f"\"{_url_of(resources.warehouse)}\"[/]", soft_wrap=True)
 

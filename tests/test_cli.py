@@ -41,7 +41,7 @@ def test_run_on_the_embedded_default_seeds_loads_then_finds_nothing_new(home):
 
     second = runner.invoke(app, ["run"], catch_exceptions=False)
     assert second.exit_code == 0, second.output
-    assert "nothing new in the source" in second.output
+    assert "nothing new in the source; the warehouse was up to date." in second.output
     assert "Seeded" not in second.output
     assert len(list((home / "lake").rglob("*.parquet"))) == 11
 
@@ -173,7 +173,7 @@ def test_a_run_that_quarantines_rows_exits_65_and_totes_quarantine_lists_them(ho
 
     held = runner.invoke(app, ["run"])
     assert held.exit_code == 65, held.output
-    assert "Quarantined 1 row versions that break a rule (sales_order 1)" in held.stderr
+    assert "Quarantined 1 row version that breaks a rule (sales_order 1)" in held.stderr
     listing = runner.invoke(app, ["quarantine", "--json"])
     assert listing.exit_code == 0
     report = json.loads(listing.stdout)
@@ -183,7 +183,7 @@ def test_a_run_that_quarantines_rows_exits_65_and_totes_quarantine_lists_them(ho
                                                "YYYY-MM-DD date")
     assert runner.invoke(app, ["run"]).exit_code == 0  # held, but nothing new set aside
     retried = runner.invoke(app, ["quarantine", "--retry"])
-    assert retried.exit_code == 65 and "1 row versions still break a rule" in retried.stderr
+    assert retried.exit_code == 65 and "1 row version still breaks a rule" in retried.stderr
 
 
 def test_status_and_history_after_runs_a_failure_and_a_backfill(home):

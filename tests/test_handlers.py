@@ -283,7 +283,7 @@ def test_reconcile_after_a_load_agrees_and_a_tampered_value_is_alerted(lambda_en
     lines = alert["message"].splitlines()
     assert lines[0].startswith("The totes pipeline (test) loaded its batch, but the warehouse "
                                "disagrees with the source: 2 differences (fact_payment 1; "
-                               "1 sums differ)")
+                               "1 sum differs)")
     assert (f"  - fact_payment payment_id=2 payment_amount: value differs (source {before}, "
             "warehouse 1.00)") in lines
     assert any(line.startswith("  - fact_payment.payment_amount in ") for line in lines)

@@ -16,6 +16,13 @@ from totes.contracts.config import CapturePlan, TablePlan
 from totes.contracts.watermark import Watermark
 
 
+def counted(count: int, noun: str, plural: Optional[str] = None) -> str:
+    """``1 row version``, ``2 row versions``, ``48,066 rows``: a count with its noun in the
+    number it takes (``plural`` when adding an s is wrong: ``counted(2, "batch",
+    "batches")``)."""
+    return f"{count:,} {noun if count == 1 else plural or noun + 's'}"
+
+
 class _Result(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -274,20 +281,30 @@ class ReconcileResult(_Result):
 
     def summary(self) -> str:
         """One line: ``reconcile: source and warehouse agree (11 tables, 48,066 rows; 2
-        pending)`` or ``reconcile: 3 differences (fact_payment 1, dim_staff 1, …)``."""
-        pending = sum(t.pending for t in self.tables)
-        waiting = f"; {pending:,} pending" if pending else ""
-        scoped = [t.scoped_keys for t in self.tables if t.scoped_keys is not None]
-        if scoped:
-            waiting += f"; facts on the {sum(scoped):,} ids the load brought"
+        pending)`` or ``reconcile: 3 differences (fact_payment 1, dim_staff 1, …)``, with
+        the rows pending, held and quarantined; after a load, the ids each fact was
+        compared on (``facts on the ids the load brought: fact_sales_order all (too many to
+        scope), fact_purchase_order 0, fact_payment 12``)."""
+        waiting = "".join(
+            f"; {n:,} {what}" for what, n in (
+                ("pending", sum(t.pending for t in self.tables)),
+                ("held", sum(t.held for t in self.tables)),
+                ("quarantined", sum(t.quarantined for t in self.tables))) if n)
+        facts = [t for t in self.tables if t.table.startswith("fact_")]
+        if any(t.scoped_keys is not None for t in facts):
+            waiting += "; facts on the ids the load brought: " + ", ".join(
+                f"{t.table} all (too many to scope)" if t.scoped_keys is None else
+                f"{t.table} {t.scoped_keys:,}" for t in facts)
         if self.equal:
-            rows = sum(t.source_rows for t in self.tables)
-            return (f"reconcile: source and warehouse agree ({len(self.tables)} tables, "
-                    f"{rows:,} rows{waiting})")
-        where = ", ".join(f"{t.table} {t.differences}" for t in self.tables if t.differences)
+            tables = counted(len(self.tables), "table")
+            rows = counted(sum(t.source_rows for t in self.tables), "row")
+            return f"reconcile: source and warehouse agree ({tables}, {rows}{waiting})"
+        where = ", ".join(f"{t.table} {t.differences:,}" for t in self.tables if t.differences)
         sums = sum(1 for s in self.sums if not s.equal)
-        return (f"reconcile: {self.differences} differences ({where}"
-                f"{f'; {sums} sums differ' if sums else ''}){waiting}")
+        differ = f"; {counted(sums, 'sum')} {'differs' if sums == 1 else 'differ'}" \
+            if sums else ""
+        return (f"reconcile: {counted(self.differences, 'difference')} ({where}{differ})"
+                f"{waiting}")
 
 
 class RunResult(_Result):

@@ -41,7 +41,7 @@ from totes.contracts.errors import ConfigError, LakeError, PermissionDenied
 from totes.contracts.manifest import Manifest, Repair
 from totes.contracts.identifiers import quote_ident
 from totes.contracts.source_tables import SOURCE_TABLES
-from totes.contracts.stage_results import LoadResult, LoadedTable
+from totes.contracts.stage_results import LoadResult, LoadedTable, counted
 from totes.contracts.quarantine import VERSION_COLUMN, quarantine_prefix
 from totes.contracts.star_schema import SOURCE_LSN, TABLES, TIME, WarehouseTable
 from totes.load import held_facts
@@ -745,9 +745,10 @@ def _load(processed: Lake, warehouse: Database,
         check_lease()
         conn.run("COMMIT")
     if held:
-        log.warning("held %d fact rows whose dimension rows are missing: %s",
-                    sum(held.values()), ", ".join(f"{t} {n}" for t, n in held.items()))
-    log.info("loaded %d batches", len(keys))
+        log.warning("held %s whose dimension rows are missing: %s",
+                    counted(sum(held.values()), "fact row"),
+                    ", ".join(f"{t} {n:,}" for t, n in held.items()))
+    log.info("loaded %s", counted(len(keys), "batch", "batches"))
     return LoadResult(batches=keys, tables=[totals[n] for n in TABLES if n in totals],
                       held=held, held_rows=sum(held.values()), released=released,
                       waiting=still_waiting, seconds=round(time.monotonic() - started, 3))

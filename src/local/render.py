@@ -15,7 +15,8 @@ from rich.text import Text
 
 from typing import Optional
 
-from totes.contracts.stage_results import IngestResult, LoadResult, RunResult, TransformResult
+from totes.contracts.stage_results import (IngestResult, LoadResult, RunResult,
+                                           TransformResult, counted)
 
 #: Width of tables when standard output is not a terminal (a pipe, a file, a CI log), so
 #: that they do not wrap at Rich's default of 80 columns.
@@ -78,7 +79,7 @@ def ingest_table(results: list[IngestResult]) -> Table:
         note = f"skipped: {r.skipped}" if r.skipped else \
             f"stopped: {r.stopped}" if r.stopped else \
             f"range [{r.range['from']}, {r.range['to']})" if r.range else \
-            f"{r.vanished_rows:,} rows gone from the source" if r.vanished_rows else \
+            f"{counted(r.vanished_rows, 'row')} gone from the source" if r.vanished_rows else \
             _changes(r) if r.changes is not None else ""
         table.add_row(r.table, r.mode, f"{r.rows:,}", "1" if r.key else "0",
                       f"{r.seconds:.2f}", _mark(high.model_dump()) if high else "-", note)
@@ -126,9 +127,23 @@ def load_table(result: LoadResult) -> Table:
 
 
 def run_summary(result: RunResult) -> str:
+    """``Run finished in 2.1 s: 12 new row versions from the source; 1 batch loaded (14 rows
+    inserted, 2 updated).`` Each figure says what moved: a run that found nothing new in the
+    source but loaded pending batches (a fresh warehouse) says so."""
     moved = sum(r.rows for r in result.ingest)
-    return (f"Run finished in {result.seconds:.1f} s: "
-            + (f"{moved:,} new row versions." if moved else "nothing new in the source."))
+    source = f"{counted(moved, 'new row version')} from the source" if moved else \
+        "nothing new in the source"
+    load = result.load
+    inserted = sum(t.inserted for t in load.tables)
+    updated = sum(t.updated for t in load.tables)
+    if load.batches:
+        warehouse = (f"{counted(len(load.batches), 'batch', 'batches')} loaded "
+                     f"({counted(inserted, 'row')} inserted, {updated:,} updated)")
+    elif inserted:  # released held rows only
+        warehouse = f"{counted(inserted, 'held row')} released into the warehouse"
+    else:
+        warehouse = "the warehouse was up to date" if not moved else "nothing loaded"
+    return f"Run finished in {result.seconds:.1f} s: {source}; {warehouse}."
 
 
 def replay_table(title: str) -> Table:
@@ -177,12 +192,14 @@ def held_back(transform: Optional[TransformResult], load: Optional[LoadResult]) 
     lines = []
     if transform is not None and transform.quarantined_rows:
         detail = ", ".join(f"{t} {n:,}" for t, n in transform.quarantined.items())
-        lines.append(f"Quarantined {transform.quarantined_rows:,} row versions that break a "
-                     f"rule ({detail}); the rest of the batch landed. See: totes quarantine")
+        verb = "breaks" if transform.quarantined_rows == 1 else "break"
+        lines.append(f"Quarantined {counted(transform.quarantined_rows, 'row version')} that "
+                     f"{verb} a rule ({detail}); the rest of the batch landed. See: totes "
+                     "quarantine")
     if load is not None and load.held_rows:
         detail = ", ".join(f"{t} {n:,}" for t, n in load.held.items())
-        lines.append(f"Held {load.held_rows:,} fact rows whose dimension row is missing "
-                     f"({detail}); the next load inserts them once it arrives.")
+        lines.append(f"Held {counted(load.held_rows, 'fact row')} whose dimension row is "
+                     f"missing ({detail}); the next load inserts them once it arrives.")
     if transform is not None and transform.skipped:
         lines.append(f"Transform skipped: {transform.skipped}; the next run takes its work.")
     if load is not None and load.skipped:
@@ -198,8 +215,10 @@ def retried(transform: TransformResult, load: LoadResult) -> list[str]:
     if transform.manifest is None:
         return ["Nothing was held in quarantine to retry."] + held_back(None, load)
     passed = sum(t.rows for t in transform.tables)
-    return [f"Retried the quarantine in batch {transform.manifest}: {passed:,} rows written, "
-            f"{transform.quarantined_rows:,} row versions still break a rule."] \
+    still = counted(transform.quarantined_rows, "row version")
+    return [f"Retried the quarantine in batch {transform.manifest}: "
+            f"{counted(passed, 'row')} written, {still} still "
+            f"{'breaks' if transform.quarantined_rows == 1 else 'break'} a rule."] \
         + held_back(None, load)
 
 

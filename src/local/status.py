@@ -74,6 +74,11 @@ class PipelineStatus(BaseModel):
     last_transform: Optional[LedgerRecord] = None
     last_load: Optional[LedgerRecord] = None
     notes: list[str] = []
+    #: What could not be read (``source``, ``slot``, ``warehouse``) → the error's type; the
+    #: command then exits 75 (all of them transient) or 1, after showing the rest.
+    unreadable: dict[str, str] = {}
+    #: Whether every unreadable part failed for a reason a retry can fix.
+    retryable: bool = True
 
 
 def _source_newest(source: SourceDatabase, plan) -> Optional[object]:
@@ -103,12 +108,14 @@ def pipeline_status(config: PipelineConfig, ledger: Ledger, lake: Lake, processe
                     warehouse: Optional[Database], source: Optional[SourceDatabase]
                     ) -> PipelineStatus:
     """Where the pipeline stands. A source or warehouse that cannot be reached leaves its
-    columns empty, with a note (status never fails for them).
+    columns empty, with a note, and is listed in ``unreadable`` (status still shows the
+    rest; the command's exit code says that a part is missing).
 
     Raises:
         LakeError / StorageUnavailable: the lake or processed area could not be read.
     """
     notes = []
+    failed: dict[str, TotesError] = {}
     _, manifest = latest_manifest(processed)
     taken = manifest.lake if manifest else {}
     tables = []
@@ -131,6 +138,7 @@ def pipeline_status(config: PipelineConfig, ledger: Ledger, lake: Lake, processe
                 status.lag, status.lag_unit = _lag(newest, high)
             except TotesError as exc:
                 notes.append(f"source not read for {plan.table}: {exc}")
+                failed["source"] = exc
                 source = None  # one note, not one per table
         tables.append(status)
     slot = None
@@ -139,15 +147,19 @@ def pipeline_status(config: PipelineConfig, ledger: Ledger, lake: Lake, processe
             slot = slot_status(config, source, lake)
         except TotesError as exc:
             notes.append(f"replication slot {config.cdc.slot} not read: {exc}")
+            failed["slot"] = exc
     pending = None
     if warehouse is not None:
         try:
             pending = unloaded_batches(processed, warehouse)
         except TotesError as exc:
             notes.append(f"warehouse not read: {exc}")
+            failed["warehouse"] = exc
     return PipelineStatus(tables=tables, slot=slot, pending_batches=pending,
                           last_transform=ledger.last("transform", ALL_TABLES),
-                          last_load=ledger.last("load", ALL_TABLES), notes=notes)
+                          last_load=ledger.last("load", ALL_TABLES), notes=notes,
+                          unreadable={part: type(exc).__name__ for part, exc in failed.items()},
+                          retryable=all(exc.retryable for exc in failed.values()))
 
 
 def slot_status(config: PipelineConfig, source: SourceDatabase, lake: Lake) -> SlotStatus:

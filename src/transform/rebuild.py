@@ -22,7 +22,7 @@ from totes.contracts.manifest import (MANIFESTS, MANIFEST_EXT, Manifest, Repair,
                                       check_manifest_key, retry_prefix, state_prefix)
 from totes.contracts.quarantine import QUARANTINE, quarantine_prefix
 from totes.contracts.source_tables import REFERENCE_TABLES, SOURCE_TABLES
-from totes.contracts.stage_results import RebuildResult
+from totes.contracts.stage_results import RebuildResult, counted
 from totes.contracts.star_schema import TABLES
 from totes.transform.run import build_batch
 from totes.utils.lake import Lake
@@ -100,8 +100,8 @@ def _rebuild(lake: Lake, processed: Lake, batch: str, reason: str) -> RebuildRes
     repair = Repair(batch=batch, replaced=replaced, reason=reason,
                     rebuilt_at=now().isoformat(sep=" ", timespec="microseconds"))
     repair_key = record_repair(processed, repair, now().replace(tzinfo=None))
-    log.warning("rebuilt batch %s from the lake: %d files replaced (%s)", batch, len(replaced),
-                repair_key)
+    log.warning("rebuilt batch %s from the lake: %s replaced (%s)", batch,
+                counted(len(replaced), "file"), repair_key)
     return RebuildResult(batch=batch, repair=repair_key, replaced=replaced,
                          rows={name: rows[name] for name in published},
                          seconds=round(time.monotonic() - started, 3))

@@ -30,7 +30,7 @@ from totes.contracts.errors import LakeError
 from totes.contracts.manifest import Manifest, retry_prefix, state_prefix
 from totes.contracts.quarantine import quarantine_prefix
 from totes.contracts.source_tables import REFERENCE_TABLES, SOURCE_TABLES
-from totes.contracts.stage_results import TableOutput, TransformResult
+from totes.contracts.stage_results import TableOutput, TransformResult, counted
 from totes.contracts.star_schema import TABLES
 from totes.rules import dimensions as dims
 from totes.rules.facts import FACT_SOURCES, fact_dates, fact_rows
@@ -269,10 +269,10 @@ def _transform(lake: Lake, processed: Lake,
     manifest_key = commit(processed, manifest, moment)
     source_files = sum(map(len, new_keys.values()))
     if quarantined:
-        log.warning("batch %s held %d row versions in quarantine: %s", manifest_key,
-                    sum(quarantined.values()), ", ".join(f"{t} {n}" for t, n in
-                                                         quarantined.items()))
-    log.info("transformed %d lake files into %s", source_files, manifest_key)
+        log.warning("batch %s held %s in quarantine: %s", manifest_key,
+                    counted(sum(quarantined.values()), "row version"),
+                    ", ".join(f"{t} {n:,}" for t, n in quarantined.items()))
+    log.info("transformed %s into %s", counted(source_files, "lake file"), manifest_key)
     return TransformResult(manifest=manifest_key, source_files=source_files, tables=tables,
                            quarantined=quarantined, quarantined_rows=sum(quarantined.values()),
                            seconds=round(time.monotonic() - started, 3))
