@@ -106,7 +106,8 @@ def unreadable(violations: Violations) -> None:
     """Record the rows of ``violations.rows`` that hold a value the lake's type could not
     hold (:data:`totes.contracts.quarantine.UNREADABLE`): rule ``unreadable``, the column
     and the value as the source wrote it (``sales_order row sales_order_id=20: unit_price
-    'NaN' cannot be held by numeric(10,2) in the lake``, the first such column of a row)."""
+    'NaN' cannot be held by the lake's type for the column (kept as text)``; the first such
+    column of a row)."""
     rows = violations.rows
     if UNREADABLE not in rows.schema.names:
         return
