@@ -23,8 +23,9 @@ from rich.markup import escape
 from typer.core import TyperGroup
 
 from totes.contracts.config import Mode
-from totes.contracts.errors import ConfigError, TotesError
+from totes.contracts.errors import ConfigError, TotesError, unknown_names
 from totes.contracts.stage_results import counted
+from totes.utils.ledger import ALL_TABLES, STAGES
 from totes.local import render
 from totes.local.embedded import EmbeddedPostgres
 from totes.local.workspace import Workspace, home_dir
@@ -36,10 +37,32 @@ EXIT_ROWS_HELD = 65
 _state = {"verbose": False, "json": False}
 
 
+def _honest_metavars(params: list) -> list:
+    """``params`` with no value type shown for a flag, ``NAME...`` for a repeatable option."""
+    for param in params:
+        if getattr(param, "is_flag", False):
+            param.metavar = ""
+        elif getattr(param, "multiple", False) and param.metavar is None:
+            param.metavar = f"{(param.name or 'value').upper()}..."
+    return params
+
+
 class _Commands(TyperGroup):
     """The dispatcher of every command: a pipeline error raised by any of them is handled
     here, once (as dlt's CLI does at its dispatcher): one red line on standard error (with
     ``--json`` also a JSON document on standard output) and the exit code its type gives."""
+
+    def get_command(self, ctx, cmd_name):
+        """The command, its help made honest: a flag shows no value type (Typer prints
+        ``--json <bool>``, though ``--json true`` is an error), a repeatable option shows
+        ``TABLE...`` rather than ``<list[str]>``."""
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            _honest_metavars(command.get_params(ctx))
+        return command
+
+    def get_params(self, ctx):
+        return _honest_metavars(super().get_params(ctx))
 
     def invoke(self, ctx):  # typer's own (vendored) click.Context
         try:
@@ -54,12 +77,15 @@ class _Commands(TyperGroup):
 
 
 app = typer.Typer(cls=_Commands, add_completion=False, no_args_is_help=True,
+                  rich_markup_mode="markdown",
                   pretty_exceptions_enable=False,
                   help="Incremental ETL of the ToteSys database into a star-schema warehouse.")
-embedded_app = typer.Typer(no_args_is_help=True, help="The embedded PostgreSQL server.")
+embedded_app = typer.Typer(cls=_Commands, no_args_is_help=True, rich_markup_mode="markdown",
+                           help="The embedded PostgreSQL server.")
 app.add_typer(embedded_app, name="embedded")
-cdc_app = typer.Typer(no_args_is_help=True, help="Change data capture (tables whose "
-                      "extract_type is cdc): the source's publication and slot.")
+cdc_app = typer.Typer(cls=_Commands, no_args_is_help=True, rich_markup_mode="markdown",
+                      help="Change data capture (tables whose extract_type is cdc): the "
+                      "source's publication and slot.")
 app.add_typer(cdc_app, name="cdc")
 
 
@@ -211,7 +237,10 @@ def run(source_url: Optional[str] = SourceUrl, warehouse_url: Optional[str] = Wa
     progress = _Progress()
     workspace = _workspace(progress, source_url=source_url, warehouse_url=warehouse_url,
                            lake=lake, processed=processed, config=config)
-    workspace.config()  # a bad configuration fails before any server starts
+    configured = workspace.config().tables  # a bad configuration fails before any server
+    unknown = [t for t in table or () if t not in configured]  # starts, a bad --table too
+    if unknown:
+        raise unknown_names("table", unknown, configured, f"in {workspace.config_path}")
     with progress.status("Looking at the source…"):
         counts = workspace.seed_embedded_if_empty()
     if counts is not None:
@@ -228,7 +257,7 @@ def run(source_url: Optional[str] = SourceUrl, warehouse_url: Optional[str] = Wa
                 status.update(f"{following[stage]}…")
 
         result = run_pipeline(resources, on_stage, lambda r: progress.line(
-            f"  ingested {r.table}: {r.rows:,} rows"), tables=table or None,
+            f"  ingested {r.table}: {counted(r.rows, 'row')}"), tables=table or None,
             reconcile=check)
     if as_json:
         _print_json(result.model_dump(mode="json"))
@@ -256,17 +285,40 @@ def _exit_if_held(newly_held: int) -> None:
 
 
 @app.command()
+def check(source_url: Optional[str] = SourceUrl, warehouse_url: Optional[str] = WarehouseUrl,
+          lake: Optional[str] = LakeUri, processed: Optional[str] = ProcessedUri,
+          config: Optional[str] = ConfigFile, as_json: bool = JsonOutput,
+          verbose: bool = Verbose):
+    """Check everything a run needs: the configuration, the source (tables, columns,
+    privileges, change data capture), the warehouse (privileges, schema), the lake, the
+    processed area and the ledger; each says ok or what to fix. Exit 0 when all pass; 75
+    when only a server or store did not answer; 1 otherwise."""
+    from totes.local.check import check_everything
+
+    progress = _Progress()
+    workspace = _workspace(progress, source_url=source_url, warehouse_url=warehouse_url,
+                           lake=lake, processed=processed, config=config)
+    with progress.status("Checking…"):
+        result = check_everything(workspace)
+    if as_json:
+        _print_json(result.model_dump(mode="json"))
+    else:
+        render.stdout().print(render.check_table(result))
+    if not result.ok:
+        raise typer.Exit(EXIT_TRANSIENT if result.retryable else EXIT_TERMINAL)
+
+
+@app.command()
 def plan(source_url: Optional[str] = SourceUrl, warehouse_url: Optional[str] = WarehouseUrl,
          config: Optional[str] = ConfigFile,
          check_source: bool = typer.Option(True, help="Check tables against the source"),
          check_warehouse: bool = typer.Option(
              True, help="Check that the warehouse role can create the star schema in "
              "TOTES_WAREHOUSE_SCHEMA and owns its tables"),
-         as_json: bool = typer.Option(True, "--json", callback=_set_json, hidden=True,
-                                      help="The output is JSON in any case"),
-         verbose: bool = Verbose):
+         as_json: bool = JsonOutput, verbose: bool = Verbose):
     """Print the per-table payloads the configuration resolves to (the Map state's input),
-    after checking the source's tables and the warehouse's privileges."""
+    after checking the source's tables and the warehouse's privileges. The output is JSON
+    with or without --json."""
     from totes.ingest.plan import plan as run_plan
     from totes.load.warehouse import check_warehouse as check_privileges
 
@@ -303,10 +355,9 @@ def ingest(source_url: Optional[str] = SourceUrl, lake: Optional[str] = LakeUri,
     progress = _Progress()
     workspace = _workspace(progress, source_url=source_url, lake=lake, config=config)
     resolved = workspace.config()
-    unknown = set(table or ()) - set(resolved.tables)
+    unknown = [t for t in table or () if t not in resolved.tables]
     if unknown:
-        raise ConfigError(f"--table {', '.join(sorted(unknown))}: not in "
-                          f"{workspace.config_path}")
+        raise unknown_names("table", unknown, resolved.tables, f"in {workspace.config_path}")
     mode = _mode(reingest, low, high, table)
     source = workspace.database("source")
     request = [name if mode is None else {"table": name, "mode": mode, "from": low, "to": high}
@@ -323,7 +374,7 @@ def ingest(source_url: Optional[str] = SourceUrl, lake: Optional[str] = LakeUri,
     if as_json:
         return _print_json([r.model_dump(mode="json") for r in results])
     render.stdout().print(render.ingest_table(results))
-    for line in render.source_warnings(results):
+    for line in render.source_warnings(results, tuple(planned.warnings)):
         progress.console.print(f"[yellow]{escape(line)}[/]")
 
 
@@ -460,7 +511,8 @@ def quarantine(warehouse_url: Optional[str] = WarehouseUrl,
         if retried:
             for line in render.retried(*retried):
                 progress.console.print(escape(line))
-        render.stdout().print(render.quarantine_table(report))
+        console = render.stdout()
+        console.print(render.quarantine_table(report, console.width))
     still_held = report.counts.get("held", 0) + report.counts.get("waiting", 0)
     if retry and still_held:
         raise typer.Exit(EXIT_ROWS_HELD)
@@ -510,7 +562,13 @@ def report(warehouse_url: Optional[str] = WarehouseUrl,
     workspace = _workspace(progress, warehouse_url=warehouse_url, source_url=source_url)
     warehouse = workspace.database("warehouse")
     summary = None
-    if check:
+    if check and workspace.is_embedded("source") and not workspace.is_embedded("warehouse"):
+        # The embedded source is not the source of a warehouse given by URL: comparing them
+        # would fail on tables that do not exist, or report differences that are not.
+        summary = ("reconciliation skipped: the warehouse was given without its source "
+                   "(--source-url or TOTES_SOURCE_URL)")
+        progress.line(f"[yellow]{summary}[/]")
+    elif check:
         from totes.reconcile.reconcile import reconcile as reconcile_warehouse
 
         with progress.status("Reconciling the source and the warehouse…"):
@@ -545,7 +603,8 @@ def status(source_url: Optional[str] = SourceUrl, warehouse_url: Optional[str] =
     if as_json:
         _print_json(result.model_dump(mode="json"))
     else:
-        render.stdout().print(render.status_table(result))
+        console = render.stdout()
+        console.print(render.status_table(result, console.width))
         for note in result.notes:
             progress.console.print(f"[yellow]{escape(note)}[/]")
     if result.unreadable:  # the status is incomplete: a script must not read it as healthy
@@ -562,11 +621,17 @@ def history(table: Optional[str] = typer.Option(None, "--table", help="Only this
             limit: int = typer.Option(20, "--limit", min=1, help="At most this many records"),
             as_json: bool = JsonOutput, verbose: bool = Verbose):
     """The ledger's records, newest first: every stage run with its result."""
-    ledger = _workspace(_Progress()).ledger()
+    workspace = _workspace(_Progress())
+    if stage is not None and stage not in STAGES:
+        raise unknown_names("stage", [stage], STAGES, "a stage")
+    if table is not None and table not in (known := [*workspace.config().tables, ALL_TABLES]):
+        raise unknown_names("table", [table], known, f"in {workspace.config_path}")
+    ledger = workspace.ledger()
     records = ledger.resolved(ledger.history(stage, table, limit))
     if as_json:
         return _print_json([r.model_dump(mode="json") for r in records])
-    render.stdout().print(render.history_table(records))
+    console = render.stdout()
+    console.print(render.history_table(records, console.width))
 
 
 @app.command()
@@ -585,7 +650,8 @@ def replay(start: str = typer.Option(..., "--from", help="Seed the source as of 
            processed: Optional[str] = typer.Option(
                None, "--processed", help="Processed area of the replay: directory or "
                "s3://bucket/prefix [default: $TOTES_HOME/replay/processed, emptied]"),
-           config: Optional[str] = ConfigFile, verbose: bool = Verbose):
+           config: Optional[str] = ConfigFile, as_json: bool = JsonOutput,
+           verbose: bool = Verbose):
     """Replay the real history: seed as of --from, then advance --step and run, to --to.
 
     By default it uses its own embedded databases and directories, recreated each time, so
@@ -605,6 +671,12 @@ def replay(start: str = typer.Option(..., "--from", help="Seed the source as of 
     runs = run_replay(resources, first, last, interval,
                       lambda moment, result: progress.line(
                           render.replay_row(table, moment, result)))
+    if as_json:
+        return _print_json({"runs": [{"at": moment.isoformat(sep=" "),
+                                      **result.model_dump(mode="json")}
+                                     for moment, result in runs],
+                            "lake": resources.lake.uri, "processed": resources.processed.uri,
+                            "warehouse_url": _url_of(resources.warehouse)})
     console = render.stdout()
     console.print(table)
     console.print(f"{counted(len(runs), 'run')} replayed. Lake {resources.lake.uri}, "
@@ -637,9 +709,9 @@ def _capture_plan(workspace: Workspace, tables: Optional[List[str]]):
     resolved = workspace.config()
     plans = resolve_tables(resolved)
     configured = {p.table: p for p in plans}
-    unknown = sorted(set(tables or ()) - set(configured))
+    unknown = [t for t in tables or () if t not in configured]
     if unknown:
-        raise ConfigError(f"--table {', '.join(unknown)}: not in {workspace.config_path}")
+        raise unknown_names("table", unknown, configured, f"in {workspace.config_path}")
     chosen = [configured[t] for t in tables] if tables else \
         [p for p in plans if p.extract_type == "cdc"]
     if not chosen:
@@ -701,24 +773,30 @@ def cdc_drop(source_url: Optional[str] = SourceUrl, config: Optional[str] = Conf
 
 # ---- the embedded server ------------------------------------------------------------------
 @embedded_app.command("start")
-def embedded_start():
+def embedded_start(as_json: bool = JsonOutput):
     """Start the embedded server (if needed) and print the database URLs."""
     urls = EmbeddedPostgres(home_dir()).start()
+    if as_json:
+        return _print_json({"running": True, "urls": urls})
     for name, url in urls.items():
         render.stdout().print(f"{name}: {url}", soft_wrap=True)
 
 
 @embedded_app.command("stop")
-def embedded_stop():
+def embedded_stop(as_json: bool = JsonOutput):
     """Stop the embedded server."""
     stopped = EmbeddedPostgres(home_dir()).stop()
+    if as_json:
+        return _print_json({"running": False, "stopped": stopped})
     render.stdout().print("stopped" if stopped else "not running")
 
 
 @embedded_app.command("status")
-def embedded_status():
+def embedded_status(as_json: bool = JsonOutput):
     """Say whether the embedded server is running, and where its data lives."""
     server = EmbeddedPostgres(home_dir())
+    if as_json:
+        return _print_json({"running": server.is_running(), "data_dir": str(server.data_dir)})
     render.stdout().print(f"{'running' if server.is_running() else 'stopped'}: "
                           f"{server.data_dir}")
 

@@ -20,6 +20,13 @@ from totes.utils.postgres import Database
 from support import CONFIG, TEMPLATE
 
 
+@pytest.fixture(autouse=True)
+def _piped_width(monkeypatch):
+    """Output as a pipe gets it without COLUMNS (200 columns), whatever the test runner
+    exports (pytest-xdist's workers see COLUMNS=80); a test that wants 80 sets it."""
+    monkeypatch.delenv("COLUMNS", raising=False)
+
+
 @pytest.fixture(scope="session")
 def server(tmp_path_factory):
     """The PostgreSQL server of the test session; returns its admin URL."""

@@ -41,6 +41,22 @@ class ConfigError(TerminalError):
     """The pipeline configuration or a setting is invalid (names the key or table)."""
 
 
+def unknown_names(kind: str, names, known, where: str) -> ConfigError:
+    """The error for ``names`` that are not among ``known`` (``kind``: "table", "stage"),
+    with the closest known name for each (difflib, as Git and Click suggest) and the list:
+    ``table sales_ordr is not in config/pipeline.yaml: did you mean sales_order? (known:
+    address, …)``."""
+    import difflib
+
+    known = list(known)
+    parts = []
+    for name in names:
+        close = difflib.get_close_matches(name, known, n=1)
+        parts.append(f"{kind} {name} is not {where}"
+                     + (f": did you mean {close[0]}?" if close else ""))
+    return ConfigError(f"{'; '.join(parts)} (known: {', '.join(known)})")
+
+
 class SourceSchemaError(TerminalError):
     """The source database lacks a configured table or column (names it)."""
 

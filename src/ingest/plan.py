@@ -17,7 +17,9 @@ from typing import Optional
 
 from totes.contracts.config import (CapturePlan, PipelineConfig, TablePlan, capture_plan,
                                     resolve_tables)
-from totes.contracts.errors import CdcNotReady, ConfigError, PermissionDenied, SourceSchemaError
+from totes.contracts.errors import (CdcNotReady, ConfigError, PermissionDenied,
+                                    SourceSchemaError, unknown_names)
+from totes.contracts.source_tables import SOURCE_TABLES
 from totes.contracts.stage_results import PlanResult
 from totes.utils.lake import Lake
 from totes.utils.databases import SourceDatabase
@@ -45,8 +47,7 @@ def select(plans: list[TablePlan],
         spec = {"table": item} if isinstance(item, str) else item
         name = spec.get("table") if isinstance(spec, dict) else None
         if not isinstance(name, str) or name not in by_name:
-            raise ConfigError(f"table {name!r} is not in the configuration (configured: "
-                              f"{', '.join(by_name)})")
+            raise unknown_names("table", [str(name)], by_name, "in the configuration")
         chosen[name] = by_name[name] if "mode" not in spec else by_name[name].with_mode(
             spec["mode"], spec.get("from"), spec.get("to"))
     return list(chosen.values()), [p.table for p in plans if p.table not in chosen]
@@ -75,7 +76,11 @@ def plan(config: PipelineConfig, source: Optional[SourceDatabase] = None,
     """
     plans, left_out = select(
         [p.model_copy(update={"run_id": run_id}) for p in resolve_tables(config)], tables)
-    warnings = []
+    warnings = [f"table {p.table} is configured, but no rule of the star schema reads it: "
+                "it lands in the lake only, never in the warehouse" for p in plans
+                if p.table not in SOURCE_TABLES]
+    for warning in warnings:
+        log.warning(warning)
     if source is not None:
         reader = reader_for(source)
         with source.session("totes-plan", f"checking the tables in the {source.describe()}") \

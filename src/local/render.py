@@ -17,6 +17,7 @@ from typing import Optional
 
 from totes.contracts.stage_results import (IngestResult, LoadResult, RunResult,
                                            TransformResult, counted)
+from totes.utils import settings
 
 #: Width of tables when standard output is not a terminal (a pipe, a file, a CI log), so
 #: that they do not wrap at Rich's default of 80 columns.
@@ -55,14 +56,20 @@ class VisibleFormatter(logging.Formatter):
         return visible(super().format(record))
 
 
+def _width(stream) -> Optional[int]:
+    """None (the terminal's own width) on a terminal; else ``COLUMNS``, or
+    :data:`PIPED_WIDTH`."""
+    return None if stream.isatty() else settings.current().columns or PIPED_WIDTH
+
+
 def stdout() -> Console:
-    """A console on standard output; as wide as the terminal, or :data:`PIPED_WIDTH`."""
-    return VisibleConsole(width=None if sys.stdout.isatty() else PIPED_WIDTH, highlight=False)
+    """A console on standard output; as wide as the terminal, or ``COLUMNS``, or
+    :data:`PIPED_WIDTH`."""
+    return VisibleConsole(width=_width(sys.stdout), highlight=False)
 
 
 def stderr() -> Console:
-    return VisibleConsole(stderr=True, width=None if sys.stderr.isatty() else PIPED_WIDTH,
-                          highlight=False)
+    return VisibleConsole(stderr=True, width=_width(sys.stderr), highlight=False)
 
 
 def value(text: object) -> str:
@@ -97,11 +104,23 @@ def _changes(result: IngestResult) -> str:
 
 def transform_table(result: TransformResult) -> Table:
     table = Table("warehouse table", "rows", "files", title=f"transform "
-                  f"({result.source_files} lake files, {result.seconds:.2f} s)")
+                  f"({counted(result.source_files, 'lake file')}, {result.seconds:.2f} s)")
     for r in result.tables:
         table.add_row(r.table, f"{r.rows:,}", "1")
     if not result.tables:
         table.add_row("(nothing new)", "0", "0")
+    return table
+
+
+def check_table(result) -> Table:
+    """``totes check``: one row per part, ok or what to fix."""
+    failed = sum(not c.ok for c in result.checks)
+    verdict = "all ok" if not failed else counted(failed, "problem")
+    table = Table("check", "", "detail", title=f"check ({verdict}, {result.seconds:.2f} s)",
+                  show_lines=True)
+    for c in result.checks:
+        table.add_row(c.check, "[green]ok[/]" if c.ok else "[bold red]FAIL[/]",
+                      value(c.detail if c.ok else f"{c.error}: {c.detail}"))
     return table
 
 
@@ -118,7 +137,8 @@ def rebuild_table(result) -> Table:
 
 def load_table(result: LoadResult) -> Table:
     table = Table("warehouse table", "rows", "inserted", "updated",
-                  title=f"load ({len(result.batches)} batches, {result.seconds:.2f} s)")
+                  title=f"load ({counted(len(result.batches), 'batch', 'batches')}, "
+                        f"{result.seconds:.2f} s)")
     for r in result.tables:
         table.add_row(r.table, f"{r.rows:,}", f"{r.inserted:,}", f"{r.updated:,}")
     if not result.tables:
@@ -222,8 +242,30 @@ def retried(transform: TransformResult, load: LoadResult) -> list[str]:
         + held_back(None, load)
 
 
-def quarantine_table(report) -> Table:
-    """The rows ``totes quarantine`` lists, one per held row version."""
+#: Below this many columns, the wide tables (status, history, quarantine) take a compact
+#: layout: fewer columns, and what remains wraps rather than being cut.
+COMPACT_BELOW = 130
+
+
+def _compact(width: Optional[int]) -> bool:
+    return width is not None and width < COMPACT_BELOW
+
+
+def quarantine_table(report, width: Optional[int] = None) -> Table:
+    """The rows ``totes quarantine`` lists, one per held row version; on a console narrower
+    than :data:`COMPACT_BELOW`, two lines per version (what and where, then the message)."""
+    if _compact(width):
+        counts = ", ".join(f"{status} {n:,}" for status, n in sorted(report.counts.items()))
+        grid = Table.grid(padding=(0, 1))
+        grid.title = f"quarantine ({counts or 'empty'})"
+        grid.add_column()
+        for e in report.entries:
+            grid.add_row(f"[bold]{value(e.table)} {value(e.key_column)}={value(e.row_id)}[/] "
+                         f"{value(e.version[:23])} {e.rule} [italic]{e.status}[/] ({e.stage})")
+            grid.add_row(f"  {value(e.message.split(': ', 1)[-1])}")
+        if not report.entries:
+            grid.add_row("(nothing held)")
+        return grid
     counts = ", ".join(f"{status} {n:,}" for status, n in sorted(report.counts.items()))
     table = Table("stage", "table", "row", "version", "rule", "status", "message",
                   title=f"quarantine ({counts or 'empty'})", caption="held: broke a rule, "
@@ -269,10 +311,29 @@ def _lag(status) -> str:
     return f"{seconds:,.0f} s" if seconds < 3600 else f"{seconds / 3600:,.1f} h"
 
 
-def status_table(result) -> Table:
-    """``totes status``: one row per table, the pipeline's pending batches in the title."""
+def status_table(result, width: Optional[int] = None) -> Table:
+    """``totes status``: one row per table, the pipeline's pending batches in the title; on a
+    console narrower than :data:`COMPACT_BELOW`, without the watermark and the batch's time."""
     pending = "?" if result.pending_batches is None else f"{result.pending_batches:,}"
     loaded = result.last_load
+    if _compact(width):
+        table = Table("table", "mode", "last ok", "last batch", "lag", "waiting", "problem",
+                      box=box.SIMPLE_HEAD, pad_edge=False,
+                      title=f"status (batches not loaded: {pending}; last load: "
+                            f"{_short_when(loaded.ended_at) if loaded else '-'}"
+                            f"{' ' + loaded.status if loaded else ''})")
+        table.columns[0].no_wrap = True
+        for s in result.tables:
+            ok, bad, batch = s.last_success, s.last_failure, s.last_batch
+            table.add_row(s.table, s.mode, _short_when(ok.ended_at) if ok else "-",
+                          counted(batch.rows, "row") if batch else "-", _lag(s),
+                          f"{s.pending_lake_files:,}",
+                          f"running: {s.running}" if s.running else
+                          f"{_short_when(bad.ended_at)} {bad.error_type}" if bad else "")
+        if result.slot is not None:
+            table.caption = slot_line(result.slot)
+            table.caption_justify = "left"
+        return table
     table = Table("table", "mode", "last success", "last batch", "high watermark", "lag",
                   "untransformed", "running", "last failure",
                   title=f"status (batches not loaded: {pending}; last load: "
@@ -322,8 +383,21 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def history_table(records) -> Table:
-    """``totes history``: one row per stage run, newest first."""
+def history_table(records, width: Optional[int] = None) -> Table:
+    """``totes history``: one row per stage run, newest first; on a console narrower than
+    :data:`COMPACT_BELOW`, without mode, seconds, key and run."""
+    if _compact(width):
+        table = Table("started", "stage", "table", "status", "rows", "error",
+                      box=box.SIMPLE_HEAD, pad_edge=False, title="history")
+        for r in records:
+            table.add_row(_short_when(r.started_at), r.stage, r.table, r.status,
+                          f"{r.rows:,}" if r.rows >= 0 else "-",
+                          value(f"{r.error_type}: {r.error_message}"[:120]) if r.error_type
+                          else (r.details.get("lease_holder", "") and
+                                f"lease held by {r.details['lease_holder']}"))
+        if not records:
+            table.add_row("-", "(no runs recorded)", "", "", "", "")
+        return table
     table = Table("started", "stage", "table", "mode", "status", "rows", "seconds", "key",
                   "run", "error", title="history")
     for r in records:

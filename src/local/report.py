@@ -19,6 +19,7 @@ from typing import Optional
 
 from totes.contracts.errors import ConfigError
 from totes.contracts.identifiers import quote_ident
+from totes.contracts.stage_results import counted
 from totes.contracts.star_schema import TABLES
 from totes.utils import settings
 from totes.utils.lake import storage_call
@@ -147,7 +148,9 @@ def _charts(data: dict[str, list[dict]], health: dict) -> dict[str, tuple[str, o
              "Top counterparties by units sold")):
         rows = list(reversed(data[name]))
         figure = go.Figure(go.Bar(x=[r["units"] for r in rows], y=[r[label_column] for r in rows],
-                                  orientation="h", text=[f"{r['orders']} orders" for r in rows]))
+                                  orientation="h",
+                                  text=[f"{counted(r['units'], 'unit')} in "
+                                        f"{counted(r['orders'], 'order')}" for r in rows]))
         figure.update_layout(xaxis_title="units sold")
         charts[name] = (title, figure)
     staff = go.Figure()
@@ -206,8 +209,8 @@ def _headline_html(headlines: dict[str, dict[str, object]]) -> str:
     for currency, value in headlines["revenue"].items():
         cards.append(("Revenue", currency, _money(value), f"revenue.{currency}", value))
     for kind, value in headlines["orders"].items():
-        cards.append((f"{kind.capitalize()} orders", "current", f"{value:,}", f"orders.{kind}",
-                      value))
+        title = {"sales": "Sales orders", "purchases": "Purchase orders"}.get(kind, kind)
+        cards.append((title, "current", f"{value:,}", f"orders.{kind}", value))
     for state, value in headlines["payments"].items():
         cards.append((f"Payments {state}", "count", f"{value:,}", f"payments.{state}", value))
     items = "\n".join(

@@ -264,6 +264,16 @@ class Lake:
                     yield f"{rel}{name}"
         return walk(f"{prefix}/", 0)
 
+    def folders(self) -> list[str]:
+        """The top-level folders of the store (source tables in the lake; warehouse tables
+        and ``_manifests`` in the processed area), sorted: one listing.
+
+        Raises:
+            LakeError / StorageUnavailable: see :func:`storage_error`.
+        """
+        return sorted(i.base_name for i in self._list("")
+                      if i.type == pafs.FileType.Directory and not i.base_name.startswith("."))
+
     def newest_key(self, prefix: str, ext: str = "parquet") -> Optional[str]:
         """The newest key under ``prefix`` (None if there is none): four small listings."""
         return next(self._walk_descending(prefix, ext, None), None)

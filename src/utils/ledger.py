@@ -46,6 +46,8 @@ from totes.utils import settings
 log = logging.getLogger(__name__)
 
 ALL_TABLES = "*"
+#: The stages the ledger records.
+STAGES = ("ingest", "transform", "load")
 
 
 def now() -> datetime:
@@ -129,6 +131,11 @@ class Ledger(ABC):
         """Who holds lease ``name`` now (None when nobody does or it expired)."""
 
     # ---- derived ------------------------------------------------------------------------
+    def describe(self) -> str:
+        """How messages name the ledger: ``ledger /home/me/.totes/ledger.sqlite3`` or
+        ``ledger DynamoDB table totes-prod-ledger``."""
+        return f"ledger {self!r}"
+
     def resolved(self, records: list[LedgerRecord]) -> list[LedgerRecord]:
         """``records`` with ``running`` ones whose attempt no longer holds the lease shown as
         ``abandoned``."""
@@ -296,6 +303,9 @@ class SqliteLedger(Ledger):
     def __repr__(self) -> str:
         return f"SqliteLedger({self.path!r})"
 
+    def describe(self) -> str:
+        return f"ledger {self.path} (SQLite)"
+
     @contextmanager
     def _connect(self):
         try:
@@ -385,6 +395,9 @@ class DynamoLedger(Ledger):
 
     def __repr__(self) -> str:
         return f"DynamoLedger({self.table_name!r})"
+
+    def describe(self) -> str:
+        return f"ledger DynamoDB table {self.table_name}"
 
     @contextmanager
     def _call(self, doing: str):

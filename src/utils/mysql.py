@@ -35,7 +35,7 @@ from totes.contracts.errors import (ConfigError, DatabaseRejected, DatabaseUnava
                                     TerminalError)
 from totes.utils import settings
 from totes.utils.database_url import MYSQL_SCHEMES, parse_url
-from totes.utils.postgres import TIMEOUT_VARIABLE
+from totes.utils.postgres import CONNECT_TIMEOUT_VARIABLE
 from totes.utils.postgres_errors import READ_TIMEOUT_SECONDS
 
 DEFAULT_PORT = 3306
@@ -193,7 +193,8 @@ class MySQLDatabase:
                  f"innodb_lock_wait_timeout = {wait}, lock_wait_timeout = {wait}")
         try:
             raw = pymysql.connect(**self.params, charset="utf8mb4", autocommit=True,
-                                  connect_timeout=2 * timeout, read_timeout=READ_TIMEOUT_SECONDS,
+                                  connect_timeout=settings.current().connect_timeout_seconds,
+                                  read_timeout=READ_TIMEOUT_SECONDS,
                                   write_timeout=READ_TIMEOUT_SECONDS, init_command=setup,
                                   program_name=application_name)
         except pymysql.err.MySQLError as exc:
@@ -206,7 +207,7 @@ class MySQLDatabase:
                     f"cannot reach the {self.describe()}: {_message(exc)}. Check that the "
                     "server is running and accepts connections there, that the URL or secret "
                     f"of the {self.role} database names the right host and port, or wait "
-                    f"longer with {TIMEOUT_VARIABLE}") from None
+                    f"longer with {CONNECT_TIMEOUT_VARIABLE}") from None
             raise DatabaseRejected(f"the {self.describe()} refused the connection: "
                                    f"{_message(exc)} (MySQL error {number})") from None
         return MySQLConnection(raw)

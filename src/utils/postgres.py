@@ -9,10 +9,10 @@ Secrets Manager secret holding the connection as JSON::
 (``user`` and ``database`` are accepted for ``username`` and ``dbname``). Connections use pg8000.
 Passwords never appear in messages or ``repr``.
 
-How long a database may keep totes waiting, in seconds: ``TOTES_DB_TIMEOUT_SECONDS``
-(:class:`totes.utils.settings.Settings`) for a lock (the session's ``lock_timeout``), and
-twice that for a connection to be answered (twice, so that the server's own lock timeout,
-which names the lock, comes first); a wait that runs out is transient (retry later).
+How long a database may keep totes waiting, in seconds: ``TOTES_CONNECT_TIMEOUT_SECONDS``
+(:class:`totes.utils.settings.Settings`, 10) for a connection to be answered, and
+``TOTES_DB_TIMEOUT_SECONDS`` for a lock (the session's ``lock_timeout``); a wait that runs out
+is transient (retry later).
 """
 from __future__ import annotations
 
@@ -34,6 +34,8 @@ from totes.utils.postgres_errors import (READ_TIMEOUT_SECONDS, REJECTED_SQLSTATE
 
 #: The variable that sets how long a database may keep totes waiting.
 TIMEOUT_VARIABLE = settings.variable("db_timeout_seconds")
+#: The variable that sets how long a connection may take to be answered.
+CONNECT_TIMEOUT_VARIABLE = settings.variable("connect_timeout_seconds")
 
 
 @dataclass(frozen=True)
@@ -141,11 +143,12 @@ class Database:
 
         Raises:
             DatabaseUnavailable: the server could not be reached, or did not answer within
-                twice ``TOTES_DB_TIMEOUT_SECONDS`` (retry may help).
+                ``TOTES_CONNECT_TIMEOUT_SECONDS`` (retry may help).
             DatabaseRejected: authentication failed or the database does not exist.
         """
-        timeout = settings.current().db_timeout_seconds
-        network_timeout = 2 * timeout
+        current = settings.current()
+        timeout = current.db_timeout_seconds
+        network_timeout = current.connect_timeout_seconds
         try:
             if "ssl_context" in self.params:
                 conn = pg8000.native.Connection(application_name=application_name,
@@ -158,9 +161,10 @@ class Database:
                                                     timeout=network_timeout, **self.params)
         except TimeoutError:
             raise DatabaseUnavailable(
-                f"the {self.describe()} accepted the connection but did not answer within "
-                f"{network_timeout:g} s; check the server's load, or wait longer with "
-                f"{TIMEOUT_VARIABLE}") from None
+                f"the {self.describe()} did not answer within {network_timeout:g} s; check "
+                "that the server is running and reachable there (a firewall that drops "
+                "packets looks the same), or wait longer with "
+                f"{CONNECT_TIMEOUT_VARIABLE}") from None
         except (InterfaceError, DatabaseError, OSError) as exc:
             refusal = server_error(exc)
             if refusal is None:

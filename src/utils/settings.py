@@ -70,12 +70,20 @@ class Settings(BaseSettings):
         60.0, gt=0, description="How long a database may keep totes waiting for a lock, in "
         "seconds (the session's `lock_timeout`); a connection gets twice this to be "
         "answered. A wait that runs out is transient (retried).")
+    connect_timeout_seconds: float = Field(
+        10.0, gt=0, description="How long a connection to a database may take to be "
+        "answered, in seconds (libpq's `connect_timeout`); a server that does not answer in "
+        "time is transient (retried).")
     load_max_batches: int = Field(
         48, ge=1, description="The most batches one load takes: a backlog is loaded over "
         "several runs, each well inside a Lambda's time limit.")
     allow_shared_database: bool = Field(
         False, description="`1` lets the warehouse share the source's database (never a "
         "default: the star schema would be created among the source's tables).")
+    columns: Optional[int] = Field(
+        None, gt=20, validation_alias=AliasChoices("COLUMNS"), description="The width of "
+        "tables when the output is not a terminal (a pipe, a file, a CI log), as shells set "
+        "it; 200 when unset. On a terminal, its own width.")
     aws_endpoint_url_s3: Optional[str] = Field(
         None, validation_alias=AliasChoices("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
         description="An S3-compatible endpoint for the lake and processed area (an emulator "
@@ -127,8 +135,11 @@ def markdown_table() -> str:
     for name, info in Settings.model_fields.items():
         names = info.validation_alias.choices if isinstance(info.validation_alias,
                                                             AliasChoices) else [variable(name)]
+        annotation = info.annotation
+        if annotation == Optional[int]:
+            annotation = int
         kind = {float: "seconds", int: "integer", bool: "boolean"}.get(
-            info.annotation, "text")  # type: ignore[arg-type]  # annotation is a type here
+            annotation, "text")  # type: ignore[arg-type]  # annotation is a type here
         default = "unset" if info.default is None else f"`{info.default}`"
         lines.append(f"| {' or '.join(f'`{n}`' for n in names)} | {kind} | {default} | "
                      f"{info.description} |")

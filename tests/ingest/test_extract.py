@@ -123,9 +123,9 @@ def test_plan_advises_an_index_for_a_large_table_without_one(empty_source):
     make_big_table(empty_source, 150_000)
     query(empty_source, "ANALYZE big")
     config = parse_config({"tables": {"big": {"primary_key": "big_id"}}})
-    [advice] = plan(config, empty_source).warnings
+    [_, advice] = plan(config, empty_source).warnings  # the first: no rule reads big
     assert advice.startswith("big holds about 150,000 rows and no index starts with "
                              "last_updated")
     assert advice.endswith('CREATE INDEX CONCURRENTLY ON "big" ("last_updated", "big_id");')
     query(empty_source, 'CREATE INDEX ON "big" ("last_updated", "big_id")')
-    assert plan(config, empty_source).warnings == []
+    assert [w for w in plan(config, empty_source).warnings if "no index" in w] == []
