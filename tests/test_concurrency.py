@@ -174,8 +174,10 @@ def test_a_lease_holder_is_dead_only_on_this_boot_without_its_process():
 
     me = this_process()
     assert me is not None and not dead(me)  # alive
-    boot, pid, started = me.split(":")
-    assert dead(f"{boot}:{pid}:{int(started) + 1}")  # the PID reused by another process
-    assert dead(f"{boot}:999999999:1")  # no such process
-    assert not dead(f"another-boot:{pid}:{started}")  # another machine, or rebooted
+    boot, space, pid, started = me.split(":")
+    assert dead(f"{boot}:{space}:{pid}:{int(started) + 1}")  # the PID reused by another one
+    assert dead(f"{boot}:{space}:999999999:1")  # no such process
+    assert not dead(f"another-boot:{space}:{pid}:{started}")  # another machine, or rebooted
+    assert not dead(f"{boot}:4026599999:999999999:1")  # another container: its PIDs are not ours
+    assert not dead(f"{boot}:{pid}:{started}")  # an older release's record: it expires
     assert not dead(None) and not dead("garbage")

@@ -134,3 +134,28 @@ def test_a_batch_whose_lake_file_is_gone_is_not_rebuilt(resources):
         rebuild(resources.lake, resources.processed, batch)
     assert read_repairs(resources.processed) == []
     assert snapshot("payment").num_rows  # (the snapshot itself is untouched)
+
+
+def test_a_repair_reaches_the_batches_after_it_and_can_be_repeated(resources):
+    """Batch C, committed after batch A's state file was rebuilt, carries A's own key (read
+    through the repair), so C can be rebuilt itself, and a second rebuild of A reaches C."""
+    run_pipeline(resources)
+    first, manifest = latest_manifest(resources.processed)
+    address = manifest.state["address"]
+    _truncate(resources, address)
+    rebuild(resources.lake, resources.processed, address)
+    query(resources.source, "UPDATE department SET location = 'Leeds', last_updated = now() "
+                            "WHERE department_id = 1")
+    later = run_pipeline(resources)
+    raw = json.loads(resources.processed.read_bytes(later.transform.manifest))
+    assert raw["state"]["address"] == address and "retried" not in raw
+
+    assert rebuild(resources.lake, resources.processed, later.transform.manifest).replaced
+    _, repaired = latest_manifest(resources.processed)
+    _truncate(resources, repaired.state["address"])
+    again = rebuild(resources.lake, resources.processed, first)
+    _, now = latest_manifest(resources.processed)
+    assert now.state["address"] == again.replaced[address]
+    query(resources.source, "UPDATE staff SET last_name = 'Moved', last_updated = now() "
+                            "WHERE staff_id = 2")
+    assert run_pipeline(resources).reconcile.equal

@@ -57,10 +57,11 @@ def run(seeded_source, warehouse, tmp_path, monkeypatch):
     monkeypatch.setenv("TOTES_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("TOTES_LEDGER", f"sqlite:///{ledger}")
 
-    def invoke(lake: Path, processed: Path):
-        return CliRunner().invoke(app, [
-            "run", "--source-url", url_of(seeded_source), "--warehouse-url", url_of(warehouse),
-            "--lake", str(lake), "--processed", str(processed)])
+    def invoke(lake: Path, processed: Path, command: str = "run"):
+        flags = ["--lake", str(lake)] + (["--processed", str(processed), "--warehouse-url",
+                                          url_of(warehouse)] if command == "run" else [])
+        return CliRunner().invoke(app, [command, "--source-url", url_of(seeded_source),
+                                        *flags])
     invoke.ledger = ledger_from_uri(f"sqlite:///{ledger}")
     return invoke
 
@@ -74,14 +75,17 @@ def test_a_lake_remounted_read_only_is_storage_unavailable_and_the_retry_complet
                          "now() WHERE sales_order_id = 20")
     _remount(lake, "ro")
 
-    failed = run(lake, processed)
+    ingested = run(lake, processed, "ingest")  # the stage itself, as mid-run
+    checked = run(lake, processed)  # a run: its checks find it before anything starts
 
-    assert failed.exit_code == EXIT_TRANSIENT, failed.output
-    assert "error: StorageUnavailable:" in failed.output, failed.output
-    assert "Read-only file system" in failed.output and str(lake) in failed.output, \
-        failed.output
+    assert ingested.exit_code == EXIT_TRANSIENT, ingested.output
+    assert "error: StorageUnavailable: writing the staging file of sales_order" in \
+        ingested.output and "Read-only file system" in ingested.output
     [record] = run.ledger.history("ingest", "sales_order", limit=1)
     assert (record.status, record.error_type) == ("failed", "StorageUnavailable")
+    assert checked.exit_code == EXIT_TRANSIENT
+    assert f"error: StorageUnavailable: the lake {lake} is on a read-only filesystem" in \
+        checked.output
 
     _remount(lake, "rw")
     again = run(lake, processed)

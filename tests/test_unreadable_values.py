@@ -75,6 +75,28 @@ def test_a_nan_in_one_row_is_quarantined_and_every_other_table_lands(resources):
         == [["Renamed"]]
 
 
+def test_an_unreadable_last_updated_is_quarantined_and_loads_go_on(resources):
+    """A version whose last_updated is '-infinity' has no time the lake can hold (a first
+    or full extract reads it; an incremental one starts after it): it is
+    quarantined without one, the load records nothing for it and goes on, and totes
+    quarantine lists it held."""
+    from totes.load.quarantine import quarantine_report
+
+    query(resources.source, "UPDATE sales_order SET last_updated = '-infinity' "
+                            "WHERE sales_order_id = 20")
+
+    result = run_pipeline(resources)
+
+    assert result.transform.quarantined == {"sales_order": 1} and result.load.batches
+    report = quarantine_report(resources.processed, resources.warehouse)
+    assert [(e.table, e.row_id, e.rule, e.status) for e in report.entries] == [
+        ("sales_order", 20, "unreadable", "held")]
+    assert query(resources.warehouse, "SELECT count(*) FROM totes.quarantined") == [[0]]
+    query(resources.source, "UPDATE staff SET last_name = 'Next', last_updated = now() "
+                            "WHERE staff_id = 1")
+    assert run_pipeline(resources).load.batches  # the next load goes on
+
+
 def test_bytes_that_are_not_utf8_land_null_with_their_escaped_text(server, tmp_path):
     from totes.contracts.identifiers import quote_ident
     from totes.utils.postgres import Database

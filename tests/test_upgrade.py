@@ -2,6 +2,8 @@
 its own code (:mod:`previous_release`), keep working with this one."""
 from __future__ import annotations
 
+import pytest
+
 from previous_release import run as run_previous, unpack
 from support import query, snapshot, url_of
 from totes.contracts.star_schema import TABLES
@@ -87,3 +89,42 @@ def test_a_row_the_previous_release_quarantined_counts_as_quarantined_after_the_
     result = reconcile(resources.source, resources.warehouse)
     [design] = [t for t in result.tables if t.table == "dim_design"]
     assert result.equal and (design.quarantined, design.differences) == (1, 0)
+
+
+def test_a_warehouse_the_previous_release_built_under_a_role_named_totes_keeps_working(
+        server, resources, tmp_path, monkeypatch):
+    """The previous release followed the role's search_path: as a role named totes it put
+    the star schema in schema totes. This release says where it is and what to set, and
+    with that setting loads into it."""
+    from totes.contracts.errors import ConfigError
+    from totes.contracts.identifiers import quote_ident
+    from totes.local.runner import Resources
+    from totes.utils.postgres import Database
+
+    (database,), = query(resources.warehouse, "SELECT current_database()")
+    query(server, "DO $$ BEGIN CREATE ROLE totes LOGIN; EXCEPTION WHEN duplicate_object "
+                  "THEN NULL; END $$")
+    query(resources.warehouse, f"ALTER DATABASE {quote_ident(database)} OWNER TO totes")
+    owner = Database("warehouse", dict(resources.warehouse.params, user="totes"))
+    path = unpack(tmp_path / "previous")
+    run_previous(path, ["run", "--source-url", url_of(resources.source), "--warehouse-url",
+                        url_of(owner), "--lake", resources.lake.uri, "--processed",
+                        resources.processed.uri, "--no-reconcile"],
+                 {"TOTES_HOME": str(tmp_path / "home"),
+                  "TOTES_LEDGER": str(tmp_path / "l.sqlite3")})
+    assert query(resources.warehouse, "SELECT to_regclass('totes.dim_date') IS NOT NULL") \
+        == [[True]]
+    moved = Resources(resources.source, owner, resources.lake, resources.processed,
+                      resources.config_path)
+
+    with pytest.raises(ConfigError, match="is in schema totes, not in schema public "
+                       r"\(TOTES_WAREHOUSE_SCHEMA\): set TOTES_WAREHOUSE_SCHEMA=totes"):
+        run_pipeline(moved)
+
+    monkeypatch.setenv("TOTES_WAREHOUSE_SCHEMA", "totes")
+    query(resources.source, "UPDATE payment SET paid = NOT paid, last_updated = now() "
+                            "WHERE payment_id = 3")
+    result = run_pipeline(moved)
+    assert result.reconcile is not None and result.reconcile.equal
+    assert query(resources.warehouse, "SELECT count(*) FROM totes.fact_payment WHERE "
+                                      "payment_id = 3") == [[2]]

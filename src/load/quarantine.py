@@ -101,8 +101,12 @@ def _naive_utc(moment):
 
 
 def _status(version, newest) -> str:
+    """``held``, ``released`` or ``superseded``: the quarantined ``version`` against the
+    ``newest`` version of its row in the warehouse. A version without a time (its
+    ``last_updated`` could not be read: rule ``unreadable``) stays held: nothing says a
+    version of the warehouse is newer."""
     version, newest = _naive_utc(version), _naive_utc(newest)
-    if newest is None or newest < version:
+    if newest is None or version is None or newest < version:
         return "held"
     return "released" if newest == version else "superseded"
 

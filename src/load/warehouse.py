@@ -35,6 +35,7 @@ from datetime import timezone
 from typing import Optional
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from pg8000.exceptions import DatabaseError
 
 from totes.contracts.errors import ConfigError, LakeError, PermissionDenied
@@ -283,22 +284,31 @@ def _wrong_schema(conn, schema: str) -> None:
     """
     found = [name for name, in conn.run(
         "SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE c.relname = 'dim_date' AND c.relkind = 'r' AND n.nspname <> 'totes' "
-        "ORDER BY 1")]
+        "WHERE c.relname = 'dim_date' AND c.relkind = 'r' ORDER BY 1")]
     (database,), = conn.run("SELECT current_database()")
-    where = f"in schema {', '.join(found)}" if found else "nowhere (dropped?)"
-    raise ConfigError(f"the star schema of the warehouse database {database} is {where}, "
-                      f"not in schema {schema} ({settings.variable('warehouse_schema')})"
-                      + (f": set {settings.variable('warehouse_schema')}={found[0]}"
-                         if len(found) == 1 else ""))
+    variable = settings.variable("warehouse_schema")
+    if not found:
+        raise ConfigError(f"the warehouse database {database} records a star schema "
+                          "(totes.schema_version) but holds none: it was dropped. To build "
+                          "it again from the processed area, DROP SCHEMA totes CASCADE (the "
+                          "load's bookkeeping) and load again")
+    advice = (f": set {variable}={found[0]} (an older release put it where the role's "
+              f"search_path said), or move its tables and views to {schema} with ALTER "
+              "TABLE … SET SCHEMA" if len(found) == 1 else "")
+    raise ConfigError(f"the star schema of the warehouse database {database} is in schema "
+                      f"{', '.join(found)}, not in schema {schema} ({variable}){advice}")
 
 
 def record_quarantined(conn, processed: Lake, key: str, batch: str) -> int:
     """Record the row versions of the quarantine file ``key`` (of ``batch``) in
-    ``totes.quarantined`` (once each); returns how many rows the file holds."""
+    ``totes.quarantined`` (once each; a version without a ``last_updated`` is left out);
+    returns how many it recorded."""
     table = key.split("/")[1]
     pk = SOURCE_TABLES[table].primary_key if table in SOURCE_TABLES else f"{table}_id"
     rows = processed.read_table(key, columns=[pk, VERSION_COLUMN, "_totes_rule"])
+    # A version whose last_updated could not be read has no time to record; reconciliation
+    # finds such a row's rule break itself.
+    rows = rows.filter(pc.is_valid(rows[VERSION_COLUMN]))
     if not rows.num_rows:
         return 0
     conn.run("INSERT INTO totes.quarantined (source_table, row_id, version, rule, batch) "

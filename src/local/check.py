@@ -22,7 +22,7 @@ from typing import Callable, Optional
 
 from pydantic import BaseModel
 
-from totes.contracts.errors import ConfigError, LakeError, TotesError
+from totes.contracts.errors import ConfigError, LakeError, StorageUnavailable, TotesError
 from totes.contracts.stage_results import counted
 from totes.utils.lake import Lake
 from totes.utils.manifests import latest_manifest
@@ -71,8 +71,13 @@ def storage_check(store: Lake, what: str) -> str:
     Raises:
         LakeError: a directory that this process may not write, a bucket that does not
             exist or may not be read.
-        StorageUnavailable: the store did not answer (retry).
+        StorageUnavailable: the store did not answer, or is a read-only filesystem (as a
+            write there would fail: retry once it is writable).
     """
+    if store.is_local and os.statvfs(store.root).f_flag & os.ST_RDONLY:
+        raise StorageUnavailable(f"the {what} {store.root} is on a read-only filesystem "
+                                 "(remounted after a disk error?): writing there fails "
+                                 "until it is writable again")
     if store.is_local and not os.access(store.root, os.W_OK | os.X_OK):
         raise LakeError(f"the {what} {store.root} is not writable by this user: fix its "
                         f"permissions, or point {what} at another directory")

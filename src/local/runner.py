@@ -21,6 +21,7 @@ from totes.ingest.extract import ingest_table
 from totes.ingest.plan import plan
 from totes.load.quarantine import held_source_rows
 from totes.load.warehouse import check_separate, check_warehouse, load
+from totes.local.check import storage_check
 from totes.transform.run import transform
 from totes.utils.config_file import load_config
 from totes.utils.lake import Lake
@@ -103,6 +104,8 @@ def run_pipeline(resources: Resources,
     run_id = new_run_id()
     check_separate(resources.source, resources.warehouse)
     check_warehouse(resources.warehouse)
+    storage_check(resources.lake, "lake")  # a store this run cannot use stops it here,
+    storage_check(resources.processed, "processed area")  # before anything is written
     planned = plan(load_config(resources.config_path), resources.source, run_id=run_id,
                    tables=tables)
     ended("plan", planned)

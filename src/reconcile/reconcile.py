@@ -61,7 +61,7 @@ from totes.rules import dimensions as dims
 from totes.rules.facts import FACT_SOURCES, fact_rows
 from totes.utils import settings
 from totes.utils.lake import Lake
-from totes.utils.manifests import read_manifest
+from totes.utils.manifests import read_manifest, read_repairs
 from totes.utils.postgres import Database
 from totes.utils.postgres_copy import copy_stream, csv_record_batches
 from totes.utils.postgres_reader import key_condition
@@ -252,7 +252,8 @@ def _dimension(conn, source, name: str, limit: int, schema: str) -> TableReconci
             pending = pc.or_(pending, pc.is_in(rows[reference_column],
                                                value_set=late[ref_key].combine_chunks()))
     holds = _quarantine_holds(conn, source_table)
-    pending = pc.and_(pending, pc.invert(_version_held(rows, source_key, holds)))
+    in_quarantine = _version_held(rows, source_key, holds)
+    pending = pc.and_(pending, pc.invert(in_quarantine))
     pending_ids = rows.filter(pending)[source_key].combine_chunks()
     checked = None
     if found is not None:  # the transform's own rule, every row as new
@@ -261,15 +262,21 @@ def _dimension(conn, source, name: str, limit: int, schema: str) -> TableReconci
             new={source_table: rows},
             state={source_table: rows, **({reference: reference_rows} if reference else {})}))
     expected = checked.rows if checked is not None else None
-    quarantined_ids = breaking = pa.array([], pa.int64())
+    # Quarantined: the rows whose current version the quarantine holds, whatever the rules
+    # say of it now (a reference row may have arrived since: it waits for a retry).
+    quarantined_ids = _flat(_flat(rows[source_key]).cast(pa.int64()).filter(in_quarantine))
+    breaking = pa.array([], pa.int64())
     broken = None
     if checked is not None and checked.held is not None and checked.held.num_rows:
         held = checked.held.filter(pc.invert(pc.is_in(  # pending ones are pending
-            checked.held[source_key].cast(pa.int64()), value_set=pending_ids.cast(pa.int64()))))
-        quarantined_ids = _in_quarantine(held, source_key, holds)
-        broken = held.filter(pc.invert(pc.is_in(held[source_key].cast(pa.int64()),
-                                                value_set=quarantined_ids)))
-        breaking = _flat(broken[source_key]).cast(pa.int64())
+            checked.held[source_key].cast(pa.int64()), value_set=pa.concat_arrays(
+                [pending_ids.cast(pa.int64()), quarantined_ids]))))
+        if holds is None:  # a warehouse before schema 7: what the rules hold counts
+            quarantined_ids = pa.concat_arrays([quarantined_ids,
+                                                _flat(held[source_key]).cast(pa.int64())])
+        else:
+            broken = held
+            breaking = _flat(broken[source_key]).cast(pa.int64())
     quarantined = len(quarantined_ids)
     columns = [c.name for c in table.columns if c.name not in table.version_columns
                and c.name not in (key, IS_DELETED)]
@@ -307,9 +314,10 @@ def _fact(conn, source, source_table: str, limit: int, sums: list[SumCheck], sta
                                    loaded_through=None, listed=[], scoped_keys=0)
     through = _loaded_through(conn, table, star)
     holds = _quarantine_holds(conn, source_table)
-    held_sql = (f"SELECT DISTINCT {quote_ident(key)} "  # nosec B608: quoted identifiers
-                f"FROM totes.{quote_ident('held_' + name)}")
-    held_ids = pa.array([int(i) for i, in conn.run(held_sql)], pa.int64())
+    held_sql = (f"SELECT {quote_ident(key)}, last_updated_date + last_updated_time "  # nosec
+                f"FROM totes.{quote_ident('held_' + name)}")  # B608: quoted identifiers
+    held_versions = {(int(i), v) for i, v in conn.run(held_sql)}
+    held_ids = pa.array(sorted({i for i, _ in held_versions}), pa.int64())
     money = [c.name for c in table.columns if c.sql_type.startswith("numeric")]
     codes = dict(conn.run("SELECT currency_id, currency_code "  # nosec B608: quoted
                           f"FROM {TABLES['dim_currency'].relation(star)}"))
@@ -341,7 +349,7 @@ def _fact(conn, source, source_table: str, limit: int, sums: list[SumCheck], sta
             upto = pc.less_equal(waiting[key], high)
             actual, waiting = waiting.filter(upto), waiting.filter(pc.invert(upto))
             expected, actual = _expected_facts(batch, source_table, through, held_ids, actual,
-                                               counts, holds, tally)
+                                               counts, holds, tally, held_versions)
             _compared(expected, actual, key, columns, money, codes, sums_of, tally, counts)
         for following in warehouse_batches:  # rows after the source's last key
             waiting = pa.concat_tables([waiting, pa.Table.from_batches([following])])
@@ -363,36 +371,38 @@ def _fact(conn, source, source_table: str, limit: int, sums: list[SumCheck], sta
 
 def _expected_facts(batch: pa.RecordBatch, source_table: str, through, held_ids: pa.Array,
                     actual: pa.Table, counts: dict, holds: Optional[set] = None,
-                    tally: Optional["_Tally"] = None) -> tuple[pa.Table, pa.Table]:
+                    tally: Optional["_Tally"] = None,
+                    held_versions: Optional[set] = None) -> tuple[pa.Table, pa.Table]:
     """The fact rows ``batch`` (source rows) should be, and the warehouse rows to compare them
-    with: rows changed after ``through`` (pending), held and quarantined (the quarantine
-    holds that very version: ``holds``) left out of both."""
+    with, leaving out of both: a version the quarantine holds (``holds``: quarantined), a
+    row held for its dimension row (``held_ids``; held), and a row changed after
+    ``through`` that is neither (pending). A source row the rules hold although the
+    quarantine does not hold that version is a difference (see :func:`_rule_breaks`)."""
     name = FACT_SOURCES[source_table][0]
     key = TABLES[name].merge_key[0]
     counts["warehouse"] += actual.num_rows
     rows = pa.Table.from_batches([batch])
-    # A version the quarantine holds is quarantined, a row held for its dimension row is
-    # held: neither is pending, however new.
-    late = pc.and_(_after(rows["last_updated"], through), pc.invert(pc.or_(
-        _version_held(rows, key, holds), pc.is_in(rows[key].cast(pa.int64()),
-                                                  value_set=held_ids))))
+    ids = _flat(rows[key]).cast(pa.int64())
+    in_quarantine = _version_held(rows, key, holds)
+    waiting = _version_held(rows, key, held_versions)  # that very version is held
+    late = pc.and_(_after(rows["last_updated"], through),
+                   pc.invert(pc.or_(in_quarantine, waiting)))
     counts["pending"] += pc.sum(late).as_py() or 0
-    current = rows.filter(pc.invert(late)).combine_chunks()
-    skip = [rows.filter(late)[key].cast(pa.int64()).combine_chunks(), held_ids]
+    counts["quarantined"] += pc.sum(in_quarantine).as_py() or 0
+    skip = [_flat(ids.filter(late)), _flat(ids.filter(in_quarantine)), held_ids]
+    current = rows.filter(pc.invert(pc.or_(late, in_quarantine))).combine_chunks()
     expected = TABLES[name].arrow_schema().empty_table()
     if current.num_rows:
         checked = fact_rows(current.to_batches()[0], source_table)
         if checked.rows is not None:
             expected = checked.rows
         if checked.held is not None and checked.held.num_rows:
-            quarantined = _in_quarantine(checked.held, key, holds)
-            counts["quarantined"] += len(quarantined)
-            skip.append(quarantined)
-            broken = checked.held.filter(pc.invert(pc.is_in(
-                checked.held[key].cast(pa.int64()), value_set=quarantined)))
-            if broken.num_rows and tally is not None:
-                _rule_breaks(broken, key, actual, key, tally)
-                skip.append(_flat(broken[key]).cast(pa.int64()))
+            broken_ids = _flat(checked.held[key]).cast(pa.int64())
+            skip.append(broken_ids)
+            if holds is None:  # a warehouse before schema 7: what the rules hold counts
+                counts["quarantined"] += len(broken_ids)
+            elif tally is not None:
+                _rule_breaks(checked.held, key, actual, key, tally)
     counts["held"] += pc.sum(pc.is_in(expected[key].cast(pa.int64()),
                                       value_set=held_ids)).as_py() or 0
     skip_ids = pa.concat_arrays(skip)
@@ -426,28 +436,23 @@ def _quarantine_holds(conn, source_table: str) -> Optional[set]:
         t=source_table)}
 
 
-def _in_quarantine(held: pa.Table, key: str, holds: Optional[set]) -> pa.Array:
-    """The ids of the source rows ``held`` (the rules hold them) whose version the
-    quarantine holds: counted as quarantined. A row the rules hold but the quarantine does
-    not (changed in the source without a new ``last_updated``, so never extracted) is
-    compared, and its difference shown."""
-    ids = _flat(held[key]).cast(pa.int64())
-    if holds is None:
-        return ids
-    return ids.filter(_version_held(held, key, holds))
-
-
 def _version_held(rows: pa.Table, key: str, holds: Optional[set]) -> pa.Array:
-    """A boolean per row of ``rows`` (source rows: ``key``, ``last_updated``): whether the
-    quarantine holds that version (``holds``, from :func:`_quarantine_holds`). Such a row is
-    quarantined, not pending, though its ``last_updated`` is past what the warehouse holds."""
-    if not holds:
-        return pa.array([False] * rows.num_rows, pa.bool_())
-    versions = [None if v is None else v.replace(tzinfo=None) if v.tzinfo is None else
-                v.astimezone(timezone.utc).replace(tzinfo=None)
-                for v in rows["last_updated"].to_pylist()]
-    return pa.array([(int(i), v) in holds for i, v in
-                     zip(_flat(rows[key]).to_pylist(), versions)], pa.bool_())
+    """A boolean per row of ``rows`` (source rows: ``key``, ``last_updated``): whether its
+    version is in ``holds`` (``(id, naive UTC time)`` pairs: the quarantine's, or a fact's
+    held rows). Only the rows whose id is in ``holds`` are looked at one by one."""
+    ids = _flat(rows[key]).cast(pa.int64())
+    candidates = pc.is_in(ids, value_set=pa.array(sorted({i for i, _ in holds or ()}),
+                                                  pa.int64()))
+    where = pc.indices_nonzero(candidates)
+    if not len(where):
+        return candidates
+    flags = []
+    for row_id, moment in zip(ids.take(where).to_pylist(),
+                              rows["last_updated"].take(where).to_pylist()):
+        if moment is not None and moment.tzinfo is not None:
+            moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
+        flags.append((row_id, moment) in holds)  # type: ignore[operator]
+    return pc.replace_with_mask(candidates, candidates, pa.array(flags, pa.bool_()))
 
 
 def _compared(expected: pa.Table, actual: pa.Table, key: str, columns: list[str],
@@ -500,8 +505,9 @@ def load_scope(processed: Lake, manifest_keys: Sequence[str],
     """
     found: dict[str, Optional[set[int]]] = {name: set() for name in
                                             (FACT_SOURCES[t][0] for t in FACT_SOURCES)}
+    repairs = read_repairs(processed) if manifest_keys else []
     for manifest_key in manifest_keys:
-        manifest = read_manifest(processed, manifest_key)
+        manifest = read_manifest(processed, manifest_key, repairs)
         for name, ids in found.items():
             output = manifest.output(name)
             if output is None or ids is None:

@@ -37,7 +37,7 @@ from totes.rules.facts import FACT_SOURCES, fact_dates, fact_rows
 from totes.utils.footers import batch_files
 from totes.utils.lake import Lake, key_time, parquet_writer, storage_call
 from totes.utils.ledger import ALL_TABLES, Ledger, new_run_id
-from totes.utils.manifests import commit, latest_manifest
+from totes.utils.manifests import commit, latest_manifest, read_raw_manifest
 from totes.utils.run_tracking import check_lease, skip_reason, tracked
 
 log = logging.getLogger(__name__)
@@ -241,7 +241,10 @@ def _transform(lake: Lake, processed: Lake,
                retry: Optional[dict[str, pa.Table]]) -> TransformResult:
     started = time.monotonic()
     retry = {t: rows for t, rows in (retry or {}).items() if rows is not None and rows.num_rows}
-    _, previous = latest_manifest(processed)
+    previous_key, previous = latest_manifest(processed)  # read through the repairs, to read
+    # its files; what the new manifest carries on is the committed one's keys, so that a
+    # later repair of an earlier batch reaches this one too.
+    carried = read_raw_manifest(processed, previous_key) if previous_key else None
     new_keys = pending_lake_files(lake, previous)
     if not new_keys and not retry:
         return TransformResult(manifest=None, source_files=0, tables=[],
@@ -255,13 +258,13 @@ def _transform(lake: Lake, processed: Lake,
                    if quarantine_prefix(t) in published}
     manifest = Manifest(
         batch_time=moment.isoformat(sep=" ", timespec="microseconds"),
-        lake={**(previous.lake if previous else {}),
+        lake={**(carried.lake if carried else {}),
               **{t: keys[-1] for t, keys in new_keys.items()}},
-        state={**(previous.state if previous else {}),
+        state={**(carried.state if carried else {}),
                **{t: published[state_prefix(t)] for t in REFERENCE_TABLES
                   if state_prefix(t) in published}},
         source_files=new_keys, outputs=tables, quarantined=quarantined,
-        quarantine=(previous.quarantine if previous else [])
+        quarantine=(carried.quarantine if carried else [])
         + [published[quarantine_prefix(t)] for t in quarantined],
         retried={t: published[retry_prefix(t)] for t in SOURCE_TABLES
                  if retry_prefix(t) in published})

@@ -26,6 +26,7 @@ S3 filesystem; writes through boto3, which has the conditional create.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import shutil
@@ -52,6 +53,8 @@ STAGING_ABANDONED_AFTER_SECONDS = 20 * 60
 _STAGING_PREFIX = "totes-"
 #: S3 object metadata naming the writer that created the object (a random token).
 _WRITER = "totes-writer"
+log = logging.getLogger(__name__)
+
 # S3 error codes a retry cannot fix (botocore's Error.Code, pyarrow's "AWS Error <CODE>").
 _TERMINAL_S3_CODES = ("AccessDenied", "ACCESS_DENIED", "NoSuchBucket", "NO_SUCH_BUCKET",
                       "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled")
@@ -93,7 +96,8 @@ def storage_error(exc: BaseException, doing: str) -> BaseException:
     * ``FileNotFoundError``, a 404 or ``NoSuchKey`` → :class:`LakeError` ``"<doing>: no such
       object"``;
     * ``pyarrow.ArrowInvalid`` (not Parquet, a corrupt footer) → :class:`LakeError`;
-    * a denied access, a missing bucket, bad credentials → :class:`LakeError`;
+    * a denied access, a missing bucket, bad credentials, a local path this user may not
+      write or that is not a directory → :class:`LakeError`;
     * any other ``OSError`` (pyarrow's S3 and network errors are OSError), botocore's
       connection errors, throttling and 5xx → :class:`StorageUnavailable`.
 
@@ -113,6 +117,9 @@ def storage_error(exc: BaseException, doing: str) -> BaseException:
         return LakeError(f"{doing}: {code} (check the bucket name and the role's permissions)")
     if isinstance(exc, OSError) and any(c in str(exc) for c in _TERMINAL_S3_CODES):
         return LakeError(f"{doing}: {exc}")
+    if isinstance(exc, (PermissionError, IsADirectoryError, NotADirectoryError)):
+        return LakeError(f"{doing}: {exc.strerror or exc} ({exc.filename}): check the "
+                         "path and this user's permissions")
     if isinstance(exc, OSError) and exc.strerror and exc.filename:
         return StorageUnavailable(f"{doing}: {exc.strerror} ({exc.filename})")
     if isinstance(exc, OSError) or code is not None or _is_botocore_error(exc):
@@ -318,9 +325,14 @@ class Lake:
                 with contextlib.suppress(OSError):  # the block's own error is the one raised;
                     os.unlink(path)  # a file left here is removed by the next process's
                 raise  # remove_abandoned_staging
-            with storage_call(f"removing the staging file {path}"), \
-                    contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+            if os.path.lexists(path):
+                try:
+                    os.unlink(path)
+                except OSError as exc:  # the block's work is done (published, or nothing
+                    # to publish): a staging file left behind is the next process's to
+                    # remove (remove_abandoned_staging), not a reason to fail this one
+                    log.warning("could not remove the staging file %s (%s); the next run "
+                                "removes it", path, exc.strerror or exc)
         else:
             with storage_call("creating a staging folder in the temporary directory"):
                 folder = tempfile.mkdtemp(prefix=f"{_STAGING_PREFIX}{os.getpid()}-")
@@ -336,9 +348,8 @@ class Lake:
         any untouched for ``older_than`` seconds whose process is unknown; returns their
         paths. A live process's files are never removed.
 
-        Raises:
-            StorageUnavailable: a file could not be removed (a read-only or failing disk).
-        """
+        A file it may not remove (another user's, a read-only disk) is left, with a
+        warning."""
         import time
 
         limit = time.time() - older_than
@@ -358,17 +369,17 @@ class Lake:
                     continue
                 if owner is None and _last_touched(path) >= limit:
                     continue
-                with storage_call(f"removing the abandoned staging file {path}"):
-                    try:
-                        if os.path.isdir(path):
-                            shutil.rmtree(path)
-                        else:
-                            os.unlink(path)
-                    except FileNotFoundError:
-                        continue  # another process removed it first
+                if os.path.isdir(path):
+                    shutil.rmtree(path)
+                else:
+                    os.unlink(path)
                 removed.append(path)
             except FileNotFoundError:
                 continue  # another process removed it first
+            except OSError as exc:  # another user's, or a read-only disk: cleaning up is
+                # best effort, and must not fail this process's own work
+                log.warning("could not remove the abandoned staging file %s (%s)", path,
+                            exc.strerror or exc)
         return removed
 
     def publish(self, staged_path: str, key: str) -> int:

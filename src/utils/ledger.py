@@ -260,22 +260,33 @@ def _start_time(pid: int) -> Optional[str]:
         return None
 
 
+def _pid_namespace() -> Optional[str]:
+    """This process's PID namespace (``pid:[4026531836]``): two containers on one host share
+    the boot id but not their PIDs."""
+    try:
+        return os.readlink("/proc/self/ns/pid").removeprefix("pid:").strip("[]")
+    except OSError:
+        return None
+
+
 def this_process() -> Optional[str]:
-    """``<boot id>:<pid>:<start time>`` of this process (None where /proc cannot say): what
-    tells a holder that died from one whose PID was reused."""
-    boot, started = _boot_id(), _start_time(os.getpid())
-    return f"{boot}:{os.getpid()}:{started}" if boot and started else None
+    """``<boot id>:<pid namespace>:<pid>:<start time>`` of this process (None where /proc
+    cannot say): what tells a holder that died from one whose PID was reused, or one that
+    lives in another container."""
+    boot, space, started = _boot_id(), _pid_namespace(), _start_time(os.getpid())
+    return f"{boot}:{space}:{os.getpid()}:{started}" if boot and space and started else None
 
 
 def dead(process: Optional[str]) -> bool:
     """Whether the process ``process`` (:func:`this_process` of the holder) is provably dead:
-    it ran on this machine since its last boot, and no process has its id and start time
-    now. A holder on another machine, or of unknown process, is never dead here (its lease
-    expires instead)."""
-    if not process or process.count(":") != 2:
+    it ran on this machine since its last boot, in this PID namespace, and no process has its
+    id and start time now. A holder on another machine or in another container, or of
+    unknown process (an older release's record), is never dead here: its lease expires
+    instead."""
+    if not process or process.count(":") != 3:
         return False
-    boot, pid, started = process.split(":")
-    if boot != _boot_id() or not pid.isdigit():
+    boot, space, pid, started = process.split(":")
+    if boot != _boot_id() or space != _pid_namespace() or not pid.isdigit():
         return False
     return _start_time(int(pid)) != started
 

@@ -94,5 +94,8 @@ def commit(processed: Lake, manifest: Manifest, moment: datetime) -> str:
         StorageUnavailable: the processed area could not be written (retry).
     """
     key = processed.next_key(MANIFESTS, moment, MANIFEST_EXT)
-    processed.put_bytes(key, manifest.model_dump_json(indent=1).encode())
+    # Without retries, no "retried" field: the previous release (extra fields forbidden)
+    # still reads the manifest, so that a rollback keeps working.
+    processed.put_bytes(key, manifest.model_dump_json(
+        indent=1, exclude=None if manifest.retried else {"retried"}).encode())
     return key
