@@ -6,7 +6,7 @@ terraform {
       version = "~> 5.100"
     }
   }
-  # Remote state in S3, configured at init (see the README, "Deploying to AWS"):
+  # Remote state in S3, configured at init (see docs/aws.md):
   # terraform init -backend-config="bucket=<state bucket>" -backend-config="key=totes/immutable.tfstate"
   #   -backend-config="region=<region>" -backend-config="use_lockfile=true"
   backend "s3" {}

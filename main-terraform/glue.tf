@@ -1,4 +1,4 @@
-# ---- The Glue job: tables whose job_type is glue (README.md, "Job types") -------------------
+# ---- The Glue job: tables whose job_type is glue (docs/extract.md, "Job types") ------------
 # One Spark job (Glue 5.0: Spark 3.5, Python 3.11) for every glue table; the state machine
 # starts one run per table (glue:startJobRun.sync) with the table's payload (--payload) and its
 # workers (worker_type, worker_no). The script is the entry of totes.ingest.glue_job; the code

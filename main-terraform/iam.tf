@@ -1,4 +1,4 @@
-# One role per function, allowed exactly what that stage touches (README.md, "Data flow"):
+# One role per function, allowed exactly what that stage touches (docs/architecture.md):
 #   plan: the source secret, the configuration object, list/read the lake (a partitioned
 #   table's watermark); ingest: the source secret, list/read/add lake objects; status: the
 #   ledger; pending: list/read the lake and the processed area, the warehouse secret;

@@ -12,7 +12,7 @@ locals {
     "ledger_table_arn"] :
     name => nonsensitive(data.aws_ssm_parameter.imported[name].value)
   }
-  # The states (README.md, "Deploying to AWS"): handler, what each reads and writes.
+  # The states (docs/aws.md): handler, what each reads and writes.
   functions = {
     plan      = { handler = "totes.ingest.handler.plan_handler" }
     ingest    = { handler = "totes.ingest.handler.ingest_handler" }

@@ -266,10 +266,10 @@ def run(source_url: Optional[str] = SourceUrl, warehouse_url: Optional[str] = Wa
         console.print(render.ingest_table(result.ingest))
         console.print(render.transform_table(result.transform))
         console.print(render.load_table(result.load))
-        console.print(render.run_summary(result))
+        console.print(render.run_summary(result), soft_wrap=True)
         if result.reconcile is not None:
             style = "green" if result.reconcile.equal else "red"
-            console.print(f"[{style}]{escape(result.reconcile.summary())}[/]")
+            console.print(f"[{style}]{escape(result.reconcile.summary())}[/]", soft_wrap=True)
             if not result.reconcile.equal:
                 console.print(render.differences_table(result.reconcile))
         for line in (render.source_warnings(result.ingest, tuple(result.plan.warnings))
@@ -541,7 +541,7 @@ def reconcile(source_url: Optional[str] = SourceUrl,
         console.print(render.reconcile_table(result))
         if not result.equal:
             console.print(render.differences_table(result))
-        console.print(escape(result.summary()))
+        console.print(escape(result.summary()), soft_wrap=True)
     if not result.equal:
         raise typer.Exit(EXIT_TERMINAL)
 

@@ -170,7 +170,7 @@ def extract_sql(conn, plan: TablePlan, source: Inspected, low: Optional[Watermar
     (or the safety lag); for an integer watermark, a row whose writing transaction's id is
     older than the oldest open one's (``xmin`` older than the snapshot's ``xmin``). That is
     exact when a transaction takes its id (its first write) with the insert that takes the
-    row's id, as an ``INSERT`` with a sequence default does; the README says when it is not.
+    row's id, as an ``INSERT`` with a sequence default does; docs/extract.md says when it is not.
     Values are bound with ``set_config``; the statement holds identifiers only, each through
     ``quote_ident``.
     """
