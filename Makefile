@@ -10,10 +10,12 @@ DEV_INSTALLED := $(VENV)/.dev-installed
 # The benchmark's comparison (dlt, connectorx, ADBC) lives apart from totes' own packages.
 DLT_VENV := .venv-dlt
 DLT_INSTALLED := $(DLT_VENV)/.installed
+# Mermaid (npm), which draws the docs site's diagrams (make docs).
+MERMAID := build/docs-node/node_modules/mermaid/dist/mermaid.min.js
 
 .PHONY: help run test test-fast lint-imports typecheck install-requirements install-dev-tools \
 	run-pytest check-pep8-compliance \
-	test-packages security-checks bandit dependency-audit run-checks bench bench-large bench-cdc report stop clean-state clean \
+	test-packages docs security-checks bandit dependency-audit run-checks bench bench-large bench-cdc report stop clean-state clean \
 	layer package tf-validate deploy-local put-secrets upload-config
 
 help:
@@ -31,6 +33,8 @@ help:
 	@echo "make bench                  time small incremental runs after 1, 10, 100 batches"
 	@echo "make bench-large            time every stage on a 2,000,000-row sales_order, next to dlt"
 	@echo "make bench-cdc              time change data capture on the 2,000,000-row sales_order"
+	@echo "make docs                   build the documentation site into build/site (--strict;"
+	@echo "                            open build/site/index.html, offline)"
 	@echo "make report                 write report.html: the warehouse and the pipeline's health"
 	@echo "make layer / package        build the Lambda layer / code zip into build/ (sizes printed)"
 	@echo "make tf-validate            terraform fmt + validate, asl-validator, checkov (offline)"
@@ -60,11 +64,11 @@ install-dev-tools: $(DEV_INSTALLED)
 run: $(INSTALLED)
 	$(BIN)/totes run
 
-test: $(DEV_INSTALLED) test-packages lint-imports typecheck run-pytest
+test: $(DEV_INSTALLED) test-packages $(MERMAID) lint-imports typecheck run-pytest
 
 # The edit loop: the unit and embedded-PostgreSQL tests on both cores; what needs MariaDB,
 # Spark, Chromium or moto's server is left out (make test runs it).
-test-fast: $(DEV_INSTALLED)
+test-fast: $(DEV_INSTALLED) $(MERMAID)
 	@$(BIN)/pytest -n 2 -q -m "not mariadb and not spark and not browser and not emulator" \
 		$(PYTEST_ARGS)
 
@@ -75,6 +79,16 @@ lint-imports: $(DEV_INSTALLED)
 
 typecheck: $(DEV_INSTALLED)
 	scripts/typecheck.sh
+
+# The documentation site, from docs/ (mkdocs.yml; scripts/docs_site.py generates the reference
+# pages from the code). Mermaid, which draws its diagrams, comes from npm and is served by the
+# site itself: nothing is fetched when it is built or read.
+$(MERMAID):
+	npm install --no-save --no-audit --no-fund --prefix build/docs-node mermaid@11.17.2 >/dev/null
+
+docs: $(DEV_INSTALLED) $(MERMAID)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+	@echo "docs: build/site/index.html"
 
 # What the tests use from Debian (MariaDB for MySQL sources, Chromium for the report), if missing.
 test-packages:

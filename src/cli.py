@@ -538,7 +538,7 @@ def reconcile(source_url: Optional[str] = SourceUrl,
         _print_json(result.model_dump(mode="json"))
     else:
         console = render.stdout()
-        console.print(render.reconcile_table(result))
+        console.print(render.reconcile_table(result, console.width))
         if not result.equal:
             console.print(render.differences_table(result))
         console.print(escape(result.summary()), soft_wrap=True)

@@ -5,6 +5,8 @@ import re
 from support import REPO
 from totes.contracts.star_schema import TABLES, mermaid_er_diagram
 
+#: Pages the docs site generates from the code when it is built (scripts/docs_site.py).
+GENERATED_PAGES = ("reference/cli.md", "reference/warehouse-model.md")
 SCANNED = ("src", "main-terraform", "immutable-terraform", "scripts", "config", "docs",
            "benchmarks", "data", "README.md", "Makefile")
 
@@ -37,7 +39,10 @@ def test_every_document_named_in_the_repository_exists():
         for match in re.finditer(r"(?<![\w/.-])((?:\.\./|[\w-]+/)*[\w-]+\.md)\b",
                                  path.read_text(errors="ignore")):
             named = match.group(1)
-            candidates = [path.parent / named, REPO / named, REPO / "docs" / named]
+            if named in GENERATED_PAGES:
+                continue
+            candidates = [path.parent / named, REPO / named, REPO / "docs" / named,
+                          *(folder / named for folder in (REPO / "docs").iterdir())]
             if not any(c.exists() for c in candidates):
                 missing.append(f"{path.relative_to(REPO)}: {named}")
     assert not missing, missing
@@ -90,3 +95,17 @@ def test_only_the_settings_object_reads_the_environment():
              if readers.search(line) and p.name != "settings.py"
              and not line.lstrip().startswith("#")]
     assert found == []
+
+
+def test_the_configuration_page_lists_the_pipeline_files_keys():
+    from totes.contracts.config import CdcOptions, TableOptions, markdown_table
+
+    text = (REPO / "docs" / "configuration.md").read_text()
+    for marker, model in (("pipeline-keys", TableOptions), ("cdc-keys", CdcOptions)):
+        block = re.search(rf"<!-- {marker}:start -->\n(.*?)\n<!-- {marker}:end -->", text, re.S)
+        assert block, f"docs/configuration.md lost its {marker} markers"
+        assert block.group(1) == markdown_table(model), (
+            f"docs/configuration.md's {marker} differ from src/contracts/config.py: paste the "
+            "output of `python -m totes.contracts.config` between the markers")
+        for name in model.model_fields:  # every key the model accepts is documented
+            assert f"| `{name}` |" in block.group(1)

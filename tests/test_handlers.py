@@ -288,7 +288,7 @@ def test_reconcile_after_a_load_agrees_and_a_tampered_value_is_alerted(lambda_en
             "warehouse 1.00)") in lines
     assert any(line.startswith("  - fact_payment.payment_amount in ") for line in lines)
     assert "totes reconcile" in alert["message"]
-    assert '"Reconcile reports differences"' in alert["message"]
+    assert "docs/how-to/reconcile-differences.md" in alert["message"]
     assert lines[-1].startswith("Execution: https://eu-west-2.console.aws.amazon.com/")
 
     # More differences than the state lists: the alert counts them all.

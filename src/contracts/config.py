@@ -23,7 +23,7 @@ The same rule as the Meltano SDK: validate up front, name the key and the rule i
 """
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -45,23 +45,59 @@ JobType = Literal["lambda", "glue"]
 WorkerType = Literal["G.1X", "G.2X", "G.4X", "G.8X"]
 
 
+def _key(meaning: str, values: str, default: str, value=None):
+    """A pipeline-file key: its value when left out (``value``), and what the configuration
+    reference shows of it (:func:`markdown_table`)."""
+    extra: dict[str, Any] = {"values": values, "shown_default": default}
+    return Field(value, description=meaning, json_schema_extra=extra)
+
+
 class TableOptions(BaseModel):
     """Settings of one table; any left out comes from ``defaults``."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    extract_type: Optional[ExtractType] = None
-    primary_key: Optional[str] = None
-    watermark_column: Optional[str] = None
-    record_batch_bytes: Optional[int] = Field(None, ge=1024, le=1 << 30)
-    in_flight_safety_lag_seconds: Optional[float] = Field(None, ge=0)
-    partition_column: Optional[str] = None
-    num_partitions: Optional[int] = Field(None, ge=1, le=1024)
-    lower_bound: Optional[str] = None
-    upper_bound: Optional[str] = None
-    job_type: Optional[JobType] = None
-    worker_type: Optional[WorkerType] = None
-    worker_no: Optional[int] = Field(None, ge=2, le=299)
+    extract_type: Optional[ExtractType] = _key(
+        "incremental: the row versions after the watermark; full: the whole table every run, "
+        "one snapshot batch; cdc: every committed change from PostgreSQL's log "
+        "([cdc.md](cdc.md))", "`incremental`, `full`, `cdc`", "`incremental`")
+    primary_key: Optional[str] = _key(
+        "an integer column with a unique index of its own, not null: it breaks watermark ties "
+        "and names rows in messages", "a column", "the registry's key, else `<table>_id`")
+    watermark_column: Optional[str] = _key(
+        "a timestamp (PostgreSQL `timestamp`/`timestamptz`, MySQL `DATETIME`/`TIMESTAMP`) or, "
+        "on PostgreSQL, an integer; optional for `full`", "a column", "`last_updated`")
+    record_batch_bytes: Optional[int] = Field(
+        None, ge=1024, le=1 << 30,
+        description="bytes per Arrow record batch = one Parquet row group; the unit of "
+        "memory of an extract", json_schema_extra={"values": "1,024 to 1,073,741,824",
+                                                   "shown_default": "8,388,608"})
+    in_flight_safety_lag_seconds: Optional[float] = Field(
+        None, ge=0, description="how far behind the database clock a run stops when its "
+        "role cannot see other sessions' transactions",
+        json_schema_extra={"values": "≥ 0", "shown_default": "300"})
+    partition_column: Optional[str] = _key(
+        "reads the table as `num_partitions` ranges of this column in parallel",
+        "an integer or timestamp column", "none")
+    num_partitions: Optional[int] = Field(
+        None, ge=1, le=1024, description="the number of ranges (needs `partition_column`)",
+        json_schema_extra={"values": "1 to 1,024", "shown_default": "1"})
+    lower_bound: Optional[str] = _key(
+        "where the equal steps start; rows below go to the first partition",
+        "a value of the partition column, as text", "the column's minimum")
+    upper_bound: Optional[str] = _key(
+        "where the equal steps end; rows above go to the last partition",
+        "a value of the partition column, as text", "the column's maximum")
+    job_type: Optional[JobType] = _key(
+        "the engine that extracts the table in AWS: a Lambda (one per part when "
+        "partitioned) or the Glue (Spark) job; locally `totes ingest --engine spark` runs "
+        "the Spark path", "`lambda`, `glue`", "`lambda`")
+    worker_type: Optional[WorkerType] = _key(
+        "the Glue job run's worker type (a `glue` table)", "`G.1X`, `G.2X`, `G.4X`, `G.8X`",
+        "`G.1X`")
+    worker_no: Optional[int] = Field(
+        None, ge=2, le=299, description="the Glue job run's number of workers",
+        json_schema_extra={"values": "2 to 299", "shown_default": "2"})
 
 
 class CdcOptions(BaseModel):
@@ -69,20 +105,27 @@ class CdcOptions(BaseModel):
     ``extract_type`` is ``cdc``: one publication and one slot for the whole pipeline, read by
     one reader per run (:mod:`totes.ingest.capture`).
 
-    ``slot``/``publication``: their names (``totes``). ``max_changes_per_run``: a read of the
-    log stops after the transaction in which it passes this many of the log's messages (a
-    change is one; each transaction adds a begin and a commit; PostgreSQL's
-    ``upto_nchanges``), and never splits a transaction, so that a run stays inside a
-    Lambda's time; the next run goes on from there. ``retained_wal_alert_bytes``: the
-    slot's retained WAL beyond which the state machine alerts (an abandoned slot fills the
-    source's disk)."""
+    ``max_changes_per_run`` is PostgreSQL's ``upto_nchanges``: a read never splits a
+    transaction, so that a run stays inside a Lambda's time; the next run goes on from
+    there."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    slot: str = "totes"
-    publication: str = "totes"
-    max_changes_per_run: int = Field(100_000, ge=1, le=100_000_000)
-    retained_wal_alert_bytes: int = Field(1 << 30, ge=1 << 20)
+    slot: str = _key("the logical replication slot (one per pipeline)", "a name", "`totes`",
+                     "totes")
+    publication: str = _key("the publication of the `cdc` tables", "a name", "`totes`",
+                            "totes")
+    max_changes_per_run: int = Field(
+        100_000, ge=1, le=100_000_000,
+        description="a read of the log stops after the transaction in which it passes this "
+        "many of the log's messages (a change is one; each transaction adds a begin and a "
+        "commit)", json_schema_extra={"values": "1 to 100,000,000",
+                                      "shown_default": "100,000"})
+    retained_wal_alert_bytes: int = Field(
+        1 << 30, ge=1 << 20,
+        description="the slot's retained WAL beyond which the state machine alerts (an "
+        "abandoned slot fills the source's disk)",
+        json_schema_extra={"values": "≥ 1,048,576", "shown_default": "1,073,741,824"})
 
 
 class PipelineConfig(BaseModel):
@@ -378,3 +421,22 @@ def resolve_tables(config: PipelineConfig) -> list[TablePlan]:
             raise ConfigError("; ".join(e["msg"].removeprefix("Value error, ")
                                         for e in exc.errors())) from None
     return plans
+
+
+def markdown_table(model: type[BaseModel] = TableOptions) -> str:
+    """The keys of one section of the pipeline file as the Markdown table
+    ``docs/configuration.md`` shows (key, values, default, meaning), from the model's own
+    fields: a test keeps that page equal to it, and the docs site fills it at build time."""
+    lines = ["| key | values | default | meaning |", "|---|---|---|---|"]
+    for name, info in model.model_fields.items():
+        extra = info.json_schema_extra
+        assert isinstance(extra, dict), name  # every key is declared with _key or its extra
+        lines.append(f"| `{name}` | {extra['values']} | {extra['shown_default']} | "
+                     f"{info.description} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(markdown_table())
+    print()
+    print(markdown_table(CdcOptions))

@@ -652,8 +652,8 @@ def _load_batch(session, conn, processed: Lake, manifest_key: str,
     except LakeError as exc:
         raise LakeError(f"{exc}. The lake still holds the inputs of batch {manifest_key}: "
                         f"`totes transform --rebuild {manifest_key}` writes its files again, "
-                        "and the next load takes it (docs/runbook.md, \"A damaged processed "
-                        "file\")") from exc
+                        "and the next load takes it "
+                        "(docs/how-to/damaged-processed-file.md)") from exc
 
 
 def _load_files(session, conn, processed: Lake, manifest_key: str, manifest: Manifest,

@@ -118,6 +118,7 @@ def check_table(result) -> Table:
     verdict = "all ok" if not failed else counted(failed, "problem")
     table = Table("check", "", "detail", title=f"check ({verdict}, {result.seconds:.2f} s)",
                   show_lines=True)
+    table.columns[2].overflow = "fold"  # a long path wraps, it is never cut short
     for c in result.checks:
         table.add_row(c.check, "[green]ok[/]" if c.ok else "[bold red]FAIL[/]",
                       value(c.detail if c.ok else f"{c.error}: {c.detail}"))
@@ -413,18 +414,25 @@ def history_table(records, width: Optional[int] = None) -> Table:
     return table
 
 
-def reconcile_table(result) -> Table:
-    """One row per warehouse table that ``totes reconcile`` compared."""
-    table = Table("warehouse table", "source table", "source rows", "warehouse rows",
-                  "pending", "held", "quarantined", "differences",
-                  title=f"reconcile ({result.seconds:.2f} s)",
-                  caption="pending: changed in the source after the last load; held: a fact "
-                  "row waiting for its dimension row; quarantined: breaks a rule",
-                  caption_justify="left")
+def reconcile_table(result, width: Optional[int] = None) -> Table:
+    """One row per warehouse table that ``totes reconcile`` compared; on a console narrower
+    than :data:`COMPACT_BELOW`, without the source table's name and borders."""
+    caption = ("pending: changed in the source after the last load; held: a fact row waiting "
+               "for its dimension row; quarantined: breaks a rule")
+    title = f"reconcile ({result.seconds:.2f} s)"
+    if _compact(width):
+        table = Table("table", "source", "warehouse", "pending", "held", "quarantined",
+                      "diffs", box=box.SIMPLE_HEAD, pad_edge=False, title=title,
+                      caption=caption, caption_justify="left")
+        table.columns[0].no_wrap = True
+    else:
+        table = Table("warehouse table", "source table", "source rows", "warehouse rows",
+                      "pending", "held", "quarantined", "differences", title=title,
+                      caption=caption, caption_justify="left")
     for t in result.tables:
         scope = "" if t.scoped_keys is None else f" ({t.scoped_keys:,} ids loaded)"
-        table.add_row(t.table + scope, t.source_table, f"{t.source_rows:,}",
-                      f"{t.warehouse_rows:,}",
+        names = [t.table + scope] if _compact(width) else [t.table + scope, t.source_table]
+        table.add_row(*names, f"{t.source_rows:,}", f"{t.warehouse_rows:,}",
                       f"{t.pending:,}", f"{t.held:,}", f"{t.quarantined:,}",
                       f"[red]{t.differences:,}[/]" if t.differences else "0")
     return table

@@ -180,10 +180,10 @@ def render_differences(result: ReconcileResult, environment: str,
     if apart:
         lines.append(f"Not differences: {'; '.join(apart)}.")
     lines.append("What to do: run totes reconcile --source-url <source> --warehouse-url "
-                 "<warehouse> (it lists every difference) and follow docs/runbook.md, "
-                 "\"Reconcile reports differences\": a value that "
-                 "differs was changed in the warehouse by hand, or in the source without "
-                 "moving last_updated; a row missing in the warehouse: reingest its table. "
+                 "<warehouse> (it lists every difference) and follow "
+                 "docs/how-to/reconcile-differences.md: a value that differs was changed "
+                 "in the warehouse by hand, or in the source without moving last_updated; "
+                 "a row missing in the warehouse: reingest its table. "
                  "What this execution loaded stays loaded; every execution that loads a batch "
                  "reconciles again.")
     if execution and region:

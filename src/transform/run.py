@@ -143,7 +143,7 @@ def _read_state(processed: Lake, key: str) -> pa.Table:
     except LakeError as exc:
         raise LakeError(f"{exc}. It is the reference state of the last batch: `totes "
                         f"transform --rebuild {key}` rebuilds the batch that wrote it from "
-                        "the lake (docs/runbook.md, \"A damaged processed file\")") from exc
+                        "the lake (docs/how-to/damaged-processed-file.md)") from exc
 
 
 def write_facts(lake: Lake, new_keys: dict[str, list[str]], outputs: _Outputs,
