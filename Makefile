@@ -125,12 +125,13 @@ report: $(INSTALLED)
 
 # A 2,000,000-row sales_order: stages, floors, dlt on the same source, no-change and 10-row
 # runs (about 4 minutes).
+ROWS ?= 2000000
 bench-large: $(DEV_INSTALLED) $(DLT_INSTALLED)
-	TOTES_BENCH_DLT_PYTHON=$(DLT_VENV)/bin/python $(BIN)/python benchmarks/large_source.py
+	TOTES_BENCH_ROWS=$(ROWS) TOTES_BENCH_DLT_PYTHON=$(DLT_VENV)/bin/python $(BIN)/python benchmarks/large_source.py
 
 # sales_order on extract_type: cdc: the initial copy, a run with nothing new, 10,000 changes.
 bench-cdc: $(INSTALLED)
-	$(BIN)/python benchmarks/cdc_run.py
+	$(BIN)/python benchmarks/cdc_run.py --source $(or $(SOURCE),postgresql)
 
 $(DLT_INSTALLED): benchmarks/requirements-dlt.txt
 	$(PYTHON) -m venv $(DLT_VENV)

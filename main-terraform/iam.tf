@@ -1,8 +1,8 @@
 # One role per function, allowed exactly what that stage touches (docs/architecture.md):
 #   plan: the source secret, the configuration object, list/read the lake (a partitioned
 #   table's watermark); ingest: the source secret, list/read/add lake objects; status: the
-#   ledger; pending: list/read the lake and the processed area, the warehouse secret;
-#   transform: read the lake, list/read/add processed objects; load: read processed, the
+#   ledger, the source secret and list/read the lake (a table's lag); pending: list/read the
+#   lake and the processed area, the warehouse secret; transform: read the lake, list/read/add processed objects; load: read processed, the
 #   warehouse secret; reconcile: both secrets, no bucket (it reads the two databases only);
 #   alert: nothing. Ingest, status, transform and load write their runs and leases in the
 #   ledger table. Nobody may delete or overwrite-by-delete an object. The data key: decrypt
@@ -31,10 +31,10 @@ locals {
   access = {
     plan      = { secrets = [local.imported.source_secret_arn], read = ["ingest"], write = [], ledger = false, config = true, kms = local.data_key }
     ingest    = { secrets = [local.imported.source_secret_arn], read = ["ingest"], write = ["ingest"], ledger = true, config = false, kms = local.data_key }
-    status    = { secrets = [], read = [], write = [], ledger = true, config = false, kms = local.data_key }
-    pending   = { secrets = [local.imported.warehouse_secret_arn], read = ["ingest", "processed"], write = [], ledger = false, config = false, kms = local.data_key }
+    status    = { secrets = [local.imported.source_secret_arn], read = ["ingest"], write = [], ledger = true, config = false, kms = local.data_key }
+    pending   = { secrets = [local.imported.warehouse_secret_arn], read = ["ingest", "processed"], write = [], ledger = false, config = true, kms = local.data_key }
     transform = { secrets = [], read = ["ingest", "processed"], write = ["processed"], ledger = true, config = false, kms = local.data_key }
-    load      = { secrets = [local.imported.warehouse_secret_arn], read = ["processed"], write = [], ledger = true, config = false, kms = local.data_key }
+    load      = { secrets = [local.imported.warehouse_secret_arn], read = ["ingest", "processed"], write = [], ledger = true, config = true, kms = local.data_key }
     reconcile = { secrets = [local.imported.source_secret_arn, local.imported.warehouse_secret_arn], read = [], write = [], ledger = false, config = false, kms = ["kms:Decrypt"] }
     alert     = { secrets = [], read = [], write = [], ledger = false, config = false, kms = [] }
   }

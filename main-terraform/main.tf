@@ -37,10 +37,16 @@ locals {
       TOTES_LAKE          = "s3://${local.imported.ingest_bucket}"
       TOTES_LEDGER        = local.ledger
     }
+    # status also measures the table's lag (LagSeconds): the source's newest watermark and
+    # the lake's high watermark.
     status = {
-      TOTES_LEDGER = local.ledger
+      TOTES_LEDGER        = local.ledger
+      TOTES_SOURCE_SECRET = local.imported.source_secret_arn
+      TOTES_LAKE          = "s3://${local.imported.ingest_bucket}"
     }
+    # pending and load read the pipeline file for the raw layer's tables (docs/raw-layer.md).
     pending = {
+      TOTES_CONFIG           = local.config_uri
       TOTES_LAKE             = "s3://${local.imported.ingest_bucket}"
       TOTES_PROCESSED        = "s3://${local.imported.processed_bucket}"
       TOTES_WAREHOUSE_SECRET = local.imported.warehouse_secret_arn
@@ -53,6 +59,8 @@ locals {
       TOTES_LEDGER    = local.ledger
     }
     load = {
+      TOTES_CONFIG           = local.config_uri
+      TOTES_LAKE             = "s3://${local.imported.ingest_bucket}"
       TOTES_PROCESSED        = "s3://${local.imported.processed_bucket}"
       TOTES_WAREHOUSE_SECRET = local.imported.warehouse_secret_arn
       TOTES_WAREHOUSE_SCHEMA = var.warehouse_schema
@@ -127,7 +135,7 @@ resource "aws_s3_object" "config" {
 
 resource "aws_lambda_layer_version" "dependencies" {
   layer_name               = "${local.prefix}-dependencies"
-  description              = "pyarrow, pg8000, pgpq, PyMySQL, pydantic, PyYAML, pycountry (trimmed; see scripts/build_lambda.py)"
+  description              = "pyarrow, pg8000, pgpq, PyMySQL, pydantic, PyYAML, pycountry, aws-lambda-powertools (trimmed; see scripts/build_lambda.py)"
   s3_bucket                = aws_s3_object.layer.bucket
   s3_key                   = aws_s3_object.layer.key
   compatible_runtimes      = ["python3.12"]
@@ -148,21 +156,25 @@ resource "aws_lambda_function" "stage" {
   #checkov:skip=CKV_AWS_173:The variables hold bucket names and secret ARNs, no secret values.
   #checkov:skip=CKV_AWS_272:Code signing needs a signing profile per organisation; the package is built and uploaded by this layer.
   #checkov:skip=CKV_AWS_117:The VPC is optional: set subnet_ids when the databases are only reachable inside one.
-  for_each                       = local.functions
-  function_name                  = "${local.prefix}-${each.key}"
-  role                           = aws_iam_role.function[each.key].arn
-  handler                        = each.value.handler
-  runtime                        = "python3.12"
-  architectures                  = ["x86_64"]
-  s3_bucket                      = aws_s3_object.package.bucket
-  s3_key                         = aws_s3_object.package.key
-  source_code_hash               = terraform_data.build["package"].output
-  layers                         = [aws_lambda_layer_version.dependencies.arn]
-  memory_size                    = var.lambda_memory_mb[each.key]
-  timeout                        = var.lambda_timeout_seconds[each.key]
+  for_each         = local.functions
+  function_name    = "${local.prefix}-${each.key}"
+  role             = aws_iam_role.function[each.key].arn
+  handler          = each.value.handler
+  runtime          = "python3.12"
+  architectures    = ["x86_64"]
+  s3_bucket        = aws_s3_object.package.bucket
+  s3_key           = aws_s3_object.package.key
+  source_code_hash = terraform_data.build["package"].output
+  layers           = [aws_lambda_layer_version.dependencies.arn]
+  memory_size      = var.lambda_memory_mb[each.key]
+  timeout          = var.lambda_timeout_seconds[each.key]
+  ephemeral_storage {
+    size = var.lambda_ephemeral_storage_mb[each.key]
+  }
   reserved_concurrent_executions = each.key == "ingest" ? var.ingest_max_concurrency + 1 : 2
   environment {
-    variables = merge(local.environment[each.key], var.extra_environment)
+    variables = merge(local.environment[each.key],
+    { TOTES_METRICS_NAMESPACE = var.metrics_namespace }, var.extra_environment)
   }
   logging_config {
     log_format            = "JSON"

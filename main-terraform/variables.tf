@@ -40,6 +40,17 @@ variable "lambda_memory_mb" {
   default     = { plan = 256, ingest = 1024, status = 256, pending = 256, transform = 1024, load = 1024, reconcile = 1024, alert = 128 }
 }
 
+variable "lambda_ephemeral_storage_mb" {
+  description = "Size of each function's /tmp, in MB (512 to 10240). Ingest stages one lake batch there before publishing it (max_batch_rows, 5,000,000 by default, bounds a batch) and transform stages its processed files; 2,048 MB holds a batch of the default size with room to spare (docs/extract.md, bounded batches). Load and the others read and write no files."
+  type        = map(number)
+  default     = { plan = 512, ingest = 2048, status = 512, pending = 512, transform = 2048, load = 512, reconcile = 512, alert = 512 }
+
+  validation {
+    condition     = alltrue([for size in values(var.lambda_ephemeral_storage_mb) : size >= 512 && size <= 10240])
+    error_message = "Each function's ephemeral storage is between 512 and 10240 MB."
+  }
+}
+
 variable "lambda_timeout_seconds" {
   description = "Timeout of each function, in seconds."
   type        = map(number)
@@ -106,4 +117,31 @@ variable "warehouse_schema" {
     condition     = can(regex("^[a-z_][a-z0-9_]{0,62}$", var.warehouse_schema))
     error_message = "warehouse_schema must be a lower-case identifier: letters, digits and _, at most 63 characters."
   }
+}
+
+variable "metrics_namespace" {
+  description = "CloudWatch namespace of the metrics the functions publish (TOTES_METRICS_NAMESPACE) and that the dashboard and alarms read."
+  type        = string
+  default     = "totes"
+  validation {
+    condition     = can(regex("^[A-Za-z0-9._/#:-]{1,255}$", var.metrics_namespace))
+    error_message = "metrics_namespace must be 1 to 255 letters, digits or . _ / # : -."
+  }
+}
+
+variable "alarm_period_seconds" {
+  description = "Period of the dashboard's graphs and of the lag, quarantine, reconciliation and WAL alarms, in seconds: at least the schedule's interval, so that each period holds an execution."
+  type        = number
+  default     = 900
+  validation {
+    condition     = var.alarm_period_seconds >= 60 && var.alarm_period_seconds % 60 == 0
+    error_message = "alarm_period_seconds must be a multiple of 60, at least 60."
+  }
+}
+
+variable "warehouse_tables" {
+  description = "The warehouse's tables (the star schema of src/contracts/star_schema.py; a test keeps them equal): the dashboard's and the reconciliation alarms' tables."
+  type        = list(string)
+  default = ["dim_date", "dim_staff", "dim_location", "dim_design", "dim_currency", "dim_counterparty",
+  "dim_payment_type", "dim_transaction", "fact_sales_order", "fact_purchase_order", "fact_payment"]
 }

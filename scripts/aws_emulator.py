@@ -72,6 +72,7 @@ def local_invoker(code_dir: str, endpoint: str):
                 document = {"error": {"errorType": "Runtime.ExitError",
                                       "errorMessage": f"exit code {run.returncode}"}}
         seconds = time.monotonic() - started
+        publish_logs(function.function_name, logs, endpoint, function.region)
         outcome = document["error"]["errorType"] if "error" in document else "ok"
         print(f"[lambda] {function.function_name}: {outcome} in {seconds:.1f} s", flush=True)
         if "error" in document:
@@ -79,6 +80,55 @@ def local_invoker(code_dir: str, endpoint: str):
             return json.dumps(document["error"]), True, logs
         return json.dumps(document["result"], default=str), False, logs
     return invoke
+
+
+def publish_logs(function_name: str, logs: str, endpoint: str, region: str) -> None:
+    """What Lambda's runtime does with a function's output: each line an event of the log
+    group ``/aws/lambda/<function>`` (one stream per invocation), and each embedded metric
+    format document among them (a JSON line with ``_aws``) the metric data CloudWatch
+    extracts from it: per metric, its value(s) under each dimension set, in the document's
+    namespace, unit and timestamp (milliseconds)."""
+    import boto3
+
+    lines = [line for line in logs.splitlines() if line.strip()]
+    if not lines:
+        return
+    now = int(time.time() * 1000)
+    clients = dict(endpoint_url=endpoint, region_name=region, aws_access_key_id="testing",
+                   aws_secret_access_key="testing")
+    logs_client = boto3.client("logs", **clients)
+    group, stream = f"/aws/lambda/{function_name}", f"{now}-{os.getpid()}-{time.monotonic_ns()}"
+    try:
+        logs_client.create_log_group(logGroupName=group)
+    except logs_client.exceptions.ResourceAlreadyExistsException:
+        pass  # Terraform created it, as in AWS
+    logs_client.create_log_stream(logGroupName=group, logStreamName=stream)
+    logs_client.put_log_events(logGroupName=group, logStreamName=stream,
+                               logEvents=[{"timestamp": now, "message": line}
+                                          for line in lines])
+    cloudwatch = boto3.client("cloudwatch", **clients)
+    for line in lines:
+        try:
+            document = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(document, dict) or "_aws" not in document:
+            continue
+        moment = document["_aws"]["Timestamp"] / 1000
+        for directive in document["_aws"]["CloudWatchMetrics"]:
+            data = []
+            for metric in directive["Metrics"]:
+                values = document[metric["Name"]]
+                for value in values if isinstance(values, list) else [values]:
+                    for names in directive["Dimensions"] or [[]]:
+                        data.append({"MetricName": metric["Name"],
+                                     "Unit": metric.get("Unit", "None"), "Value": float(value),
+                                     "Timestamp": moment,
+                                     "Dimensions": [{"Name": n, "Value": str(document[n])}
+                                                    for n in names]})
+            for start in range(0, len(data), 20):
+                cloudwatch.put_metric_data(Namespace=directive["Namespace"],
+                                           MetricData=data[start:start + 20])
 
 
 #: Arguments Glue consumes itself, not passed to a job script (the rest are).

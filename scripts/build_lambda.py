@@ -31,15 +31,17 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 BUILD = REPO / "build"
 LIMIT = 262_144_000  # bytes, Lambda's function + layers unzipped limit
-LAYER_PACKAGES = ("pyarrow", "pg8000", "pgpq", "PyMySQL", "python-dateutil", "pydantic",
-                  "pydantic-settings", "python-dotenv", "PyYAML", "pycountry")
+LAYER_PACKAGES = ("pyarrow", "pg8000", "pgpq", "PyMySQL", "mysql-replication", "packaging",
+                  "python-dateutil", "pydantic", "pydantic-settings", "python-dotenv", "PyYAML",
+                  "pycountry", "adbc-driver-postgresql", "adbc-driver-manager",
+                  "aws-lambda-powertools")
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
 TRIM = [
     "pyarrow/include", "pyarrow/tests", "pyarrow/src", "pycountry/locales",
     "pyarrow/libarrow_flight.so*", "pyarrow/libarrow_python_flight.so*", "pyarrow/_flight*",
     "pyarrow/flight.py", "pyarrow/*.pyx", "pyarrow/*.pxd", "pyarrow/includes",
     "pyarrow/libarrow_python.so", "pyarrow/libarrow_python.so.*.*.*",
-    "**/__pycache__", "*.dist-info/RECORD",
+    "**/__pycache__", "*.dist-info/RECORD", "pymysqlreplication/tests",
 ]
 
 
@@ -88,6 +90,9 @@ def install_trimmed(target: Path, python_version: str) -> tuple[int, int]:
 SMOKE = """
 import io, pyarrow as pa, pyarrow.csv, pyarrow.parquet as pq, pyarrow.compute as pc, pyarrow.fs
 import pycountry, pg8000.native, pgpq, pymysql, pydantic, pydantic_settings, yaml
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.metrics.provider.cloudwatch_emf.cloudwatch import \
+    AmazonCloudWatchEMFProvider
 assert pa.__file__.startswith(sys.argv[1]), pa.__file__
 batch = pa.csv.read_csv(io.BytesIO(b"1,2.50,t"), read_options=pa.csv.ReadOptions(
     column_names=["i", "m", "b"]), convert_options=pa.csv.ConvertOptions(column_types={
@@ -100,8 +105,19 @@ pa.fs.S3FileSystem(region="eu-west-2", anonymous=True)
 encoder = pgpq.ArrowToPostgresBinaryEncoder(batch.schema)
 copy = encoder.write_header() + encoder.write_batch(batch.to_batches()[0]) + encoder.finish()
 assert copy[:6] == b"PGCOPY" and copy[-2:] == bytes([255, 255]) and len(copy) > 40, copy
+import adbc_driver_manager, adbc_driver_postgresql, adbc_driver_postgresql.dbapi
+try:  # the driver's shared library and its libpq load, and refuse a closed port
+    adbc_driver_postgresql.dbapi.connect("postgresql://nobody@127.0.0.1:1/none")
+    raise AssertionError("connected to port 1")
+except adbc_driver_manager.OperationalError as exc:
+    assert "[libpq] Failed to connect" in str(exc), exc
+emf = AmazonCloudWatchEMFProvider(namespace="totes", service="")
+emf.add_dimension(name="table", value="sales_order")
+emf.add_metric(name="RowsExtracted", unit="Count", value=3)
+assert emf.serialize_metric_set()["RowsExtracted"] == [3.0]
 print("layer smoke test: pyarrow csv/parquet/compute/S3, pg8000, pgpq, pymysql, pydantic, "
-      "pydantic-settings, yaml, pycountry ok")
+      "pydantic-settings, yaml, pycountry, the ADBC PostgreSQL driver, "
+      "aws-lambda-powertools ok")
 """
 
 

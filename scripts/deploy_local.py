@@ -33,7 +33,13 @@ real state machine execution end to end, then a failing one, then everything des
    cdc init` does): execution 8's Capture item takes their initial copies; a purchase order
    updated in two transactions and another deleted (its transaction's purchase_order_id
    set NULL by the source): execution 9 SUCCEEDS, brings both versions and the delete
-   (with is_deleted; the current view leaves it out), and reconciles equal.
+   (with is_deleted; the current view leaves it out), and reconciles equal;
+   (g) observability: the functions' output, which the emulator writes to CloudWatch Logs
+   (and each embedded metric format document's values to CloudWatch metrics, as Lambda
+   does), holds JSON lines carrying execution 1's id and metric documents; a design row
+   dated 3 hours ahead (newer than any extract may read) makes design lag: after execution
+   10, its `LagSeconds` passes the threshold of its alarm `totes-local-lag-design` (moto
+   does not evaluate alarms, so the metric data is checked against the alarm's threshold).
 5. terraform destroy, both layers; the emulator and PostgreSQL stop.
 """
 from __future__ import annotations
@@ -331,14 +337,34 @@ def main() -> int:
                          if r.run_id == execution), None)
 
         say("the configuration in S3: sales_order read in 3 partitions, one Lambda each; "
-            "payment on the Glue job")
+            "payment on the Glue job; transaction in lake batches of about 5,000 rows, and "
+            "transform bounded to 6,000 lake rows a table, so that execution 1 goes round")
         configure(sales_order={"partition_column": "sales_order_id", "num_partitions": 3},
-                  payment=GLUE_TABLE)
+                  payment=GLUE_TABLE,
+                  transaction={"max_batch_rows": 5000, "record_batch_bytes": 1 << 16})
+        lambdas = aws.client("lambda")
+        transform_name = f"totes-{ENVIRONMENT}-transform"
+        unbounded = lambdas.get_function_configuration(
+            FunctionName=transform_name)["Environment"]["Variables"]
+        lambdas.update_function_configuration(FunctionName=transform_name, Environment={
+            "Variables": {**unbounded, "TOTES_TRANSFORM_MAX_ROWS": "6000"}})
 
         say("(a) execution 1: the real snapshot into the warehouse")
         first = execute(stepfunctions, machine, "deploy-local-1")
         check(first["status"] == "SUCCEEDED",
               f"execution 1 ended {first['status']}: {first.get('error')} {first.get('cause')}")
+        lambdas.update_function_configuration(FunctionName=transform_name,
+                                              Environment={"Variables": unbounded})
+        entered = [e["stateEnteredEventDetails"]["name"] for e in stepfunctions
+                   .get_execution_history(executionArn=first["executionArn"],
+                                          maxResults=1000)["events"]
+                   if "stateEnteredEventDetails" in e]
+        batches = lake_files("transaction")
+        print(f"execution 1: transaction in {batches} lake batches; Transform entered "
+              f"{entered.count('Transform')} times, Load {entered.count('Load')}")
+        check(batches >= 3 and entered.count("Transform") >= 2
+              and entered.count("MorePending") == entered.count("Transform"),
+              "execution 1 should have gone round Transform and Load while more waited")
         counts = {t: fact_count(t) for t in FACT_ROWS}
         print(f"warehouse after execution 1: {counts}")
         check(counts == FACT_ROWS, f"expected {FACT_ROWS}")
@@ -392,8 +418,6 @@ def main() -> int:
 
         say("(c) execution 4 fails in Transform; execution 5, with no new source rows, "
             "completes the pending transform and load")
-        lambdas = aws.client("lambda")
-        transform_name = f"totes-{ENVIRONMENT}-transform"
         settings = lambdas.get_function_configuration(FunctionName=transform_name)
         variables = settings["Environment"]["Variables"]
         new_order()
@@ -501,6 +525,55 @@ def main() -> int:
               and [v[2] for v in versions] == [False, False, True] and current == 0,
               "execution 9 should bring both versions of purchase order 1 and the delete of 2")
         check_reconciled(ninth, "execution 9")
+
+        say("(g) observability: execution 1's log lines and metric documents in CloudWatch "
+            "Logs; design made to lag beyond its target: its alarm's metric shows the breach")
+        logs, cloudwatch = aws.client("logs"), aws.client("cloudwatch")
+        lines = []
+        for group in logs.describe_log_groups(logGroupNamePrefix="/aws/lambda/")["logGroups"]:
+            events = logs.filter_log_events(logGroupName=group["logGroupName"])["events"]
+            lines += [e["message"] for e in events]
+
+        def parsed(line: str) -> dict:
+            try:
+                found = json.loads(line)
+            except ValueError:
+                return {}
+            return found if isinstance(found, dict) else {}
+        documents = [parsed(line) for line in lines]
+        first_id = first["executionArn"]
+        logged = [d for d in documents if d.get("execution_id") == first_id and "_aws" not in d]
+        metrics = [d for d in documents if "_aws" in d and d.get("RowsExtracted") is not None]
+        print("a log line of execution 1:", json.dumps(logged[0]) if logged else None)
+        print("a metric document:", json.dumps(metrics[0]) if metrics else None)
+        check(bool(logged) and bool(metrics),
+              "the functions' logs should hold JSON lines with execution 1's id and metric "
+              "documents")
+
+        def highest_lag(alarm: dict, since: float) -> "float | None":
+            """The alarm's metric's highest value since ``since`` (epoch seconds)."""
+            points = cloudwatch.get_metric_statistics(
+                Namespace=alarm["Namespace"], MetricName=alarm["MetricName"],
+                Dimensions=alarm["Dimensions"], StartTime=since, EndTime=time.time() + 60,
+                Period=60, Statistics=["Maximum"])["Datapoints"]
+            return max((p["Maximum"] for p in points), default=None)
+        [alarm] = cloudwatch.describe_alarms(
+            AlarmNames=[f"totes-{ENVIRONMENT}-lag-design"])["MetricAlarms"]
+        before = highest_lag(alarm, time.time() - 3600)
+        lagging_from = time.time()
+        with source.session("deploy-local", "making design lag") as session:
+            session.conn.run("UPDATE design SET last_updated = now() + interval '3 hours' "
+                             "WHERE design_id = 1")  # newer than any extract may read yet
+        tenth = execute(stepfunctions, machine, "deploy-local-10")
+        print(f"execution 10 ended {tenth['status']}")
+        highest = highest_lag(alarm, lagging_from - 60)  # the metric's minute
+        print(f"alarm {alarm['AlarmName']}: {alarm['MetricName']} {alarm['Dimensions']} "
+              f"threshold {alarm['Threshold']:g} s; highest value before: {before}; "
+              f"since execution 10: {highest}")
+        check(before is not None and before <= alarm["Threshold"],
+              "design's lag should have been within its target before")
+        check(highest is not None and highest > alarm["Threshold"],
+              "design's lag metric should pass its alarm's threshold")
         say("deploy-local: both layers applied; (a) a normal execution filled the warehouse "
             "and reconciled equal, payment extracted by the Glue job with the Lambda path's "
             "rows; a quarantined row sent one alert; (b) a failing table and "
@@ -510,7 +583,9 @@ def main() -> int:
             "configuration change in S3 was used without a redeploy, and an execution that "
             "loaded nothing skipped Reconcile; (e) a value changed in the warehouse by hand "
             "failed Reconcile with one alert naming it; (f) two tables on cdc were read "
-            "through the Capture item: versions and a delete reached the warehouse")
+            "through the Capture item: versions and a delete reached the warehouse; (g) the "
+            "functions logged JSON lines with the execution's id and metric documents, and "
+            "a table made to lag put its lag metric past its alarm's threshold")
         return 0
     finally:
         for layer in reversed(applied):

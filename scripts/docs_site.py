@@ -29,8 +29,9 @@ from mkdocs.structure.files import File
 from typer.cli import get_docs_for_click
 
 from totes.cli import app
-from totes.contracts.config import CdcOptions
+from totes.contracts.config import CdcOptions, SchemaContractOptions
 from totes.contracts.config import markdown_table as pipeline_keys
+from totes.contracts.metrics import markdown_table as metrics_table
 from totes.contracts.star_schema import mermaid_er_diagram
 from totes.utils.settings import markdown_table as settings_table
 
@@ -38,12 +39,15 @@ REPO = Path(__file__).resolve().parent.parent
 MERMAID = REPO / "build" / "docs-node" / "node_modules" / "mermaid" / "dist" / "mermaid.min.js"
 MERMAID_URI = "assets/javascripts/mermaid.min.js"
 
-#: Marker name → the text between the markers (docs/configuration.md, docs/warehouse.md).
+#: Marker name → the text between the markers (docs/configuration.md, docs/warehouse.md,
+#: docs/observability.md).
 GENERATED: dict[str, Callable[[], str]] = {
     "settings": settings_table,
     "pipeline-keys": pipeline_keys,
     "cdc-keys": lambda: pipeline_keys(CdcOptions),
+    "schema-contract-keys": lambda: pipeline_keys(SchemaContractOptions),
     "er-diagram": lambda: f"```mermaid\n{mermaid_er_diagram()}\n```",
+    "metrics": metrics_table,
 }
 
 

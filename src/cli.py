@@ -453,18 +453,22 @@ def transform(lake: Optional[str] = LakeUri, processed: Optional[str] = Processe
 
 @app.command()
 def load(warehouse_url: Optional[str] = WarehouseUrl, processed: Optional[str] = ProcessedUri,
-         batch: Optional[List[str]] = typer.Option(
+         lake: Optional[str] = LakeUri, batch: Optional[List[str]] = typer.Option(
              None, "--batch", help="Load this manifest key (again) (repeatable) "
                                    "[default: every batch not loaded yet]"),
          as_json: bool = JsonOutput, verbose: bool = Verbose):
-    """Run the load stage: processed batches into the warehouse, in one transaction."""
+    """Run the load stage: processed batches into the warehouse, in one transaction (with
+    the lake batches of the raw layer's tables not loaded yet)."""
+    from totes.contracts.config import raw_tables
     from totes.load.warehouse import load as run_load
 
     progress = _Progress()
-    workspace = _workspace(progress, warehouse_url=warehouse_url, processed=processed)
+    workspace = _workspace(progress, warehouse_url=warehouse_url, processed=processed,
+                           lake=lake)
     with progress.status("load…"):
         result = run_load(workspace.processed(), workspace.database("warehouse"),
-                          batch or None, ledger=workspace.ledger())
+                          batch or None, ledger=workspace.ledger(), lake=workspace.lake(),
+                          raw_tables=raw_tables(workspace.config()))
     if as_json:
         _print_json(result.model_dump(mode="json"))
     else:
@@ -579,6 +583,10 @@ def report(warehouse_url: Optional[str] = WarehouseUrl,
         return _print_json(result.to_json())
     render.stdout().print(f"Wrote {escape(result.path)} ({result.bytes / 1e6:.1f} MB, "
                           f"{len(result.charts)} charts); open it in a browser.")
+    for table in result.raw:
+        render.stdout().print(f"raw layer: {escape(table['relation'])}: "
+                              f"{table['versions']:,} row versions, {table['current']:,} "
+                              "current rows")
 
 
 @app.command()
@@ -605,6 +613,9 @@ def status(source_url: Optional[str] = SourceUrl, warehouse_url: Optional[str] =
     else:
         console = render.stdout()
         console.print(render.status_table(result, console.width))
+        schemas = render.schema_table(result)
+        if schemas is not None:
+            console.print(schemas)
         for note in result.notes:
             progress.console.print(f"[yellow]{escape(note)}[/]")
     if result.unreadable:  # the status is incomplete: a script must not read it as healthy
@@ -620,7 +631,13 @@ def history(table: Optional[str] = typer.Option(None, "--table", help="Only this
                                                 help="Only ingest, transform or load"),
             limit: int = typer.Option(20, "--limit", min=1, help="At most this many records"),
             as_json: bool = JsonOutput, verbose: bool = Verbose):
-    """The ledger's records, newest first: every stage run with its result."""
+    """The ledger's records, newest first: every stage run with its result.
+
+    With --json, each record has `metrics`: the values its stage's function publishes to
+    CloudWatch, with the same names and units (docs/observability.md).
+    """
+    from totes.contracts import metrics
+
     workspace = _workspace(_Progress())
     if stage is not None and stage not in STAGES:
         raise unknown_names("stage", [stage], STAGES, "a stage")
@@ -629,7 +646,8 @@ def history(table: Optional[str] = typer.Option(None, "--table", help="Only this
     ledger = workspace.ledger()
     records = ledger.resolved(ledger.history(stage, table, limit))
     if as_json:
-        return _print_json([r.model_dump(mode="json") for r in records])
+        return _print_json([{**document, "metrics": metrics.as_json(metrics.of_record(document))}
+                            for document in (r.model_dump(mode="json") for r in records)])
     console = render.stdout()
     console.print(render.history_table(records, console.width))
 
@@ -735,11 +753,22 @@ def cdc_init(source_url: Optional[str] = SourceUrl, config: Optional[str] = Conf
 
     workspace = _workspace(_Progress(), source_url=source_url, config=config)
     plan = _capture_plan(workspace, table)
-    statements = init_source(plan, workspace.database("source"), apply=not sql)
+    source = workspace.database("source")
+    statements = init_source(plan, source, apply=not sql)
+    mysql = getattr(source, "engine", "postgresql") == "mysql"
     if as_json:
         return _print_json({"slot": plan.slot, "publication": plan.publication,
-                            "statements": statements, "applied": not sql})
+                            "statements": statements, "applied": not sql and not mysql})
     console = render.stdout()
+    if mysql:  # server settings and grants: printed for a DBA, never run
+        if not statements:
+            console.print(f"The binlog of the {source.describe()} is ready for "
+                          f"{', '.join(t.table for t in plan.tables)}: nothing to do.")
+        else:
+            console.print("A DBA must run (the role cannot set these itself):")
+        for statement in statements:
+            console.print(f"{statement};", soft_wrap=True)
+        return
     if not statements:
         console.print(f"Publication {plan.publication} and slot {plan.slot} are ready for "
                       f"{', '.join(t.table for t in plan.tables)}: nothing to do.")
@@ -759,11 +788,16 @@ def cdc_drop(source_url: Optional[str] = SourceUrl, config: Optional[str] = Conf
     resolved = workspace.config()
     plan = CapturePlan(slot=resolved.cdc.slot, publication=resolved.cdc.publication,
                        tables=[])
-    statements = drop_source(plan, workspace.database("source"))
+    source = workspace.database("source")
+    statements = drop_source(plan, source)
     if as_json:
         return _print_json({"slot": plan.slot, "publication": plan.publication,
                             "statements": statements})
     console = render.stdout()
+    if getattr(source, "engine", "postgresql") == "mysql":
+        console.print(f"Nothing to drop: the binlog reader holds nothing on the "
+                      f"{source.describe()} (the server expires binlogs by its own settings).")
+        return
     if not statements:
         console.print(f"No slot {plan.slot} and no publication {plan.publication}: nothing "
                       "to drop.")

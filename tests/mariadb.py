@@ -1,7 +1,8 @@
 """A real MariaDB server for the tests of MySQL sources, started from Debian's ``mariadb-server``
 binaries (``scripts/install_test_packages.sh`` installs them) in a temporary directory, on a
 Unix socket only, as the unprivileged user ``pgserver`` when the tests run as root (mysqld
-should not run as root)."""
+should not run as root), with a binlog that change data capture can read (``binlog_format =
+ROW``, ``binlog_row_image = FULL``, ``binlog_row_metadata = FULL``)."""
 from __future__ import annotations
 
 import os
@@ -56,7 +57,12 @@ class MariaDB:
             daemon, "--no-defaults", f"--datadir={data}", f"--socket={self.socket}",
             "--skip-networking", f"--pid-file={self.home / 'mysqld.pid'}",
             f"--log-error={self.home / 'error.log'}", "--innodb-buffer-pool-size=128M",
-            "--skip-log-bin", "--character-set-server=utf8mb4"]),
+            "--character-set-server=utf8mb4",
+            # A binlog that change data capture can read (row events, whole rows, column
+            # names), kept small: the tests' servers are thrown away.
+            f"--log-bin={data / 'binlog'}", "--server-id=1", "--binlog-format=ROW",
+            "--binlog-row-image=FULL", "--binlog-row-metadata=FULL",
+            "--max-binlog-size=16M", "--sync-binlog=0"]),
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
         while True:

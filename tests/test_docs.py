@@ -98,10 +98,12 @@ def test_only_the_settings_object_reads_the_environment():
 
 
 def test_the_configuration_page_lists_the_pipeline_files_keys():
-    from totes.contracts.config import CdcOptions, TableOptions, markdown_table
+    from totes.contracts.config import (CdcOptions, SchemaContractOptions, TableOptions,
+                                        markdown_table)
 
     text = (REPO / "docs" / "configuration.md").read_text()
-    for marker, model in (("pipeline-keys", TableOptions), ("cdc-keys", CdcOptions)):
+    for marker, model in (("pipeline-keys", TableOptions), ("cdc-keys", CdcOptions),
+                          ("schema-contract-keys", SchemaContractOptions)):
         block = re.search(rf"<!-- {marker}:start -->\n(.*?)\n<!-- {marker}:end -->", text, re.S)
         assert block, f"docs/configuration.md lost its {marker} markers"
         assert block.group(1) == markdown_table(model), (

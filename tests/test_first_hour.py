@@ -109,7 +109,12 @@ def test_a_configured_table_no_rule_reads_is_warned_about():
                                                        "payment": {}}})
     planned = plan(config, None)
     assert planned.warnings == ["table widgets is configured, but no rule of the star schema "
-                                "reads it: it lands in the lake only, never in the warehouse"]
+                                "reads it: it lands in the lake and the raw layer "
+                                "(raw.widgets), in no star-schema table"]
+    config = PipelineConfig.model_validate({"tables": {"widgets": {"raw": False}}})
+    assert plan(config, None).warnings == [
+        "table widgets is configured, but no rule of the star schema reads it: it lands in "
+        "the lake only, never in the warehouse (raw: false)"]
 
 
 def test_report_without_its_source_does_not_reconcile_against_another(cli, resources,

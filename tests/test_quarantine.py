@@ -93,9 +93,8 @@ def test_a_bad_fact_version_is_quarantined_the_rest_lands_and_the_fix_supersedes
 @pytest.mark.parametrize("change, insert, rule, message", [
     ("ALTER TABLE sales_order ALTER COLUMN units_sold DROP NOT NULL", {"units_sold": None},
      "not_null", "units_sold is empty but fact_sales_order.units_sold is NOT NULL"),
-    ("ALTER TABLE sales_order ALTER COLUMN unit_price TYPE numeric(12, 2)",
-     {"unit_price": "123456789.00"}, "fits_type",
-     "unit_price 123456789.00 does not fit fact_sales_order.unit_price (numeric(10, 2))"),
+    # A wider unit_price (numeric(12, 2)) no longer breaks fits_type: the fact's measure
+    # widens with it (tests/test_schema_evolution.py).
 ])
 def test_an_empty_or_oversized_value_is_quarantined_by_name(resources, change, insert, rule,
                                                             message):
@@ -254,16 +253,20 @@ def test_quarantine_files_keep_the_whole_row_and_its_rule(resources):
     assert rows.schema.field("unit_price").type == pa.decimal128(10, 2)  # as in the lake
 
 
-def test_quarantine_files_of_different_source_types_are_read_together(resources):
-    """units_sold becomes numeric(12, 2), a row is quarantined; then text, another is: the
+def test_quarantine_files_of_different_source_types_are_read_together(resources, monkeypatch):
+    """units_sold becomes double precision, a row is quarantined; then text, another is: the
     report (every variant) and the retry read both files, values as text where the types
-    differ, each original type recorded."""
+    differ, each original type recorded. The lake is written as before schema contracts
+    (each batch in the source's types, as an earlier release wrote it: today's default
+    contract would stop the table at such a change)."""
     from totes.contracts.quarantine import SOURCE_TYPES_KEY, concat_quarantined
+    from totes.ingest import extract
     from totes.utils.manifests import latest_manifest
 
+    monkeypatch.setattr(extract, "decide_schema", lambda plan, inspected, lake: None)
     run_pipeline(resources)
     query(resources.source, "ALTER TABLE sales_order ALTER COLUMN units_sold TYPE "
-                            "numeric(12, 2)")
+                            "double precision")
     first = add_order(resources.source, units_sold="1.5")  # not an int: fits_type
     assert run_pipeline(resources).transform.quarantined == {"sales_order": 1}
     query(resources.source, "ALTER TABLE sales_order ALTER COLUMN units_sold TYPE text")
@@ -275,11 +278,11 @@ def test_quarantine_files_of_different_source_types_are_read_together(resources)
     joined = concat_quarantined(files)
     assert joined.schema.field("units_sold").type == pa.string()
     assert json.loads(joined.schema.metadata[SOURCE_TYPES_KEY]) == {
-        "units_sold": ["decimal128(12, 2)", "string"]}
+        "units_sold": ["double", "string"]}
     for everything in (False, True):
         report = quarantine_report(resources.processed, resources.warehouse,
                                    everything=everything)
         held = {(e.row_id, e.column, e.value) for e in report.entries}
-        assert {(first, "units_sold", "1.50"), (second, "units_sold", "lots")} <= held
+        assert {(first, "units_sold", "1.5"), (second, "units_sold", "lots")} <= held
     retried, _ = retry_quarantine(resources.lake, resources.processed, resources.warehouse)
     assert retried.quarantined == {"sales_order": 2}  # held again, nothing broke

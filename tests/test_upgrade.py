@@ -128,3 +128,44 @@ def test_a_warehouse_the_previous_release_built_under_a_role_named_totes_keeps_w
     assert result.reconcile is not None and result.reconcile.equal
     assert query(resources.warehouse, "SELECT count(*) FROM totes.fact_payment WHERE "
                                       "payment_id = 3") == [[2]]
+
+
+def test_the_raw_layer_is_added_to_a_warehouse_the_previous_release_wrote(resources,
+                                                                          tmp_path):
+    """A table no rule reads, ingested by the previous release (its lake batches written
+    without a schema record): the upgrade to schema 8 adds totes.raw_table, the load creates
+    schema raw and loads every batch the lake holds, the old ones and the new."""
+    import yaml
+
+    from dataclasses import replace
+    from support import CONFIG
+
+    query(resources.source, "CREATE TABLE widget (widget_id int PRIMARY KEY, name text, "
+                            "last_updated timestamp NOT NULL DEFAULT now())")
+    query(resources.source, "INSERT INTO widget (widget_id, name) VALUES (1, 'bolt'), "
+                            "(2, 'nut')")
+    document = yaml.safe_load(open(CONFIG).read())
+    document["tables"]["widget"] = {}
+    config = tmp_path / "widget.yaml"
+    config.write_text(yaml.safe_dump(document))
+    path = unpack(tmp_path / "previous")
+    run_previous(path, ["run", "--source-url", url_of(resources.source), "--warehouse-url",
+                        url_of(resources.warehouse), "--lake", resources.lake.uri,
+                        "--processed", resources.processed.uri, "--config", str(config),
+                        "--no-reconcile"],
+                 {"TOTES_HOME": str(tmp_path / "home"),
+                  "TOTES_LEDGER": str(tmp_path / "l.sqlite3")})
+    assert len(resources.lake.keys_after("widget", None)) == 1
+    assert query(resources.warehouse, "SELECT to_regclass('totes.raw_table'), "
+                                      "to_regnamespace('raw')") == [[None, None]]
+    query(resources.source, "UPDATE widget SET name = 'big nut', last_updated = now() "
+                            "WHERE widget_id = 2")
+
+    result = run_pipeline(replace(resources, config_path=str(config)))
+
+    assert query(resources.warehouse, "SELECT max(version) FROM totes.schema_version") == \
+        [[WAREHOUSE_SCHEMA_VERSION]]
+    assert [(t.table, t.batches, t.inserted) for t in result.load.raw] == [("widget", 2, 3)]
+    assert query(resources.warehouse, "SELECT widget_id, name FROM raw.widget_current "
+                                      "ORDER BY 1") == [[1, "bolt"], [2, "big nut"]]
+    assert result.reconcile is not None and result.reconcile.equal

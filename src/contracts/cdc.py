@@ -2,7 +2,8 @@
 has been read, and which changes an initial copy already holds.
 
 A table whose ``extract_type`` is ``cdc`` is read from the source's change log (PostgreSQL
-logical replication: one publication and one slot per pipeline) instead of a cursor. Its lake
+logical replication: one publication and one slot per pipeline; MySQL and MariaDB: the
+binlog) instead of a cursor. Its lake
 batches are the usual ``<table>/YYYY/MM/DD/HHMMSSffffff.parquet`` files, in two modes
 (``totes.mode`` in the footer):
 
@@ -15,11 +16,17 @@ batches are the usual ``<table>/YYYY/MM/DD/HHMMSSffffff.parquet`` files, in two 
 * ``cdc``: row versions read from the log: the source's columns plus :data:`OPERATION`
   (``insert``, ``update``, ``delete``), :data:`LSN` (the commit's end LSN, an integer: the
   position ``pg_replication_slot_advance`` and ``confirmed_flush_lsn`` use) and
-  :data:`COMMIT_TIME` (UTC). A version is the row's state at a commit: several changes of
-  one row in one transaction are one version, its last state; two commits stay two
-  versions, ordered by LSN, even when they give the row the same ``last_updated``. A delete
-  carries the row's last values (from the log when the table's replica identity is
-  ``FULL``, else from the lake). Its footer's ``totes.cdc`` gives ``through_lsn``: the log
+  :data:`COMMIT_TIME` (UTC). From a MySQL source the position is the binlog's, after the
+  transaction's XID event, packed as ``file index << 32 | offset``
+  (:func:`totes.utils.mysql_binlog.encode`), which orders commits as the LSN does and fits
+  the same column; its initial copy's ``snapshot`` is null and ``through_lsn`` is the
+  binlog position the copy's snapshot is consistent with (MariaDB's
+  ``binlog_snapshot_position``): a commit after it is read from the log, none before.
+  A version is the row's state at a commit: several changes of one row in one
+  transaction are one version, its last state; two commits stay two versions, ordered
+  by LSN, even when they give the row the same ``last_updated``. A delete carries the
+  row's last values (from the log when the table's replica identity is ``FULL`` or the
+  source is MySQL, else from the lake). Its footer's ``totes.cdc`` gives ``through_lsn``: the log
   position up to which this batch and the ones before it hold every change of the table.
 
 **Position records** (``_cdc/<slot>/YYYY/MM/DD/HHMMSSffffff.json``, :class:`Position`) are
@@ -96,7 +103,12 @@ class Position(BaseModel):
     advanced to it); ``read_lsn``: how far this read went (beyond ``through_lsn`` when a
     table was stopped, by a TRUNCATE or a schema change, short of it); ``batches``: the lake
     keys this read wrote, per table; ``stopped``: per table, why it was stopped;
-    ``read_at``: when (UTC, ISO 8601)."""
+    ``read_at``: when (UTC, ISO 8601); ``binlog`` (a MySQL source's): ``through_lsn`` as the
+    server writes it, the binlog file and the offset in it (``binlog.000003:1234``).
+
+    From a MySQL source, ``slot`` is the pipeline's name for its reader (``cdc.slot``) and
+    the positions are binlog positions packed as ``file index << 32 | offset``
+    (:func:`totes.utils.mysql_binlog.encode`): they order commits as LSNs do."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -106,6 +118,7 @@ class Position(BaseModel):
     batches: dict[str, str] = {}
     stopped: dict[str, str] = {}
     read_at: str
+    binlog: Optional[str] = None
 
 
 def position_prefix(slot: str) -> str:

@@ -7,6 +7,7 @@ File shape (``config/pipeline.yaml``)::
                                        # or cdc (every change, from the database's log)
       watermark_column: last_updated   # timestamp or integer column that moves on change
       record_batch_bytes: 8388608      # CSV bytes per Arrow record batch / Parquet row group
+      max_batch_rows: 5000000          # rows per lake batch of an incremental extract
       in_flight_safety_lag_seconds: 300
     tables:
       sales_order: {}                  # primary key from the source registry, else <table>_id
@@ -30,9 +31,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from totes.contracts.errors import ConfigError
 from totes.contracts.identifiers import quote_ident
-from totes.contracts.source_tables import default_primary_key
+from totes.contracts.source_schema import ColumnsMode, DataTypeMode, SchemaContract
+from totes.contracts.source_tables import SOURCE_TABLES, default_primary_key
 
 DEFAULT_CONFIG_PATH = "config/pipeline.yaml"
+#: The most rows one lake batch of an incremental extract holds by default: 5,000,000 rows
+#: of the benchmark's ``sales_order`` stage as 52 MB of Parquet, and the extract reads about
+#: 0.9 million rows a second on 2 cores: far within a Lambda's 15 minutes and the 2,048 MB of
+#: ``/tmp`` main-terraform gives ingest.
+DEFAULT_MAX_BATCH_ROWS = 5_000_000
 
 
 #: How a table is read: the versions after its watermark (``incremental``), a whole snapshot
@@ -41,6 +48,9 @@ ExtractType = Literal["incremental", "full", "cdc"]
 #: The engine that extracts a table: a Lambda function (one per part when partitioned) or an
 #: AWS Glue (Spark) job whose executors read the parts (:mod:`totes.ingest.spark_extract`).
 JobType = Literal["lambda", "glue"]
+#: How a polled table's hard deletes are found: not at all (``none``), or by comparing the
+#: source's primary keys with the keys the lake holds (``keys``, :mod:`totes.ingest.deletes`).
+DeleteDetection = Literal["none", "keys"]
 #: Glue 5.0's worker types (memory and vCPUs per worker: G.1X 16 GB/4, G.2X 32 GB/8, ...).
 WorkerType = Literal["G.1X", "G.2X", "G.4X", "G.8X"]
 
@@ -50,6 +60,25 @@ def _key(meaning: str, values: str, default: str, value=None):
     reference shows of it (:func:`markdown_table`)."""
     extra: dict[str, Any] = {"values": values, "shown_default": default}
     return Field(value, description=meaning, json_schema_extra=extra)
+
+
+class SchemaContractOptions(BaseModel):
+    """What a change of a polled table's source schema does (dlt's vocabulary; see
+    :mod:`totes.contracts.source_schema`); a key left out comes from ``defaults``, then the
+    built-in default."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    columns: Optional[ColumnsMode] = _key(
+        "a new source column: evolve keeps it in the lake from the batch that brought it; "
+        "freeze stops the table, naming the column; discard_value leaves it out of the lake",
+        "`evolve`, `freeze`, `discard_value`", "`evolve`")
+    data_type: Optional[DataTypeMode] = _key(
+        "a narrowing or incompatible type change (a widening always evolves), and a value "
+        "beyond the decimal(38, 9) of a numeric without precision: freeze stops the table, "
+        "naming the column and both types; discard_value keeps the lake's type and "
+        "quarantines each value that does not fit it (the row lands)",
+        "`freeze`, `discard_value`", "`freeze`")
 
 
 class TableOptions(BaseModel):
@@ -72,6 +101,14 @@ class TableOptions(BaseModel):
         description="bytes per Arrow record batch = one Parquet row group; the unit of "
         "memory of an extract", json_schema_extra={"values": "1,024 to 1,073,741,824",
                                                    "shown_default": "8,388,608"})
+    max_batch_rows: Optional[int] = Field(
+        None, ge=1000, le=1_000_000_000, description="the most rows one lake batch of an "
+        "incremental extract holds (rounded up to a whole record batch): a larger extract, "
+        "a first one above all, lands as several batches in one read, each published with "
+        "its watermark before the next is written, so the staging disk stays bounded and a "
+        "run stopped midway resumes after the last batch ([extract.md](extract.md"
+        "#bounded-batches))", json_schema_extra={"values": "1,000 to 1,000,000,000",
+                                                 "shown_default": "5,000,000"})
     in_flight_safety_lag_seconds: Optional[float] = Field(
         None, ge=0, description="how far behind the database clock a run stops when its "
         "role cannot see other sessions' transactions",
@@ -98,6 +135,32 @@ class TableOptions(BaseModel):
     worker_no: Optional[int] = Field(
         None, ge=2, le=299, description="the Glue job run's number of workers",
         json_schema_extra={"values": "2 to 299", "shown_default": "2"})
+    delete_detection: Optional[DeleteDetection] = _key(
+        "keys: an incremental table's run also compares the source's primary keys (one "
+        "index scan) with the keys the lake holds, and writes a delete version of each row "
+        "gone from the source ([cdc.md](cdc.md#deletes-without-the-log))",
+        "`none`, `keys`", "`none`")
+    delete_detection_every: Optional[int] = Field(
+        None, ge=1, le=10_000, description="with `delete_detection: keys`, compare the keys "
+        "on every this many runs of the table's ingest (1: every run)",
+        json_schema_extra={"values": "1 to 10,000", "shown_default": "1"})
+    schema_contract: Optional[SchemaContractOptions] = Field(
+        None, description="what a change of the source's schema does to a polled table "
+        "(`incremental`, `full`): new columns and type changes "
+        "([schema-evolution.md](schema-evolution.md)); a `cdc` table stops on any schema "
+        "change read from the log", json_schema_extra={
+            "values": "a mapping of `columns` and `data_type` (below)",
+            "shown_default": "`{columns: evolve, data_type: freeze}`"})
+    freshness_target_seconds: Optional[float] = Field(
+        None, gt=0, le=31_536_000, description="how far behind the source the table may be "
+        "before its lag alarm fires in AWS (the `LagSeconds` metric: the source's newest "
+        "watermark minus the lake's; [observability.md](observability.md))",
+        json_schema_extra={"values": "seconds, > 0", "shown_default": "3,600"})
+    raw: Optional[bool] = _key(
+        "keep every row version of the table from the lake in the warehouse's raw layer "
+        "(`raw.<table>`, and its current rows in the view `raw.<table>_current`; "
+        "[raw-layer.md](raw-layer.md))", "`true`, `false`",
+        "`true` for a table no star-schema rule reads, else `false`")
 
 
 class CdcOptions(BaseModel):
@@ -168,8 +231,12 @@ class TablePlan(BaseModel):
         {"table": "sales_order", "primary_key": "sales_order_id",
          "extract_type": "incremental", "mode": "incremental",
          "watermark_column": "last_updated", "record_batch_bytes": 8388608,
-         "in_flight_safety_lag_seconds": 300.0,
+         "max_batch_rows": 5000000, "in_flight_safety_lag_seconds": 300.0,
          "backfill_from": null, "backfill_to": null, "run_id": null}
+
+    ``max_batch_rows`` bounds each lake batch of an incremental (not partitioned) extract:
+    one read of the source lands as several batches, each published with its high
+    watermark before the next is written (:mod:`totes.ingest.extract`).
 
     ``mode`` is what this run does: the table's ``extract_type``, or ``reingest``, or
     ``backfill`` of the row versions whose watermark is in ``[backfill_from, backfill_to)``
@@ -187,6 +254,11 @@ class TablePlan(BaseModel):
     ``job_type``: ``lambda`` (the default) or ``glue``, the engine the state machine's Choice
     sends the table to; ``worker_type``/``worker_no``: the Glue job run's workers (Glue 5.0:
     ``G.1X`` … ``G.8X``, 2 to 299 workers).
+    ``delete_detection``: ``keys`` to compare, on every ``delete_detection_every``-th run of
+    an incremental table, the source's primary keys with the lake's key index and write a
+    delete version of each key gone (:mod:`totes.ingest.deletes`).
+    ``schema_contract``: what a change of the source's schema does
+    (:class:`~totes.contracts.source_schema.SchemaContract`: ``columns``, ``data_type``).
     ``check_error`` (state machine only): plan found the table unusable in the source
     (``{"Error": "SourceSchemaError", "Cause": "<error JSON>"}``); its Map item records the
     failure instead of extracting, and the other tables go on.
@@ -200,6 +272,7 @@ class TablePlan(BaseModel):
     mode: Mode = "incremental"
     watermark_column: Optional[str] = "last_updated"
     record_batch_bytes: int = 8 << 20
+    max_batch_rows: int = Field(DEFAULT_MAX_BATCH_ROWS, ge=1000, le=1_000_000_000)
     in_flight_safety_lag_seconds: float = 300.0
     backfill_from: Optional[str] = None
     backfill_to: Optional[str] = None
@@ -213,6 +286,13 @@ class TablePlan(BaseModel):
     run_id: Optional[str] = None
     check_error: Optional[dict] = None
     distributed: Optional[DistributedBatch] = None
+    delete_detection: DeleteDetection = "none"
+    delete_detection_every: int = Field(1, ge=1, le=10_000)
+    schema_contract: SchemaContract = SchemaContract()
+    #: Seconds of lag before the table's alarm fires in AWS (read by main-terraform).
+    freshness_target_seconds: float = Field(3600.0, gt=0)
+    #: Whether load keeps the table's row versions in the raw layer (:mod:`totes.load.raw`).
+    raw: bool = False
 
     @model_validator(mode="after")
     def _consistent(self) -> "TablePlan":
@@ -229,6 +309,13 @@ class TablePlan(BaseModel):
             raise ValueError(f"{where}: mode cdc needs extract_type: cdc")
         if self.num_partitions > 1 and not self.partition_column:
             raise ValueError(f"{where}: num_partitions needs a partition_column")
+        if self.delete_detection == "keys" and self.extract_type != "incremental":
+            raise ValueError(
+                f"{where}: delete_detection: keys is for an incremental table (a cdc table "
+                "reads its deletes from the log; a full table's snapshot is the table)")
+        if self.delete_detection == "keys" and self.job_type != "lambda":
+            raise ValueError(f"{where}: delete_detection: keys runs with the table's Lambda "
+                             "ingest, not a Glue job (remove job_type or delete_detection)")
         if self.mode == "backfill":
             if self.backfill_from is None or self.backfill_to is None:
                 raise ValueError(f"{where}: a backfill needs both --from and --to")
@@ -309,6 +396,9 @@ class CapturePlan(BaseModel):
          "tables": [<TablePlan>, ...], "run_id": "run-…"}
 
     One reader, because a slot serves one reader at a time (:mod:`totes.ingest.capture`).
+    ``delete_detection``: ``keys`` to compare, on every ``delete_detection_every``-th run of
+    an incremental table, the source's primary keys with the lake's key index and write a
+    delete version of each key gone (:mod:`totes.ingest.deletes`).
     ``check_error`` (state machine only): plan found the source not ready (``{"Error":
     "CdcNotReady", "Cause": "<error JSON>"}``): the step records the failure, and the
     polled tables go on."""
@@ -409,6 +499,17 @@ def resolve_tables(config: PipelineConfig) -> list[TablePlan]:
         merged = config.defaults.model_dump(exclude_none=True)
         merged.update(own.model_dump(exclude_none=True))
         merged.setdefault("primary_key", default_primary_key(table))
+        # On by default for a table no star-schema rule reads: adding it is enough to query it.
+        merged.setdefault("raw", table not in SOURCE_TABLES)
+        contract = {**(config.defaults.schema_contract.model_dump(exclude_none=True)
+                       if config.defaults.schema_contract else {}),
+                    **(own.schema_contract.model_dump(exclude_none=True)
+                       if own.schema_contract else {})}
+        merged["schema_contract"] = contract
+        if own.schema_contract is not None and merged.get("extract_type") == "cdc":
+            raise ConfigError(f"table {table}: schema_contract applies to polled tables "
+                              "(incremental, full); a cdc table stops on a schema change read "
+                              "from the log (remove schema_contract from it)")
         if merged.get("extract_type") == "full":
             # A full extract needs no watermark: the defaults' does not apply to it.
             merged["watermark_column"] = own.watermark_column
@@ -421,6 +522,25 @@ def resolve_tables(config: PipelineConfig) -> list[TablePlan]:
             raise ConfigError("; ".join(e["msg"].removeprefix("Value error, ")
                                         for e in exc.errors())) from None
     return plans
+
+
+def raw_tables(config: PipelineConfig) -> list[TablePlan]:
+    """The plans of the tables whose row versions load keeps in the raw layer (``raw``: its
+    own or ``defaults``' setting, else on for a table no star-schema rule reads), in file
+    order.
+
+    Raises:
+        ConfigError: as :func:`resolve_tables`; or a table's raw view ``<table>_current``
+            would have the name of another configured table.
+    """
+    chosen = [plan for plan in resolve_tables(config) if plan.raw]
+    names = set(config.tables)
+    for plan in chosen:
+        if f"{plan.table}_current" in names:
+            raise ConfigError(f"table {plan.table}: its raw layer's view {plan.table}_current "
+                              f"would take the name of the configured table "
+                              f"{plan.table}_current (set raw: false on one of them)")
+    return chosen
 
 
 def markdown_table(model: type[BaseModel] = TableOptions) -> str:
@@ -440,3 +560,5 @@ if __name__ == "__main__":
     print(markdown_table())
     print()
     print(markdown_table(CdcOptions))
+    print()
+    print(markdown_table(SchemaContractOptions))

@@ -77,6 +77,9 @@ class IngestResult(_Result):
     greatest). ``range`` is a backfill's ``{"from", "to"}``; ``vanished_rows`` counts, for a
     full snapshot, the rows of the previous snapshot no longer in the source.
     ``parts`` lists a partitioned batch's parts (key, rows, bounds).
+    ``keys`` lists, oldest first, every batch of an extract that landed as more than one
+    (``max_batch_rows``; ``key`` is then the newest, and ``rows``, ``row_groups`` and
+    ``bytes`` are the sums); null otherwise.
     ``skipped`` says why the table was not extracted (another run holds its lease).
     ``cutoff`` is the instant the extract stopped short of (in-flight transactions).
     ``peak_arrow_bytes`` is the most memory Arrow held at once during the extract.
@@ -86,6 +89,14 @@ class IngestResult(_Result):
     "update": 5, "delete": 1}``), ``through_lsn`` (the log position its batches now hold
     every change up to, as PostgreSQL writes an LSN: ``0/16B0A40``) and, when a TRUNCATE or
     a schema change read from the log stopped it, ``stopped`` (what happened and what to do).
+    A table with ``delete_detection: keys`` whose run compared the keys gives
+    ``delete_detection``: ``{"source_keys": 11187, "lake_keys": 11188, "deleted": 1,
+    "key": "sales_order/2024/11/15/142009952001.parquet" | null}``.
+    A polled table's batch gives ``schema_version`` (the table's schema version it was
+    written with) and, when the source's schema changed since the newest batch,
+    ``schema_changes`` (``[{"column": "units_sold", "change": "widened", "old_type":
+    "integer", "new_type": "bigint", "action": "evolved"}]``,
+    :mod:`totes.contracts.source_schema`).
     """
 
     table: str
@@ -99,15 +110,19 @@ class IngestResult(_Result):
     range: Optional[dict[str, str]] = None
     vanished_rows: Optional[int] = None
     parts: Optional[list[dict]] = None
+    keys: Optional[list[str]] = None
     cutoff: str
     held_back_by: Optional[HeldBackBy] = None
     skipped: Optional[str] = None
     ledger_note: Optional[str] = None
+    schema_version: Optional[int] = None
+    schema_changes: Optional[list[dict]] = None
     run_id: Optional[str] = None
     seconds: float
     peak_arrow_bytes: int
     changes: Optional[dict[str, int]] = None
     through_lsn: Optional[str] = None
+    delete_detection: Optional[dict] = None
     stopped: Optional[str] = None
 
 
@@ -180,6 +195,8 @@ class TransformResult(_Result):
     run held the transform lease for longer than this one waited (``skipped`` says so).
     ``quarantined`` counts, per source table, the row versions this batch held in quarantine
     (they broke a rule; the rest of the batch went on); ``quarantined_rows`` is their sum.
+    ``more``: lake files beyond this batch's bound wait (``TOTES_TRANSFORM_MAX_ROWS`` per
+    source table); the state machine, and ``totes run``, transform and load again.
     """
 
     manifest: Optional[str]
@@ -187,6 +204,7 @@ class TransformResult(_Result):
     tables: list[TableOutput]
     quarantined: dict[str, int] = {}
     quarantined_rows: int = 0
+    more: bool = False
     skipped: Optional[str] = None
     seconds: float
 
@@ -201,6 +219,20 @@ class LoadedTable(_Result):
     updated: int = 0
 
 
+class RawLoaded(_Result):
+    """One table's share of a load into the raw layer (:mod:`totes.load.raw`): the lake
+    batches loaded, their rows, and the row versions inserted (a version already there is
+    not inserted again). ``relation``: the raw table, ``raw.<table>``; ``more``: lake
+    batches beyond the load's bound wait."""
+
+    table: str
+    relation: str = ""
+    batches: int = 0
+    rows: int = 0
+    inserted: int = 0
+    more: bool = False
+
+
 class LoadResult(_Result):
     """The load step's output::
 
@@ -213,7 +245,12 @@ class LoadResult(_Result):
     another run held the load lease: ``skipped``).
     ``held``: fact rows this load set aside because a foreign key has no dimension row yet
     (``held_rows`` is their sum); ``released``: held rows this load inserted because their
-    dimension rows had arrived; ``waiting``: every fact row still held after this load.
+    dimension rows had arrived; ``waiting``: every fact row still held after this load
+    (``waiting_rows`` is their sum).
+    ``raw``: per table of the raw layer that took lake batches, a :class:`RawLoaded`.
+    ``more``: committed batches beyond this load's bounds (``TOTES_LOAD_MAX_BATCHES``,
+    ``TOTES_LOAD_MAX_ROWS``), or lake batches of a raw table beyond
+    ``TOTES_LOAD_MAX_BATCHES``, wait; the state machine, and ``totes run``, load again.
     """
 
     batches: list[str]
@@ -222,6 +259,9 @@ class LoadResult(_Result):
     held_rows: int = 0
     released: dict[str, int] = {}
     waiting: dict[str, int] = {}
+    waiting_rows: int = 0
+    raw: list[RawLoaded] = []
+    more: bool = False
     skipped: Optional[str] = None
     seconds: float
 

@@ -32,6 +32,11 @@ loaded again, or out of order, never takes a dimension back to older values, whi
 on either side (a staff member who moves to another department, a department renamed) is
 newer.
 
+Widening: a fact's integer or decimal measure (``units_sold``, ``unit_price``, …) follows a
+widening of the source column it is read from (:mod:`totes.contracts.source_schema`):
+transform writes it in the wider type (:meth:`WarehouseTable.widened`) and load alters the
+column in the load's transaction. Keys and foreign keys keep their types.
+
 Where: the tables and views live in one PostgreSQL schema of the warehouse, configuration
 (``TOTES_WAREHOUSE_SCHEMA``, :data:`DEFAULT_SCHEMA` ``public``), and every statement names it
 (:meth:`WarehouseTable.relation`): the role's ``search_path`` plays no part. The bookkeeping
@@ -39,7 +44,7 @@ Where: the tables and views live in one PostgreSQL schema of the warehouse, conf
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 import pyarrow as pa
@@ -60,6 +65,34 @@ BIGINT = ("bigint", pa.int64())
 
 
 _DEFAULT_VALUES = {"false": False, "true": True, "0": 0}
+
+
+def sql_type_of(arrow_type: pa.DataType) -> str:
+    """The warehouse's SQL type of a widened column's Arrow type (``int64`` → ``bigint``,
+    ``decimal128(12, 2)`` → ``numeric(12, 2)``).
+
+    Raises:
+        ValueError: a type no star column widens to.
+    """
+    if pa.types.is_decimal(arrow_type):
+        return f"numeric({arrow_type.precision}, {arrow_type.scale})"
+    named = {pa.int16(): "smallint", pa.int32(): "int", pa.int64(): "bigint"}
+    if arrow_type in named:
+        return named[arrow_type]
+    raise ValueError(f"no warehouse column widens to {arrow_type}")
+
+
+def arrow_type_of_sql(sql_type: str) -> Optional[pa.DataType]:
+    """The Arrow type of a widenable column's SQL type as PostgreSQL's ``format_type``
+    prints it (``integer``, ``bigint``, ``numeric(12,2)``); None for any other."""
+    named = {"smallint": pa.int16(), "integer": pa.int32(), "int": pa.int32(),
+             "bigint": pa.int64()}
+    if sql_type in named:
+        return named[sql_type]
+    if sql_type.startswith("numeric(") and sql_type.endswith(")"):
+        precision, scale = sql_type[len("numeric("):-1].split(",")
+        return pa.decimal128(int(precision), int(scale))
+    return None
 
 
 @dataclass(frozen=True)
@@ -118,6 +151,37 @@ class WarehouseTable:
     def arrow_schema(self) -> pa.Schema:
         return pa.schema([pa.field(c.name, c.arrow_type, nullable=c.nullable)
                           for c in self.columns])
+
+    def widenable(self, column: Column) -> bool:
+        """Whether ``column`` widens with its source column (:meth:`widened`): a fact's
+        integer or decimal measure, neither a key nor a foreign key nor a change column."""
+        return (self.kind == "fact" and column.name not in self.merge_key
+                and column.name not in self.foreign_keys
+                and column.name not in (SOURCE_LSN, IS_DELETED)
+                and (pa.types.is_integer(column.arrow_type)
+                     or pa.types.is_decimal(column.arrow_type)))
+
+    def widened(self, types: dict[str, pa.DataType]) -> "WarehouseTable":
+        """This table with each column of ``types`` (name → a wider Arrow type: int64, a
+        decimal) of that type and its SQL type (:func:`sql_type_of`): what a widening of the
+        source column a rule reads makes of the star column. A column not in ``types`` keeps
+        its type."""
+        if not types:
+            return self
+        columns = tuple(replace(c, arrow_type=types[c.name], sql_type=sql_type_of(types[c.name]))
+                        if c.name in types else c for c in self.columns)
+        return replace(self, columns=columns)
+
+    def as_found(self, sql_types: dict[str, str]) -> "WarehouseTable":
+        """This table with each widenable column in the type the warehouse holds it in
+        (``sql_types``: column → ``format_type``, as :func:`arrow_type_of_sql` reads it),
+        when that is wider: what reading the warehouse back must expect."""
+        found = {}
+        for column in self.columns:
+            kind = arrow_type_of_sql(sql_types.get(column.name, ""))
+            if self.widenable(column) and kind is not None and kind != column.arrow_type:
+                found[column.name] = kind
+        return self.widened(found)
 
     @property
     def current_view(self) -> Optional[str]:

@@ -16,6 +16,8 @@ Each lake file keeps, in its Parquet footer's key-value metadata (UTF-8 JSON):
   the versions whose watermark is in ``[from, to)``.
 * ``totes.cdc``: for a batch of a ``cdc`` table, how far the change log is read
   (:mod:`totes.contracts.cdc`).
+* ``totes.schema``: the source schema the batch was read with and the table's schema
+  version (:mod:`totes.contracts.source_schema`; absent before it existed: version 1).
 * ``totes.parts``: for a partitioned batch, whose file is then a commit with no rows, the
   parts that hold its rows: ``[{"key": "<table>/_parts/<batch>/part-00001-of-00004.parquet",
   "rows": 500000, "lower": null, "upper": "500001"}, ...]`` (:func:`batch_files`).
@@ -42,6 +44,7 @@ from pydantic import (BaseModel, ConfigDict, ValidationError, model_serializer,
 
 from totes.contracts.cdc import CdcFooter, cdc_footer
 from totes.contracts.errors import LakeError
+from totes.contracts.source_schema import SchemaRecord, parse_schema_record
 
 HIGH_WATERMARK_KEY = b"totes.high_watermark"
 LOW_WATERMARK_KEY = b"totes.low_watermark"
@@ -128,6 +131,12 @@ class Footer(BaseModel):
     range: Optional[dict[str, str]] = None
     parts: Optional[list[dict]] = None
     cdc: Optional[CdcFooter] = None
+    source_schema: Optional[SchemaRecord] = None
+
+    @property
+    def schema_version(self) -> int:
+        """The table's schema version this batch was written with (1 without a record)."""
+        return self.source_schema.version if self.source_schema is not None else 1
 
 
 def footer_metadata(high: Optional[Watermark], low: Optional[Watermark],
@@ -164,7 +173,8 @@ def parse_footer(metadata: Optional[dict], where: str) -> Footer:
                       mode=json.loads(metadata.get(MODE_KEY, b'"incremental"')),
                       range=json.loads(metadata.get(RANGE_KEY, b"null")),
                       parts=json.loads(metadata.get(PARTS_KEY, b"null")),
-                      cdc=cdc_footer(metadata, where))
+                      cdc=cdc_footer(metadata, where),
+                      source_schema=parse_schema_record(metadata, where))
     except (ValidationError, ValueError, TypeError) as exc:
         raise LakeError(f"{where} has a malformed watermark in its footer: {exc}") from None
 

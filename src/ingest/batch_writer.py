@@ -39,13 +39,24 @@ class Written:
 
 
 def write_batches(batches: Iterable[pa.RecordBatch], staged: str, job: Job,
-                  footer: Optional[dict[bytes, str]] = None) -> Optional[Written]:
+                  footer: Optional[dict[bytes, str]] = None,
+                  max_rows: Optional[int] = None) -> Optional[Written]:
     """Write each non-empty record batch (of ``job.schema``) as one row group of the Parquet
     file ``staged``, the footer's watermarks by ``job.plan.mode`` (and ``footer``'s entries:
-    an initial copy's ``totes.cdc`` and ``totes.mode``). Returns None, and writes no file,
-    when there is no row. Errors of ``batches`` propagate unchanged (the reader maps its
-    own)."""
-    plan, schema, low = job.plan, job.schema, job.low
+    an initial copy's ``totes.cdc`` and ``totes.mode``). With ``job.contract``, each batch is
+    first put in the lake's schema (:meth:`~totes.contracts.source_schema.SchemaDecision.
+    apply`) and the footer keeps the schema record. Returns None, and writes no file, when
+    there is no row. Errors of ``batches`` propagate unchanged (the reader maps its own).
+
+    With ``max_rows``, the file is finished once it holds that many rows or more (a whole
+    record batch more at most) and the rest of ``batches`` (an iterator) is left for the
+    next call, which starts after this file's high watermark (``job.low`` = its ``high``).
+
+    Raises:
+        SourceSchemaError: the schema contract stops the table on a value (``apply``).
+    """
+    plan, low, contract = job.plan, job.low, job.contract
+    schema = contract.lake_schema if contract is not None else job.schema
     rows = row_groups = 0
     last, top, ids = None, None, []
     parquet: Optional[pq.ParquetWriter] = None
@@ -53,6 +64,8 @@ def write_batches(batches: Iterable[pa.RecordBatch], staged: str, job: Job,
         for batch in batches:
             if batch.num_rows == 0:
                 continue
+            if contract is not None:  # the source's types → the lake's (the schema contract)
+                batch = contract.apply(batch)
             if parquet is None:
                 parquet = parquet_writer(staged, schema, memory_pool=job.pool)
             parquet.write_batch(batch)
@@ -67,11 +80,14 @@ def write_batches(batches: Iterable[pa.RecordBatch], staged: str, job: Job,
                     top = greatest(_before(batch, plan.watermark_column, job.cutoff),
                                    plan.watermark_column, plan.primary_key, top)
             log.debug("%s: %d rows so far", plan.table, rows)
+            if max_rows is not None and rows >= max_rows:
+                break  # the rest goes to the next file
         if parquet is None:
             return None
         high = _high(plan, last, low, top)
-        parquet.add_key_value_metadata(footer_metadata(high, low, plan.mode,
-                                                       plan.backfill_range()) | (footer or {}))
+        parquet.add_key_value_metadata(
+            footer_metadata(high, low, plan.mode, plan.backfill_range()) | (footer or {})
+            | (contract.footer() if contract is not None else {}))
     finally:
         if parquet is not None:
             parquet.close()

@@ -54,7 +54,7 @@ from totes.contracts.quarantine import UNREADABLE, add_unreadable, with_unreadab
 from totes.contracts.stage_results import CaptureResult, IngestResult
 from totes.contracts.watermark import Footer, MODE_KEY, Watermark, footer_metadata, greatest
 from totes.ingest.batch_writer import cutoff_bound, read_into
-from totes.utils import postgres_cdc
+from totes.utils import mysql_binlog, postgres_cdc
 from totes.utils.databases import SourceDatabase
 from totes.utils.footers import batch_files, read_footer
 from totes.utils.lake import Lake, parquet_writer, storage_call
@@ -94,10 +94,16 @@ def capture(plan: CapturePlan, source: SourceDatabase, lake: Lake,
         LakeError / StorageUnavailable: the lake could not be read or written.
     """
     run_id = plan.run_id or new_run_id()
-    if getattr(source, "engine", "postgresql") != "postgresql":
+    engine = getattr(source, "engine", "postgresql")
+    if engine == "mysql":  # the binlog's reader: the same contract, another log
+        from totes.ingest.binlog_capture import BinlogCapture
+        reader: _Capture = BinlogCapture(plan, source, lake, run_id)
+    elif engine == "postgresql":
+        reader = _Capture(plan, source, lake, run_id)
+    else:
         raise ConfigError(f"the cdc tables ({', '.join(t.table for t in plan.tables)}) need a "
-                          f"PostgreSQL source; the {source.describe()} is read by a cursor "
-                          "(extract_type: incremental)")
+                          f"PostgreSQL or MySQL source; the {source.describe()} is read by a "
+                          "cursor (extract_type: incremental)")
 
     def skipped(holder) -> CaptureResult:
         reason = skip_reason(holder)
@@ -111,7 +117,7 @@ def capture(plan: CapturePlan, source: SourceDatabase, lake: Lake,
                             "tables": {t.table: t.rows for t in result.tables}}}
 
     result = tracked(ledger, "capture", plan.slot, run_id, "cdc",
-                     lambda: _Capture(plan, source, lake, run_id).run(ledger), skipped,
+                     lambda: reader.run(ledger), skipped,
                      summary)
     if result.stopped:
         raise CaptureStopped("; ".join(f"table {t}: {why}" for t, why in
@@ -268,15 +274,9 @@ class _Capture:
         state)."""
         started = time.monotonic()
         copy = plan.model_copy(update={"extract_type": "full", "mode": "full"})
-        reader = PostgresReader()
         doing = f"copying table {plan.table} (its initial copy for change data capture)"
-        inspected = reader.inspect(conn, copy)
-        reader.begin(conn)
-        (snapshot, confirmed), = conn.run(
-            "SELECT pg_current_snapshot()::text, (SELECT (confirmed_flush_lsn - "
-            "'0/0'::pg_lsn)::bigint FROM pg_replication_slots WHERE slot_name = :s)",
-            s=self.plan.slot)
-        state = CdcFooter(through_lsn=int(confirmed), snapshot=snapshot)
+        reader, inspected, state = self._begin_copy(conn, copy)
+        snapshot, confirmed = state.snapshot, state.through_lsn
         extra = {MODE_KEY: json.dumps(SNAPSHOT_MODE), **state.metadata()}
         job = Job(copy, inspected.schema, None, self.pool, plan.record_batch_bytes,
                   cutoff_bound(inspected))
@@ -301,7 +301,32 @@ class _Capture:
             row_groups=written.row_groups if written else 0, bytes=size, low_watermark=None,
             high_watermark=high, cutoff=inspected.cutoff, run_id=self.run_id,
             seconds=round(time.monotonic() - started, 3),
-            peak_arrow_bytes=self.pool.max_memory(), through_lsn=lsn_text(int(confirmed)))
+            peak_arrow_bytes=self.pool.max_memory(), through_lsn=self._text(confirmed))
+
+    def _begin_copy(self, conn, copy: TablePlan):
+        """Start the initial copy's snapshot: ``(reader, inspected, footer state)``, the
+        state the snapshot and the log position it is consistent with."""
+        reader = PostgresReader()
+        inspected = reader.inspect(conn, copy)
+        reader.begin(conn)
+        (snapshot, confirmed), = conn.run(
+            "SELECT pg_current_snapshot()::text, (SELECT (confirmed_flush_lsn - "
+            "'0/0'::pg_lsn)::bigint FROM pg_replication_slots WHERE slot_name = :s)",
+            s=self.plan.slot)
+        return reader, inspected, CdcFooter(through_lsn=int(confirmed), snapshot=snapshot)
+
+    def _text(self, position: int) -> str:
+        """A log position as the source writes it (PostgreSQL: ``0/16B0A40``)."""
+        return lsn_text(position)
+
+    def _position_fields(self, through: int) -> dict:
+        """Fields a source adds to a position record (none for PostgreSQL)."""
+        return {}
+
+    def _versions_batch(self, table: "_Table") -> pa.RecordBatch:
+        """``table.rows`` (versions read from the log) as a record batch of the lake's
+        columns plus the change columns."""
+        return _versions_batch(table.schema, table.rows, table.plan.table, self.pool)
 
     def _read(self, conn, stack, upto: int, start: int) -> tuple[int, int]:
         """Read the slot up to ``upto``; returns how far the log is read (every change up
@@ -385,7 +410,8 @@ class _Capture:
         table.limit = max(table.through, previous_end)
         if transaction is not None:
             transaction.changes.pop(table.plan.table, None)
-        log.error("table %s stopped at %s: %s", table.plan.table, lsn_text(table.limit), why)
+        log.error("table %s stopped at %s: %s", table.plan.table, self._text(table.limit),
+                  why)
 
     def _change(self, change: Change, transaction: _Transaction) -> None:
         name = self.relations.get(change.oid)
@@ -456,7 +482,7 @@ class _Capture:
     def _flush(self, table: _Table, stack) -> None:
         if not table.rows:
             return
-        batch = _versions_batch(table.schema, table.rows, table.plan.table, self.pool)
+        batch = self._versions_batch(table)
         table.rows = []
         doing = f"writing the staged batch of {table.plan.table} for {self.lake.uri}"
         if table.writer is None:
@@ -525,7 +551,8 @@ class _Capture:
             return None  # nothing new: the newest record says it all
         record = Position(slot=self.plan.slot, through_lsn=through, read_lsn=read_end,
                           batches=keys, stopped=stopped,
-                          read_at=now().isoformat(timespec="microseconds"))
+                          read_at=now().isoformat(timespec="microseconds"),
+                          **self._position_fields(through))
         prefix = position_prefix(self.plan.slot)
         key = self.lake.next_key(prefix, now().replace(tzinfo=None), "json")
         check_lease()
@@ -537,7 +564,7 @@ class _Capture:
         return table.result.model_copy(update={
             "low_watermark": table.low, "high_watermark": table.high,
             "changes": dict(table.changes), "stopped": table.stopped,
-            "through_lsn": lsn_text(through)})
+            "through_lsn": self._text(through)})
 
     def _record(self, ledger: Ledger, result: IngestResult) -> None:
         stamp = now().isoformat(timespec="microseconds")
@@ -656,16 +683,24 @@ def init_source(plan: CapturePlan, source: SourceDatabase,
                 apply: bool = True) -> list[str]:
     """The statements that create what change data capture of ``plan``'s tables lacks in
     ``source``: the publication (or the tables it does not hold yet) and the slot. With
-    ``apply``, they are run; returns them either way (empty: nothing was missing).
+    ``apply``, they are run; returns them either way (empty: nothing was missing). A MySQL
+    source needs no publication or slot, but server settings and grants a role cannot give
+    itself: their statements are returned for a DBA, never run
+    (:func:`totes.utils.mysql_binlog.dba_statements`).
 
     Raises:
         PermissionDenied: the role may not run them (the message gives them, for a DBA).
         ConfigError: the source is not PostgreSQL.
     """
     names = [t.table for t in plan.tables]
-    if getattr(source, "engine", "postgresql") != "postgresql":
-        raise ConfigError(f"the cdc tables ({', '.join(names)}) need a PostgreSQL source")
+    engine = getattr(source, "engine", "postgresql")
+    if engine not in ("postgresql", "mysql"):
+        raise ConfigError(f"the cdc tables ({', '.join(names)}) need a PostgreSQL or MySQL "
+                          "source")
     doing = f"preparing change data capture in the {source.describe()}"
+    if engine == "mysql":  # server settings and grants: a DBA's, never the role's
+        with source.session("totes-cdc-init", doing) as session:
+            return mysql_binlog.dba_statements(session.conn, names)
     with source.session("totes-cdc-init", doing) as session:
         statements = postgres_cdc.init_statements(session.conn, plan.slot, plan.publication,
                                                   names)
@@ -687,7 +722,11 @@ def init_source(plan: CapturePlan, source: SourceDatabase,
 def drop_source(plan: CapturePlan, source: SourceDatabase) -> list[str]:
     """Drop the slot and the publication of ``plan`` from ``source`` (those that exist);
     returns the statements run. The lake keeps every batch; a later read needs ``totes cdc
-    init`` and takes new initial copies only of the tables whose batches are not cdc."""
+    init`` and takes new initial copies only of the tables whose batches are not cdc. A
+    MySQL source has nothing to drop (its reader holds nothing on the server): returns no
+    statement."""
+    if getattr(source, "engine", "postgresql") == "mysql":
+        return []
     doing = f"dropping the change data capture of the {source.describe()}"
     with source.session("totes-cdc-drop", doing) as session:
         statements = postgres_cdc.drop_statements(session.conn, plan.slot, plan.publication)

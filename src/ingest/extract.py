@@ -29,7 +29,7 @@ import logging
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Optional
 
@@ -38,12 +38,17 @@ import pyarrow as pa
 from pydantic import BaseModel
 
 from totes.contracts.config import DistributedBatch, TablePlan
-from totes.contracts.errors import ConfigError, DataError, LakeError
+from totes.contracts.errors import ConfigError, DataError, LakeError, StorageUnavailable
 from totes.contracts.partitions import Partition
+from totes.contracts.source_schema import SchemaDecision, SchemaRecord, decide, schema_footer
+from totes.contracts.source_tables import SOURCE_TABLES
 from totes.contracts.stage_results import IngestResult
 from totes.contracts.watermark import Watermark, footer_metadata, highest
-from totes.ingest.batch_writer import Written, cutoff_bound, read_into, vanished
-from totes.utils.footers import batch_files, read_footer, read_high_watermark
+from totes.ingest import deletes
+from totes.ingest.batch_writer import (Written, cutoff_bound, read_into, vanished,
+                                       write_batches)
+from totes.utils.footers import (batch_files, read_footer, read_high_watermark,
+                                 read_schema_record)
 from totes.utils.lake import Lake, parquet_writer, storage_call
 from totes.utils.ledger import Ledger, new_run_id, record_json
 from totes.utils.databases import SourceDatabase
@@ -101,10 +106,22 @@ def ingest_table(plan: TablePlan, source: SourceDatabase, lake: Lake,
         result = _ingest(plan, source, lake)
         if ledger is not None:
             result.ledger_note = _compare_with_ledger(ledger, plan.table, result.low_watermark)
-        return result
+        return with_detected_deletes(plan, source, lake, ledger, result)
 
     return tracked(ledger, "ingest", plan.table, run_id, plan.mode, work, skipped,
                    ingest_ledger_summary)
+
+
+def with_detected_deletes(plan: TablePlan, source: Optional[SourceDatabase], lake: Lake,
+                          ledger: Optional[Ledger], result: IngestResult) -> IngestResult:
+    """``result`` after the table's hard deletes were looked for, when this run is due to
+    (``delete_detection: keys``, :mod:`totes.ingest.deletes`): the delete versions are a
+    batch of their own, counted in ``deleted``. Runs under the caller's lease."""
+    if source is None or result.skipped or not deletes.due(plan, ledger):
+        return result
+    found = deletes.detect_deletes(plan, source, lake)
+    return result.model_copy(update={"delete_detection": found.details(),
+                                     "seconds": round(result.seconds + found.seconds, 3)})
 
 
 def ingest_ledger_summary(result: IngestResult) -> dict:
@@ -115,7 +132,10 @@ def ingest_ledger_summary(result: IngestResult) -> dict:
             "details": {k: v for k, v in (
                 ("range", result.range), ("vanished_rows", result.vanished_rows),
                 ("parts", result.parts), ("held_back_by", record_json(result.held_back_by)),
-                ("ledger_note", result.ledger_note)) if v is not None}}
+                ("ledger_note", result.ledger_note),
+                (deletes.DETAILS_KEY, result.delete_detection),
+                ("schema_version", result.schema_version),
+                ("schema_changes", result.schema_changes)) if v is not None}}
 
 
 def _compare_with_ledger(ledger: Ledger, table: str,
@@ -146,10 +166,14 @@ def _ingest(plan: TablePlan, source: SourceDatabase, lake: Lake) -> IngestResult
     previous_ids = _previous_snapshot_ids(lake, plan) if plan.mode == "full" else None
     pool = measuring_pool()
     block = plan.record_batch_bytes
-    extract = _extract_partitioned if plan.num_partitions > 1 else _extract
+    landed: list[_Landed] = []  # the batches published so far, across attempts
     while True:
         try:
-            batch = extract(plan, source, lake, low, pool, block)
+            if plan.num_partitions > 1:
+                batch = _extract_partitioned(plan, source, lake, low, pool, block)
+            else:
+                start = landed[-1].written.high if landed else low
+                batch = _extract(plan, source, lake, start, pool, block, landed)
             break
         except RowLargerThanBlock:
             if block >= MAX_RECORD_BATCH_BYTES:
@@ -165,16 +189,49 @@ def _ingest(plan: TablePlan, source: SourceDatabase, lake: Lake) -> IngestResult
     rows = sum(w.rows for w in batch.written)
     log.info("ingested %s (%s): %d rows into %s", table, plan.mode, rows,
              batch.key or "(no file)")
+    version, changes = _schema_outcome(table, batch.key, batch.decision)
     return IngestResult(
         table=table, mode=plan.mode, key=batch.key, rows=rows,
         row_groups=sum(w.row_groups for w in batch.written), bytes=batch.bytes,
         low_watermark=low if plan.mode == "incremental" else None,
         high_watermark=batch.high if batch.key else (
             low if plan.mode in ("incremental", "backfill") else None),
+        keys=batch.keys if len(batch.keys) > 1 else None,
         range=plan.backfill_range(), vanished_rows=gone, parts=batch.parts,
         cutoff=batch.inspected.cutoff, held_back_by=batch.inspected.held_back_by,
         run_id=plan.run_id, seconds=round(time.monotonic() - started, 3),
-        peak_arrow_bytes=pool.max_memory())
+        peak_arrow_bytes=pool.max_memory(), schema_version=version, schema_changes=changes)
+
+
+def decide_schema(plan: TablePlan, inspected: Inspected, lake: Lake) -> Optional[SchemaDecision]:
+    """What the table's schema contract decides for the next batch, from the source's
+    columns (``inspected``) and the newest batch's schema record
+    (:func:`totes.contracts.source_schema.decide`); None when the reader gave no columns.
+
+    Raises:
+        SourceSchemaError: the contract freezes what changed (naming the column, and the old
+            and the new type).
+        LakeError / StorageUnavailable: the newest batch's footer could not be read.
+    """
+    if not inspected.columns:
+        return None
+    read = SOURCE_TABLES[plan.table].columns if plan.table in SOURCE_TABLES else ()
+    return decide(plan.table, read_schema_record(lake, plan.table), list(inspected.columns),
+                  plan.schema_contract, frozenset(read),
+                  inspected.moment.isoformat(sep=" ", timespec="microseconds"))
+
+
+def _schema_outcome(table: str, key: Optional[str], decision: Optional[SchemaDecision]
+                    ) -> tuple[Optional[int], Optional[list[dict]]]:
+    """The result's ``schema_version`` and ``schema_changes`` of a batch (None, None: no
+    batch, or none decided); a change is logged."""
+    if key is None or decision is None:
+        return None, None
+    record = decision.record
+    if record.changes:
+        log.warning("%s: source schema version %d: %s", table, record.version,
+                    "; ".join(c.describe() for c in record.changes))
+    return record.version, [c.model_dump() for c in record.changes] or None
 
 
 @dataclass
@@ -188,6 +245,17 @@ class _Batch:
     high: Optional[Watermark] = None
     written: list[Written] = field(default_factory=list)
     parts: Optional[list[dict]] = None
+    decision: Optional[SchemaDecision] = None
+    keys: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Landed:
+    """One published batch of an extract: its key, size in bytes and what it holds."""
+
+    key: str
+    bytes: int
+    written: Written
 
 
 def _key_moment(high: Optional[Watermark], moment: datetime) -> datetime:
@@ -198,24 +266,47 @@ def _key_moment(high: Optional[Watermark], moment: datetime) -> datetime:
 
 
 def _extract(plan: TablePlan, source: SourceDatabase, lake: Lake, low: Optional[Watermark],
-             pool: pa.MemoryPool, block: int) -> _Batch:
-    """One attempt: this run's rows into a published lake file (none if no row)."""
+             pool: pa.MemoryPool, block: int, landed: list[_Landed]) -> _Batch:
+    """One attempt: this run's rows into published lake files (none if no row). An
+    incremental extract lands as batches of at most ``plan.max_batch_rows`` rows (rounded up
+    to a record batch), each published with its high watermark before the next is written;
+    each is appended to ``landed`` as it is published, so that an attempt retried after a
+    failure starts after the last one (the caller's ``low``)."""
     doing = f"extracting table {plan.table} from the {source.describe()}"
     reader = reader_for(source)
+    limit = plan.max_batch_rows if plan.mode == "incremental" else None
     with source.session(f"totes-ingest-{plan.table}", doing) as session:
         conn = session.conn
         inspected = reader.inspect(conn, plan)
+        decision = decide_schema(plan, inspected, lake)
         reader.begin(conn)
-        job = Job(plan, inspected.schema, low, pool, block, cutoff_bound(inspected))
-        with lake.staging_file() as staged:
-            written = read_into(reader, conn, plan, inspected, job, staged, doing)
-            conn.run("COMMIT")
-            if written is None:
-                return _Batch(inspected)
-            key = lake.next_key(plan.table, _key_moment(written.high, inspected.moment))
-            check_lease()  # no other run may have taken the table meanwhile
-            size = lake.publish(staged, key)
-    return _Batch(inspected, key, size, written.high, [written])
+        job = Job(plan, inspected.schema, low, pool, block, cutoff_bound(inspected), decision)
+        with reader.batches(conn, plan, inspected, job, doing) as read:
+            stream = iter(read)
+            while True:
+                with lake.staging_file() as staged:
+                    try:
+                        written = write_batches(stream, staged, job, max_rows=limit)
+                    except OSError as exc:  # the local disk (a full /tmp), not the database
+                        raise StorageUnavailable(
+                            f"writing the staging file of {plan.table}: {exc}") from exc
+                    if written is None:
+                        break
+                    key = lake.next_key(plan.table, _key_moment(written.high, inspected.moment))
+                    check_lease()  # no other run may have taken the table meanwhile
+                    size = lake.publish(staged, key)
+                landed.append(_Landed(key, size, written))
+                if len(landed) > 1:
+                    log.info("%s: batch %d published (%d rows, through %s)", plan.table,
+                             len(landed), written.rows, written.high)
+                if limit is None or written.rows < limit:
+                    break  # the stream is read to its end
+                job = replace(job, low=written.high)
+        conn.run("COMMIT")
+    if not landed:
+        return _Batch(inspected, decision=decision)
+    return _Batch(inspected, landed[-1].key, sum(b.bytes for b in landed), landed[-1].written.high,
+                  [b.written for b in landed], decision=decision, keys=[b.key for b in landed])
 
 
 def _extract_partitioned(plan: TablePlan, source: SourceDatabase, lake: Lake,
@@ -228,6 +319,7 @@ def _extract_partitioned(plan: TablePlan, source: SourceDatabase, lake: Lake,
     with source.session(f"totes-ingest-{plan.table}", doing) as session:
         conn = session.conn
         inspected = reader.inspect(conn, plan)
+        decision = decide_schema(plan, inspected, lake)
         reader.begin(conn)
         snapshot = reader.export_snapshot(conn, plan.table) if reader.shares_snapshots \
             else None
@@ -238,7 +330,7 @@ def _extract_partitioned(plan: TablePlan, source: SourceDatabase, lake: Lake,
         workers_count = min(len(parts), PARTITION_WORKERS)
         # The parts read at once share one extract's memory: each gets a share of the block.
         job = Job(plan, inspected.schema, low, pool, max(block // workers_count, 1 << 20),
-                  cutoff_bound(inspected))
+                  cutoff_bound(inspected), decision)
         with ThreadPoolExecutor(max_workers=workers_count) as workers:
             futures = [workers.submit(_extract_part, plan, source, lake, job, inspected,
                                       snapshot, part, batch_id) for part in parts]
@@ -247,13 +339,15 @@ def _extract_partitioned(plan: TablePlan, source: SourceDatabase, lake: Lake,
             conn.run("COMMIT")  # the snapshot was needed until every part had read it
     landed = [(part, written, key) for part, written, key in done if written is not None]
     if not landed:
-        return _Batch(inspected)
+        return _Batch(inspected, decision=decision)
     high = _combined_high(plan, low, [written.high for _, written, _ in landed])
     listed = [{"key": key, "rows": written.rows, "lower": part.lower, "upper": part.upper}
               for part, written, key in landed]
-    key = _publish_commit(lake, plan, inspected.schema, high, low, listed, inspected.moment)
+    key = _publish_commit(lake, plan, decision.lake_schema if decision else inspected.schema,
+                          high, low, listed, inspected.moment,
+                          decision.record if decision else None)
     return _Batch(inspected, key, sum(lake.metadata(k).serialized_size for _, _, k in landed),
-                  high, [w for _, w, _ in landed], listed)
+                  high, [w for _, w, _ in landed], listed, decision)
 
 
 def _combined_high(plan: TablePlan, low: Optional[Watermark],
@@ -267,15 +361,17 @@ def _combined_high(plan: TablePlan, low: Optional[Watermark],
 
 
 def _publish_commit(lake: Lake, plan: TablePlan, schema: pa.Schema, high: Optional[Watermark],
-                    low: Optional[Watermark], listed: list[dict], moment: datetime) -> str:
-    """Create a partitioned batch's commit file (no rows; the watermarks and the ``listed``
-    parts in its footer), which makes the batch visible; returns its key (named after
-    ``high``'s moment, else ``moment``)."""
+                    low: Optional[Watermark], listed: list[dict], moment: datetime,
+                    record: Optional[SchemaRecord] = None) -> str:
+    """Create a partitioned batch's commit file (no rows; the watermarks, the ``listed``
+    parts and the schema ``record`` in its footer), which makes the batch visible; returns
+    its key (named after ``high``'s moment, else ``moment``)."""
     with lake.staging_file() as staged:
         with storage_call(f"writing the staged commit file of {plan.table}"), \
                 parquet_writer(staged, schema) as commit:
             commit.add_key_value_metadata(footer_metadata(
-                high, low, plan.mode, plan.backfill_range(), parts=listed))
+                high, low, plan.mode, plan.backfill_range(), parts=listed)
+                | (schema_footer(record) if record is not None else {}))
         key = lake.next_key(plan.table, _key_moment(high, moment))
         check_lease()  # the commit makes the batch visible: only while the lease is ours
         lake.publish(staged, key)
@@ -373,7 +469,7 @@ def extract_part(plan: TablePlan, spec: dict, source: SourceDatabase, lake: Lake
         conn = session.conn
         inspected = reader.inspect(conn, plan)
         job = Job(plan, inspected.schema, low, measuring_pool(), plan.record_batch_bytes,
-                  cutoff_bound(inspected))
+                  cutoff_bound(inspected), decide_schema(plan, inspected, lake))
         written = _land_part(reader, conn, lake, plan, inspected, job, part, key, doing)
     if written is None:
         return PartResult(key=None, rows=0, lower=part.lower, upper=part.upper)
@@ -388,11 +484,13 @@ def _part_result(lake: Lake, key: str, part: Partition) -> PartResult:
 
 
 def commit_parts(plan: TablePlan, parts: list[PartResult], lake: Lake,
-                 ledger: Optional[Ledger] = None) -> IngestResult:
+                 ledger: Optional[Ledger] = None,
+                 source: Optional[SourceDatabase] = None) -> IngestResult:
     """Commit a distributed batch once its parts have landed: the commit file, created last,
     makes it visible. Under the table's lease, and only if the lake's watermark is still the
     one the parts started from: when another run committed a batch of the table meanwhile,
-    this one is skipped (its parts stay invisible), so no version lands twice.
+    this one is skipped (its parts stay invisible), so no version lands twice. With the
+    ``source``, a table due to look for its hard deletes does so after the commit.
 
     Raises:
         LakeError / StorageUnavailable: the lake could not be written.
@@ -403,7 +501,9 @@ def commit_parts(plan: TablePlan, parts: list[PartResult], lake: Lake,
         return skipped_result(plan, run_id, skip_reason(holder))
 
     return tracked(ledger, "ingest", plan.table, run_id, plan.mode,
-                   lambda: commit_landed_parts(plan, parts, lake, run_id), skipped,
+                   lambda: with_detected_deletes(
+                       plan, source, lake, ledger,
+                       commit_landed_parts(plan, parts, lake, run_id)), skipped,
                    ingest_ledger_summary)
 
 
@@ -422,11 +522,13 @@ def commit_landed_parts(plan: TablePlan, parts: list[PartResult], lake: Lake,
     key, high = None, None
     listed = [{"key": k, "rows": p.rows, "lower": p.lower, "upper": p.upper}
               for k, p in landed]
+    record = None
     if landed:
         high = _combined_high(plan, low, [p.high_watermark for _, p in landed])
         schema = lake.metadata(landed[0][0]).schema.to_arrow_schema()
+        record = read_footer(lake, landed[0][0]).source_schema  # every part decided alike
         key = _publish_commit(lake, plan, schema, high, low, listed,
-                              datetime.fromisoformat(shared.moment))
+                              datetime.fromisoformat(shared.moment), record)
     return IngestResult(
         table=plan.table, mode=plan.mode, key=key, rows=sum(p.rows for _, p in landed),
         row_groups=sum(p.row_groups for _, p in landed),
@@ -435,7 +537,10 @@ def commit_landed_parts(plan: TablePlan, parts: list[PartResult], lake: Lake,
         high_watermark=high if key else (low if plan.mode in ("incremental", "backfill")
                                          else None),
         range=plan.backfill_range(), parts=listed or None, cutoff=shared.cutoff,
-        run_id=run_id, seconds=round(time.monotonic() - started, 3), peak_arrow_bytes=0)
+        run_id=run_id, seconds=round(time.monotonic() - started, 3), peak_arrow_bytes=0,
+        schema_version=record.version if key and record else None,
+        schema_changes=[c.model_dump() for c in record.changes] or None
+        if key and record else None)
 
 
 def skipped_result(plan: TablePlan, run_id: str, reason: str) -> IngestResult:

@@ -5,14 +5,42 @@ Environment: ``TOTES_SOURCE_SECRET`` (or ``TOTES_SOURCE_URL``), ``TOTES_LAKE``,
 raises; its type (``TransientError`` or ``TerminalError``) decides whether Step Functions
 retries.
 """
+import logging
+
 from totes.contracts.config import CapturePlan, TablePlan
+from totes.contracts.errors import TotesError
+from totes.contracts.metrics import MetricValue, metric, of_ingest
 from totes.ingest.extract import ingest_table
 from totes.ingest.plan import plan
-from totes.utils import resources
+from totes.utils import observability, resources
 from totes.utils.config_file import load_config
+from totes.utils.freshness import table_lag
 from totes.utils.ledger import new_run_id
 
+log = logging.getLogger(__name__)
 
+
+def _extracted(tables) -> list[MetricValue]:
+    """RowsExtracted and LakeBytesWritten of ingest results (JSON), per table."""
+    return [value for t in tables if t.get("table")
+            for value in of_ingest(t["table"], t.get("rows") or 0, t.get("bytes"))]
+
+
+def _ingest_metrics(event, result) -> list[MetricValue]:
+    """What one ingest invocation measured: a part counts nothing (its commit counts the
+    batch); the change log's reader counts each ``cdc`` table and the slot's retained WAL."""
+    if not isinstance(result, dict) or "part" in (event or {}):
+        return []
+    if "slot" in result and "tables" in result:  # CaptureResult
+        values = _extracted(result.get("tables") or [])
+        if result.get("retained_wal_bytes") is not None:
+            values.append(metric("RetainedWalBytes", result["retained_wal_bytes"],
+                                 stage="capture"))
+        return values
+    return _extracted([result])
+
+
+@observability.observed("plan")
 def plan_handler(event, context):
     """Event: ``{"run_id": "<execution name>", "request": <the execution's input>}``; the
     input may name the tables of this run (``{"tables": ["sales_order", {"table": "payment",
@@ -30,6 +58,35 @@ def plan_handler(event, context):
                 per_table_errors=True, lake=resources.storage("lake")).model_dump(mode="json")
 
 
+def _plans_of(event: dict) -> list[TablePlan]:
+    """The tables a status step's item is about (its TablePlan, or the change log reader's
+    ``cdc`` tables)."""
+    capture = event.get("capture") or (event.get("item") or {}).get("capture")
+    if capture:
+        return CapturePlan.model_validate(capture).tables
+    item = event.get("item") or {}
+    fields = {k: v for k, v in item.items() if k in TablePlan.model_fields}
+    return [TablePlan.model_validate(fields)] if fields.get("table") and \
+        fields.get("primary_key") else []
+
+
+def _measure_lag(event: dict) -> None:
+    """LagSeconds of the item's tables (:mod:`totes.utils.freshness`), after the outcome is
+    recorded. When the source or lake cannot be read, the lag is not published and a warning
+    names the table and the error: the lag alarm treats the missing value as breaching."""
+    for table in _plans_of(event):
+        if not table.watermark_column:
+            continue
+        try:
+            lag = table_lag(resources.database("source"), resources.storage("lake"), table)
+        except TotesError as exc:
+            log.warning(f"lag of {table.table} not measured: {type(exc).__name__}: {exc}")
+            continue
+        if lag.seconds is not None:
+            observability.add(metric("LagSeconds", lag.seconds, table=table.table))
+
+
+@observability.observed("status")
 def status_handler(event, context):
     """The status step of a Map item. Event: ``{"action": "ingested", "result": <IngestResult
     JSON>}`` after the ingest succeeded; ``{"action": "captured", "result": <CaptureResult
@@ -53,6 +110,10 @@ def status_handler(event, context):
     else:
         item = event.get("item") or {}
         status = record_failed(ledger, item, event.get("error") or item.get("check_error"))
+    if status.status == "failed":  # one line per failed item, whatever failed (Logs Insights)
+        log.error(f"{status.table} failed: {status.error_type}: {status.error_message}",
+                  extra={"error_type": status.error_type})
+    _measure_lag(event)
     return status.model_dump(mode="json")
 
 
@@ -60,6 +121,7 @@ def status_handler(event, context):
 _ITEM_EXTRAS = ("part_results", "ingested", "error")
 
 
+@observability.observed("ingest", _ingest_metrics)
 def ingest_handler(event, context):
     """Event: one ``TablePlan`` JSON (a Map item): returns that table's
     :class:`~totes.contracts.stage_results.IngestResult` as JSON. For a partitioned table in the
@@ -85,6 +147,7 @@ def ingest_handler(event, context):
         plan = TablePlan.model_validate({k: v for k, v in item.items()
                                          if k not in _ITEM_EXTRAS})
         parts = [PartResult.model_validate(p) for p in item.get("part_results") or []]
-        return commit_parts(plan, parts, lake, resources.ledger()).model_dump(mode="json")
+        return commit_parts(plan, parts, lake, resources.ledger(),
+                            resources.database("source")).model_dump(mode="json")
     return ingest_table(TablePlan.model_validate(event), resources.database("source"), lake,
                         resources.ledger()).model_dump(mode="json")

@@ -21,9 +21,10 @@ from totes.contracts.errors import (CdcNotReady, ConfigError, PermissionDenied,
                                     SourceSchemaError, unknown_names)
 from totes.contracts.source_tables import SOURCE_TABLES
 from totes.contracts.stage_results import PlanResult
+from totes.utils import settings
 from totes.utils.lake import Lake
 from totes.utils.databases import SourceDatabase
-from totes.utils import postgres_cdc
+from totes.utils import mysql_binlog, postgres_cdc
 from totes.utils.source_reader import reader_for
 
 log = logging.getLogger(__name__)
@@ -77,8 +78,10 @@ def plan(config: PipelineConfig, source: Optional[SourceDatabase] = None,
     plans, left_out = select(
         [p.model_copy(update={"run_id": run_id}) for p in resolve_tables(config)], tables)
     warnings = [f"table {p.table} is configured, but no rule of the star schema reads it: "
-                "it lands in the lake only, never in the warehouse" for p in plans
-                if p.table not in SOURCE_TABLES]
+                + (f"it lands in the lake and the raw layer ({settings.current().raw_schema}."
+                   f"{p.table}), in no star-schema table" if p.raw else
+                   "it lands in the lake only, never in the warehouse (raw: false)")
+                for p in plans if p.table not in SOURCE_TABLES]
     for warning in warnings:
         log.warning(warning)
     if source is not None:
@@ -137,13 +140,18 @@ def _check_capture(conn, source, capture: CapturePlan, per_table_errors: bool) -
     Raises:
         CdcNotReady: it is not (the message lists what is missing, each with its fix); with
             ``per_table_errors`` the plan's ``check_error`` says so instead.
-        ConfigError: the source is not PostgreSQL.
+        ConfigError: the source is neither PostgreSQL nor MySQL.
     """
     names = [t.table for t in capture.tables]
-    if getattr(source, "engine", "postgresql") != "postgresql":
-        raise ConfigError(f"the cdc tables ({', '.join(names)}) need a PostgreSQL source; "
-                          f"the {source.describe()} is read by a cursor")
-    problems = postgres_cdc.readiness(conn, capture.slot, capture.publication, names)
+    engine = getattr(source, "engine", "postgresql")
+    if engine == "mysql":
+        problems = mysql_binlog.readiness(conn, {t.table: t.primary_key
+                                                 for t in capture.tables})
+    elif engine == "postgresql":
+        problems = postgres_cdc.readiness(conn, capture.slot, capture.publication, names)
+    else:
+        raise ConfigError(f"the cdc tables ({', '.join(names)}) need a PostgreSQL or MySQL "
+                          f"source; the {source.describe()} is read by a cursor")
     if not problems:
         return
     error = CdcNotReady(f"change data capture of {', '.join(names)} is not ready in the "

@@ -4,10 +4,19 @@ Environment: ``TOTES_PROCESSED``, ``TOTES_WAREHOUSE_SECRET`` (or ``TOTES_WAREHOU
 ``TOTES_LEDGER``; pending also ``TOTES_LAKE``. Load loads every committed transform batch the
 warehouse has not loaded yet.
 """
+from totes.contracts.metrics import MetricValue, of_load
 from totes.load.warehouse import load
-from totes.utils import resources
+from totes.utils import observability, resources
 
 
+def _loaded(event, result) -> list[MetricValue]:
+    """RowsInserted, VersionsSkipped and RowsHeld per warehouse table
+    (:func:`totes.contracts.metrics.of_load`)."""
+    return of_load({t["table"]: t for t in result.get("tables") or []},
+                   result.get("held") or {})
+
+
+@observability.observed("pending")
 def pending_handler(event, context):
     """After the Map. Event: ``{"items": [<ItemStatus JSON>, ...]}``. Returns
     :class:`~totes.load.pending.PendingResult` as JSON: what transform and load have left to
@@ -16,7 +25,7 @@ def pending_handler(event, context):
 
     items = (event or {}).get("items") or []
     work = pending_work(resources.storage("lake"), resources.storage("processed"),
-                        resources.database("warehouse"))
+                        resources.database("warehouse"), _raw_tables())
     return PendingResult(
         **work.model_dump(),
         failed_tables=[{k: i.get(k) for k in ("table", "error_type", "error_message")}
@@ -26,9 +35,25 @@ def pending_handler(event, context):
         warnings=[i["warning"] for i in items if i.get("warning")]).model_dump(mode="json")
 
 
+def _raw_tables():
+    """The raw layer's tables of the pipeline file (``TOTES_CONFIG``), or None when the
+    function has no lake (``TOTES_LAKE``: a deployment before the raw layer)."""
+    from totes.contracts.config import raw_tables
+    from totes.utils import settings
+    from totes.utils.config_file import load_config
+
+    if not settings.current().lake:
+        return None
+    return raw_tables(load_config(resources.config_path()))
+
+
+@observability.observed("load", _loaded)
 def handler(event, context):
     """Returns :class:`~totes.contracts.stage_results.LoadResult` as JSON:
-    ``{"batches": [...], "tables": [...], "seconds": s}``."""
+    ``{"batches": [...], "tables": [...], "raw": [...], "seconds": s}``. With ``TOTES_LAKE``
+    set, the raw layer's tables (of ``TOTES_CONFIG``) take their new lake batches too."""
+    tables = _raw_tables()
     return load(resources.storage("processed"), resources.database("warehouse"),
-                ledger=resources.ledger(),
-                run_id=(event or {}).get("run_id")).model_dump(mode="json")
+                ledger=resources.ledger(), run_id=(event or {}).get("run_id"),
+                lake=resources.storage("lake") if tables else None,
+                raw_tables=tables).model_dump(mode="json")

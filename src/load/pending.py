@@ -3,7 +3,9 @@
 * **Transform** has work when the lake holds files after the ones the newest committed batch
   took (of any table), or when no batch was ever committed and the lake holds a file.
 * **Load** has work when a committed batch is not in the warehouse's ``totes.loaded_batch``
-  (only the manifests after ``totes.load_state.loaded_through`` are listed).
+  (only the manifests after ``totes.load_state.loaded_through`` are listed), or when the lake
+  holds a batch of a raw-layer table after its ``totes.raw_table.loaded_through``
+  (:mod:`totes.load.raw`; a table no rule reads gives transform nothing to do).
 
 So a transform or a load that failed on Friday night is completed by the next execution,
 even when the source has nothing new; an execution with nothing new and nothing pending
@@ -11,8 +13,11 @@ starts neither.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 from pydantic import BaseModel
 
+from totes.contracts.config import TablePlan
 from totes.contracts.source_tables import SOURCE_TABLES
 from totes.utils.lake import Lake
 from totes.utils.manifests import latest_manifest, manifests_after
@@ -20,12 +25,14 @@ from totes.utils.postgres import Database
 
 
 class PendingWork(BaseModel):
-    """``{"lake_files": 3, "batches": 1, "transform": true, "load": true}``: lake files no
-    batch has taken, committed batches not loaded, and whether each stage must run (load
-    must also run after a transform that commits a batch)."""
+    """``{"lake_files": 3, "batches": 1, "raw_batches": 0, "transform": true, "load":
+    true}``: lake files no batch has taken, committed batches not loaded, lake batches the
+    raw layer has not loaded, and whether each stage must run (load must also run after a
+    transform that commits a batch)."""
 
     lake_files: int
     batches: int
+    raw_batches: int = 0
     transform: bool
     load: bool
 
@@ -70,8 +77,18 @@ def unloaded_batches(processed: Lake, warehouse: Database) -> int:
         return len(listed) - loaded
 
 
-def pending_work(lake: Lake, processed: Lake, warehouse: Database) -> PendingWork:
-    """What transform and load have left to do (see the module docstring).
+def unloaded_raw(lake: Lake, warehouse: Database, raw_tables: list[TablePlan]) -> int:
+    """How many lake batches of ``raw_tables`` the raw layer has not loaded."""
+    from totes.load.raw import unloaded_raw_batches
+
+    with warehouse.session("totes-pending", f"reading the {warehouse.describe()}") as session:
+        return unloaded_raw_batches(session.conn, lake, raw_tables)
+
+
+def pending_work(lake: Lake, processed: Lake, warehouse: Database,
+                 raw_tables: Optional[list[TablePlan]] = None) -> PendingWork:
+    """What transform and load have left to do (see the module docstring); ``raw_tables``:
+    the raw layer's (:func:`totes.contracts.config.raw_tables`).
 
     Raises:
         LakeError / StorageUnavailable: the lake or processed area could not be read.
@@ -79,5 +96,6 @@ def pending_work(lake: Lake, processed: Lake, warehouse: Database) -> PendingWor
     """
     files = untransformed_files(lake, processed)
     batches = unloaded_batches(processed, warehouse)
-    return PendingWork(lake_files=files, batches=batches, transform=files > 0,
-                       load=files > 0 or batches > 0)
+    raw_batches = unloaded_raw(lake, warehouse, raw_tables) if raw_tables else 0
+    return PendingWork(lake_files=files, batches=batches, raw_batches=raw_batches,
+                       transform=files > 0, load=files > 0 or batches > 0 or raw_batches > 0)

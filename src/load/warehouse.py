@@ -45,7 +45,8 @@ from totes.contracts.source_tables import SOURCE_TABLES
 from totes.contracts.stage_results import LoadResult, LoadedTable, counted
 from totes.contracts.quarantine import VERSION_COLUMN, quarantine_prefix
 from totes.contracts.star_schema import SOURCE_LSN, TABLES, TIME, WarehouseTable
-from totes.load import held_facts
+from totes.contracts.config import TablePlan
+from totes.load import held_facts, raw, widening
 from totes.utils import settings
 from totes.utils.lake import Lake
 from totes.utils.ledger import ALL_TABLES, Ledger, new_run_id
@@ -70,8 +71,10 @@ COPY_BATCH_ROWS = 65_536
 #: 5: each fact's current-version view (<fact>_current); 6: deletes and log positions (every
 #: fact and dimension but dim_date gains is_deleted and source_lsn; a fact's version key is
 #: its source id, last_updated and source_lsn; the current views leave deleted ids out);
-#: 7: the row versions the quarantine holds (totes.quarantined), for reconciliation.
-WAREHOUSE_SCHEMA_VERSION = 7
+#: 7: the row versions the quarantine holds (totes.quarantined), for reconciliation;
+#: 8: the raw layer's bookkeeping (totes.raw_table; the raw schema itself is created by the
+#: first load that has a raw table, :mod:`totes.load.raw`).
+WAREHOUSE_SCHEMA_VERSION = 8
 _BOOKKEEPING_DDL = (
     "CREATE TABLE IF NOT EXISTS totes.loaded_batch ("
     " manifest_key text PRIMARY KEY,"
@@ -175,7 +178,7 @@ def create_warehouse(conn, processed: Optional[Lake] = None,
     (created,), = conn.run("SELECT to_regclass('totes.loaded_batch') IS NOT NULL")
     if not created:
         _refuse_source_tables(conn, schema)
-    for statement in _BOOKKEEPING_DDL:
+    for statement in _BOOKKEEPING_DDL + raw.BOOKKEEPING_DDL:
         conn.run(statement)
     for table in TABLES.values():  # views first: a column a view uses cannot change type
         if table.current_view:
@@ -198,12 +201,14 @@ def create_warehouse(conn, processed: Optional[Lake] = None,
              v=WAREHOUSE_SCHEMA_VERSION)
 
 
-def check_warehouse(warehouse: Database, schema: Optional[str] = None) -> None:
+def check_warehouse(warehouse: Database, schema: Optional[str] = None,
+                    raw_schema: Optional[str] = None) -> None:
     """Before a run starts: check that the warehouse role can create the star schema in the
     warehouse schema ``schema`` (default :func:`warehouse_schema`) and its bookkeeping in
     ``totes`` (CREATE on each, or on the database where a schema does not exist yet), and
     that it owns the star schema's tables already there (a bulk load drops and adds their
-    keys, an upgrade alters them).
+    keys, an upgrade alters them). With ``raw_schema`` (a run with raw-layer tables), that
+    it may create the raw layer's tables there too.
 
     Raises:
         PermissionDenied: a privilege is missing (the message names the schema or tables,
@@ -212,9 +217,11 @@ def check_warehouse(warehouse: Database, schema: Optional[str] = None) -> None:
         DatabaseUnavailable / DatabaseRejected: the warehouse could not be reached.
     """
     schema = schema or warehouse_schema()
+    if raw_schema is not None:
+        raw.check_raw_schema(raw_schema, schema)
     with warehouse.session("totes-plan", f"checking the {warehouse.describe()}") as session:
         conn = session.conn
-        for name in dict.fromkeys(("totes", schema)):
+        for name in dict.fromkeys(("totes", schema) + ((raw_schema,) if raw_schema else ())):
             _check_schema(conn, name)
         (versioned, here), = conn.run(
             "SELECT to_regclass('totes.schema_version') IS NOT NULL, to_regclass(:t) IS NOT "
@@ -402,7 +409,9 @@ def merge_file(conn, table: WarehouseTable, processed: Lake, key: str,
     whatever that one's position (:func:`_drop_known_versions`)."""
     metadata = processed.metadata(key)
     rows = metadata.num_rows
-    batches = file_batches(processed, key, table, metadata.schema.to_arrow_schema().names)
+    file_schema = metadata.schema.to_arrow_schema()
+    table = widening.widen_for_file(conn, table, file_schema, schema)  # a widened source
+    batches = file_batches(processed, key, table, file_schema.names)
     q_table = table.relation(schema)
     bulk = table.kind == "fact" and _bulk(conn, table, rows, schema)
     if bulk:
@@ -615,26 +624,41 @@ def bulk_insert(conn, table: WarehouseTable, stage: str, schema: str) -> int:
     return inserted["rows"]
 
 
-def pending_batches(conn, processed: Lake,
-                    limit: Optional[int] = None) -> tuple[list[str], Optional[str]]:
-    """The committed batches the warehouse has not loaded, oldest first (at most ``limit``:
-    the rest wait for the next load), and the newest manifest key up to which every batch
-    is loaded once these are (the next ``loaded_through``; None when it stays). Lists only
-    the manifests after ``totes.load_state.loaded_through``."""
+def pending_batches(conn, processed: Lake, limit: Optional[int] = None,
+                    max_rows: Optional[int] = None
+                    ) -> tuple[list[str], Optional[str], bool]:
+    """The committed batches the warehouse has not loaded, oldest first (at most ``limit``,
+    and with ``max_rows`` whole batches up to that many rows of processed files, at least
+    one: the rest wait for the next load), the newest manifest key up to which every batch
+    is loaded once these are (the next ``loaded_through``; None when it stays), and whether
+    batches beyond those bounds wait. Lists only the manifests after
+    ``totes.load_state.loaded_through``.
+
+    Raises:
+        LakeError / StorageUnavailable: a manifest could not be read.
+    """
     (through,), = conn.run("SELECT loaded_through FROM totes.load_state")
     listed = manifests_after(processed, through)
     if not listed:
-        return [], None
+        return [], None, False
     loaded = {key for key, in conn.run(
         "SELECT manifest_key FROM totes.loaded_batch WHERE manifest_key = ANY(CAST(:keys AS "
         "text[]))", keys=listed)}
-    pending = [key for key in listed if key not in loaded][:limit]
+    unloaded = [key for key in listed if key not in loaded]
+    pending = unloaded[:limit]
+    if max_rows is not None and len(pending) > 1:
+        repairs, rows = read_repairs(processed), 0
+        for i, key in enumerate(pending):
+            rows += sum(o.rows for o in read_manifest(processed, key, repairs).outputs)
+            if rows >= max_rows:
+                pending = pending[:i + 1]
+                break
     done, new_through = loaded | set(pending), None
     for key in listed:
         if key not in done:
             break
         new_through = key
-    return pending, new_through
+    return pending, new_through, len(unloaded) > len(pending)
 
 
 def _load_batch(session, conn, processed: Lake, manifest_key: str,
@@ -697,10 +721,15 @@ def _release_held(conn, totals: dict[str, LoadedTable], schema: str) -> dict[str
 
 
 def load(processed: Lake, warehouse: Database, manifest_keys: Optional[list[str]] = None,
-         ledger: Optional[Ledger] = None, run_id: Optional[str] = None) -> LoadResult:
+         ledger: Optional[Ledger] = None, run_id: Optional[str] = None,
+         lake: Optional[Lake] = None,
+         raw_tables: Optional[list[TablePlan]] = None) -> LoadResult:
     """Load the given transform batches (default: every committed batch not loaded yet) in
     one transaction, then release the held fact rows whose dimension rows have arrived;
-    with a ``ledger``, under the ``load`` lease (waited for) and recorded there.
+    with a ``ledger``, under the ``load`` lease (waited for) and recorded there. With the
+    ``lake`` and ``raw_tables`` (:func:`totes.contracts.config.raw_tables`), the same
+    transaction loads into the raw layer (schema ``TOTES_RAW_SCHEMA``) the lake batches of
+    those tables it has not loaded (:func:`totes.load.raw.load_raw`).
 
     Returns the stage result (:class:`~totes.contracts.stage_results.LoadResult`): the batches
     loaded, in order, per warehouse table the rows staged, inserted and updated, and the fact
@@ -711,6 +740,7 @@ def load(processed: Lake, warehouse: Database, manifest_keys: Optional[list[str]
         TerminalError: the warehouse rejected the rows (a constraint; the message names it and
             the key), nothing was written.
         LakeError / StorageUnavailable: a batch's file is missing or unreadable.
+        SourceSchemaError: a raw table's column changed type incompatibly in the lake.
     """
     def skipped(holder) -> LoadResult:
         return LoadResult(batches=[], tables=[], skipped=skip_reason(holder), seconds=0.0)
@@ -721,35 +751,48 @@ def load(processed: Lake, warehouse: Database, manifest_keys: Optional[list[str]
                 "details": {"batches": result.batches,
                             "tables": {t.table: t.model_dump(exclude={"table"})
                                        for t in result.tables},
-                            "held": result.held, "released": result.released}}
+                            "held": result.held, "released": result.released,
+                            "raw": {t.table: t.model_dump(exclude={"table"})
+                                    for t in result.raw}}}
 
     return tracked(ledger, "load", ALL_TABLES, run_id or new_run_id(),
                    "batches" if manifest_keys else None,
-                   lambda: _load(processed, warehouse, manifest_keys), skipped, summary,
+                   lambda: _load(processed, warehouse, manifest_keys, lake, raw_tables),
+                   skipped, summary,
                    wait=True)
 
 
-def _load(processed: Lake, warehouse: Database,
-          manifest_keys: Optional[list[str]]) -> LoadResult:
+def _load(processed: Lake, warehouse: Database, manifest_keys: Optional[list[str]],
+          lake: Optional[Lake] = None,
+          raw_tables: Optional[list[TablePlan]] = None) -> LoadResult:
     started = time.monotonic()
     totals: dict[str, LoadedTable] = {}
     held: dict[str, int] = {}
     schema = warehouse_schema()
+    raw_plans = raw_tables if lake is not None else None
+    raw_loaded = []
+    if raw_plans:
+        raw.check_raw_schema(raw.raw_schema(), schema)
     with warehouse.session("totes-load", f"loading into the {warehouse.describe()}") as session:
         conn = session.conn
         conn.run("START TRANSACTION")
         conn.run("SELECT pg_advisory_xact_lock(:id)", id=LOAD_LOCK_ID)
         create_warehouse(conn, processed, schema)
         if manifest_keys is None:
-            keys, through = pending_batches(conn, processed, max_batches())
+            keys, through, more = pending_batches(conn, processed, max_batches(),
+                                                  settings.current().load_max_rows)
         else:
-            keys, through = list(manifest_keys), None
+            keys, through, more = list(manifest_keys), None, False
         repairs = read_repairs(processed) if keys else []
         for manifest_key in keys:
             _load_batch(session, conn, processed, manifest_key, totals, held, schema, repairs)
         session.doing = f"releasing held fact rows in the {warehouse.describe()}"
         released = _release_held(conn, totals, schema)
         still_waiting = held_facts.waiting(conn)
+        if raw_plans and lake is not None:
+            session.doing = f"loading the raw layer into the {warehouse.describe()}"
+            _create_schema(conn, raw.raw_schema())
+            raw_loaded = raw.load_raw(conn, lake, raw_plans, raw.raw_schema(), max_batches())
         if through is not None:
             conn.run("UPDATE totes.load_state SET loaded_through = :k", k=through)
         check_lease()
@@ -761,4 +804,6 @@ def _load(processed: Lake, warehouse: Database,
     log.info("loaded %s", counted(len(keys), "batch", "batches"))
     return LoadResult(batches=keys, tables=[totals[n] for n in TABLES if n in totals],
                       held=held, held_rows=sum(held.values()), released=released,
-                      waiting=still_waiting, seconds=round(time.monotonic() - started, 3))
+                      waiting=still_waiting, waiting_rows=sum(still_waiting.values()),
+                      raw=raw_loaded, more=more or any(r.more for r in raw_loaded),
+                      seconds=round(time.monotonic() - started, 3))

@@ -15,6 +15,7 @@ from rich.text import Text
 
 from typing import Optional
 
+from totes.contracts.source_schema import SchemaChange
 from totes.contracts.stage_results import (IngestResult, LoadResult, RunResult,
                                            TransformResult, counted)
 from totes.utils import settings
@@ -87,10 +88,21 @@ def ingest_table(results: list[IngestResult]) -> Table:
             f"stopped: {r.stopped}" if r.stopped else \
             f"range [{r.range['from']}, {r.range['to']})" if r.range else \
             f"{counted(r.vanished_rows, 'row')} gone from the source" if r.vanished_rows else \
-            _changes(r) if r.changes is not None else ""
+            _changes(r) if r.changes is not None else \
+            _deletes(r.delete_detection) if r.delete_detection is not None else \
+            value(f"schema v{r.schema_version}: "
+                  + "; ".join(describe_change(c) for c in r.schema_changes)) \
+            if r.schema_changes else ""
         table.add_row(r.table, r.mode, f"{r.rows:,}", "1" if r.key else "0",
                       f"{r.seconds:.2f}", _mark(high.model_dump()) if high else "-", note)
     return table
+
+
+def _deletes(found: dict) -> str:
+    """``1 delete found (11,187 keys compared)`` of a table with ``delete_detection: keys``."""
+    deleted = found["deleted"]
+    return (f"{counted(deleted, 'delete') if deleted else 'no delete'} found "
+            f"({found['source_keys']:,} keys compared)")
 
 
 def _changes(result: IngestResult) -> str:
@@ -142,7 +154,9 @@ def load_table(result: LoadResult) -> Table:
                         f"{result.seconds:.2f} s)")
     for r in result.tables:
         table.add_row(r.table, f"{r.rows:,}", f"{r.inserted:,}", f"{r.updated:,}")
-    if not result.tables:
+    for raw in result.raw:  # the raw layer: row versions from the lake, never updated
+        table.add_row(raw.relation or raw.table, f"{raw.rows:,}", f"{raw.inserted:,}", "0")
+    if not result.tables and not result.raw:
         table.add_row("(nothing new)", "0", "0", "0")
     return table
 
@@ -162,8 +176,14 @@ def run_summary(result: RunResult) -> str:
                      f"({counted(inserted, 'row')} inserted, {updated:,} updated)")
     elif inserted:  # released held rows only
         warehouse = f"{counted(inserted, 'held row')} released into the warehouse"
+    elif load.raw:
+        warehouse = "no batch of the star schema loaded"
     else:
         warehouse = "the warehouse was up to date" if not moved else "nothing loaded"
+    if load.raw:
+        versions = sum(t.inserted for t in load.raw)
+        warehouse += (f"; raw layer: {counted(versions, 'row version')} inserted into "
+                      f"{', '.join(t.relation or t.table for t in load.raw)}")
     return f"Run finished in {result.seconds:.1f} s: {source}; {warehouse}."
 
 
@@ -354,11 +374,44 @@ def status_table(result, width: Optional[int] = None) -> Table:
     return table
 
 
+def describe_change(change: dict) -> str:
+    """``units_sold integer → bigint (widened)`` of one schema change record."""
+    return SchemaChange.model_validate(change).describe()
+
+
+def schema_table(result) -> Optional[Table]:
+    """``totes status``' schema versions: one row per table whose source schema changed
+    (version, when, what); None when none did."""
+    changed = [s for s in result.tables if s.schema_change is not None]
+    if not changed:
+        return None
+    table = Table("table", "schema version", "changed", "last change", title="source schemas")
+    for s in changed:
+        change = s.schema_change
+        table.add_row(s.table, str(s.schema_version or "-"), _short_when(change["at"]),
+                      value("; ".join(describe_change(c) for c in change["changes"])))
+    return table
+
+
+def _schema_note(record) -> str:
+    """``schema v2: units_sold integer → bigint (widened)`` of an ingest record that brought
+    a schema change; empty otherwise."""
+    changes = record.details.get("schema_changes") if record.details else None
+    if not changes:
+        return ""
+    return value(f"schema v{record.details.get('schema_version')}: "
+                 + "; ".join(describe_change(c) for c in changes))
+
+
 def slot_line(slot) -> str:
     """``slot totes: retains 12.3 MB of WAL (alert above 1.0 GB); oldest unread change
     3.2 min old; the lake holds every change through 0/16B0A40``."""
     if not slot.exists:
         return f"slot {slot.slot}: does not exist (totes cdc init creates it)"
+    if slot.binlog_behind_bytes is not None:  # a MySQL source: the binlog's reader
+        return (f"binlog reader {slot.slot}: the lake holds every change through "
+                f"{slot.lake_through or 'nothing yet'}; the binlog ends at "
+                f"{slot.confirmed_through}, {_bytes(slot.binlog_behind_bytes)} ahead")
     age = slot.oldest_change_age_seconds
     waiting = "no unread change" if age is None else \
         f"oldest unread change {_duration(age)} old"
@@ -395,7 +448,8 @@ def history_table(records, width: Optional[int] = None) -> Table:
                           f"{r.rows:,}" if r.rows >= 0 else "-",
                           value(f"{r.error_type}: {r.error_message}"[:120]) if r.error_type
                           else (r.details.get("lease_holder", "") and
-                                f"lease held by {r.details['lease_holder']}"))
+                                f"lease held by {r.details['lease_holder']}")
+                          or _schema_note(r))
         if not records:
             table.add_row("-", "(no runs recorded)", "", "", "", "")
         return table
@@ -408,7 +462,7 @@ def history_table(records, width: Optional[int] = None) -> Table:
                       r.key or "", r.run_id,
                       value(f"{r.error_type}: {r.error_message}"[:80]) if r.error_type else
                       (r.details.get("lease_holder", "") and
-                       f"lease held by {r.details['lease_holder']}"))
+                       f"lease held by {r.details['lease_holder']}") or _schema_note(r))
     if not records:
         table.add_row("-", "(no runs recorded)", "", "", "", "", "", "", "", "")
     return table

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import html
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -21,6 +21,7 @@ from totes.contracts.errors import ConfigError
 from totes.contracts.identifiers import quote_ident
 from totes.contracts.stage_results import counted
 from totes.contracts.star_schema import TABLES
+from totes.load.raw import raw_counts
 from totes.utils import settings
 from totes.utils.lake import storage_call
 from totes.utils.postgres import Database
@@ -104,12 +105,15 @@ class ReportResult:
     charts: list[str]
     headlines: dict[str, dict[str, object]]
     reconcile: Optional[str]
+    #: The raw layer's tables (:func:`totes.load.raw.raw_counts`: ``table``, ``relation``,
+    #: ``versions``, ``current``, ``batches``, ``loaded_through``, ``dropped``).
+    raw: list[dict] = field(default_factory=list)
 
     def to_json(self) -> dict:
         return {"path": self.path, "bytes": self.bytes, "charts": self.charts,
                 "headlines": {k: {label: str(v) for label, v in values.items()}
                               for k, values in self.headlines.items()},
-                "reconcile": self.reconcile}
+                "reconcile": self.reconcile, "raw": self.raw}
 
 
 def _rows(conn, sql: str) -> list[dict]:
@@ -237,7 +241,26 @@ def _health_html(health: dict) -> str:
             ("Reconciliation", health["reconcile"] or "not run (no source given)")]
     body = "".join(f'<tr><th>{html.escape(k)}</th><td data-health="{html.escape(k)}">'
                    f'{html.escape(v)}</td></tr>' for k, v in rows)
-    return f'<table class="health">{body}</table>'
+    return f'<table class="health">{body}</table>' + _raw_html(health.get("raw") or [])
+
+
+def _raw_html(tables: list[dict]) -> str:
+    """The raw layer's tables with their row counts (none: nothing)."""
+    if not tables:
+        return ""
+    head = ("<tr><th>raw table</th><th class=\"num\">row versions</th>"
+            "<th class=\"num\">current rows</th><th class=\"num\">lake batches</th>"
+            "<th>columns dropped in the source</th></tr>")
+    body = "".join(
+        f'<tr><td><code>{html.escape(t["relation"])}</code></td>'
+        f'<td class="num" data-figure="raw.{html.escape(t["table"])}.versions">'
+        f'{t["versions"]:,}</td>'
+        f'<td class="num" data-figure="raw.{html.escape(t["table"])}.current">'
+        f'{t["current"]:,}</td><td class="num">{t["batches"]:,}</td>'
+        f'<td>{html.escape(", ".join(t["dropped"]) or "none")}</td></tr>' for t in tables)
+    return (f'<h3>The raw layer</h3><p>Every row version of these tables, as the lake holds '
+            f'it; <code>&lt;table&gt;_current</code> holds each row\'s current version.</p>'
+            f'<table class="raw">{head}{body}</table>')
 
 
 _STYLE = """
@@ -325,9 +348,10 @@ def write_report(warehouse: Database, output: str, ledger=None,
                      for name, sql in HEADLINES.items()}
         (last_load, batches), = conn.run("SELECT max(loaded_at), count(*) "
                                          "FROM totes.loaded_batch")
+        raw = raw_counts(conn)
     health = {"last_load": last_load.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
               if last_load else None, "batches": batches, "runs": _runs(ledger),
-              "reconcile": reconcile_summary}
+              "reconcile": reconcile_summary, "raw": raw}
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
     page, charts = render_html(data, headlines, health, generated)
     path = Path(output)
@@ -335,4 +359,5 @@ def write_report(warehouse: Database, output: str, ledger=None,
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(page, encoding="utf-8")
     log.info("report: %s (%d charts, %d bytes)", path, len(charts), path.stat().st_size)
-    return ReportResult(str(path), path.stat().st_size, charts, headlines, reconcile_summary)
+    return ReportResult(str(path), path.stat().st_size, charts, headlines, reconcile_summary,
+                        raw)

@@ -14,12 +14,15 @@ from typing import Callable, Optional
 
 import pyarrow as pa
 
-from totes.contracts.stage_results import (CaptureResult, IngestResult, LoadResult, PlanResult,
-                                           RunResult, TransformResult)
+from totes.contracts.config import raw_tables
+from totes.contracts.stage_results import (CaptureResult, IngestResult, LoadedTable,
+                                           LoadResult, PlanResult, RawLoaded, RunResult,
+                                           TransformResult)
 from totes.ingest.capture import capture
 from totes.ingest.extract import ingest_table
 from totes.ingest.plan import plan
 from totes.load.quarantine import held_source_rows
+from totes.load.raw import raw_schema
 from totes.load.warehouse import check_separate, check_warehouse, load
 from totes.local.check import storage_check
 from totes.transform.run import transform
@@ -86,12 +89,16 @@ def run_pipeline(resources: Resources,
     (:func:`totes.reconcile.reconcile.reconcile` with :func:`~totes.reconcile.reconcile.load_scope`:
     the dimensions whole, each fact on the source ids the load brought; a run that loads
     nothing skips it), so that a small run stays cheap whatever the source's size; ``totes
-    reconcile`` compares everything.
+    reconcile`` compares everything. The raw layer's tables the load brought versions of are
+    compared whole.
 
     ``on_stage(stage, result)`` is called as each stage ends, ``on_table(result)`` as each
     table's ingest ends (for progress). ``tables`` limits the ingest to those tables (names,
     or objects naming a mode: see :func:`totes.ingest.plan.select`); transform and load take
-    all pending work. Errors raise as the stages raise them.
+    all pending work, in bounded steps (``TOTES_TRANSFORM_MAX_ROWS`` lake rows per source
+    table, ``TOTES_LOAD_MAX_BATCHES`` batches), repeated until nothing is pending: the run's
+    result combines them (:func:`combined_transforms`, :func:`combined_loads`). Errors raise
+    as the stages raise them.
     """
     started = time.monotonic()
 
@@ -102,34 +109,94 @@ def run_pipeline(resources: Resources,
         on_stage(stage, result)
 
     run_id = new_run_id()
+    config = load_config(resources.config_path)
+    raw = raw_tables(config)
     check_separate(resources.source, resources.warehouse)
-    check_warehouse(resources.warehouse)
+    check_warehouse(resources.warehouse, raw_schema=raw_schema() if raw else None)
     storage_check(resources.lake, "lake")  # a store this run cannot use stops it here,
     storage_check(resources.processed, "processed area")  # before anything is written
-    planned = plan(load_config(resources.config_path), resources.source, run_id=run_id,
-                   tables=tables)
+    planned = plan(config, resources.source, run_id=run_id, tables=tables)
     ended("plan", planned)
     captured: list[CaptureResult] = []
     ingested = ingest_all(resources.source, resources.lake, planned, on_table, resources.ledger,
                           captured.append)
     ended("ingest", ingested)
-    transformed = transform(resources.lake, resources.processed, ledger=resources.ledger,
-                            run_id=run_id)
-    ended("transform", transformed)
-    loaded = load(resources.processed, resources.warehouse, ledger=resources.ledger,
-                  run_id=run_id)
-    ended("load", loaded)
+    transforms, loads = [], []
+    while True:  # bounded steps (TOTES_TRANSFORM_MAX_ROWS, TOTES_LOAD_MAX_BATCHES) until done
+        transforms.append(transform(resources.lake, resources.processed,
+                                    ledger=resources.ledger, run_id=run_id))
+        ended("transform", transforms[-1])
+        loads.append(load(resources.processed, resources.warehouse, ledger=resources.ledger,
+                          run_id=run_id, lake=resources.lake, raw_tables=raw))
+        ended("load", loads[-1])
+        if not ((transforms[-1].more and transforms[-1].manifest)
+                or (loads[-1].more and (loads[-1].batches or loads[-1].raw))):
+            break
+    transformed, loaded = combined_transforms(transforms), combined_loads(loads)
     checked = None
-    if reconcile and loaded.batches:
+    if reconcile and (loaded.batches or loaded.raw):
         from totes.reconcile.reconcile import load_scope, reconcile as reconcile_warehouse
 
         checked = reconcile_warehouse(resources.source, resources.warehouse,
-                                      scope=load_scope(resources.processed, loaded.batches))
+                                      scope=load_scope(resources.processed, loaded.batches),
+                                      raw=[t.table for t in loaded.raw])
         ended("reconcile", checked)
     return RunResult(run_id=run_id, plan=planned, ingest=ingested,
                      capture=captured[0] if captured else None, transform=transformed,
                      load=loaded, reconcile=checked,
                      seconds=round(time.monotonic() - started, 3))
+
+
+def combined_transforms(results: list[TransformResult]) -> TransformResult:
+    """One result for the transform batches of one run, in order (one result unchanged):
+    the newest manifest, every table output, the sums of files, rows set aside and
+    seconds; ``more`` as the last one says."""
+    if len(results) == 1:
+        return results[0]
+    quarantined: dict[str, int] = {}
+    for result in results:
+        for table, rows in result.quarantined.items():
+            quarantined[table] = quarantined.get(table, 0) + rows
+    return TransformResult(
+        manifest=next((r.manifest for r in reversed(results) if r.manifest), None),
+        source_files=sum(r.source_files for r in results),
+        tables=[t for r in results for t in r.tables], quarantined=quarantined,
+        quarantined_rows=sum(quarantined.values()), more=results[-1].more,
+        skipped=results[-1].skipped, seconds=round(sum(r.seconds for r in results), 3))
+
+
+def combined_loads(results: list[LoadResult]) -> LoadResult:
+    """One result for the loads of one run, in order (one result unchanged): every batch,
+    each table's rows (and each raw table's) summed, held and released rows summed, what
+    still waits after the last; ``more`` as the last one says."""
+    if len(results) == 1:
+        return results[0]
+    tables: dict[str, LoadedTable] = {}
+    held: dict[str, int] = {}
+    released: dict[str, int] = {}
+    raw: dict[str, RawLoaded] = {}
+    for result in results:
+        for t in result.tables:
+            before = tables.get(t.table, LoadedTable(table=t.table))
+            tables[t.table] = LoadedTable(table=t.table, rows=before.rows + t.rows,
+                                          inserted=before.inserted + t.inserted,
+                                          updated=before.updated + t.updated)
+        for into, counts in ((held, result.held), (released, result.released)):
+            for table, rows in counts.items():
+                into[table] = into.get(table, 0) + rows
+        for r in result.raw:
+            prior = raw.get(r.table, RawLoaded(table=r.table, relation=r.relation))
+            raw[r.table] = RawLoaded(table=r.table, relation=r.relation,
+                                     batches=prior.batches + r.batches,
+                                     rows=prior.rows + r.rows,
+                                     inserted=prior.inserted + r.inserted, more=r.more)
+    return LoadResult(batches=[b for r in results for b in r.batches],
+                      tables=list(tables.values()), held=held, held_rows=sum(held.values()),
+                      released=released, waiting=results[-1].waiting,
+                      waiting_rows=results[-1].waiting_rows, raw=list(raw.values()),
+                      more=results[-1].more,
+                      skipped=results[-1].skipped,
+                      seconds=round(sum(r.seconds for r in results), 3))
 
 
 def retry_quarantine(lake: Lake, processed: Lake, warehouse: Database,

@@ -17,11 +17,11 @@ from pydantic import BaseModel
 from totes.contracts.cdc import lsn_text, parse_position, position_prefix
 from totes.contracts.config import PipelineConfig, resolve_tables
 from totes.contracts.errors import TotesError
-from totes.contracts.identifiers import quote_ident
-from totes.contracts.watermark import Watermark
+from totes.contracts.metrics import as_json, metric
 from totes.load.pending import unloaded_batches
-from totes.utils import postgres_cdc
-from totes.utils.footers import read_high_watermark
+from totes.utils import mysql_binlog, postgres_cdc
+from totes.utils.footers import read_high_watermark, read_schema_record
+from totes.utils.freshness import table_lag
 from totes.utils.lake import Lake
 from totes.utils.ledger import ALL_TABLES, Ledger, LedgerRecord, lease_name
 from totes.utils.manifests import latest_manifest
@@ -43,6 +43,14 @@ class TableStatus(BaseModel):
     lag: Optional[float] = None             # seconds, or rows for an integer watermark
     lag_unit: Optional[str] = None
     pending_lake_files: int = 0
+    #: The table's source schema version (its newest batch's; None: no batch yet) and the
+    #: last change the ledger recorded: ``{"version", "at", "changes": [...]}``
+    #: (:mod:`totes.contracts.source_schema`).
+    schema_version: Optional[int] = None
+    schema_change: Optional[dict] = None
+    #: The table's values of the metrics the functions publish (LagSeconds), with the same
+    #: names and units (:func:`totes.contracts.metrics.as_json`).
+    metrics: list[dict] = []
 
 
 class SlotStatus(BaseModel):
@@ -52,7 +60,10 @@ class SlotStatus(BaseModel):
     batches hold every change up to: the newest position record) and ``confirmed_through``
     (the slot's: it moves to the lake's at the start of the next read), whether a reader
     holds it now, and whether the retained WAL passed ``cdc.retained_wal_alert_bytes``
-    (``over_limit``: the state machine alerts)."""
+    (``over_limit``: the state machine alerts). From a MySQL source (no slot: the binlog's
+    reader), ``lake_through`` is the binlog position the lake holds every change through,
+    ``confirmed_through`` the binlog's end and ``binlog_behind_bytes`` the bytes of binlog
+    between them (the WAL fields stay empty)."""
 
     slot: str
     exists: bool
@@ -63,6 +74,8 @@ class SlotStatus(BaseModel):
     active: Optional[bool] = None
     limit_bytes: int
     over_limit: bool = False
+    binlog_behind_bytes: Optional[int] = None
+    metrics: list[dict] = []  # RetainedWalBytes, as the capture function publishes it
 
 
 class PipelineStatus(BaseModel):
@@ -81,27 +94,17 @@ class PipelineStatus(BaseModel):
     retryable: bool = True
 
 
-def _source_newest(source: SourceDatabase, plan) -> Optional[object]:
-    with source.session("totes-status", f"reading the newest {plan.table} rows") as session:
-        (newest,), = session.conn.run(
-            f"SELECT max({quote_ident(plan.watermark_column)}) "  # nosec B608 (identifiers)
-            f"FROM {quote_ident(plan.table)}")
-    return newest
-
-
-def _lag(newest, high: Optional[Watermark]) -> tuple[Optional[float], Optional[str]]:
-    if newest is None:
-        return None, None
-    if high is None:
-        return None, "everything"
-    if high.integer is not None:
-        return float(newest - high.integer), "rows"
-    extracted = datetime.fromisoformat(high.value)
-    if isinstance(newest, datetime) and newest.tzinfo is not None:
-        newest = newest.astimezone(timezone.utc).replace(tzinfo=None)
-    if extracted.tzinfo is not None:
-        extracted = extracted.astimezone(timezone.utc).replace(tzinfo=None)
-    return max((newest - extracted).total_seconds(), 0.0), "seconds"
+def _add_schema(status: TableStatus, lake: Lake, ledger: Ledger) -> None:
+    """Fill ``status``' schema version (the newest batch's record) and its last change (the
+    newest ingest record of the ledger that holds one)."""
+    record = read_schema_record(lake, status.table)
+    status.schema_version = record.version if record is not None else None
+    changed = next((r for r in ledger.history("ingest", status.table, 200)
+                    if r.status == "succeeded" and r.details.get("schema_changes")), None)
+    if changed is not None:
+        status.schema_change = {"version": changed.details.get("schema_version"),
+                                "at": changed.ended_at,
+                                "changes": changed.details["schema_changes"]}
 
 
 def pipeline_status(config: PipelineConfig, ledger: Ledger, lake: Lake, processed: Lake,
@@ -131,11 +134,15 @@ def pipeline_status(config: PipelineConfig, ledger: Ledger, lake: Lake, processe
             running=holder.owner if holder else None,
             high_watermark=high.model_dump() if high else None,
             pending_lake_files=len(lake.keys_after(plan.table, taken.get(plan.table))))
+        _add_schema(status, lake, ledger)
         if source is not None and plan.watermark_column:
             try:
-                newest = _source_newest(source, plan)
-                status.source_newest = None if newest is None else str(newest)
-                status.lag, status.lag_unit = _lag(newest, high)
+                lag = table_lag(source, lake, plan, high)
+                status.source_newest, status.lag, status.lag_unit = \
+                    lag.source_newest, lag.value, lag.unit
+                if lag.seconds is not None:
+                    status.metrics = as_json([metric("LagSeconds", lag.seconds,
+                                                     table=plan.table)])
             except TotesError as exc:
                 notes.append(f"source not read for {plan.table}: {exc}")
                 failed["source"] = exc
@@ -172,6 +179,18 @@ def slot_status(config: PipelineConfig, source: SourceDatabase, lake: Lake) -> S
     slot, limit = config.cdc.slot, config.cdc.retained_wal_alert_bytes
     key = lake.newest_key(position_prefix(slot), "json")
     position = parse_position(lake.read_bytes(key), lake.describe(key)) if key else None
+    if getattr(source, "engine", "postgresql") == "mysql":
+        with source.session("totes-status", "reading where the binlog ends") as session:
+            head, base = mysql_binlog.head(session.conn)
+            logs = mysql_binlog.binary_logs(session.conn)
+        through_at = position.through_lsn if position else None
+        return SlotStatus(
+            slot=slot, exists=True, limit_bytes=limit,
+            lake_through=None if through_at is None else
+            mysql_binlog.position_text(through_at, base),
+            confirmed_through=mysql_binlog.position_text(head, base),
+            binlog_behind_bytes=0 if through_at is None else
+            mysql_binlog.behind_bytes(logs, through_at))
     with source.session("totes-status", f"reading replication slot {slot}") as session:
         state = postgres_cdc.slot_state(session.conn, slot)
         if state is None:
@@ -184,4 +203,6 @@ def slot_status(config: PipelineConfig, source: SourceDatabase, lake: Lake) -> S
     return SlotStatus(slot=slot, exists=True, retained_wal_bytes=state.retained_bytes,
                       oldest_change_age_seconds=age, lake_through=lsn_text(through),
                       confirmed_through=lsn_text(state.confirmed_flush), active=state.active,
-                      limit_bytes=limit, over_limit=state.retained_bytes > limit)
+                      limit_bytes=limit, over_limit=state.retained_bytes > limit,
+                      metrics=as_json([metric("RetainedWalBytes", state.retained_bytes,
+                                              stage="capture")]))

@@ -11,8 +11,10 @@ result: with ``state`` ``"Reconcile"`` and no error, the alert lists its differe
 Returns ``{"subject", "message"}``.
 """
 from totes.notify.alerts import render
+from totes.utils import observability
 
 
+@observability.observed("alert")
 def handler(event, context):
     """See the module docstring."""
     state = (event or {}).get("input") or {}

@@ -4,8 +4,9 @@ Environment: ``TOTES_SOURCE_SECRET`` (or ``TOTES_SOURCE_URL``) and
 ``TOTES_WAREHOUSE_SECRET`` (or ``TOTES_WAREHOUSE_URL``) only: it reads both databases, no
 storage.
 """
+from totes.contracts.metrics import MetricValue, of_reconcile
 from totes.reconcile.reconcile import reconcile
-from totes.utils import resources
+from totes.utils import observability, resources
 
 
 #: Differences listed per table in the state machine's state (Step Functions passes at most
@@ -13,6 +14,12 @@ from totes.utils import resources
 STATE_LIMIT = 5
 
 
+def _differences(event, result) -> list[MetricValue]:
+    """ReconcileDifferences per warehouse table (0 included: the alarm sees every table)."""
+    return of_reconcile({t["table"]: t["differences"] for t in result.get("tables") or []})
+
+
+@observability.observed("reconcile", _differences)
 def handler(event, context):
     """After a load that loaded a batch. Event: ``{}`` or ``{"limit": n}`` (differences
     listed per table, default :data:`STATE_LIMIT`). Returns

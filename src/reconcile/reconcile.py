@@ -12,6 +12,11 @@ a fact's current versions (``<fact>_current``). Three checks:
   so a lost newer version shows as an older one); a dimension's version columns are left out;
 * **sums**: each fact's money column summed per currency.
 
+**The raw layer** (:mod:`totes.load.raw`): each raw table's current rows
+(``raw.<table>_current``) are compared with the source table's, on its primary key, column by
+column (rows and values as above; a column recorded as dropped is not compared), whether or
+not a star-schema rule reads the table. Its entry in ``tables`` names it ``raw.<table>``.
+
 **Pending, held, quarantined.** A source row changed after the warehouse's newest version of
 its table (``loaded_through``: a fact's greatest ``last_updated``, a dimension's greatest
 ``source_last_updated``; for a joined dimension, its reference table's too) is *pending*: the
@@ -52,7 +57,7 @@ import pyarrow.compute as pc
 
 from totes.contracts.config import TablePlan
 from totes.contracts.errors import ConfigError
-from totes.contracts.identifiers import quote_ident
+from totes.contracts.identifiers import qualified, quote_ident
 from totes.contracts.source_tables import SOURCE_TABLES
 from totes.contracts.stage_results import (Difference, ReconcileResult, SumCheck,
                                            TableReconciliation)
@@ -64,6 +69,7 @@ from totes.utils.lake import Lake
 from totes.utils.manifests import read_manifest, read_repairs
 from totes.utils.postgres import Database
 from totes.utils.postgres_copy import copy_stream, csv_record_batches
+from totes.utils.postgres_merge import column_types
 from totes.utils.postgres_reader import key_condition
 from totes.utils.source_reader import Job, measuring_pool, reader_for
 
@@ -90,12 +96,12 @@ DIMENSION_SOURCES: dict[str, tuple[str, Optional[str], Optional[str]]] = {
 
 # ---- reading both sides ---------------------------------------------------------------------
 @contextlib.contextmanager
-def _source_batches(source, table: str, keys: Optional[Sequence[int]] = None
-                    ) -> Iterator[Iterator[pa.RecordBatch]]:
+def _source_batches(source, table: str, keys: Optional[Sequence[int]] = None,
+                    primary_key: Optional[str] = None) -> Iterator[Iterator[pa.RecordBatch]]:
     """The current rows of source ``table`` (with ``keys``: of those primary keys only) as
-    record batches, in key order, read in one snapshot through the source's own reader (to
-    be read to the end)."""
-    plan = TablePlan(table=table, primary_key=SOURCE_TABLES[table].primary_key,
+    record batches, in key order (``primary_key``, default the registry's), read in one
+    snapshot through the source's own reader (to be read to the end)."""
+    plan = TablePlan(table=table, primary_key=primary_key or SOURCE_TABLES[table].primary_key,
                      extract_type="full", mode="full", watermark_column=None)
     reader = reader_for(source)
     doing = f"reading table {table} of the {source.describe()} to reconcile it"
@@ -164,6 +170,110 @@ def _after(values: pa.ChunkedArray, moment) -> pa.Array:
     bound = pa.scalar(moment, pa.timestamp("us")).cast(pa.timestamp(kind.unit), safe=False)
     plain = values.cast(pa.timestamp(kind.unit)) if kind.tz else values
     return pc.fill_null(pc.greater(plain, bound), True)
+
+
+# ---- the raw layer ---------------------------------------------------------------------------
+#: The columns the raw layer adds to the source's (:mod:`totes.load.raw`): not compared.
+RAW_COLUMNS = ("_totes_batch", "_totes_operation", "_totes_lsn", "_totes_commit_time",
+               "_totes_unreadable")
+
+
+def _raw_tables(conn) -> list[tuple]:
+    """``(table, schema, primary key, watermark column, dropped columns)`` of every raw table
+    the warehouse records (``totes.raw_table``) and holds."""
+    (exists,), = conn.run("SELECT to_regclass('totes.raw_table') IS NOT NULL")
+    if not exists:
+        return []
+    return [tuple(row) for row in conn.run(
+        "SELECT source_table, raw_schema, primary_key, watermark_column, dropped "
+        "FROM totes.raw_table WHERE to_regclass(quote_ident(raw_schema) || '.' || "
+        "quote_ident(source_table) || '_current') IS NOT NULL ORDER BY source_table")]
+
+
+def _raw(conn, source, table: str, schema: str, key: str, watermark: Optional[str],
+         dropped: Sequence[str], limit: int) -> TableReconciliation:
+    """A raw table's current rows (``<schema>.<table>_current``) against the source table's,
+    column by column (the source's columns the raw table holds, less those recorded as
+    dropped), both streamed in key order and merge-joined one source batch at a time. A
+    source row whose watermark (the incremental table's, else ``last_updated`` when there is
+    one) is after the raw table's newest is pending."""
+    relation = f"{schema}.{table}"
+    held = column_types(conn, qualified(schema, table))
+    watermark = watermark or ("last_updated" if "last_updated" in held else None)
+    through = _scalar(conn, f"SELECT max({quote_ident(watermark)}) "  # nosec B608: quoted
+                            f"FROM {qualified(schema, table)}") if watermark else None
+    tally = _Tally(relation, key, limit)
+    counts = {"compared": 0, "pending": 0, "warehouse": 0}
+    with _source_batches(source, table, primary_key=key) as source_batches:
+        first = next((b for b in source_batches if b.num_rows), None)
+        names = [key] + [f.name for f in (first.schema if first is not None else [])
+                         if f.name in held and f.name != key and f.name not in dropped
+                         and f.name not in RAW_COLUMNS]
+        types = {f.name: f.type for f in first.schema} if first is not None else {}
+        # A timestamp with a time zone is compared in UTC, without it.
+        wanted = pa.schema([pa.field(n, _naive(types.get(n, pa.int64()))) for n in names])
+        listed = ", ".join(f"{quote_ident(n)} AT TIME ZONE 'UTC'" if
+                           pa.types.is_timestamp(types.get(n, pa.int64())) and types[n].tz
+                           else quote_ident(n) for n in names)
+        view = (f"SELECT {listed} FROM {qualified(schema, table + '_current')} "  # nosec
+                f"ORDER BY {quote_ident(key)}")  # B608: quoted identifiers
+        with _warehouse_batches(conn, view, wanted, relation) as warehouse_batches:
+            waiting = _nullable(wanted).empty_table()
+            exhausted = False
+            batches = [] if first is None else [first]
+            for batch in _chain(batches, source_batches):
+                if not batch.num_rows:
+                    continue
+                expected = pa.table({n: _as_naive(batch.column(n)) for n in names})
+                high = pc.max(expected[key]).as_py()
+                while not exhausted and (not waiting.num_rows or
+                                         pc.max(waiting[key]).as_py() <= high):
+                    following = next(warehouse_batches, None)
+                    if following is None:
+                        exhausted = True
+                    else:
+                        waiting = pa.concat_tables([waiting,
+                                                    pa.Table.from_batches([following])])
+                upto = pc.less_equal(waiting[key], high)
+                actual, waiting = waiting.filter(upto), waiting.filter(pc.invert(upto))
+                _raw_compared(expected, actual, key, names, watermark, through, tally, counts)
+            for following in warehouse_batches:
+                waiting = pa.concat_tables([waiting, pa.Table.from_batches([following])])
+            _raw_compared(_nullable(wanted).empty_table(), waiting, key, names, None, None,
+                          tally, counts)
+    return TableReconciliation(
+        table=relation, source_table=table, source_rows=counts["compared"],
+        warehouse_rows=counts["warehouse"], pending=counts["pending"],
+        differences=tally.count, loaded_through=_text(through), listed=tally.listed)
+
+
+def _chain(first: list, rest: Iterator) -> Iterator:
+    yield from first
+    yield from rest
+
+
+def _naive(kind: pa.DataType) -> pa.DataType:
+    return pa.timestamp(kind.unit) if pa.types.is_timestamp(kind) and kind.tz else kind
+
+
+def _as_naive(values):
+    return values.cast(_naive(values.type)) if pa.types.is_timestamp(values.type) else values
+
+
+def _raw_compared(expected: pa.Table, actual: pa.Table, key: str, names: list[str],
+                  watermark: Optional[str], through, tally: "_Tally", counts: dict) -> None:
+    """Compare one stretch of keys; the source's pending rows (watermark after ``through``)
+    are left out on both sides."""
+    counts["warehouse"] += actual.num_rows
+    if watermark is not None and watermark in names and through is not None \
+            and expected.num_rows:
+        late = _after(expected[watermark], through)
+        pending_ids = _flat(expected[key].filter(late)).cast(pa.int64())
+        counts["pending"] += len(pending_ids)
+        expected, actual = _without(expected, key, pending_ids), _without(actual, key,
+                                                                          pending_ids)
+    counts["compared"] += expected.num_rows
+    _compare(expected, actual, key, [n for n in names if n != key], tally)
 
 
 # ---- comparing ------------------------------------------------------------------------------
@@ -308,6 +418,7 @@ def _fact(conn, source, source_table: str, limit: int, sums: list[SumCheck], sta
     name = FACT_SOURCES[source_table][0]
     table = TABLES[name]
     key = table.merge_key[0]
+    table = table.as_found(column_types(conn, table.relation(star)))  # a widened measure
     if keys is not None and not keys:  # the load brought no row of this fact
         return TableReconciliation(table=name, source_table=source_table, source_rows=0,
                                    warehouse_rows=0, pending=0, differences=0,
@@ -349,7 +460,7 @@ def _fact(conn, source, source_table: str, limit: int, sums: list[SumCheck], sta
             upto = pc.less_equal(waiting[key], high)
             actual, waiting = waiting.filter(upto), waiting.filter(pc.invert(upto))
             expected, actual = _expected_facts(batch, source_table, through, held_ids, actual,
-                                               counts, holds, tally, held_versions)
+                                               counts, holds, tally, held_versions, table)
             _compared(expected, actual, key, columns, money, codes, sums_of, tally, counts)
         for following in warehouse_batches:  # rows after the source's last key
             waiting = pa.concat_tables([waiting, pa.Table.from_batches([following])])
@@ -372,7 +483,8 @@ def _fact(conn, source, source_table: str, limit: int, sums: list[SumCheck], sta
 def _expected_facts(batch: pa.RecordBatch, source_table: str, through, held_ids: pa.Array,
                     actual: pa.Table, counts: dict, holds: Optional[set] = None,
                     tally: Optional["_Tally"] = None,
-                    held_versions: Optional[set] = None) -> tuple[pa.Table, pa.Table]:
+                    held_versions: Optional[set] = None,
+                    target: Optional[WarehouseTable] = None) -> tuple[pa.Table, pa.Table]:
     """The fact rows ``batch`` (source rows) should be, and the warehouse rows to compare them
     with, leaving out of both: a version the quarantine holds (``holds``: quarantined), a
     row held for its dimension row (``held_ids``; held), and a row changed after
@@ -391,9 +503,10 @@ def _expected_facts(batch: pa.RecordBatch, source_table: str, through, held_ids:
     counts["quarantined"] += pc.sum(in_quarantine).as_py() or 0
     skip = [_flat(ids.filter(late)), _flat(ids.filter(in_quarantine)), held_ids]
     current = rows.filter(pc.invert(pc.or_(late, in_quarantine))).combine_chunks()
-    expected = TABLES[name].arrow_schema().empty_table()
+    target = target or TABLES[name]  # widened as the warehouse holds it
+    expected = target.arrow_schema().empty_table()
     if current.num_rows:
-        checked = fact_rows(current.to_batches()[0], source_table)
+        checked = fact_rows(current.to_batches()[0], source_table, target)
         if checked.rows is not None:
             expected = checked.rows
         if checked.held is not None and checked.held.num_rows:
@@ -521,11 +634,13 @@ def load_scope(processed: Lake, manifest_keys: Sequence[str],
 
 
 def reconcile(source, warehouse: Database, limit: int = DEFAULT_LIMIT,
-              scope: Optional[dict[str, Optional[list[int]]]] = None) -> ReconcileResult:
+              scope: Optional[dict[str, Optional[list[int]]]] = None,
+              raw: Optional[Sequence[str]] = None) -> ReconcileResult:
     """Compare ``source`` (PostgreSQL or MySQL) with ``warehouse`` as the module docstring
     says; ``limit``: differences listed per table. With ``scope`` (:func:`load_scope`), a
     fact is compared only on the source ids it lists (a fact it maps to None, or leaves out,
-    whole); dimensions are compared whole.
+    whole); dimensions are compared whole. The raw layer's tables are compared whole: every
+    one, or with ``raw`` those it names (the tables a load brought versions of).
 
     Raises:
         ConfigError: the warehouse has no star schema (of version 5) yet.
@@ -550,6 +665,11 @@ def reconcile(source, warehouse: Database, limit: int = DEFAULT_LIMIT,
         for source_table in FACT_SOURCES:
             keys = (scope or {}).get(FACT_SOURCES[source_table][0])
             tables.append(_fact(conn, source, source_table, limit, sums, star, keys))
+        for table, schema, key, watermark, dropped in _raw_tables(conn):
+            if raw is not None and table not in raw:
+                continue
+            tables.append(_raw(conn, source, table, schema, key, watermark, dropped or [],
+                               limit))
     differences = sum(t.differences for t in tables) + sum(not s.equal for s in sums)
     result = ReconcileResult(equal=differences == 0, differences=differences, tables=tables,
                              sums=sums, seconds=round(time.monotonic() - started, 3))

@@ -11,6 +11,7 @@ import pyarrow.compute as pc
 
 from totes.contracts.cdc import COMMIT_TIME, LSN, OPERATION
 from totes.contracts.quarantine import UNREADABLE, Checked, Violations
+from totes.contracts.source_tables import SOURCE_TABLES
 from totes.contracts.star_schema import (IS_DELETED, SOURCE_LSN, TIME, Column,
                                          WarehouseTable)
 
@@ -57,7 +58,10 @@ def version_columns(rows, stamp: str = "last_updated") -> dict[str, pa.Array]:
     commit's log position, 0 for a version read by a cursor or in a copy), ``is_deleted``
     (the version is a delete read from the log or found by a key comparison) and ``stamp``,
     the row's ``last_updated``, except that a delete is stamped with the moment of the
-    delete (its commit time, UTC) instead of the last update's. Rows without the change
+    delete (its commit time, UTC) instead of the last update's, or with the last update's
+    when that is later: a MySQL binlog gives commit times in whole seconds, so a row updated
+    at 12:00:00.350 and deleted in the same second has a commit time of 12:00:00, and the
+    delete must still come after the version it deletes. Rows without the change
     columns (:data:`totes.contracts.cdc.CDC_COLUMNS`: a polled table's) are versions at 0,
     not deleted."""
     count, names = len(rows), rows.schema.names
@@ -75,7 +79,8 @@ def version_columns(rows, stamp: str = "last_updated") -> dict[str, pa.Array]:
     # A UTC commit time as the column's type: the same instant (naive columns hold UTC).
     commit = committed.cast(pa.timestamp("us", "UTC")).cast(
         pa.timestamp("us", kind.tz) if kind.tz else pa.timestamp("us"))
-    stamped = pc.if_else(deleted, commit, stamps.cast(moment))
+    own = stamps.cast(moment)
+    stamped = pc.if_else(deleted, pc.max_element_wise(commit, own, skip_nulls=True), own)
     return {SOURCE_LSN: pc.fill_null(lsn, 0).cast(pa.int64()), IS_DELETED: deleted,
             stamp: stamped}
 
@@ -107,7 +112,10 @@ def unreadable(violations: Violations) -> None:
     hold (:data:`totes.contracts.quarantine.UNREADABLE`): rule ``unreadable``, the column
     and the value as the source wrote it (``sales_order row sales_order_id=20: unit_price
     'NaN' cannot be held by the lake's type for the column (kept as text)``; the first such
-    column of a row)."""
+    column of a row). Only the columns the rules read
+    (:data:`totes.contracts.source_tables.SOURCE_TABLES`) count: a value of another column
+    (one a schema contract's ``discard_value`` could not cast) keeps its row in the star
+    schema, the value kept in the lake."""
     rows = violations.rows
     if UNREADABLE not in rows.schema.names:
         return
@@ -118,8 +126,14 @@ def unreadable(violations: Violations) -> None:
         return
     by_column: dict[str, list[int]] = {}
     texts: list = [None] * len(found)
+    read = SOURCE_TABLES[violations.table].columns if violations.table in SOURCE_TABLES \
+        else None
     for i in pc.indices_nonzero(pc.is_valid(found)).to_pylist():
-        column, text = next(iter(json.loads(found[i].as_py()).items()))
+        held = [(column, text) for column, text in json.loads(found[i].as_py()).items()
+                if read is None or column in read]
+        if not held:  # only columns no rule reads: the row lands (their values stay in the lake)
+            continue
+        column, text = held[0]
         by_column.setdefault(column, []).append(i)
         texts[i] = text
     values = pa.array(texts, pa.string())

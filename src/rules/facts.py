@@ -10,10 +10,13 @@ a version with ``is_deleted``, stamped with the moment of the delete
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from totes.contracts.quarantine import Checked, Violations
+from totes.contracts.source_schema import classify
 from totes.contracts.source_tables import default_primary_key
 from totes.contracts.star_schema import TABLES, WarehouseTable
 from totes.rules.columns import conform, split_timestamp, text_to_date, version_columns
@@ -29,12 +32,32 @@ _SPLIT = {"created_at": ("created_date", "created_time"),
           "last_updated": ("last_updated_date", "last_updated_time")}
 
 
-def fact_rows(batch: pa.RecordBatch, source_table: str) -> Checked:
-    """The fact rows of one record batch of ``source_table`` (a lake file's rows), typed as
-    the fact table, and the row versions held in quarantine: those with a text date that is
-    not YYYY-MM-DD, an empty NOT NULL column or a value too large for its fact column."""
+def widened_fact(source_table: str, lake_schema: pa.Schema) -> WarehouseTable:
+    """The fact table of ``source_table`` with each widenable measure
+    (:meth:`~totes.contracts.star_schema.WarehouseTable.widenable`) in its source column's
+    type where ``lake_schema`` (the batch's lake files, unified) holds a wider one: a source
+    widened from integer to bigint makes ``units_sold`` bigint."""
     fact_name, renames = FACT_SOURCES[source_table]
-    target: WarehouseTable = TABLES[fact_name]
+    target = TABLES[fact_name]
+    wider = {}
+    for column in target.columns:
+        source = renames.get(column.name, column.name)
+        if target.widenable(column) and source in lake_schema.names:
+            kind = lake_schema.field(source).type
+            if classify(column.arrow_type, kind) == "widened" and \
+                    (pa.types.is_integer(kind) or pa.types.is_decimal(kind)):
+                wider[column.name] = kind
+    return target.widened(wider)
+
+
+def fact_rows(batch: pa.RecordBatch, source_table: str,
+              target: Optional[WarehouseTable] = None) -> Checked:
+    """The fact rows of one record batch of ``source_table`` (a lake file's rows), typed as
+    the fact table (``target``: the fact widened by :func:`widened_fact`), and the row
+    versions held in quarantine: those with a text date that is not YYYY-MM-DD, an empty
+    NOT NULL column or a value too large for its fact column."""
+    fact_name, renames = FACT_SOURCES[source_table]
+    target = target or TABLES[fact_name]
     id_column = default_primary_key(source_table)
     violations = Violations(source_table, id_column, batch)
     columns = version_columns(batch)

@@ -3,10 +3,20 @@
 Environment: ``TOTES_LAKE``, ``TOTES_PROCESSED``. The event (the ingest results) is not
 needed: transform takes every lake file no committed batch has transformed yet.
 """
+from totes.contracts.metrics import MetricValue, of_transform
 from totes.transform.run import transform
-from totes.utils import resources
+from totes.utils import observability, resources
 
 
+def _measured(event, result) -> list[MetricValue]:
+    """RowsTransformed per warehouse table, RowsQuarantined per source table."""
+    rows: dict[str, int] = {}
+    for output in result.get("tables") or []:
+        rows[output["table"]] = rows.get(output["table"], 0) + output["rows"]
+    return of_transform(rows, result.get("quarantined") or {})
+
+
+@observability.observed("transform", _measured)
 def handler(event, context):
     """Returns :class:`~totes.contracts.stage_results.TransformResult` as JSON:
     ``{"manifest": key | null, "source_files": n, "tables": [...], "seconds": s}``."""

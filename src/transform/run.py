@@ -1,11 +1,13 @@
 """One transform batch: the lake files no batch has transformed yet → the star schema.
 
 The steps, each a function below: find the lake files after the last batch's
-(:func:`pending_lake_files`); read the new rows of the dimensions' sources and merge the
-reference tables' latest rows (:func:`merge_reference_state`); build the dimensions
-(:data:`totes.rules.dimensions.DIMENSION_RULES`) and stream the facts, one record batch at
-a time, with the dates they refer to (:func:`write_facts`); publish every file, then commit the
-batch with its manifest (:mod:`totes.contracts.manifest`), written last.
+(:func:`pending_lake_files`: whole lake batches up to ``TOTES_TRANSFORM_MAX_ROWS`` rows per
+source table, the rest left for the next batch, which ``more`` announces); read the new
+rows of the dimensions' sources and merge the reference tables' latest rows
+(:func:`merge_reference_state`); build the dimensions
+(:data:`totes.rules.dimensions.DIMENSION_RULES`) and stream the facts, one record batch at a
+time, with the dates they refer to (:func:`write_facts`); publish every file, then commit
+the batch with its manifest (:mod:`totes.contracts.manifest`), written last.
 
 A row version that breaks a rule does not stop the batch: it is held in the batch's
 quarantine files (:mod:`totes.contracts.quarantine`) and the rest goes on. ``retry`` puts
@@ -33,12 +35,13 @@ from totes.contracts.source_tables import REFERENCE_TABLES, SOURCE_TABLES
 from totes.contracts.stage_results import TableOutput, TransformResult, counted
 from totes.contracts.star_schema import TABLES
 from totes.rules import dimensions as dims
-from totes.rules.facts import FACT_SOURCES, fact_dates, fact_rows
+from totes.rules.facts import FACT_SOURCES, fact_dates, fact_rows, widened_fact
 from totes.utils.footers import batch_files
 from totes.utils.lake import Lake, key_time, parquet_writer, storage_call
 from totes.utils.ledger import ALL_TABLES, Ledger, new_run_id
 from totes.utils.manifests import commit, latest_manifest, read_raw_manifest
 from totes.utils.run_tracking import check_lease, skip_reason, tracked
+from totes.utils import settings
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +59,8 @@ class _Outputs:
         self.processed, self.stack = processed, stack
         self.writers: dict[str, tuple[str, pq.ParquetWriter]] = {}
         self.rows: dict[str, int] = {}
+        #: A warehouse table's file schema when it is not the star schema's (a widened fact).
+        self.schemas: dict[str, pa.Schema] = {}
 
     def write(self, name: str, rows: Optional[pa.Table]) -> None:
         """Append ``rows`` to the file of ``name`` (a warehouse table, ``_state/<table>`` or
@@ -64,7 +69,8 @@ class _Outputs:
             return
         if name not in self.writers:
             path = self.stack.enter_context(self.processed.staging_file())
-            schema = TABLES[name].arrow_schema() if name in TABLES else rows.schema
+            schema = self.schemas.get(name) or (
+                TABLES[name].arrow_schema() if name in TABLES else rows.schema)
             with storage_call(self._doing(name)):
                 writer = parquet_writer(path, schema)
             self.stack.callback(self._close, name, writer)
@@ -99,18 +105,60 @@ class _Outputs:
         return keys
 
 
-def pending_lake_files(lake: Lake, previous: Optional[Manifest]) -> dict[str, list[str]]:
+def pending_lake_files(lake: Lake, previous: Optional[Manifest],
+                       max_rows: Optional[int] = None) -> tuple[dict[str, list[str]], bool]:
     """Per source table, the lake keys after the newest one ``previous`` took (all of them
-    before the first batch), oldest first; tables with none are left out."""
+    before the first batch), oldest first, at most :data:`MAX_FILES_PER_TABLE` and, with
+    ``max_rows``, whole batches up to that many rows (at least one batch; rows read from
+    the footers); tables with none are left out. Second: whether keys beyond those bounds
+    wait for the next transform.
+
+    Raises:
+        LakeError / StorageUnavailable: a footer could not be read.
+    """
     consumed = previous.lake if previous is not None else {}
-    return {table: keys[:MAX_FILES_PER_TABLE] for table in SOURCE_TABLES
-            if (keys := lake.keys_after(table, consumed.get(table)))}
+    taken, more = {}, False
+    for table in SOURCE_TABLES:
+        keys = lake.keys_after(table, consumed.get(table))
+        if not keys:
+            continue
+        bounded = keys[:MAX_FILES_PER_TABLE]
+        if max_rows is not None and len(bounded) > 1:
+            rows = 0
+            for i, key in enumerate(bounded):
+                rows += sum(lake.metadata(file).num_rows for file in batch_files(lake, key))
+                if rows >= max_rows:
+                    bounded = bounded[:i + 1]
+                    break
+        taken[table] = bounded
+        more = more or len(bounded) < len(keys)
+    return taken, more
+
+
+def lake_schema(lake: Lake, files: list[str]) -> pa.Schema:
+    """The schema of ``files`` (one table's lake files, of any schema versions) read together:
+    every column any of them has, each in the widest of its types (pyarrow's permissive
+    promotion: int32 and int64 → int64, decimal128(10, 2) and decimal128(38, 9) →
+    decimal128(38, 9), timestamp[ms] and timestamp[us] → timestamp[us]).
+
+    Raises:
+        LakeError: two files hold one column in types no type holds both of.
+    """
+    schemas = [lake.metadata(file).schema.to_arrow_schema() for file in files]
+    try:
+        return pa.unify_schemas(schemas, promote_options="permissive") if schemas \
+            else pa.schema([])
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise LakeError(f"lake files {files[0]} … {files[-1]} hold a column in types that "
+                        f"cannot be read together: {exc}") from None
 
 
 def _read_all(lake: Lake, keys: list[str], retry: Optional[pa.Table] = None) -> pa.Table:
+    """Every row of the lake files of ``keys`` (and the ``retry`` rows), their schema
+    versions unified to the widest types (:func:`lake_schema`)."""
     tables = [lake.read_table(file) for key in keys for file in batch_files(lake, key)] + \
         ([retry] if retry is not None else [])
-    return pa.concat_tables(tables, promote_options="default")
+    return pa.concat_tables(tables, promote_options="permissive")
 
 
 def merge_reference_state(processed: Lake, previous: Optional[Manifest],
@@ -125,8 +173,8 @@ def merge_reference_state(processed: Lake, previous: Optional[Manifest],
             state[table] = old
             continue
         merged = [t for t in (old, new[table]) if t is not None]
-        state[table] = dims.latest_per_key(pa.concat_tables(merged, promote_options="default"),
-                                           key)
+        state[table] = dims.latest_per_key(
+            pa.concat_tables(merged, promote_options="permissive"), key)
         outputs.write(state_prefix(table), state[table])
     return state
 
@@ -153,13 +201,16 @@ def write_facts(lake: Lake, new_keys: dict[str, list[str]], outputs: _Outputs,
     rule; returns the distinct dates the fact rows refer to (for dim_date)."""
     dates = [pa.array([], pa.date32())]
     for source_table, (fact_name, _) in FACT_SOURCES.items():
-        batches = (batch for key in new_keys.get(source_table, [])
-                   for file in batch_files(lake, key)
-                   for batch in lake.iter_batches(file, FACT_BATCH_ROWS))
+        files = [file for key in new_keys.get(source_table, [])
+                 for file in batch_files(lake, key)]
+        # Files of several schema versions: the fact takes the widest types of its measures.
+        target = widened_fact(source_table, lake_schema(lake, files))
+        outputs.schemas[fact_name] = target.arrow_schema()
+        batches = (batch for file in files for batch in lake.iter_batches(file, FACT_BATCH_ROWS))
         if source_table in retry:
             batches = _chain(batches, retry[source_table].to_batches(FACT_BATCH_ROWS))
         for batch in batches:
-            checked = fact_rows(batch, source_table)
+            checked = fact_rows(batch, source_table, target)
             outputs.write(fact_name, checked.rows)
             outputs.hold(source_table, checked.held)
             dates.append(fact_dates(checked.rows))
@@ -245,7 +296,10 @@ def _transform(lake: Lake, processed: Lake,
     # its files; what the new manifest carries on is the committed one's keys, so that a
     # later repair of an earlier batch reaches this one too.
     carried = read_raw_manifest(processed, previous_key) if previous_key else None
-    new_keys = pending_lake_files(lake, previous)
+    new_keys, more = pending_lake_files(lake, previous, settings.current().transform_max_rows)
+    if more:
+        log.info("transform takes %s; later lake files wait for the next transform",
+                 ", ".join(f"{t} {len(k):,}" for t, k in new_keys.items()))
     if not new_keys and not retry:
         return TransformResult(manifest=None, source_files=0, tables=[],
                                seconds=round(time.monotonic() - started, 3))
@@ -278,4 +332,4 @@ def _transform(lake: Lake, processed: Lake,
     log.info("transformed %s into %s", counted(source_files, "lake file"), manifest_key)
     return TransformResult(manifest=manifest_key, source_files=source_files, tables=tables,
                            quarantined=quarantined, quarantined_rows=sum(quarantined.values()),
-                           seconds=round(time.monotonic() - started, 3))
+                           more=more, seconds=round(time.monotonic() - started, 3))

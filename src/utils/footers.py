@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+from totes.contracts.source_schema import SchemaRecord, record_of_arrow
 from totes.contracts.watermark import Footer, Watermark, parse_footer, part_keys
 from totes.utils.lake import Lake
 
@@ -40,3 +41,22 @@ def read_high_watermark(lake: Lake, table: str) -> Optional[Watermark]:
     """
     key = lake.newest_key(table)
     return None if key is None else read_footer(lake, key).high
+
+
+def read_schema_record(lake: Lake, table: str) -> Optional[SchemaRecord]:
+    """The source schema of the table's newest batch (what the next batch is compared with,
+    :func:`totes.contracts.source_schema.decide`): its footer's ``totes.schema``, or, for a
+    batch written without one, its Parquet schema as version 1; None when the table has no
+    batch yet.
+
+    Raises:
+        LakeError: the newest file's footer is malformed.
+        StorageUnavailable: the lake could not be read (retry).
+    """
+    key = lake.newest_key(table)
+    if key is None:
+        return None
+    footer = read_footer(lake, key)
+    if footer.source_schema is not None:
+        return footer.source_schema
+    return record_of_arrow(lake.metadata(key).schema.to_arrow_schema())

@@ -481,6 +481,19 @@ class Lake:
                     out.write(data)
             return self.publish(staged, key)
 
+    def delete(self, key: str) -> None:
+        """Remove the object ``key``: derived data a newer object replaces (an old key
+        index), never a batch. A key already gone is not an error.
+
+        Raises:
+            StorageUnavailable / LakeError: see :func:`storage_error`.
+        """
+        with storage_call(f"removing {self.describe(key)}"):
+            try:
+                self.fs.delete_file(self.path(key))
+            except FileNotFoundError:
+                pass
+
     # ---- reading ------------------------------------------------------------------------
     def exists(self, key: str) -> bool:
         """Whether ``key`` exists (a file; folders are not objects).

@@ -37,6 +37,7 @@ import pymysql
 from totes.contracts.config import TablePlan
 from totes.contracts.errors import ConfigError
 from totes.contracts.quarantine import UNREADABLE, add_unreadable, with_unreadable
+from totes.contracts.source_schema import SourceColumn
 from totes.contracts.identifiers import quote_ident
 from totes.contracts.partitions import Partition, column_cast, partitions_of
 from totes.contracts.stage_results import HeldBackBy
@@ -108,6 +109,8 @@ def inspect_table(conn, plan: TablePlan) -> Inspected:
     table = plan.table
     columns = check_table(conn, table, plan.primary_key, plan.watermark_column)
     schema = with_unreadable(arrow_schema(columns, table))
+    read = tuple(SourceColumn(name, schema.field(name).type, column_type, nullable)
+                 for name, _, column_type, _, nullable in columns)
     kinds = {name: data_type for name, data_type, *_ in columns}
     cast = None
     if plan.watermark_column:
@@ -117,7 +120,7 @@ def inspect_table(conn, plan: TablePlan) -> Inspected:
         _check_range(plan)
     if plan.distributed is not None:  # a part of a distributed batch: plan's cutoff for all
         return Inspected(schema, cast, plan.distributed.cutoff,
-                         datetime.fromisoformat(plan.distributed.moment), None)
+                         datetime.fromisoformat(plan.distributed.moment), None, read)
     local, utc, sees_all, held_back = _read_cutoff(conn, plan.in_flight_safety_lag_seconds)
     cutoff = utc.replace(tzinfo=timezone.utc) if cast == "timestamptz" else local
     text = cutoff.isoformat(sep=" ", timespec="microseconds")
@@ -130,7 +133,7 @@ def inspect_table(conn, plan: TablePlan) -> Inspected:
                     "(thread %s, user %s, %s); they are extracted once it ends", table, text,
                     held_back.transaction_age_seconds, held_back.pid, held_back.role,
                     held_back.state)
-    return Inspected(schema, cast, text, utc, held_back)
+    return Inspected(schema, cast, text, utc, held_back, read)
 
 
 def _check_range(plan: TablePlan) -> None:
@@ -267,13 +270,27 @@ def _record_batches(cursor, schema: pa.Schema, table: str, size: int,
         rows = cursor.fetchmany(size)
         if not rows:
             return
-        columns = list(zip(*rows))
-        unreadable: list = [None] * len(rows)
-        arrays = [convert(column, pool, unreadable)
-                  for convert, column in zip(converters, columns)]
-        if UNREADABLE in schema.names:
-            arrays.append(pa.array(unreadable, pa.string()))
-        yield pa.RecordBatch.from_arrays(arrays, schema=schema)
+        yield _batch(rows, schema, converters, pool)
+
+
+def _batch(rows: Sequence[Sequence], schema: pa.Schema, converters: list,
+           pool: pa.MemoryPool) -> pa.RecordBatch:
+    columns = list(zip(*rows))
+    unreadable: list = [None] * len(rows)
+    arrays = [convert(column, pool, unreadable) for convert, column in zip(converters, columns)]
+    if UNREADABLE in schema.names:
+        arrays.append(pa.array(unreadable, pa.string()))
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def rows_batch(rows: Sequence[Sequence], schema: pa.Schema,
+               pool: Optional[pa.MemoryPool] = None) -> pa.RecordBatch:
+    """``rows`` (tuples of Python values as PyMySQL, or the binlog, gives them, one per
+    column of ``schema`` but :data:`~totes.contracts.quarantine.UNREADABLE`) as one record
+    batch of ``schema``, converted as a table's rows are when read (a value the column's type
+    cannot hold is NULL and kept as text in ``UNREADABLE``, when ``schema`` has it)."""
+    converters = [_converter(field) for field in schema if field.name != UNREADABLE]
+    return _batch(rows, schema, converters, pool or pa.default_memory_pool())
 
 
 class MySQLReader(SourceReader):
@@ -319,6 +336,25 @@ class MySQLReader(SourceReader):
             return low, high
 
         return partitions_of(plan, schema, bounds)
+
+    @contextlib.contextmanager
+    def primary_keys(self, conn, table: str, primary_key: str, doing: str
+                     ) -> Iterator[Iterator[pa.Array]]:
+        """Every value of ``table``'s ``primary_key``, in key order (a scan of the primary
+        key), fetched from an unbuffered cursor 100,000 at a time.
+
+        Raises:
+            pymysql errors: mapped by the session (``doing`` says what).
+        """
+        key = quote_ident(primary_key)
+        cursor = conn.streaming_cursor()
+        cursor.execute(f"SELECT {key} FROM {quote_ident(table)} ORDER BY {key}")  # nosec B608
+
+        def arrays() -> Iterator[pa.Array]:
+            while rows := cursor.fetchmany(100_000):
+                yield pa.array([row[0] for row in rows], pa.int64())
+        yield arrays()
+        cursor.close()
 
     @contextlib.contextmanager
     def batches(self, conn, plan: TablePlan, inspected: Inspected, job: Job, doing: str,

@@ -1,7 +1,9 @@
 """The source catalog: a table's columns and the Arrow type of each, so that Parquet types
 follow the source.
 
-integer → int32, bigint → int64, smallint → int16, numeric(p,s) → decimal128(p,s),
+integer → int32, bigint → int64, smallint → int16, numeric(p,s) → decimal128(p,s), numeric
+without precision → decimal128(38, 9) (dlt's default; a value beyond it follows the table's
+schema contract, :mod:`totes.contracts.source_schema`),
 timestamp(n) → timestamp in ms (n ≤ 3) or µs, timestamptz → timestamp UTC, date → date32,
 boolean → bool, real/double → float32/float64, text/varchar/char/enum and anything else →
 string (text dates stay text until transform).
@@ -15,6 +17,7 @@ import pyarrow as pa
 
 from totes.contracts.errors import PermissionDenied, SourceSchemaError
 from totes.contracts.identifiers import quote_ident
+from totes.contracts.source_schema import UNBOUNDED_DECIMAL
 from totes.contracts.source_tables import check_transform_columns
 
 _NUMERIC = re.compile(r"^numeric\((\d+),(\d+)\)$")
@@ -30,7 +33,7 @@ def arrow_type(pg_type: str, table: str, column: str) -> pa.DataType:
     """The Arrow type for ``pg_type`` as ``format_type()`` prints it.
 
     Raises:
-        SourceSchemaError: an unbounded ``numeric`` (no precision: no exact decimal type).
+        SourceSchemaError: a ``numeric`` of more than 38 digits (no exact decimal type).
     """
     if pg_type in _FIXED:
         return _FIXED[pg_type]
@@ -42,8 +45,7 @@ def arrow_type(pg_type: str, table: str, column: str) -> pa.DataType:
                                     "no exact decimal type here holds")
         return pa.decimal128(precision, scale)
     if pg_type == "numeric":
-        raise SourceSchemaError(f"{table}.{column} is numeric without precision; declare "
-                                "numeric(p,s) so that it can be kept decimal")
+        return UNBOUNDED_DECIMAL
     match = _TIMESTAMP.match(pg_type)
     if match:
         precision = int(match.group(1)) if match.group(1) is not None else 6
@@ -73,6 +75,16 @@ def table_columns(conn, table: str) -> list[tuple[str, str]]:
         "AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
         table=table)
     return [(name, pg_type) for name, pg_type in rows]
+
+
+def column_nullability(conn, table: str) -> dict[str, bool]:
+    """Whether each column of ``table`` (in the connection's current schema) may be NULL."""
+    rows = conn.run(
+        "SELECT a.attname, NOT a.attnotnull FROM pg_attribute a "
+        "JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = current_schema() AND c.relname = :table AND a.attnum > 0 "
+        "AND NOT a.attisdropped", table=table)
+    return {name: bool(nullable) for name, nullable in rows}
 
 
 def check_table(conn, table: str, primary_key: str,

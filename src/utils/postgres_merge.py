@@ -36,3 +36,13 @@ def merge_staged(conn, target: str, stage: str, columns: list[str], key: list[st
         "SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) "
         "FROM merged")
     return inserted, updated
+
+
+def column_types(conn, relation: str) -> dict[str, str]:
+    """``{column: format_type}`` of the table ``relation`` (schema-qualified and quoted);
+    empty when it does not exist. What a widened fact column is held as
+    (:meth:`totes.contracts.star_schema.WarehouseTable.as_found`)."""
+    return {name: kind for name, kind in conn.run(
+        "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
+        "WHERE a.attrelid = to_regclass(:relation) AND a.attnum > 0 AND NOT a.attisdropped",
+        relation=relation)}

@@ -31,8 +31,10 @@ from totes.contracts.partitions import Partition, column_cast, partitions_of
 from totes.contracts.quarantine import UNREADABLE, with_unreadable
 from totes.contracts.stage_results import HeldBackBy
 from totes.contracts.watermark import Watermark
-from totes.utils.postgres_catalog import (arrow_type, check_table, is_integer,
-                                          watermark_index_advice)
+from totes.contracts.source_schema import UNBOUNDED_MARK, SourceColumn
+from totes.utils import postgres_arrow, settings
+from totes.utils.postgres_catalog import (arrow_type, check_table, column_nullability,
+                                          is_integer, watermark_index_advice)
 from totes.utils.postgres_copy import copy_stream, csv_record_batches
 from totes.utils.source_reader import Inspected, Job, SourceReader
 
@@ -100,11 +102,15 @@ def inspect_table(conn, plan: TablePlan) -> Inspected:
         "timestamptz" if "with time zone" in wm_type else "timestamp"
     if plan.mode == "backfill" and cast is not None:  # a backfill has a watermark
         _check_range(conn, plan, cast)
-    schema = with_unreadable(pa.schema([(name, arrow_type(pg_type, table, name))
-                                        for name, pg_type in columns]))
+    nullable = column_nullability(conn, table)
+    read = tuple(SourceColumn(name, arrow_type(pg_type, table, name), pg_type, nullable.get(name),
+                              unbounded=pg_type == "numeric") for name, pg_type in columns)
+    schema = with_unreadable(pa.schema([
+        pa.field(c.name, c.arrow_type, metadata={UNBOUNDED_MARK: b"1"} if c.unbounded else None)
+        for c in read]))
     if plan.distributed is not None:  # a part of a distributed batch: plan's cutoff for all
         return Inspected(schema, cast, plan.distributed.cutoff,
-                         datetime.fromisoformat(plan.distributed.moment), None)
+                         datetime.fromisoformat(plan.distributed.moment), None, read)
     cutoff, instant, sees_all, held_back = _read_cutoff(
         conn, plan.in_flight_safety_lag_seconds, cast == "timestamptz")
     if not sees_all and cast in ("timestamp", "timestamptz"):
@@ -116,7 +122,7 @@ def inspect_table(conn, plan: TablePlan) -> Inspected:
                     "(pid %s, role %s, %s); they are extracted once it ends", table, cutoff,
                     held_back.transaction_age_seconds, held_back.pid, held_back.role,
                     held_back.state)
-    return Inspected(schema, cast, cutoff, instant, held_back)
+    return Inspected(schema, cast, cutoff, instant, held_back, read)
 
 
 def _check_range(conn, plan: TablePlan, cast: str) -> None:
@@ -158,8 +164,23 @@ def key_condition(conn, column: str, keys: Sequence[int]) -> str:
 
 def extract_sql(conn, plan: TablePlan, source: Inspected, low: Optional[Watermark],
                 part: Optional[Partition] = None, keys: Optional[Sequence[int]] = None) -> str:
-    """The ``COPY (SELECT ...) TO STDOUT`` of this run's rows (of partition ``part``, when
-    given; with ``keys``, of those primary keys only, an index lookup each), by mode:
+    """The ``COPY (SELECT ...) TO STDOUT`` of this run's rows (:func:`extract_query`; with
+    ``keys``, of those primary keys only, an index lookup each), its values bound in
+    ``conn``'s transaction with ``set_config``; the statement holds identifiers only, each
+    through ``quote_ident``."""
+    extra = [key_condition(conn, plan.primary_key, keys)] if keys is not None else []
+    select, values = extract_query(plan, source, low, part, extra)
+    if values:
+        _set(conn, **values)
+    return f"COPY ({select}) TO STDOUT WITH (FORMAT csv)"
+
+
+def extract_query(plan: TablePlan, source: Inspected, low: Optional[Watermark],
+                  part: Optional[Partition] = None, extra: Sequence[str] = ()
+                  ) -> tuple[str, dict[str, str]]:
+    """The ``SELECT`` of this run's rows (of partition ``part``, when given; ``extra``
+    conditions too), and the values it reads from the settings ``totes.<name>`` (to be set
+    in the reading transaction: values are never in the statement), by mode:
 
     * incremental: after ``low``, before the cutoff, in ``(watermark, key)`` order;
     * reingest: before the cutoff, from the beginning;
@@ -171,11 +192,9 @@ def extract_sql(conn, plan: TablePlan, source: Inspected, low: Optional[Watermar
     older than the oldest open one's (``xmin`` older than the snapshot's ``xmin``). That is
     exact when a transaction takes its id (its first write) with the insert that takes the
     row's id, as an ``INSERT`` with a sequence default does; docs/extract.md says when it is not.
-    Values are bound with ``set_config``; the statement holds identifiers only, each through
-    ``quote_ident``.
     """
     q_pk = quote_ident(plan.primary_key)
-    conditions = []
+    conditions, values = list(extra), dict[str, object]()
     if plan.mode != "full":
         # inspect sets the cast whenever the table has a watermark column.
         q_wm, cast = quote_ident(plan.watermark()), source.watermark_cast or "timestamp"
@@ -183,37 +202,41 @@ def extract_sql(conn, plan: TablePlan, source: Inspected, low: Optional[Watermar
             conditions.append("age(xmin) > age((pg_snapshot_xmin(pg_current_snapshot())"
                               "::text::bigint % 4294967296)::text::xid)")
         else:
-            _set(conn, cutoff=source.cutoff)
+            values["cutoff"] = source.cutoff
             conditions.append(f"{q_wm} < {_setting('cutoff', cast)}")
         if plan.mode == "incremental" and low is not None:
-            _set(conn, low_value=low.value, low_pk=low.primary_key)
+            values.update(low_value=low.value, low_pk=low.primary_key)
             conditions.append(f"({q_wm}, {q_pk}) > ({_setting('low_value', cast)}, "
                               f"{_setting('low_pk', 'bigint')})")
         backfill = plan.backfill_range()
         if backfill is not None:
-            _set(conn, range_from=backfill["from"], range_to=backfill["to"])
+            values.update(range_from=backfill["from"], range_to=backfill["to"])
             conditions.append(f"{q_wm} >= {_setting('range_from', cast)}")
             conditions.append(f"{q_wm} < {_setting('range_to', cast)}")
         order = f"{q_wm}, {q_pk}"
     else:
         order = q_pk
     if part is not None and (part.lower is not None or part.upper is not None):
-        condition, values = partition_predicate(part, plan.partitioning(),
+        condition, bounds = partition_predicate(part, plan.partitioning(),
                                                 column_cast(source.schema, plan))
-        _set(conn, **values)
+        values.update(bounds)
         conditions.append(condition)
-    if keys is not None:
-        conditions.append(key_condition(conn, plan.primary_key, keys))
     select_list = ", ".join(_select_list(source.schema))
     where = f"WHERE {' AND '.join(conditions)} " if conditions else ""
-    return (f"COPY (SELECT {select_list} FROM {quote_ident(plan.table)} "  # nosec B608
-            f"{where}ORDER BY {order}) TO STDOUT WITH (FORMAT csv)")
+    return (f"SELECT {select_list} FROM {quote_ident(plan.table)} "  # nosec B608
+            f"{where}ORDER BY {order}"), {name: str(value) for name, value in values.items()}
 
 
 #: The values the lake's Arrow types cannot hold, by kind: a numeric NaN or infinity; a
 #: timestamp or date at infinity, before year 1 or after 9999 (Arrow's CSV reader reads
 #: four-digit years, AD).
 _DECIMAL_OUTSIDE = "{column} = ANY(CAST('{{NaN,Infinity,-Infinity}}' AS numeric[]))"
+#: A value of a numeric without precision that its lake type, decimal(38, 9), cannot hold:
+#: NaN or infinity (greater than every number in PostgreSQL's order), too many digits
+#: before the point, or more after it.
+_UNBOUNDED_OUTSIDE = ("({column} = ANY(CAST('{{NaN,Infinity,-Infinity}}' AS numeric[])) "
+                      "OR abs({column}) >= CAST('1e{digits}' AS numeric) "
+                      "OR {column} <> round({column}, {scale}))")
 _MOMENT_OUTSIDE = ("NOT ({column} BETWEEN CAST('0001-01-01' AS {cast}) "
                    "AND CAST('9999-12-31 23:59:59.999999' AS {cast}))")
 
@@ -223,6 +246,9 @@ def _outside(field: pa.Field) -> Optional[str]:
     (None: any value can)."""
     column = quote_ident(field.name)
     if pa.types.is_decimal(field.type):
+        if field.metadata and UNBOUNDED_MARK in field.metadata:  # numeric without precision
+            return _UNBOUNDED_OUTSIDE.format(column=column, scale=field.type.scale,
+                                             digits=field.type.precision - field.type.scale)
         return _DECIMAL_OUTSIDE.format(column=column)
     if pa.types.is_timestamp(field.type):
         cast = "timestamptz" if field.type.tz else "timestamp"
@@ -289,6 +315,12 @@ class PostgresReader(SourceReader):
     #: Whether the parts of a partitioned batch can read one exported snapshot.
     shares_snapshots = True
 
+    def __init__(self, database=None):
+        """``database`` (a :class:`totes.utils.postgres.Database`): where a bulk extract
+        opens its Arrow-native connection (:mod:`totes.utils.postgres_arrow`); without it,
+        every read goes through the caller's pg8000 connection."""
+        self.database = database
+
     def check_table(self, conn, table: str, primary_key: str,
                     watermark_column: Optional[str]) -> list[tuple[str, str]]:
         """As :func:`totes.utils.postgres_catalog.check_table`."""
@@ -335,6 +367,22 @@ class PostgresReader(SourceReader):
         return partitions_of(plan, schema, bounds)
 
     @contextlib.contextmanager
+    def primary_keys(self, conn, table: str, primary_key: str, doing: str
+                     ) -> Iterator[Iterator[pa.Array]]:
+        """Every value of ``table``'s ``primary_key``, in key order, streamed by one ``COPY``
+        (an index-only scan of the key where the visibility map allows).
+
+        Raises:
+            DatabaseUnavailable / TerminalError: the database failed (``doing`` says what).
+        """
+        key = quote_ident(primary_key)
+        sql = (f"COPY (SELECT {key} FROM {quote_ident(table)} ORDER BY {key}) "  # nosec B608
+               "TO STDOUT WITH (FORMAT csv)")
+        schema = pa.schema([pa.field(primary_key, pa.int64(), nullable=False)])
+        with copy_stream(conn, sql, doing) as reader:
+            yield (batch.column(0) for batch in csv_record_batches(reader, schema, table))
+
+    @contextlib.contextmanager
     def batches(self, conn, plan: TablePlan, inspected: Inspected, job: Job, doing: str,
                 part: Optional[Partition] = None, keys: Optional[Sequence[int]] = None
                 ) -> Iterator[Iterator[pa.RecordBatch]]:
@@ -346,6 +394,26 @@ class PostgresReader(SourceReader):
             RowLargerThanBlock, DataError: as :func:`csv_record_batches`.
             DatabaseUnavailable / TerminalError: the database failed (``doing`` says what).
         """
+        if keys is None and self._reads_in_bulk(conn, plan, job):
+            select, values = extract_query(plan, inspected, job.low, part)
+            snapshot = self.export_snapshot(conn, plan.table)
+            with postgres_arrow.snapshot_read(
+                    self.database.params, f"totes-ingest-{plan.table}", snapshot, values,
+                    select, job.schema, plan.table, doing, job.block_bytes) as batches:
+                yield batches
+            return
         sql = extract_sql(conn, plan, inspected, job.low, part, keys)
         with copy_stream(conn, sql, doing) as reader:
             yield csv_record_batches(reader, job.schema, plan.table, job.block_bytes, job.pool)
+
+    def _reads_in_bulk(self, conn, plan: TablePlan, job: Job) -> bool:
+        """Whether this extract reads through the Arrow-native driver: a bulk read (a
+        first incremental, a full, reingest or backfill read), of a UTF-8 source, with the
+        driver installed and ``TOTES_BULK_READER`` at ``adbc``. An incremental run after
+        the first reads few rows: one pg8000 ``COPY`` costs less than a second
+        connection."""
+        bulk = plan.mode in ("full", "reingest", "backfill") or \
+            (plan.mode == "incremental" and job.low is None)
+        return (bulk and self.database is not None
+                and settings.current().bulk_reader == "adbc" and postgres_arrow.available()
+                and postgres_arrow.server_encoding(conn) == "UTF8")

@@ -12,7 +12,7 @@ naming the variable (never its value when it may hold a password).
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Literal, Optional
 
 from pydantic import AliasChoices, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -47,6 +47,11 @@ class Settings(BaseSettings):
         "public", pattern=r"^[a-z_][a-z0-9_]{0,62}$", description="The PostgreSQL schema "
         "of the star schema's tables and views (created if absent). Every statement names "
         "it: the role's `search_path` plays no part. The bookkeeping is in schema `totes`.")
+    raw_schema: str = Field(
+        "raw", pattern=r"^[a-z_][a-z0-9_]{0,62}$", description="The PostgreSQL schema of "
+        "the raw layer: per table `raw: true` (by default, each table no star-schema rule "
+        "reads), every row version from the lake and a view of its current rows "
+        "(docs/raw-layer.md). Created by the first load that has such a table.")
     lake: Optional[str] = Field(
         None, description="The ingest lake: a directory or `s3://bucket/prefix`. Flag "
         "`--lake`; locally `$TOTES_HOME/lake` when unset.")
@@ -74,12 +79,33 @@ class Settings(BaseSettings):
         10.0, gt=0, description="How long a connection to a database may take to be "
         "answered, in seconds (libpq's `connect_timeout`); a server that does not answer in "
         "time is transient (retried).")
+    bulk_reader: Literal["adbc", "pg8000"] = Field(
+        "adbc", description="How a bulk extract of a PostgreSQL table (a first, full, "
+        "reingest or backfill read) reads its rows: `adbc`, the ADBC driver's binary `COPY` "
+        "into Arrow (about twice pg8000's speed), or `pg8000`, a `COPY` in CSV through the "
+        "connection every other statement uses. Incremental runs always use pg8000.")
+    transform_max_rows: int = Field(
+        10_000_000, ge=1, description="The most lake rows of one source table one transform "
+        "takes (whole lake batches, at least one): a backlog, a first load of a large source "
+        "above all, is transformed in bounded steps; the state machine, and `totes run`, "
+        "loop until nothing is pending.")
+    load_max_rows: int = Field(
+        20_000_000, ge=1, description="The most rows of processed files one load takes "
+        "(whole batches, at least one): with `TOTES_LOAD_MAX_BATCHES`, the bound of one "
+        "load; on the 2,000,000-row benchmark a load writes about a million rows in 3 s, "
+        "so the default bound is about a minute.")
     load_max_batches: int = Field(
-        48, ge=1, description="The most batches one load takes: a backlog is loaded over "
-        "several runs, each well inside a Lambda's time limit.")
+        48, ge=1, description="The most batches one load takes: a backlog is loaded in "
+        "bounded steps, each well inside a Lambda's time limit; the state machine, and "
+        "`totes run`, loop until nothing is pending.")
     allow_shared_database: bool = Field(
         False, description="`1` lets the warehouse share the source's database (never a "
         "default: the star schema would be created among the source's tables).")
+    metrics_namespace: str = Field(
+        "totes", min_length=1, max_length=255, pattern=r"^[A-Za-z0-9._/#:-]+$",
+        description="The CloudWatch namespace of the metrics the Lambda functions publish "
+        "(docs/observability.md); main-terraform's `metrics_namespace` sets it, and its "
+        "dashboard and alarms read it.")
     columns: Optional[int] = Field(
         None, gt=20, validation_alias=AliasChoices("COLUMNS"), description="The width of "
         "tables when the output is not a terminal (a pipe, a file, a CI log), as shells set "

@@ -36,6 +36,7 @@ import pyarrow as pa
 
 from totes.contracts.config import TablePlan
 from totes.contracts.partitions import Partition
+from totes.contracts.source_schema import SchemaDecision, SourceColumn
 from totes.contracts.stage_results import HeldBackBy
 from totes.contracts.watermark import Watermark
 
@@ -60,20 +61,25 @@ def measuring_pool() -> pa.MemoryPool:
 class Inspected:
     """What ingest learns of a table before it reads rows: the Arrow schema of its columns,
     the SQL type of its watermark, the cutoff that stops short of in-flight writes (and the
-    extract's moment, UTC), and the backfill bounds checked against the column's type."""
+    extract's moment, UTC), and the backfill bounds checked against the column's type;
+    ``columns``, the source's columns with their source types and nullability (what the
+    batch's schema record keeps, :mod:`totes.contracts.source_schema`)."""
 
     schema: pa.Schema
     watermark_cast: Optional[str]  # "timestamp", "timestamptz", "bigint" or None
     cutoff: str
     moment: datetime
     held_back_by: Optional[HeldBackBy]
+    columns: tuple[SourceColumn, ...] = ()
 
 
 @dataclass(frozen=True)
 class Job:
     """One extract attempt's settings: the plan, the lake file's schema, where it starts,
     the memory pool it allocates from, the record batch size in bytes, and the cutoff below
-    which a full snapshot's greatest watermark is taken."""
+    which a full snapshot's greatest watermark is taken; ``contract``, what the table's schema
+    contract decided for the batch (the lake's schema, the casts, the footer's record; None:
+    the batch is written in ``schema`` as read, without a record)."""
 
     plan: TablePlan
     schema: pa.Schema
@@ -81,6 +87,7 @@ class Job:
     pool: pa.MemoryPool
     block_bytes: int
     cutoff: Optional[datetime]
+    contract: Optional[SchemaDecision] = None
 
 
 class SourceReader(ABC):
@@ -117,6 +124,13 @@ class SourceReader(ABC):
         one of them) as record batches of ``job.schema``, in the transaction :meth:`begin`
         started; the caller reads them to the end."""
 
+    @abstractmethod
+    def primary_keys(self, conn, table: str, primary_key: str, doing: str
+                     ) -> contextlib.AbstractContextManager[Iterator[pa.Array]]:
+        """Every value of ``table``'s integer ``primary_key`` (int64 arrays, in key order: one
+        scan of the key's index), in the transaction :meth:`begin` started; the caller reads
+        them to the end. What delete detection compares with the lake's key index."""
+
 
 def reader_for(database) -> SourceReader:
     """The reader of ``database`` (a :class:`totes.utils.postgres.Database` or a
@@ -127,4 +141,4 @@ def reader_for(database) -> SourceReader:
         return MySQLReader()
     from totes.utils.postgres_reader import PostgresReader
 
-    return PostgresReader()
+    return PostgresReader(database)

@@ -70,11 +70,14 @@ def test_plan_gives_one_payload_per_table(seeded_source):
     assert payload.tables[0].model_dump() == {
         "table": "address", "primary_key": "address_id", "extract_type": "incremental",
         "mode": "incremental", "watermark_column": "last_updated",
-        "record_batch_bytes": 8388608, "in_flight_safety_lag_seconds": 300.0,
+        "record_batch_bytes": 8388608, "max_batch_rows": 5_000_000,
+        "in_flight_safety_lag_seconds": 300.0,
         "backfill_from": None, "backfill_to": None, "partition_column": None,
         "num_partitions": 1, "lower_bound": None, "upper_bound": None, "job_type": "lambda",
         "worker_type": "G.1X", "worker_no": 2, "run_id": None, "check_error": None,
-        "distributed": None}
+        "distributed": None, "delete_detection": "none", "delete_detection_every": 1,
+        "schema_contract": {"columns": "evolve", "data_type": "freeze"},
+        "freshness_target_seconds": 3600.0, "raw": False}
     assert len(payload.tables) == 11
 
 
@@ -108,3 +111,18 @@ def test_the_configuration_is_read_from_s3(s3_server, tmp_path):
     with pytest.raises(ConfigError, match="s3://artifacts/bad.yaml is invalid: "
                                           "tables.payment.extract"):
         load_config("s3://artifacts/bad.yaml")
+
+
+def test_the_raw_layer_is_on_for_a_table_no_rule_reads_and_raw_true_turns_it_on():
+    from totes.contracts.config import raw_tables
+
+    config = parse_config({"tables": {"widget": {}, "staff": {"raw": True}, "design": {},
+                                      "gadget": {"raw": False}}})
+    assert [p.table for p in raw_tables(config)] == ["widget", "staff"]
+    everything = parse_config({"defaults": {"raw": True}, "tables": {"design": {},
+                                                                     "gadget": {"raw": False}}})
+    assert [p.table for p in raw_tables(everything)] == ["design"]
+    clash = parse_config({"tables": {"widget": {}, "widget_current": {"raw": False}}})
+    with pytest.raises(ConfigError, match="view widget_current would take the name of the "
+                                          "configured table widget_current"):
+        raw_tables(clash)

@@ -86,7 +86,9 @@ def test_a_glue_item_goes_to_the_glue_job_with_its_payload_and_workers():
     capture_rule, glue_rule, parts_rule = choice["Choices"]
     assert {"Variable": "$.job_type", "StringEquals": "capture"} in capture_rule["And"]
     assert capture_rule["Next"] == "CaptureChanges"
-    assert item_states["CaptureChanges"]["Parameters"]["Payload"] == {"capture.$": "$.capture"}
+    assert item_states["CaptureChanges"]["Parameters"]["Payload"] == {
+        "capture.$": "$.capture", "invocation": {"execution_id.$": "$$.Execution.Id",
+                                                 "retry.$": "$$.State.RetryCount"}}
     assert item_states["CaptureChanges"]["Next"] == "RecordCaptured"
     assert {"Variable": "$.job_type", "StringEquals": "glue"} in glue_rule["And"]
     assert glue_rule["Next"] == "IngestOnGlue"
@@ -102,7 +104,9 @@ def test_a_glue_item_goes_to_the_glue_job_with_its_payload_and_workers():
                               "Next": "RecordFailure"}]
     assert glue["Next"] == "RecordJobRun"
     recorded = item_states["RecordJobRun"]
-    assert recorded["Parameters"]["Payload"] == {"action": "job_ran", "item.$": "$"}
+    assert recorded["Parameters"]["Payload"] == {
+        "action": "job_ran", "item.$": "$", "invocation": {
+            "execution_id.$": "$$.Execution.Id", "retry.$": "$$.State.RetryCount"}}
     assert recorded["ResultSelector"] == item_states["RecordSuccess"]["ResultSelector"]
     assert recorded["Catch"][0]["Next"] == "RecordFailure" and recorded["End"] is True
     for name in ("IngestTable", "CommitParts"):  # the Lambda path is unchanged

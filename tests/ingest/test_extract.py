@@ -46,6 +46,71 @@ def test_a_large_table_streams_in_row_groups_with_bounded_memory(empty_source, t
         Lake(str(tmp_path / "whole")).read_table(whole.key))
 
 
+@pytest.mark.parametrize("reader", ["adbc", "pg8000"])
+def test_a_large_extract_lands_as_bounded_batches_each_with_its_watermark(
+        empty_source, tmp_path, monkeypatch, reader):
+    monkeypatch.setenv("TOTES_BULK_READER", reader)
+    make_big_table(empty_source, 300_000)
+    plan = TablePlan(table="big", primary_key="big_id", record_batch_bytes=1 << 18,
+                     max_batch_rows=100_000)
+    lake = Lake(str(tmp_path / "bounded"))
+    result = ingest_table(plan, empty_source, lake)
+
+    assert result.rows == 300_000 and len(result.keys) >= 3 and result.key == result.keys[-1]
+    assert lake.keys_after("big", None) == result.keys
+    files = [lake.metadata(key) for key in result.keys]
+    block = max(f.row_group(i).num_rows for f in files for i in range(f.num_row_groups))
+    assert all(f.num_rows <= 100_000 + block for f in files)
+    assert sum(f.num_rows for f in files) == result.rows
+    assert result.bytes == sum(os.path.getsize(lake.path(key)) for key in result.keys)
+    # Each batch starts where the one before ends: its low watermark is that one's high.
+    lows = [read_footer_watermark(lake, key, b"totes.low_watermark") for key in result.keys]
+    highs = [read_footer_watermark(lake, key, HIGH_WATERMARK_KEY) for key in result.keys]
+    assert lows[0] is None and lows[1:] == highs[:-1]
+    assert highs[-1] == {"timestamp": "2024-01-04 11:20:00.000000",
+                         "primary_key": 300_000}
+    ids = pa.concat_arrays([lake.read_table(k)["big_id"].combine_chunks() for k in result.keys])
+    assert ids.to_pylist() == list(range(1, 300_001))  # every row once, in watermark order
+    assert ingest_table(plan, empty_source, lake).rows == 0
+
+
+def test_an_extract_stopped_between_bounded_batches_resumes_after_the_last(
+        empty_source, tmp_path, monkeypatch):
+    from totes.contracts.errors import StorageUnavailable
+
+    make_big_table(empty_source, 300_000)
+    plan = TablePlan(table="big", primary_key="big_id", record_batch_bytes=1 << 18,
+                     max_batch_rows=100_000)
+    lake = Lake(str(tmp_path / "lake"))
+    publish, published = lake.publish, []
+
+    def publish_twice(staged, key):  # the disk or the bucket fails at the third batch
+        if len(published) == 2:
+            raise StorageUnavailable(f"publishing {key}: the bucket is unreachable")
+        published.append(key)
+        return publish(staged, key)
+
+    monkeypatch.setattr(lake, "publish", publish_twice)
+    with pytest.raises(StorageUnavailable):
+        ingest_table(plan, empty_source, lake)
+    assert lake.keys_after("big", None) == published  # the two batches stand
+    monkeypatch.setattr(lake, "publish", publish)
+    rest = ingest_table(plan, empty_source, lake)
+
+    assert rest.low_watermark.primary_key == \
+        lake.read_table(published[-1])["big_id"][-1].as_py()
+    ids = pa.concat_arrays([lake.read_table(k)["big_id"].combine_chunks()
+                            for k in lake.keys_after("big", None)])
+    assert ids.to_pylist() == list(range(1, 300_001))  # none lost, none twice
+
+
+def read_footer_watermark(lake: Lake, key: str, name: bytes):
+    import json
+
+    found = lake.metadata(key).metadata[name]
+    return json.loads(found)
+
+
 def test_parquet_types_follow_the_source(seeded_source, tmp_path):
     lake = Lake(str(tmp_path))
     result = ingest_table(TablePlan(table="transaction", primary_key="transaction_id"),
