@@ -94,9 +94,11 @@ docs: $(DEV_INSTALLED) $(MERMAID)
 test-packages:
 	@bash scripts/install_test_packages.sh
 
-# pytest exits 5 when it collected no test: for this project that means a broken suite.
+# pytest exits 5 when it collected no test: for this project that means a broken suite. Two
+# workers (each test starts its own servers on free ports or sockets); the ten slowest listed.
+PYTEST_WORKERS ?= 2
 run-pytest: $(DEV_INSTALLED)
-	@$(BIN)/pytest $(PYTEST_ARGS); status=$$?; \
+	@$(BIN)/pytest -n $(PYTEST_WORKERS) --durations=10 $(PYTEST_ARGS); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests: the suite is missing" >&2; fi; \
 	exit $$status
 
