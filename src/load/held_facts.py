@@ -17,13 +17,12 @@ from __future__ import annotations
 
 from totes.contracts.identifiers import qualified, quote_ident
 from totes.contracts.star_schema import TABLES, WarehouseTable
-
-HELD_SCHEMA = "totes"
+from totes.utils.settings import bookkeeping
 
 
 def held_table(table: WarehouseTable) -> str:
     """``totes.held_<fact>`` (quoted), where ``table``'s orphan rows wait."""
-    return f"{HELD_SCHEMA}.{quote_ident('held_' + table.name)}"
+    return f"{bookkeeping()}.{quote_ident('held_' + table.name)}"
 
 
 def held_ddl(table: WarehouseTable) -> str:

@@ -22,6 +22,7 @@ from totes.contracts.source_tables import SOURCE_TABLES
 from totes.utils.lake import Lake
 from totes.utils.manifests import latest_manifest, manifests_after
 from totes.utils.postgres import Database
+from totes.utils.settings import bookkeeping
 
 
 class PendingWork(BaseModel):
@@ -65,15 +66,17 @@ def unloaded_batches(processed: Lake, warehouse: Database) -> int:
     """How many committed batches the warehouse has not loaded."""
     with warehouse.session("totes-pending", f"reading the {warehouse.describe()}") as session:
         conn = session.conn
-        (exists,), = conn.run("SELECT to_regclass('totes.load_state') IS NOT NULL")
+        (exists,), = conn.run(f"SELECT to_regclass('{bookkeeping()}.load_state') IS NOT NULL")
         if not exists:
             return len(manifests_after(processed, None))
-        (through,), = conn.run("SELECT loaded_through FROM totes.load_state")
+        (through,), = conn.run(
+            f"SELECT loaded_through FROM {bookkeeping()}.load_state")  # nosec B608
         listed = manifests_after(processed, through)
         if not listed:
             return 0
-        (loaded,), = conn.run("SELECT count(*) FROM totes.loaded_batch WHERE manifest_key = "
-                              "ANY(CAST(:keys AS text[]))", keys=listed)
+        (loaded,), = conn.run(
+            f"SELECT count(*) FROM {bookkeeping()}.loaded_batch "  # nosec B608
+            "WHERE manifest_key = ANY(CAST(:keys AS text[]))", keys=listed)
         return len(listed) - loaded
 
 

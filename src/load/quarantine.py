@@ -24,6 +24,7 @@ from totes.contracts.source_tables import SOURCE_TABLES, default_primary_key
 from totes.contracts.star_schema import TABLES
 from totes.load.held_facts import held_rows
 from totes.utils import settings
+from totes.utils.settings import bookkeeping
 from totes.utils.lake import Lake
 from totes.utils.manifests import latest_manifest
 from totes.utils.postgres import Database
@@ -143,7 +144,8 @@ def quarantine_report(processed: Lake, warehouse: Database, limit: int = 1000,
                     column=record["_totes_column"], value=record["_totes_value"],
                     rule=record["_totes_rule"], message=record["_totes_message"],
                     status=status, where=file))
-        (exists,), = conn.run("SELECT to_regclass('totes.held_fact_payment') IS NOT NULL")
+        (exists,), = conn.run(
+            f"SELECT to_regclass('{bookkeeping()}.held_fact_payment') IS NOT NULL")
         for row in (held_rows(conn, limit) if exists else []):
             counts["waiting"] = counts.get("waiting", 0) + 1
             entries.append(QuarantineEntry(

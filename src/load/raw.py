@@ -63,6 +63,7 @@ from totes.contracts.source_schema import classify
 from totes.contracts.stage_results import RawLoaded
 from totes.contracts.watermark import part_keys
 from totes.utils import settings
+from totes.utils.settings import bookkeeping
 from totes.utils.footers import read_footer
 from totes.utils.lake import Lake
 from totes.utils.postgres_copy import copy_binary_into
@@ -87,19 +88,22 @@ VERSION_KEYS = {"cdc": "lsn", "incremental": "watermark", "full": "batch"}
 #: Rows per record batch streamed from a lake file into COPY (one batch in memory).
 COPY_BATCH_ROWS = 65_536
 
-#: The bookkeeping of the raw layer (schema ``totes``; warehouse schema version 8).
-BOOKKEEPING_DDL = (
-    "CREATE TABLE IF NOT EXISTS totes.raw_table ("
-    " source_table text PRIMARY KEY,"
-    " raw_schema text NOT NULL,"
-    " version_key text NOT NULL,"
-    " primary_key text NOT NULL,"
-    " watermark_column text,"
-    " loaded_through text,"
-    " batches bigint NOT NULL DEFAULT 0,"
-    " dropped text[] NOT NULL DEFAULT '{}',"
-    " updated_at timestamptz NOT NULL DEFAULT now())",
-)
+
+def bookkeeping_ddl(book: str) -> tuple[str, ...]:
+    """The bookkeeping of the raw layer in schema ``book`` (quoted; warehouse schema
+    version 8)."""
+    return (
+        f"CREATE TABLE IF NOT EXISTS {book}.raw_table ("
+        " source_table text PRIMARY KEY,"
+        " raw_schema text NOT NULL,"
+        " version_key text NOT NULL,"
+        " primary_key text NOT NULL,"
+        " watermark_column text,"
+        " loaded_through text,"
+        " batches bigint NOT NULL DEFAULT 0,"
+        " dropped text[] NOT NULL DEFAULT '{}',"
+        " updated_at timestamptz NOT NULL DEFAULT now())",
+    )
 
 
 def raw_schema() -> str:
@@ -117,9 +121,10 @@ def check_raw_schema(schema: str, star: str) -> None:
     Raises:
         ConfigError: naming the setting.
     """
-    if schema in (star, "totes"):
+    book = settings.current().bookkeeping_schema
+    if schema in (star, book):
         raise ConfigError(f"{settings.variable('raw_schema')}={schema} is the schema of the "
-                          f"{'bookkeeping' if schema == 'totes' else 'star schema'}: the raw "
+                          f"{'bookkeeping' if schema == book else 'star schema'}: the raw "
                           "layer needs a schema of its own (default raw)")
 
 
@@ -202,7 +207,7 @@ def _current_view_sql(plan: TablePlan, kind: str, schema: str, columns: list[str
     if kind == "batch":
         # A full table's current rows are its newest snapshot's (a row gone from it is gone).
         return (f"CREATE VIEW {view} AS SELECT {listed} FROM {q_table} "  # nosec B608
-                f"WHERE {BATCH} = (SELECT loaded_through FROM totes.raw_table "
+                f"WHERE {BATCH} = (SELECT loaded_through FROM {bookkeeping()}.raw_table "
                 f"WHERE source_table = {_literal(plan.table)})")
     if kind == "lsn":
         order = f"{LSN} DESC"
@@ -357,11 +362,12 @@ def _state(conn, plan: TablePlan, kind: str, schema: str) -> Optional[str]:
     Raises:
         ConfigError: the raw table was built for another extract type, key or schema.
     """
-    found = conn.run("SELECT raw_schema, version_key, primary_key, loaded_through "
-                     "FROM totes.raw_table WHERE source_table = :t", t=plan.table)
+    found = conn.run("SELECT raw_schema, version_key, primary_key, loaded_through "  # nosec B608
+                     f"FROM {bookkeeping()}.raw_table WHERE source_table = :t", t=plan.table)
     if not found:
-        conn.run("INSERT INTO totes.raw_table (source_table, raw_schema, version_key, "
-                 "primary_key, watermark_column) VALUES (:t, :s, :k, :p, :w)",
+        conn.run(f"INSERT INTO {bookkeeping()}.raw_table "  # nosec B608
+                 "(source_table, raw_schema, version_key, primary_key, watermark_column) "
+                 "VALUES (:t, :s, :k, :p, :w)",
                  t=plan.table, s=schema, k=kind, p=plan.primary_key,
                  w=plan.watermark_column if kind == "watermark" else None)
         return None
@@ -378,7 +384,7 @@ def _state(conn, plan: TablePlan, kind: str, schema: str) -> Optional[str]:
 def _rebuild_advice(q_table: str, table: str) -> str:
     """The statements that empty a raw table for a reload from the lake, for a message
     (``q_table`` quoted; never run)."""
-    return (f"DROP TABLE {q_table} CASCADE; DELETE FROM totes.raw_table "  # nosec B608
+    return (f"DROP TABLE {q_table} CASCADE; DELETE FROM {bookkeeping()}.raw_table "  # nosec B608
             f"WHERE source_table = '{table}'")
 
 
@@ -406,8 +412,9 @@ def load_raw(conn, lake: Lake, plans: list[TablePlan], schema: str,
             continue
         loaded = RawLoaded(table=plan.table, relation=f"{schema}.{plan.table}",
                            more=len(found) > len(keys))
-        dropped: set[str] = set(conn.run("SELECT dropped FROM totes.raw_table "
-                                         "WHERE source_table = :t", t=plan.table)[0][0] or [])
+        dropped: set[str] = set(conn.run(
+            f"SELECT dropped FROM {bookkeeping()}.raw_table "  # nosec B608
+            "WHERE source_table = :t", t=plan.table)[0][0] or [])
         for key in keys:
             footer = read_footer(lake, key)
             snapshot_lsn = footer.cdc.through_lsn \
@@ -425,7 +432,8 @@ def load_raw(conn, lake: Lake, plans: list[TablePlan], schema: str,
                 elif change.change == "added":
                     dropped.discard(change.column)
             loaded.batches += 1
-        conn.run("UPDATE totes.raw_table SET loaded_through = :k, batches = batches + :n, "
+        conn.run(f"UPDATE {bookkeeping()}.raw_table "  # nosec B608
+                 "SET loaded_through = :k, batches = batches + :n, "
                  "dropped = CAST(:d AS text[]), updated_at = now() WHERE source_table = :t",
                  k=keys[-1], n=len(keys), d=sorted(dropped), t=plan.table)
         results.append(loaded)
@@ -435,9 +443,10 @@ def load_raw(conn, lake: Lake, plans: list[TablePlan], schema: str,
 def unloaded_raw_batches(conn, lake: Lake, plans: list[TablePlan]) -> int:
     """How many lake batches of ``plans``' tables the raw layer has not loaded (0 for none;
     every batch of a table it has never loaded)."""
-    (exists,), = conn.run("SELECT to_regclass('totes.raw_table') IS NOT NULL")
-    through = dict(conn.run("SELECT source_table, loaded_through FROM totes.raw_table")) \
-        if exists else {}
+    (exists,), = conn.run(f"SELECT to_regclass('{bookkeeping()}.raw_table') IS NOT NULL")
+    through = dict(conn.run(
+        f"SELECT source_table, loaded_through FROM {bookkeeping()}.raw_table"  # nosec B608
+    )) if exists else {}
     return sum(len(lake.keys_after(plan.table, through.get(plan.table))) for plan in plans)
 
 
@@ -446,13 +455,13 @@ def raw_counts(conn) -> list[dict]:
     "relation", "versions", "current", "batches", "loaded_through", "dropped"}``: its row
     versions, the rows of its ``_current`` view, the lake batches loaded, the newest, and
     the source columns recorded as dropped. Empty before the raw layer exists."""
-    (exists,), = conn.run("SELECT to_regclass('totes.raw_table') IS NOT NULL")
+    (exists,), = conn.run(f"SELECT to_regclass('{bookkeeping()}.raw_table') IS NOT NULL")
     if not exists:
         return []
     found = []
     for table, schema, batches, through, dropped in conn.run(
-            "SELECT source_table, raw_schema, batches, loaded_through, dropped "
-            "FROM totes.raw_table ORDER BY source_table"):
+            "SELECT source_table, raw_schema, batches, loaded_through, dropped "  # nosec B608
+            f"FROM {bookkeeping()}.raw_table ORDER BY source_table"):
         relation = qualified(schema, table)
         (here,), = conn.run("SELECT to_regclass(:t) IS NOT NULL", t=relation)
         if not here:

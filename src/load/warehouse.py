@@ -48,6 +48,7 @@ from totes.contracts.star_schema import SOURCE_LSN, TABLES, TIME, WarehouseTable
 from totes.contracts.config import TablePlan
 from totes.load import held_facts, raw, widening
 from totes.utils import settings
+from totes.utils.settings import bookkeeping
 from totes.utils.lake import Lake
 from totes.utils.ledger import ALL_TABLES, Ledger, new_run_id
 from totes.utils.manifests import (latest_manifest, manifests_after, read_manifest,
@@ -75,26 +76,31 @@ COPY_BATCH_ROWS = 65_536
 #: 8: the raw layer's bookkeeping (totes.raw_table; the raw schema itself is created by the
 #: first load that has a raw table, :mod:`totes.load.raw`).
 WAREHOUSE_SCHEMA_VERSION = 8
-_BOOKKEEPING_DDL = (
-    "CREATE TABLE IF NOT EXISTS totes.loaded_batch ("
-    " manifest_key text PRIMARY KEY,"
-    " loaded_at timestamptz NOT NULL DEFAULT now(),"
-    " rows jsonb NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS totes.load_state ("
-    " singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),"
-    " loaded_through text)",
-    "INSERT INTO totes.load_state (singleton, loaded_through) VALUES (true, NULL) "
-    "ON CONFLICT DO NOTHING",
-    # The row versions transform held in quarantine, recorded by the load of their batch:
-    # what reconciliation counts as quarantined (a version, not a row's id).
-    "CREATE TABLE IF NOT EXISTS totes.quarantined ("
-    " source_table text NOT NULL,"
-    " row_id bigint NOT NULL,"
-    " version timestamp NOT NULL,"
-    " rule text NOT NULL,"
-    " batch text NOT NULL,"
-    " PRIMARY KEY (source_table, row_id, version))",
-)
+
+
+def _bookkeeping_ddl(book: str) -> tuple[str, ...]:
+    """The load's bookkeeping tables in schema ``book`` (quoted)."""
+    return (
+        f"CREATE TABLE IF NOT EXISTS {book}.loaded_batch ("
+        " manifest_key text PRIMARY KEY,"
+        " loaded_at timestamptz NOT NULL DEFAULT now(),"
+        " rows jsonb NOT NULL)",
+        f"CREATE TABLE IF NOT EXISTS {book}.load_state ("
+        " singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),"
+        " loaded_through text)",
+        f"INSERT INTO {book}.load_state (singleton, loaded_through) "  # nosec B608
+        "VALUES (true, NULL) "
+        "ON CONFLICT DO NOTHING",
+        # The row versions transform held in quarantine, recorded by the load of their batch:
+        # what reconciliation counts as quarantined (a version, not a row's id).
+        f"CREATE TABLE IF NOT EXISTS {book}.quarantined ("
+        " source_table text NOT NULL,"
+        " row_id bigint NOT NULL,"
+        " version timestamp NOT NULL,"
+        " rule text NOT NULL,"
+        " batch text NOT NULL,"
+        " PRIMARY KEY (source_table, row_id, version))",
+    )
 
 
 #: The variable that lets the warehouse share the source's database (a deliberate choice,
@@ -165,20 +171,20 @@ def create_warehouse(conn, processed: Optional[Lake] = None,
         PermissionDenied: the role may not create the schema or the tables in it.
     """
     schema = schema or warehouse_schema()
-    _create_schema(conn, "totes")
-    conn.run("CREATE TABLE IF NOT EXISTS totes.schema_version (version int NOT NULL)")
+    _create_schema(conn, settings.current().bookkeeping_schema)
+    conn.run(f"CREATE TABLE IF NOT EXISTS {bookkeeping()}.schema_version (version int NOT NULL)")
     (current, here), = conn.run(
-        "SELECT coalesce(max(version), 0), to_regclass(:dates) IS NOT NULL "
-        "FROM totes.schema_version", dates=TABLES["dim_date"].relation(schema))
+        "SELECT coalesce(max(version), 0), to_regclass(:dates) IS NOT NULL "  # nosec B608
+        f"FROM {bookkeeping()}.schema_version", dates=TABLES["dim_date"].relation(schema))
     if current and not here:
         _wrong_schema(conn, schema)
     if current >= WAREHOUSE_SCHEMA_VERSION:
         return
     _create_schema(conn, schema)
-    (created,), = conn.run("SELECT to_regclass('totes.loaded_batch') IS NOT NULL")
+    (created,), = conn.run(f"SELECT to_regclass('{bookkeeping()}.loaded_batch') IS NOT NULL")
     if not created:
         _refuse_source_tables(conn, schema)
-    for statement in _BOOKKEEPING_DDL + raw.BOOKKEEPING_DDL:
+    for statement in _bookkeeping_ddl(bookkeeping()) + raw.bookkeeping_ddl(bookkeeping()):
         conn.run(statement)
     for table in TABLES.values():  # views first: a column a view uses cannot change type
         if table.current_view:
@@ -197,7 +203,7 @@ def create_warehouse(conn, processed: Optional[Lake] = None,
         newest_key, newest = latest_manifest(processed)
         for key in (newest.quarantine if newest else []):
             record_quarantined(conn, processed, key, newest_key or "")
-    conn.run("INSERT INTO totes.schema_version (version) VALUES (:v)",
+    conn.run(f"INSERT INTO {bookkeeping()}.schema_version (version) VALUES (:v)",  # nosec B608
              v=WAREHOUSE_SCHEMA_VERSION)
 
 
@@ -221,13 +227,16 @@ def check_warehouse(warehouse: Database, schema: Optional[str] = None,
         raw.check_raw_schema(raw_schema, schema)
     with warehouse.session("totes-plan", f"checking the {warehouse.describe()}") as session:
         conn = session.conn
-        for name in dict.fromkeys(("totes", schema) + ((raw_schema,) if raw_schema else ())):
+        book = settings.current().bookkeeping_schema
+        for name in dict.fromkeys((book, schema) + ((raw_schema,) if raw_schema else ())):
             _check_schema(conn, name)
         (versioned, here), = conn.run(
-            "SELECT to_regclass('totes.schema_version') IS NOT NULL, to_regclass(:t) IS NOT "
-            "NULL", t=TABLES["dim_date"].relation(schema))
+            f"SELECT to_regclass('{bookkeeping()}.schema_version') IS NOT NULL, "
+            "to_regclass(:t) IS NOT NULL", t=TABLES["dim_date"].relation(schema))
         if versioned and not here:
-            (version,), = conn.run("SELECT coalesce(max(version), 0) FROM totes.schema_version")
+            (version,), = conn.run(
+                f"SELECT coalesce(max(version), 0) "  # nosec B608
+                f"FROM {bookkeeping()}.schema_version")
             if version:
                 _wrong_schema(conn, schema)
         (role,), = conn.run("SELECT current_user")
@@ -318,7 +327,8 @@ def record_quarantined(conn, processed: Lake, key: str, batch: str) -> int:
     rows = rows.filter(pc.is_valid(rows[VERSION_COLUMN]))
     if not rows.num_rows:
         return 0
-    conn.run("INSERT INTO totes.quarantined (source_table, row_id, version, rule, batch) "
+    conn.run(f"INSERT INTO {bookkeeping()}.quarantined "  # nosec B608
+             "(source_table, row_id, version, rule, batch) "
              "SELECT CAST(:t AS text), q.id, q.version, q.rule, CAST(:b AS text) FROM "
              "unnest(CAST(:ids AS bigint[]), CAST(:versions AS timestamp[]), "
              "CAST(:rules AS text[])) AS q(id, version, rule) ON CONFLICT DO NOTHING",
@@ -637,13 +647,13 @@ def pending_batches(conn, processed: Lake, limit: Optional[int] = None,
     Raises:
         LakeError / StorageUnavailable: a manifest could not be read.
     """
-    (through,), = conn.run("SELECT loaded_through FROM totes.load_state")
+    (through,), = conn.run(f"SELECT loaded_through FROM {bookkeeping()}.load_state")  # nosec B608
     listed = manifests_after(processed, through)
     if not listed:
         return [], None, False
     loaded = {key for key, in conn.run(
-        "SELECT manifest_key FROM totes.loaded_batch WHERE manifest_key = ANY(CAST(:keys AS "
-        "text[]))", keys=listed)}
+        f"SELECT manifest_key FROM {bookkeeping()}.loaded_batch "  # nosec B608
+        "WHERE manifest_key = ANY(CAST(:keys AS text[]))", keys=listed)}
     unloaded = [key for key in listed if key not in loaded]
     pending = unloaded[:limit]
     if max_rows is not None and len(pending) > 1:
@@ -703,7 +713,7 @@ def _load_files(session, conn, processed: Lake, manifest_key: str, manifest: Man
         own = [k for k in manifest.quarantine if k.startswith(prefix)]
         if own:
             record_quarantined(conn, processed, own[-1], manifest_key)
-    conn.run("INSERT INTO totes.loaded_batch (manifest_key, rows) "
+    conn.run(f"INSERT INTO {bookkeeping()}.loaded_batch (manifest_key, rows) "  # nosec B608
              "VALUES (:key, CAST(:rows AS jsonb)) ON CONFLICT (manifest_key) DO NOTHING",
              key=manifest_key, rows=json.dumps(counts))
 
@@ -794,7 +804,8 @@ def _load(processed: Lake, warehouse: Database, manifest_keys: Optional[list[str
             _create_schema(conn, raw.raw_schema())
             raw_loaded = raw.load_raw(conn, lake, raw_plans, raw.raw_schema(), max_batches())
         if through is not None:
-            conn.run("UPDATE totes.load_state SET loaded_through = :k", k=through)
+            conn.run(f"UPDATE {bookkeeping()}.load_state "  # nosec B608
+                     "SET loaded_through = :k", k=through)
         check_lease()
         conn.run("COMMIT")
     if held:

@@ -23,6 +23,7 @@ from totes.contracts.stage_results import counted
 from totes.contracts.star_schema import TABLES
 from totes.load.raw import raw_counts
 from totes.utils import settings
+from totes.utils.settings import bookkeeping
 from totes.utils.lake import storage_call
 from totes.utils.postgres import Database
 
@@ -346,8 +347,8 @@ def write_report(warehouse: Database, output: str, ledger=None,
         headlines = {name: {str(label): value for label, value in
                             conn.run(statement(sql, schema))}
                      for name, sql in HEADLINES.items()}
-        (last_load, batches), = conn.run("SELECT max(loaded_at), count(*) "
-                                         "FROM totes.loaded_batch")
+        (last_load, batches), = conn.run("SELECT max(loaded_at), count(*) "  # nosec B608
+                                         f"FROM {bookkeeping()}.loaded_batch")
         raw = raw_counts(conn)
     health = {"last_load": last_load.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
               if last_load else None, "batches": batches, "runs": _runs(ledger),

@@ -65,6 +65,7 @@ from totes.contracts.star_schema import IS_DELETED, SOURCE_LSN, TABLES, Warehous
 from totes.rules import dimensions as dims
 from totes.rules.facts import FACT_SOURCES, fact_rows
 from totes.utils import settings
+from totes.utils.settings import bookkeeping
 from totes.utils.lake import Lake
 from totes.utils.manifests import read_manifest, read_repairs
 from totes.utils.postgres import Database
@@ -181,12 +182,12 @@ RAW_COLUMNS = ("_totes_batch", "_totes_operation", "_totes_lsn", "_totes_commit_
 def _raw_tables(conn) -> list[tuple]:
     """``(table, schema, primary key, watermark column, dropped columns)`` of every raw table
     the warehouse records (``totes.raw_table``) and holds."""
-    (exists,), = conn.run("SELECT to_regclass('totes.raw_table') IS NOT NULL")
+    (exists,), = conn.run(f"SELECT to_regclass('{bookkeeping()}.raw_table') IS NOT NULL")
     if not exists:
         return []
     return [tuple(row) for row in conn.run(
-        "SELECT source_table, raw_schema, primary_key, watermark_column, dropped "
-        "FROM totes.raw_table WHERE to_regclass(quote_ident(raw_schema) || '.' || "
+        "SELECT source_table, raw_schema, primary_key, watermark_column, dropped "  # nosec B608
+        f"FROM {bookkeeping()}.raw_table WHERE to_regclass(quote_ident(raw_schema) || '.' || "
         "quote_ident(source_table) || '_current') IS NOT NULL ORDER BY source_table")]
 
 
@@ -541,11 +542,12 @@ def _quarantine_holds(conn, source_table: str) -> Optional[set]:
     """The row versions ``(id, last_updated)`` of ``source_table`` the quarantine holds, as
     the loads recorded them (``totes.quarantined``); None for a warehouse of a schema before
     it, where a row the rules hold counts as quarantined."""
-    (exists,), = conn.run("SELECT to_regclass('totes.quarantined') IS NOT NULL")
+    (exists,), = conn.run(f"SELECT to_regclass('{bookkeeping()}.quarantined') IS NOT NULL")
     if not exists:
         return None
     return {(int(i), v) for i, v in conn.run(
-        "SELECT row_id, version FROM totes.quarantined WHERE source_table = :t",
+        f"SELECT row_id, version FROM {bookkeeping()}.quarantined "  # nosec B608
+        "WHERE source_table = :t",
         t=source_table)}
 
 

@@ -12,12 +12,15 @@ naming the variable (never its value when it may hold a password).
 """
 from __future__ import annotations
 
-from typing import Literal, Optional
+import contextlib
+from contextvars import ContextVar
+from typing import Iterator, Literal, Optional
 
 from pydantic import AliasChoices, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from totes.contracts.errors import ConfigError
+from totes.contracts.identifiers import quote_ident
 
 PREFIX = "TOTES_"
 
@@ -46,7 +49,13 @@ class Settings(BaseSettings):
     warehouse_schema: str = Field(
         "public", pattern=r"^[a-z_][a-z0-9_]{0,62}$", description="The PostgreSQL schema "
         "of the star schema's tables and views (created if absent). Every statement names "
-        "it: the role's `search_path` plays no part. The bookkeeping is in schema `totes`.")
+        "it: the role's `search_path` plays no part. The bookkeeping is in "
+        "`TOTES_BOOKKEEPING_SCHEMA`.")
+    bookkeeping_schema: str = Field(
+        "totes", pattern=r"^[a-z_][a-z0-9_]{0,62}$", description="The PostgreSQL schema of "
+        "the load's bookkeeping: the batches loaded, the fact rows held, the quarantined "
+        "versions, the raw layer's progress, the warehouse's schema version. Two pipelines "
+        "can share one warehouse database with a schema each for this and the star schema.")
     raw_schema: str = Field(
         "raw", pattern=r"^[a-z_][a-z0-9_]{0,62}$", description="The PostgreSQL schema of "
         "the raw layer: per table `raw: true` (by default, each table no star-schema rule "
@@ -128,9 +137,32 @@ def variable(name: str) -> str:
     return f"{PREFIX}{name.upper()}"
 
 
+#: Values that win over the environment's in this context (:func:`overridden`).
+_overrides: ContextVar[dict] = ContextVar("totes_settings_overrides", default={})
+
+
+@contextlib.contextmanager
+def overridden(**values) -> Iterator[None]:
+    """Within the block (this thread or task), :func:`current` gives ``values`` instead of
+    the environment's for those fields: how ``totes rebuild`` builds a star schema and its
+    bookkeeping in scratch schemas with the ordinary stages.
+
+    Raises:
+        ConfigError: a name is not a field.
+    """
+    unknown = sorted(set(values) - set(Settings.model_fields))
+    if unknown:
+        raise ConfigError(f"no such setting: {', '.join(unknown)}")
+    token = _overrides.set({**_overrides.get(), **values})
+    try:
+        yield
+    finally:
+        _overrides.reset(token)
+
+
 def current() -> Settings:
     """The settings the environment gives now (read on every call: cheap, and a test or a
-    command that changes a variable is seen at once).
+    command that changes a variable is seen at once), with any :func:`overridden` values.
 
     Raises:
         ConfigError: a variable holds a value of the wrong type; the message names the
@@ -138,10 +170,18 @@ def current() -> Settings:
             than 0``.
     """
     try:
-        return Settings()
+        found = Settings()
     except ValidationError as exc:
         raise ConfigError(f"invalid environment: "
                           f"{'; '.join(_problem(e) for e in exc.errors())}") from None
+    overrides = _overrides.get()
+    return found.model_copy(update=overrides) if overrides else found
+
+
+def bookkeeping() -> str:
+    """The schema of the load's bookkeeping (``TOTES_BOOKKEEPING_SCHEMA``, ``totes``),
+    quoted for SQL text: ``"totes"``."""
+    return quote_ident(current().bookkeeping_schema)
 
 
 def _problem(error) -> str:
