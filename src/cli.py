@@ -551,6 +551,61 @@ def reconcile(source_url: Optional[str] = SourceUrl,
 
 
 @app.command()
+def rebuild(source_url: Optional[str] = SourceUrl, warehouse_url: Optional[str] = WarehouseUrl,
+            lake: Optional[str] = LakeUri, processed: Optional[str] = ProcessedUri,
+            config: Optional[str] = ConfigFile,
+            table: Optional[str] = typer.Option(
+                None, "--table", metavar="SOURCE_TABLE",
+                help="Only the star tables derived from this source table (its fact, the "
+                "dimensions whose rule reads it) [default: the whole star schema, and the "
+                "processed area]"),
+            check: bool = typer.Option(True, "--reconcile/--no-reconcile", help="Reconcile "
+                                       "the rebuilt schema with the source before the swap "
+                                       "(a difference stops it)"),
+            as_json: bool = JsonOutput, verbose: bool = Verbose):
+    """Derive the star schema again from every lake batch into new schemas, reconcile it,
+    and swap it in in one transaction (after a rule change, or a lost processed area). The
+    replaced tables stay in <schema>_previous until the next rebuild."""
+    from totes.local.rebuild import derived_tables, rebuild_warehouse
+    from totes.utils import settings
+
+    derived_tables(table)  # an unknown table fails before any server starts
+    progress = _Progress()
+    workspace = _workspace(progress, source_url=source_url, warehouse_url=warehouse_url,
+                           lake=lake, processed=processed, config=config)
+    resources = workspace.resources()
+    steps = [0]
+    following = {"transform": "load", "load": "transform", "reconcile": "swap",
+                 "swap": "moving the processed area"}
+    with progress.status("rebuilding from the lake: transform…") as status:
+        def on_stage(stage, output):
+            if stage == "load":
+                steps[0] += 1
+                progress.line(f"[green]✓[/] transform and load, step {steps[0]}")
+            elif stage != "transform":
+                progress.line(f"[green]✓[/] {stage}")
+            status.update(f"rebuilding from the lake: {following[stage]}…")
+
+        result = rebuild_warehouse(resources, table, reconcile=check, on_stage=on_stage)
+    if as_json:
+        _print_json(result.model_dump(mode="json"))
+        return
+    console = render.stdout()
+    console.print(render.load_table(result.load))
+    if result.reconcile is not None:
+        console.print(f"[green]{escape(result.reconcile.summary())}[/]", soft_wrap=True)
+    star = settings.current().warehouse_schema
+    console.print(
+        f"Rebuilt {counted(len(result.tables), 'table')} of schema {escape(star)} from "
+        f"{counted(result.transform.source_files, 'lake file')} and swapped "
+        f"{counted(len(result.swapped), 'relation')} in, in "
+        f"{result.seconds:.1f} s; the replaced ones are in schema "
+        f"{escape(str(result.previous['star']))}"
+        + (f", the replaced processed area in {escape(str(result.previous['processed']))}"
+           if result.previous["processed"] else "") + ".", soft_wrap=True)
+
+
+@app.command()
 def report(warehouse_url: Optional[str] = WarehouseUrl,
            source_url: Optional[str] = SourceUrl,
            output: Path = typer.Option(Path("report.html"), "--output", "-o",

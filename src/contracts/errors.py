@@ -126,6 +126,16 @@ class LeaseLost(TransientError):
     and another run took it over): nothing was made visible; a retry can succeed."""
 
 
+class LeaseHeld(TransientError):
+    """Work that must run alone found its lease held by another run (``totes rebuild``
+    while a transform or load runs): retry once that run has ended."""
+
+
+class ReconciliationFailed(TerminalError):
+    """A rebuilt star schema does not agree with the source: it was not swapped in (the
+    rebuilt tables stay in their scratch schema for inspection)."""
+
+
 class SparkJobFailed(TerminalError):
     """Spark could not run a part at all (not the part's own error, which is re-raised as
     it is): an executor that cannot import totes, a worker that died."""

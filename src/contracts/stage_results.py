@@ -360,3 +360,32 @@ class RunResult(_Result):
     load: LoadResult
     reconcile: Optional[ReconcileResult] = None
     seconds: float
+
+
+class WarehouseRebuildResult(_Result):
+    """``totes rebuild``'s output (:func:`totes.local.rebuild.rebuild_warehouse`)::
+
+        {"table": null, "tables": ["dim_date", "dim_staff", ..., "fact_payment"],
+         "transform": {...TransformResult...}, "load": {...LoadResult...},
+         "reconcile": {...ReconcileResult...} | null,
+         "swapped": ["\"public\".\"dim_staff\"", ...],
+         "previous": {"star": "public_previous", "bookkeeping": "totes_previous",
+                      "processed": "/path/processed/.previous" | null},
+         "seconds": 14.2}
+
+    ``table`` is the source table of ``--table`` (None: everything), ``tables`` the star
+    tables re-derived and swapped; ``transform`` and ``load`` combine the bounded steps that
+    re-derived them from every lake batch; ``swapped`` lists the relations now live (tables,
+    views, bookkeeping), ``previous`` where the replaced ones are kept until the next
+    rebuild (``processed`` only after a full rebuild, whose processed area replaces the
+    live one).
+    """
+
+    table: Optional[str]
+    tables: list[str]
+    transform: TransformResult
+    load: LoadResult
+    reconcile: Optional[ReconcileResult]
+    swapped: list[str]
+    previous: dict[str, Optional[str]]
+    seconds: float

@@ -787,6 +787,14 @@ def _load(processed: Lake, warehouse: Database, manifest_keys: Optional[list[str
         conn = session.conn
         conn.run("START TRANSACTION")
         conn.run("SELECT pg_advisory_xact_lock(:id)", id=LOAD_LOCK_ID)
+        from totes.load.swap import adoption_pending  # (swap imports this module)
+
+        swapped_at = adoption_pending(conn, settings.current().bookkeeping_schema)
+        if swapped_at is not None:
+            raise ConfigError(
+                f"the rebuild swapped in at {swapped_at} did not finish moving its processed "
+                f"area into {processed.uri}: run `totes rebuild` to finish it (a load now "
+                "would read batches from a half-moved area)")
         create_warehouse(conn, processed, schema)
         if manifest_keys is None:
             keys, through, more = pending_batches(conn, processed, max_batches(),

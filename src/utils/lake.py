@@ -494,6 +494,58 @@ class Lake:
             except FileNotFoundError:
                 pass
 
+    def move_folder(self, source: str, target: str) -> None:
+        """Move the folder (or object) ``source`` to ``target``, replacing what ``target``
+        held: a rename on a local directory; on S3 a copy of every object, then the
+        deletion of the originals (a move interrupted midway leaves ``source`` whole, so it
+        can be done again). A ``source`` already gone is not an error.
+
+        Raises:
+            StorageUnavailable / LakeError: see :func:`storage_error`.
+        """
+        src, dst = self.path(source), self.path(target)
+        with storage_call(f"moving {self.describe(source)} to {self.describe(target)}"):
+            info = self.fs.get_file_info(src)
+            if info.type == pafs.FileType.NotFound:
+                return
+            self.remove_folder(target)
+            if self.is_local:
+                os.makedirs(os.path.dirname(dst), exist_ok=True)
+                os.rename(src, dst)
+            elif info.type == pafs.FileType.Directory:
+                pafs.copy_files(src, dst, source_filesystem=self.fs,
+                                destination_filesystem=self.fs)
+                self.fs.delete_dir(src)
+            else:
+                self.fs.copy_file(src, dst)
+                self.fs.delete_file(src)
+
+    def remove_folder(self, key: str) -> None:
+        """Remove the folder (or object) ``key`` and everything in it: a scratch area, never
+        the lake's batches. A ``key`` already gone is not an error.
+
+        Raises:
+            StorageUnavailable / LakeError: see :func:`storage_error`.
+        """
+        path = self.path(key)
+        with storage_call(f"removing {self.describe(key)}"):
+            info = self.fs.get_file_info(path)
+            if info.type == pafs.FileType.Directory:
+                self.fs.delete_dir(path)
+            elif info.type != pafs.FileType.NotFound:
+                self.fs.delete_file(path)
+
+    def entries(self, under: str = "", hidden: bool = False) -> list[str]:
+        """The names at the top of the store (or of its folder ``under``), folders and
+        objects, sorted (with ``hidden``, those starting with ``.`` too: staging, a
+        rebuild's scratch area).
+
+        Raises:
+            LakeError / StorageUnavailable: see :func:`storage_error`.
+        """
+        return sorted(i.base_name for i in self._list(under)
+                      if hidden or not i.base_name.startswith("."))
+
     # ---- reading ------------------------------------------------------------------------
     def exists(self, key: str) -> bool:
         """Whether ``key`` exists (a file; folders are not objects).
