@@ -201,8 +201,9 @@ def _finish_adoption(warehouse: Database, processed: Lake, book: str) -> None:
                            f"{warehouse.describe()}") as session:
         (exists,), = session.conn.run("SELECT to_regclass(:t) IS NOT NULL",
                                       t=marker_table(book))
-        rows = session.conn.run(f"SELECT names FROM {marker_table(book)}") \
-            if exists else []  # nosec B608: a quoted identifier
+        rows = session.conn.run(
+            f"SELECT names FROM {marker_table(book)}"  # nosec B608: a quoted identifier
+        ) if exists else []
     if rows:
         log.warning("finishing the move of the processed area that the last rebuild began")
         _adopt(processed, list(rows[0][0]))
