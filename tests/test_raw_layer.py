@@ -298,3 +298,29 @@ def test_a_mysql_table_lands_in_the_raw_layer_with_every_version(
                             "ORDER BY widget_id") == source
     assert second.reconcile is not None and second.reconcile.equal, \
         second.reconcile.summary()
+
+
+def test_check_names_the_raw_schema_and_refuses_one_the_star_schema_uses(
+        widgets, monkeypatch):
+    import json
+
+    from typer.testing import CliRunner
+
+    from support import url_of
+    from totes.cli import app
+
+    monkeypatch.setenv("TOTES_SOURCE_URL", url_of(widgets.source))
+    monkeypatch.setenv("TOTES_WAREHOUSE_URL", url_of(widgets.warehouse))
+    monkeypatch.setenv("TOTES_LAKE", widgets.lake.uri)
+    monkeypatch.setenv("TOTES_PROCESSED", widgets.processed.uri)
+
+    def warehouse_check() -> dict:
+        done = CliRunner().invoke(app, ["check", "--json", "--config", widgets.config_path])
+        return next(c for c in json.loads(done.stdout)["checks"] if c["check"] == "warehouse")
+
+    found = warehouse_check()
+    assert found["ok"] and found["detail"].endswith("; and the raw layer in schema raw")
+    monkeypatch.setenv("TOTES_RAW_SCHEMA", "public")
+    found = warehouse_check()
+    assert not found["ok"]
+    assert "TOTES_RAW_SCHEMA=public is the schema of the star schema" in found["detail"]

@@ -131,11 +131,15 @@ def check_everything(workspace) -> CheckResult:
         warehouse = workspace.database("warehouse")
         if source is not None:
             check_separate(source, warehouse)
-        check_warehouse(warehouse)
+        from totes.contracts.config import raw_tables
+        from totes.load.raw import raw_schema
         from totes.load.warehouse import warehouse_schema
 
+        raw = raw_schema() if config is not None and raw_tables(config) else None
+        check_warehouse(warehouse, raw_schema=raw)
         return (f"the {warehouse.describe()}: the role may create the star schema in schema "
-                f"{warehouse_schema()} and owns its tables")
+                f"{warehouse_schema()} and owns its tables"
+                + (f"; and the raw layer in schema {raw}" if raw else ""))
     checks.append(_timed("warehouse", warehouse_check))
     checks.append(_timed("lake", lambda: storage_check(workspace.lake(), "lake")))
 
