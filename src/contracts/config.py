@@ -145,10 +145,10 @@ class TableOptions(BaseModel):
         "on every this many runs of the table's ingest (1: every run)",
         json_schema_extra={"values": "1 to 10,000", "shown_default": "1"})
     schema_contract: Optional[SchemaContractOptions] = Field(
-        None, description="what a change of the source's schema does to a polled table "
-        "(`incremental`, `full`): new columns and type changes "
-        "([schema-evolution.md](schema-evolution.md)); a `cdc` table stops on any schema "
-        "change read from the log", json_schema_extra={
+        None, description="what a change of the source's schema does to the table: new "
+        "columns and type changes ([schema-evolution.md](schema-evolution.md)), polled or "
+        "read from a PostgreSQL change log (a MySQL `cdc` table stops on any schema change)",
+        json_schema_extra={
             "values": "a mapping of `columns` and `data_type` (below)",
             "shown_default": "`{columns: evolve, data_type: freeze}`"})
     freshness_target_seconds: Optional[float] = Field(
@@ -506,10 +506,6 @@ def resolve_tables(config: PipelineConfig) -> list[TablePlan]:
                     **(own.schema_contract.model_dump(exclude_none=True)
                        if own.schema_contract else {})}
         merged["schema_contract"] = contract
-        if own.schema_contract is not None and merged.get("extract_type") == "cdc":
-            raise ConfigError(f"table {table}: schema_contract applies to polled tables "
-                              "(incremental, full); a cdc table stops on a schema change read "
-                              "from the log (remove schema_contract from it)")
         if merged.get("extract_type") == "full":
             # A full extract needs no watermark: the defaults' does not apply to it.
             merged["watermark_column"] = own.watermark_column

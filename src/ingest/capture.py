@@ -20,16 +20,20 @@ serves one reader at a time. A read:
    ``through_lsn``, or visible in the table's initial copy's snapshot);
 5. publishes each table's batch, then the position record, last.
 
-A TRUNCATE, or a schema change (a Relation message whose columns are not the lake's), stops
-its table: its batch ends before that transaction, the position (and so the slot) stays
-there, and the read raises :class:`CaptureStopped` naming the table and what to do, after the
-other tables have landed. Killed at any line, a read loses and doubles nothing: the next read
-starts from the slot (at the last position record) and each table skips what its batches
-already hold.
+A schema change (a Relation message whose columns are not the lake's) follows the table's
+``schema_contract`` (:meth:`_Capture._schema_change`): what it evolves ends the table's
+batch before that point and starts one of the new shape. A TRUNCATE, or a schema change the
+contract freezes, stops its table: its batch ends before that transaction, the position (and
+so the slot) stays there, and the read raises :class:`CaptureStopped` naming the table and
+what to do, after the other tables have landed. Killed at any line, a read loses and doubles
+nothing: the next read starts from the slot (at the last position record) and each table
+skips what its batches already hold (a batch a schema change ended included: its footer
+says how far it goes).
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import logging
@@ -51,6 +55,9 @@ from totes.contracts.config import CapturePlan, TablePlan
 from totes.contracts.errors import (CaptureStopped, CdcNotReady, ConfigError, DatabaseUnavailable,
                                     PermissionDenied, SourceSchemaError)
 from totes.contracts.quarantine import UNREADABLE, add_unreadable, with_unreadable
+from totes.contracts.source_schema import (FIRST_VERSION, SchemaRecord, SourceColumn, decide,
+                                           record_of_arrow, schema_footer)
+from totes.contracts.source_tables import SOURCE_TABLES
 from totes.contracts.stage_results import CaptureResult, IngestResult
 from totes.contracts.watermark import Footer, MODE_KEY, Watermark, footer_metadata, greatest
 from totes.ingest.batch_writer import cutoff_bound, read_into
@@ -154,6 +161,10 @@ class _Table:
     written: int = 0
     row_groups: int = 0
     last_commit: Optional[datetime] = None
+    record: Optional[SchemaRecord] = None  # the source schema of the newest batch
+    keep: Optional[list[int]] = None  # the log's columns the lake keeps (None: all)
+    evolved: bool = False  # the schema evolved in this read: the batch records it
+    split_key: Optional[str] = None  # the batch a schema change ended in this read
 
 
 @dataclass
@@ -260,7 +271,8 @@ class _Capture:
         snapshot = footer.cdc.snapshot if footer.mode == SNAPSHOT_MODE else None
         result = copied or _empty_result(plan, self.run_id)
         return _Table(plan, schema, through, snapshot, footer.high,
-                      schema.get_field_index(plan.primary_key), result, high=footer.high)
+                      schema.get_field_index(plan.primary_key), result, high=footer.high,
+                      record=footer.source_schema or record_of_arrow(schema))
 
     def _lake_schema(self, key: str) -> pa.Schema:
         """The source's columns as the table's lake batches keep them."""
@@ -343,7 +355,7 @@ class _Capture:
                     if isinstance(message, Begin):
                         transaction = _Transaction(xid, message.commit_time)
                     elif isinstance(message, Relation):
-                        self._relation(message, previous_end, transaction)
+                        self._relation(message, previous_end, transaction, stack)
                     elif isinstance(message, Change) and transaction is not None:
                         self._change(message, transaction)
                     elif isinstance(message, Truncate) and transaction is not None:
@@ -365,7 +377,7 @@ class _Capture:
 
     # ---- messages ----------------------------------------------------------------------------
     def _relation(self, relation: Relation, previous_end: int,
-                  transaction: Optional[_Transaction]) -> None:
+                  transaction: Optional[_Transaction], stack) -> None:
         table = self.tables.get(relation.name) if relation.namespace == self.namespace \
             else None
         self.relations[relation.oid] = table.plan.table if table else None
@@ -375,13 +387,75 @@ class _Capture:
         columns = [(name, self._arrow_type(table, name, oid, modifier))
                    for name, oid, modifier in found]
         expected = [(f.name, f.type) for f in table.schema]
+        table.keep = None
         if columns != expected:
-            changed = _describe_change(expected, columns)
-            self._stop(table, previous_end, transaction,
-                       f"its columns changed in the source ({changed}); the lake keeps the "
-                       f"shape it had. Run `totes ingest --table {table.plan.table} "
-                       "--reingest` to take a new initial copy in the new shape (the "
-                       "versions before it stay in the lake)")
+            self._schema_change(table, found, columns, expected, previous_end, transaction,
+                                stack)
+
+    def _schema_change(self, table: _Table, found: list, columns: list, expected: list,
+                       previous_end: int, transaction: Optional[_Transaction], stack) -> None:
+        """The log describes the table with other columns than the lake's: follow the
+        table's ``schema_contract`` (:func:`totes.contracts.source_schema.decide`, as a
+        polled extract does). What it evolves (a new column kept, a widening, a dropped
+        column no rule reads) ends the table's batch before this point, in the old shape,
+        and the versions after it go into a new batch in the new shape, whose footer records
+        the new schema version; a discarded new column is left out of the versions. What it
+        freezes, a dropped column a rule reads, a type the lake cannot hold, a narrowing
+        under ``data_type: discard_value`` (not applied to the log yet) and a change in the
+        middle of a transaction that changed the table's rows stop the table."""
+        name = table.plan.table
+        changed = _describe_change(expected, columns)
+        reingest = (f"Run `totes ingest --table {name} --reingest` to take a new initial copy "
+                    "in the new shape (the versions before it stay in the lake)")
+
+        def stop(why: str) -> None:
+            self._stop(table, previous_end, transaction, why)
+
+        if any(pa.types.is_null(kind) for _, kind in columns):
+            return stop(f"its columns changed in the source ({changed}) to a type the lake "
+                        f"cannot hold. {reingest}")
+        if transaction is not None and transaction.changes.get(name):
+            return stop(f"its columns changed in the source ({changed}) within a transaction "
+                        f"that also changed its rows before the change. {reingest}")
+        read = SOURCE_TABLES[name].columns if name in SOURCE_TABLES else ()
+        now_named = {column for column, _ in columns}
+        gone = [column for column, _ in expected if column not in now_named and column in read]
+        if gone:
+            return stop(f"table {name} has no column {', '.join(gone)}, which transform reads "
+                        f"(dropped in the source, read from the change log). {reingest} once "
+                        "the column is back, or change the rules")
+        source = [SourceColumn(column, kind, source_type=self.type_names.get((oid, modifier)))
+                  for (column, oid, modifier), (_, kind) in zip(found, columns)]
+        moment = (transaction.commit_time if transaction is not None else now())
+        try:
+            decision = decide(name, table.record or record_of_arrow(table.schema), source,
+                              table.plan.schema_contract, frozenset(read),
+                              moment.astimezone(timezone.utc).replace(tzinfo=None).isoformat(
+                                  sep=" ", timespec="microseconds"))
+        except SourceSchemaError as exc:
+            return stop(f"{exc} (read from the change log)")
+        if decision.casts:
+            return stop(f"its columns changed in the source ({changed}); data_type: "
+                        "discard_value (the lake keeping its type) is not applied to a change "
+                        f"read from the log yet. {reingest}")
+        schema = pa.schema([f for f in decision.lake_schema if f.name != UNREADABLE])
+        keep = [i for i, (column, _) in enumerate(columns) if column in schema.names]
+        table.keep = keep if len(keep) < len(columns) else None
+        if schema == table.schema:
+            return  # only a discarded new column: the lake's shape stays
+        self._resolve_deferred(table)
+        if table.rows or table.writer is not None:
+            table.split_key = self._publish_table(table, stack,
+                                                  max(previous_end, table.through))
+        table.schema, table.record, table.evolved = schema, decision.record, True
+        table.key_index = schema.get_field_index(table.plan.primary_key)
+        table.latest = {}  # values of the old shape
+        table.result = table.result.model_copy(update={
+            "schema_version": decision.record.version,
+            "schema_changes": [c.model_dump() for c in decision.record.changes] or None})
+        log.warning("%s: source schema version %d (read from the change log): %s", name,
+                    decision.record.version,
+                    "; ".join(c.describe() for c in decision.record.changes))
 
     def _arrow_type(self, table: _Table, column: str, oid: int, modifier: int) -> pa.DataType:
         """The lake's type for a column the log describes; a type no column of the tables
@@ -419,6 +493,8 @@ class _Capture:
             return
         self.changes += 1
         table = self.tables[name]
+        if table.keep is not None:  # a new column the contract discards
+            change = _project(change, table.keep)
         rows = transaction.changes.setdefault(name, {})
         index = table.key_index
         if change.operation == "delete":
@@ -498,10 +574,11 @@ class _Capture:
         if wm and wm in batch.schema.names:
             table.high = greatest(batch, wm, table.plan.primary_key, table.high)
 
-    def _resolve_deferred(self) -> None:
+    def _resolve_deferred(self, only: Optional[_Table] = None) -> None:
         """Give the versions that lack values (a delete under the default replica identity,
-        an unchanged TOASTed value) the values of the row's last version in the lake."""
-        for table in self.tables.values():
+        an unchanged TOASTed value) the values of the row's last version in the lake (of
+        every table, or of ``only``)."""
+        for table in [only] if only is not None else self.tables.values():
             if not table.deferred:
                 continue
             wanted = {key for key, *_ in table.deferred}
@@ -521,27 +598,41 @@ class _Capture:
     def _publish(self, stack, through: int, read_end: int) -> dict[str, str]:
         keys = {}
         for table in self.tables.values():
-            self._flush(table, stack)
-            if table.writer is None:
-                continue
             table_through = table.limit if table.limit is not None else read_end
-            table.writer.add_key_value_metadata(
-                footer_metadata(table.high, table.low, STREAM_MODE)
-                | CdcFooter(through_lsn=max(table_through, table.through)).metadata())
-            _close(table.writer, f"writing the staged batch of {table.plan.table} for "
-                                 f"{self.lake.uri}")
-            assert table.last_commit is not None and table.staged is not None  # nosec B101
-            moment = table.last_commit.astimezone(timezone.utc).replace(tzinfo=None)
-            key = self.lake.next_key(table.plan.table, moment)
-            check_lease()
-            size = self.lake.publish(table.staged, key)
-            keys[table.plan.table] = key
-            table.result = table.result.model_copy(update={
-                "mode": table.result.mode if table.result.key else STREAM_MODE, "key": key,
-                "rows": table.result.rows + table.written,
-                "row_groups": table.result.row_groups + table.row_groups,
-                "bytes": table.result.bytes + size})
+            key = self._publish_table(table, stack, table_through) or table.split_key
+            if key is not None:
+                keys[table.plan.table] = key
         return keys
+
+    def _publish_table(self, table: _Table, stack, table_through: int) -> Optional[str]:
+        """Publish what the table's batch holds (None: nothing), its footer saying it holds
+        every change up to ``table_through``; the table starts a new batch."""
+        self._flush(table, stack)
+        if table.writer is None:
+            return None
+        record = table.record if table.evolved else \
+            table.record.model_copy(update={"changes": []}) \
+            if table.record is not None and table.record.version > FIRST_VERSION else None
+        table.writer.add_key_value_metadata(
+            footer_metadata(table.high, table.low, STREAM_MODE)
+            | CdcFooter(through_lsn=max(table_through, table.through)).metadata()
+            | (schema_footer(record) if record is not None else {}))
+        _close(table.writer, f"writing the staged batch of {table.plan.table} for "
+                             f"{self.lake.uri}")
+        assert table.last_commit is not None and table.staged is not None  # nosec B101
+        moment = table.last_commit.astimezone(timezone.utc).replace(tzinfo=None)
+        key = self.lake.next_key(table.plan.table, moment)
+        check_lease()
+        size = self.lake.publish(table.staged, key)
+        table.result = table.result.model_copy(update={
+            "mode": table.result.mode if table.result.key else STREAM_MODE, "key": key,
+            "rows": table.result.rows + table.written,
+            "row_groups": table.result.row_groups + table.row_groups,
+            "bytes": table.result.bytes + size})
+        table.writer = table.staged = None
+        table.written = table.row_groups = 0
+        table.evolved = False
+        return key
 
     def _commit_position(self, previous: Optional[Position], through: int, read_end: int,
                          keys: dict[str, str]) -> Optional[str]:
@@ -577,7 +668,18 @@ class _Capture:
             high_watermark=record_json(result.high_watermark),
             error_type="CaptureStopped" if result.stopped else None,
             error_message=result.stopped,
-            details={"changes": result.changes, "through_lsn": result.through_lsn}))
+            details={"changes": result.changes, "through_lsn": result.through_lsn,
+                     **({"schema_version": result.schema_version,
+                         "schema_changes": result.schema_changes}
+                        if result.schema_changes else {})}))
+
+
+def _project(change: Change, keep: list[int]) -> Change:
+    """``change`` with only the columns at ``keep`` (a new column the contract discards left
+    out of its values)."""
+    def kept(values):
+        return None if values is None else tuple(values[i] for i in keep)
+    return dataclasses.replace(change, new=kept(change.new), old=kept(change.old))
 
 
 def _describe_change(expected: list, found: list) -> str:

@@ -1,0 +1,138 @@
+"""A schema change read from PostgreSQL's change log follows the table's schema contract, as
+a polled extract's does (issue 23): a new column and a widening evolve (the versions before
+the change in a batch of the old shape, those after in a batch of the new one, whose footer
+records the schema version and the changes), a dropped column no rule reads evolves, a new
+column under ``columns: freeze`` stops the table naming it, ``discard_value`` leaves it out."""
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+import yaml
+
+from support import query
+from totes.contracts.cdc import OPERATION
+from totes.contracts.errors import CaptureStopped
+from totes.local.runner import run_pipeline
+from totes.utils.footers import batch_files, read_footer
+
+
+def _with_contract(resources, table: str, **contract):
+    document = yaml.safe_load(open(resources.config_path).read())
+    document["tables"][table]["schema_contract"] = contract
+    open(resources.config_path, "w").write(yaml.safe_dump(document))
+    return resources
+
+
+def _batches(lake, table: str) -> list[tuple[list[str], list[dict], object]]:
+    """Each batch of ``table``: its columns, its rows, its footer's schema record."""
+    found = []
+    for key in lake.keys_after(table, None):
+        rows = [row for f in batch_files(lake, key) for row in lake.read_table(f).to_pylist()]
+        names = lake.read_table(batch_files(lake, key)[0]).column_names
+        found.append((names, rows, read_footer(lake, key).source_schema))
+    return found
+
+
+def test_a_new_column_and_a_widening_read_from_the_log_evolve(cdc_resources):
+    resources = cdc_resources
+    run_pipeline(resources)
+    query(resources.source, "UPDATE sales_order SET units_sold = 7, last_updated = now() "
+                            "WHERE sales_order_id = 1")
+    query(resources.source, "ALTER TABLE sales_order ADD COLUMN note text")
+    query(resources.source, "ALTER TABLE sales_order ALTER COLUMN units_sold TYPE bigint")
+    query(resources.source, "UPDATE sales_order SET units_sold = 5000000000, note = 'big', "
+                            "last_updated = now() WHERE sales_order_id = 2")
+    result = run_pipeline(resources)  # no CaptureStopped: the contract evolves both
+
+    *_, before, after = _batches(resources.lake, "sales_order")
+    assert "note" not in before[0] and [r["sales_order_id"] for r in before[1]] == [1]
+    assert before[2] is None  # the old shape, as every batch before the change
+    assert "note" in after[0]
+    assert [(r["sales_order_id"], r["units_sold"], r["note"], r[OPERATION])
+            for r in after[1]] == [(2, 5000000000, "big", "update")]
+    record = after[2]
+    assert record.version == 2
+    assert sorted((c.column, c.change, c.action) for c in record.changes) == [
+        ("note", "added", "evolved"), ("units_sold", "widened", "evolved")]
+    [ingested] = [r for r in result.ingest if r.table == "sales_order"]
+    assert ingested.schema_version == 2 and len(ingested.schema_changes) == 2
+    # the widened measure reached the star schema, and everything agrees with the source
+    assert query(resources.warehouse, "SELECT units_sold FROM fact_sales_order_current "
+                 "WHERE sales_order_id = 2") == [[5000000000]]
+    assert result.reconcile.equal
+
+    # later batches keep the version, without changes; a dropped column no rule reads evolves
+    query(resources.source, "UPDATE sales_order SET note = 'later', last_updated = now() "
+                            "WHERE sales_order_id = 3")
+    run_pipeline(resources)
+    query(resources.source, "ALTER TABLE sales_order DROP COLUMN note")
+    query(resources.source, "UPDATE sales_order SET unit_price = 9.99, last_updated = now() "
+                            "WHERE sales_order_id = 4")
+    last = run_pipeline(resources)
+    *_, kept, dropped = _batches(resources.lake, "sales_order")
+    assert (kept[2].version, kept[2].changes) == (2, [])
+    assert [r["note"] for r in kept[1]] == ["later"]
+    assert "note" not in dropped[0] and dropped[2].version == 3
+    assert [(c.column, c.change) for c in dropped[2].changes] == [("note", "dropped")]
+    assert query(resources.warehouse, "SELECT unit_price FROM fact_sales_order_current "
+                 "WHERE sales_order_id = 4") == [[Decimal("9.99")]]
+    assert last.reconcile.equal
+
+
+def test_a_new_column_under_freeze_stops_the_table_naming_it(resources, with_cdc):
+    resources = _with_contract(with_cdc(resources), "payment", columns="freeze")
+    run_pipeline(resources)
+    query(resources.source, "ALTER TABLE payment ADD COLUMN memo text")
+    query(resources.source, "UPDATE payment SET memo = 'x', last_updated = now() "
+                            "WHERE payment_id = 1")
+    query(resources.source, "UPDATE sales_order SET units_sold = 8, last_updated = now() "
+                            "WHERE sales_order_id = 1")
+    with pytest.raises(CaptureStopped, match="table payment: table payment has a new column "
+                                             "'memo' .* columns: freeze"):
+        run_pipeline(resources)
+    # the other tables landed
+    *_, (names, rows, _) = _batches(resources.lake, "sales_order")
+    assert [(r["sales_order_id"], r["units_sold"]) for r in rows] == [(1, 8)]
+
+
+def test_a_new_column_under_discard_value_is_left_out_of_the_lake(resources, with_cdc):
+    resources = _with_contract(with_cdc(resources), "payment", columns="discard_value")
+    run_pipeline(resources)
+    query(resources.source, "ALTER TABLE payment ADD COLUMN memo text")
+    query(resources.source, "UPDATE payment SET memo = 'x', payment_amount = 12.5, "
+                            "last_updated = now() WHERE payment_id = 1")
+    assert run_pipeline(resources).reconcile.equal
+    query(resources.source, "UPDATE payment SET memo = 'y', payment_amount = 13.5, "
+                            "last_updated = now() WHERE payment_id = 1")
+    assert run_pipeline(resources).reconcile.equal
+    batches = _batches(resources.lake, "payment")
+    assert all("memo" not in names for names, _, _ in batches)
+    assert [r["payment_amount"] for _, rows, _ in batches[-2:] for r in rows] == [
+        Decimal("12.5"), Decimal("13.5")]
+
+
+def test_a_read_stopped_after_the_old_shape_batch_loses_and_doubles_nothing(
+        cdc_resources, monkeypatch):
+    from totes.ingest import capture
+
+    resources = cdc_resources
+    run_pipeline(resources)
+    query(resources.source, "UPDATE sales_order SET units_sold = 7, last_updated = now() "
+                            "WHERE sales_order_id = 1")
+    query(resources.source, "ALTER TABLE sales_order ADD COLUMN note text")
+    query(resources.source, "UPDATE sales_order SET note = 'n', last_updated = now() "
+                            "WHERE sales_order_id = 2")
+    publish = capture._Capture._publish
+
+    def killed(*args, **kwargs):  # after the batch the schema change ended, before the rest
+        raise OSError("killed")
+
+    monkeypatch.setattr(capture._Capture, "_publish", killed)
+    with pytest.raises(OSError, match="killed"):
+        run_pipeline(resources)
+    monkeypatch.setattr(capture._Capture, "_publish", publish)
+    assert run_pipeline(resources).reconcile.equal
+    versions = [(r["sales_order_id"], r.get("note")) for _, rows, _ in
+                _batches(resources.lake, "sales_order")[1:] for r in rows]
+    assert versions == [(1, None), (2, "n")]  # each once, in its shape
