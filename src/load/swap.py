@@ -181,9 +181,10 @@ def _swap(conn, plan: SwapPlan) -> list[str]:
     for source, target, relation, kind in out + into:
         conn.run(f"ALTER {kind} {qualified(source, relation)} SET SCHEMA {quote_ident(target)}")
     _repoint_foreign_keys(conn, star)
+    replaced = {(target, relation) for _, target, relation, _ in out}
     for source, target, relation, kind in into:
         was = old_star if target == star else old_book
-        if (was, relation) in {(t, r) for _, t, r, _ in out}:
+        if (was, relation) in replaced:
             _copy_grants(conn, qualified(was, relation), qualified(target, relation))
     if plan.marker is not None:
         conn.run(f"CREATE TABLE IF NOT EXISTS {marker_table(book)} ("

@@ -80,12 +80,19 @@ def test_a_new_column_and_a_widening_read_from_the_log_evolve(cdc_resources):
     assert last.reconcile.equal
 
 
-def test_a_new_column_under_freeze_stops_the_table_naming_it(resources, with_cdc):
-    resources = _with_contract(with_cdc(resources), "payment", columns="freeze")
+def _payment_gains_memo(resources, with_cdc, columns: str, set_too: str = ""):
+    """``resources`` with payment on cdc under ``columns``, run once; then payment gains a
+    column ``memo`` and row 1 a value in it (and ``set_too``, more assignments)."""
+    resources = _with_contract(with_cdc(resources), "payment", columns=columns)
     run_pipeline(resources)
     query(resources.source, "ALTER TABLE payment ADD COLUMN memo text")
-    query(resources.source, "UPDATE payment SET memo = 'x', last_updated = now() "
+    query(resources.source, f"UPDATE payment SET memo = 'x', {set_too}last_updated = now() "
                             "WHERE payment_id = 1")
+    return resources
+
+
+def test_a_new_column_under_freeze_stops_the_table_naming_it(resources, with_cdc):
+    resources = _payment_gains_memo(resources, with_cdc, "freeze")
     query(resources.source, "UPDATE sales_order SET units_sold = 8, last_updated = now() "
                             "WHERE sales_order_id = 1")
     with pytest.raises(CaptureStopped, match="table payment: table payment has a new column "
@@ -97,11 +104,8 @@ def test_a_new_column_under_freeze_stops_the_table_naming_it(resources, with_cdc
 
 
 def test_a_new_column_under_discard_value_is_left_out_of_the_lake(resources, with_cdc):
-    resources = _with_contract(with_cdc(resources), "payment", columns="discard_value")
-    run_pipeline(resources)
-    query(resources.source, "ALTER TABLE payment ADD COLUMN memo text")
-    query(resources.source, "UPDATE payment SET memo = 'x', payment_amount = 12.5, "
-                            "last_updated = now() WHERE payment_id = 1")
+    resources = _payment_gains_memo(resources, with_cdc, "discard_value",
+                                    "payment_amount = 12.5, ")
     assert run_pipeline(resources).reconcile.equal
     query(resources.source, "UPDATE payment SET memo = 'y', payment_amount = 13.5, "
                             "last_updated = now() WHERE payment_id = 1")
