@@ -685,7 +685,8 @@ def history(table: Optional[str] = typer.Option(None, "--table", help="Only this
             stage: Optional[str] = typer.Option(None, "--stage",
                                                 help="Only ingest, transform or load"),
             limit: int = typer.Option(20, "--limit", min=1, help="At most this many records"),
-            as_json: bool = JsonOutput, verbose: bool = Verbose):
+            config: Optional[str] = ConfigFile, as_json: bool = JsonOutput,
+            verbose: bool = Verbose):
     """The ledger's records, newest first: every stage run with its result.
 
     With --json, each record has `metrics`: the values its stage's function publishes to
@@ -693,7 +694,7 @@ def history(table: Optional[str] = typer.Option(None, "--table", help="Only this
     """
     from totes.contracts import metrics
 
-    workspace = _workspace(_Progress())
+    workspace = _workspace(_Progress(), config=config)
     if stage is not None and stage not in STAGES:
         raise unknown_names("stage", [stage], STAGES, "a stage")
     if table is not None and table not in (known := [*workspace.config().tables, ALL_TABLES]):

@@ -58,6 +58,8 @@ class MariaDB:
             "--skip-networking", f"--pid-file={self.home / 'mysqld.pid'}",
             f"--log-error={self.home / 'error.log'}", "--innodb-buffer-pool-size=128M",
             "--character-set-server=utf8mb4",
+            # Its own temporary files' directory: servers of two test runs never share one.
+            f"--tmpdir={self.home}",
             # A binlog that change data capture can read (row events, whole rows, column
             # names), kept small: the tests' servers are thrown away.
             f"--log-bin={data / 'binlog'}", "--server-id=1", "--binlog-format=ROW",

@@ -236,3 +236,19 @@ def test_run_can_be_limited_to_some_tables(home):
     unknown = runner.invoke(app, ["run", "--table", "refund"])
     assert unknown.exit_code == 1 and "table refund is not in " in \
         unknown.output
+
+    # status and history read the pipeline file --config names (its tables, not the default's)
+    import yaml
+
+    document = yaml.safe_load(open(REPO / "config" / "pipeline.yaml").read())
+    document["tables"] = {t: document["tables"][t] for t in ("currency", "design")}
+    other = home / "other.yaml"
+    other.write_text(yaml.safe_dump(document))
+    status = runner.invoke(app, ["status", "--config", str(other), "--no-source", "--json"])
+    assert status.exit_code == 0, status.output
+    assert [t["table"] for t in json.loads(status.stdout)["tables"]] == ["currency", "design"]
+    history = runner.invoke(app, ["history", "--config", str(other), "--table", "design",
+                                  "--json"])
+    assert [r["table"] for r in json.loads(history.stdout)] == ["design"]
+    refused = runner.invoke(app, ["history", "--config", str(other), "--table", "payment"])
+    assert refused.exit_code == 1 and f"in {other}" in refused.output

@@ -114,6 +114,11 @@ def test_a_new_column_under_discard_value_is_left_out_of_the_lake(resources, tmp
     assert result.schema_changes[0]["action"] == "discarded"
     assert "nickname" not in discarding.lake.read_table(result.key).column_names
 
+    query(discarding.source, "UPDATE staff SET last_updated = now() WHERE staff_id = 2")
+    later = ingest_table(_plan(discarding, "staff"), discarding.source, discarding.lake)
+    assert later.rows == 1  # the column is still left out, and is not new again
+    assert (later.schema_version, later.schema_changes) == (2, None)
+
 
 def test_widening_a_measure_a_rule_reads_widens_its_fact_column(resources):
     run_pipeline(resources)

@@ -147,7 +147,7 @@ class TableOptions(BaseModel):
     schema_contract: Optional[SchemaContractOptions] = Field(
         None, description="what a change of the source's schema does to the table: new "
         "columns and type changes ([schema-evolution.md](schema-evolution.md)), polled or "
-        "read from a PostgreSQL change log (a MySQL `cdc` table stops on any schema change)",
+        "read from a change log (PostgreSQL's, or a MySQL binlog's `ALTER TABLE`)",
         json_schema_extra={
             "values": "a mapping of `columns` and `data_type` (below)",
             "shown_default": "`{columns: evolve, data_type: freeze}`"})

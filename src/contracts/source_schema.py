@@ -11,6 +11,8 @@ decides what a change of the source's schema does.
                   "new_type": "bigint", "action": "evolved"}],
      "changed_at": "2026-12-05 03:40:11.123456"}
 
+(and ``"discarded": ["memo"]`` when the contract leaves new source columns out of the lake).
+
 ``type`` is the lake's Arrow type of the column (what the batch's Parquet holds), and
 ``source_type`` the source's type as its catalog prints it. ``version`` starts at 1 and goes up
 by one at each batch whose source schema differs from the newest batch's; ``changes`` (empty
@@ -116,6 +118,9 @@ class SchemaRecord(BaseModel):
     columns: list[ColumnRecord]
     changes: list[SchemaChange] = []
     changed_at: Optional[str] = None
+    #: Source columns the contract (``columns: discard_value``) leaves out of the lake: a
+    #: later batch does not count them as new again. Absent in records of earlier releases.
+    discarded: list[str] = []
 
     def column(self, name: str) -> Optional[ColumnRecord]:
         """The column named ``name``, None when the schema has none."""
@@ -124,7 +129,8 @@ class SchemaRecord(BaseModel):
 
 def schema_footer(record: SchemaRecord) -> dict[bytes, str]:
     """The footer entry of ``record``."""
-    return {SCHEMA_KEY: record.model_dump_json(exclude_none=True)}
+    return {SCHEMA_KEY: record.model_dump_json(
+        exclude_none=True, exclude=None if record.discarded else {"discarded"})}
 
 
 def parse_schema_record(metadata: Optional[dict], where: str) -> Optional[SchemaRecord]:
@@ -366,10 +372,15 @@ def decide(table: str, previous: Optional[SchemaRecord], source: list[SourceColu
     columns: list[ColumnRecord] = []
     fields: list[pa.Field] = []
     casts: dict[str, pa.DataType] = {}
+    discarded: list[str] = []
     names = {c.name for c in source}
     for column in source:
         old = previous.column(column.name) if previous is not None else None
         source_text = column.source_type or str(column.arrow_type)
+        if previous is not None and old is None and column.name in previous.discarded and \
+                contract.columns == "discard_value":
+            discarded.append(column.name)  # left out before, and still: not a change
+            continue
         if previous is not None and old is None:
             if contract.columns == "freeze":
                 raise SourceSchemaError(
@@ -381,6 +392,7 @@ def decide(table: str, previous: Optional[SchemaRecord], source: list[SourceColu
                                         new_type=source_text,
                                         action="evolved" if kept else "discarded"))
             if not kept:
+                discarded.append(column.name)
                 continue
             lake_type = column.arrow_type
         elif old is None:
@@ -410,7 +422,8 @@ def decide(table: str, previous: Optional[SchemaRecord], source: list[SourceColu
         version += 1
     record = SchemaRecord(version=version, columns=columns, changes=changes,
                           changed_at=moment if changes else
-                          (previous.changed_at if previous is not None else None))
+                          (previous.changed_at if previous is not None else None),
+                          discarded=discarded)
     frozen = frozenset(c.name for c in source if c.unbounded) \
         if contract.data_type == "freeze" else frozenset()
     return SchemaDecision(table, record, pa.schema(fields).append(unreadable_field()), casts,

@@ -16,11 +16,13 @@ A read, under the same lease (``capture:<cdc.slot>``):
    commit is at or before the table's ``through_lsn``;
 4. publishes each table's batch, then the position record, last.
 
-An ``ALTER TABLE``, ``TRUNCATE``, ``DROP TABLE`` or ``RENAME TABLE`` of a ``cdc`` table, or
-a table map whose columns are not the lake's, stops the table as a schema change or a
-TRUNCATE stops it in PostgreSQL (:class:`~totes.contracts.errors.CaptureStopped` after the
-other tables landed). The binlog keeps no row for the reader: a server that purged the file
-the lake's position is in has lost changes, and the read says which tables to reingest.
+An ``ALTER TABLE`` of a ``cdc`` table, or a table map whose columns are not the lake's,
+follows the table's ``schema_contract`` (:meth:`BinlogCapture._catalog_change`, decided as
+the PostgreSQL reader decides a ``Relation`` message). A ``TRUNCATE``, ``DROP TABLE`` or
+``RENAME TABLE`` stops the table as a TRUNCATE stops it in PostgreSQL
+(:class:`~totes.contracts.errors.CaptureStopped` after the other tables landed). The binlog
+keeps no row for the reader: a server that purged the file the lake's position is in has
+lost changes, and the read says which tables to reingest.
 """
 from __future__ import annotations
 
@@ -34,12 +36,15 @@ import pyarrow as pa
 
 from totes.contracts.cdc import CDC_FIELDS, CdcFooter
 from totes.contracts.config import TablePlan
-from totes.contracts.errors import CdcNotReady
+from totes.contracts.errors import CdcNotReady, SourceSchemaError
 from totes.contracts.quarantine import UNREADABLE, with_unreadable
+from totes.contracts.source_schema import SourceColumn
 from totes.contracts.stage_results import CaptureResult
-from totes.ingest.capture import _Capture, _describe_change, _Table, _Transaction
+from totes.ingest.capture import _Capture, _Table, _Transaction
 from totes.utils import mysql_binlog
 from totes.utils.ledger import Ledger
+from totes.utils.mysql_catalog import arrow_type as catalog_arrow_type
+from totes.utils.mysql_catalog import table_columns
 from totes.utils.mysql_reader import MySQLReader, rows_batch
 from totes.utils.pgoutput import Commit as LogCommit
 
@@ -51,6 +56,7 @@ class BinlogCapture(_Capture):
     docstring)."""
 
     base: Optional[str] = None  # the binlog files' base name, for messages
+    conn = None  # the read's session on the source (its catalog, for schema changes)
 
     def run(self, ledger: Optional[Ledger]) -> CaptureResult:
         started = time.monotonic()
@@ -59,7 +65,7 @@ class BinlogCapture(_Capture):
         doing = f"reading the binlog of the {self.source.describe()}"
         with self.source.session(f"totes-capture-{name}", doing) as session, \
                 contextlib.ExitStack() as stack:
-            conn = session.conn
+            conn = self.conn = session.conn
             problems = mysql_binlog.readiness(conn, names)
             if problems:
                 raise CdcNotReady(f"change data capture of {', '.join(names)} is not ready in "
@@ -147,7 +153,7 @@ class BinlogCapture(_Capture):
                         transaction = _Transaction(0, _NO_TIME)  # its time: the commit's
                     self._row(event, transaction)
                 elif isinstance(event, mysql_binlog.TableColumns):
-                    self._table_map(event, previous_end, transaction)
+                    self._table_map(event, previous_end, transaction, stack)
                 elif isinstance(event, mysql_binlog.Commit):
                     if transaction is not None:
                         self._commit(transaction, LogCommit(event.position, event.position,
@@ -160,9 +166,11 @@ class BinlogCapture(_Capture):
                 elif isinstance(event, mysql_binlog.Statement):
                     self._statement(event, database, names, previous_end)
                     last_end = previous_end = event.position
-        if bounded:
-            return max(last_end or start, start)
-        return max(upto, last_end or 0, start)
+        read_end = max(last_end or start, start) if bounded else max(upto, last_end or 0, start)
+        for table in self.tables.values():  # altered, and no change of its rows since
+            if table.altered is not None and not table.stopped:
+                self._catalog_change(table, None, read_end, None, stack)
+        return read_end
 
     def _statement(self, statement: mysql_binlog.Statement, database: str, names: list[str],
                    previous_end: int) -> None:
@@ -171,12 +179,15 @@ class BinlogCapture(_Capture):
             table = self.tables[name]
             if table.stopped or statement.position <= table.through:
                 continue
+            if kind == "ALTER TABLE":  # decided at its next table map (or the read's end)
+                table.altered = table.altered or (statement.time or _NO_TIME, previous_end)
+                continue
             if kind == "TRUNCATE":
                 why = ("the source table was truncated (TRUNCATE): its rows are gone without "
                        "a delete each. Take a new initial copy with `totes ingest --table "
                        f"{name} --reingest` (the warehouse keeps the versions it has; rows "
                        "gone from the source can then be found by totes reconcile)")
-            else:
+            else:  # DROP, RENAME, CREATE OR REPLACE: another table from now on
                 why = (f"its shape changed in the source ({kind}: "
                        f"{' '.join(statement.sql.split())[:200]}); the lake keeps the shape "
                        f"it had. Run `totes ingest --table {name} --reingest` to take a new "
@@ -185,18 +196,55 @@ class BinlogCapture(_Capture):
             self._stop(table, previous_end, None, why)
 
     def _table_map(self, event: mysql_binlog.TableColumns, previous_end: int,
-                   transaction: Optional[_Transaction]) -> None:
+                   transaction: Optional[_Transaction], stack) -> None:
+        """A table map: after an ``ALTER TABLE`` of the table, or when its columns are not
+        those the lake holds or the contract left out, the schema change is decided
+        (:meth:`_catalog_change`) before the rows it maps."""
         table = self.tables[event.table]
         if table.stopped or previous_end < table.through:
             return  # (the transaction it opens ends at or before what the table holds)
-        expected = [(f.name, "") for f in table.schema if f.name != UNREADABLE]
-        found = [(name, "") for name in event.columns]
-        if found != expected:
-            self._stop(table, previous_end, transaction,
-                       f"its columns changed in the source ({_describe_change(expected, found)}"
-                       "); the lake keeps the shape it had. Run `totes ingest --table "
-                       f"{event.table} --reingest` to take a new initial copy in the new "
-                       "shape (the versions before it stay in the lake)")
+        known = {f.name for f in table.schema if f.name != UNREADABLE} | \
+            set(table.record.discarded if table.record is not None else ())
+        if table.altered is None and set(event.columns) == known:
+            return
+        self._catalog_change(table, list(event.columns), previous_end, transaction, stack)
+
+    def _catalog_change(self, table: _Table, names: Optional[list], previous_end: int,
+                        transaction: Optional[_Transaction], stack) -> None:
+        """Decide a schema change of ``table`` by its contract (the shared
+        :meth:`~totes.ingest.capture._Capture._schema_change`): its columns are ``names``
+        (a table map's; None: the source's, at the end of a read that saw an ``ALTER TABLE``
+        and no row of the table after it), their types the source catalog's now (a binlog
+        table map carries no type a lake type can be read from), so two type changes of one
+        column between reads are recorded as one."""
+        # The batch before the change ends before the first ALTER TABLE read (no change of
+        # the table's rows lies between it and this table map), so that a read killed
+        # after publishing that batch reads the ALTER TABLE again.
+        moment, previous_end = table.altered or (None, previous_end)
+        table.altered = None
+        name = table.plan.table
+        source = []
+        for column, data_type, column_type, precision, nullable in \
+                table_columns(self.conn, name):
+            try:
+                kind = catalog_arrow_type(data_type, column_type, precision, name, column)
+            except SourceSchemaError:
+                kind = pa.null()  # a type the lake cannot hold: the change stops the table
+            source.append(SourceColumn(column, kind, column_type, nullable))
+        if names is not None:
+            by_name = {c.name: c for c in source}
+            gone = [n for n in names if n not in by_name]
+            if gone:
+                return self._stop(
+                    table, previous_end, transaction,
+                    f"its columns changed in the source ({', '.join(gone)} in the binlog, "
+                    "no longer in the source's catalog): several changes "
+                    f"between two reads. Run `totes ingest --table {name} --reingest` to "
+                    "take a new initial copy in the new shape (the versions before it stay "
+                    "in the lake)")
+            source = [by_name[n] for n in names]
+        self._schema_change(table, source, previous_end, transaction, stack,
+                            moment if moment not in (None, _NO_TIME) else None)
 
     def _row(self, change: mysql_binlog.RowChange, transaction: _Transaction) -> None:
         table = self.tables[change.table]

@@ -55,8 +55,9 @@ from totes.contracts.config import CapturePlan, TablePlan
 from totes.contracts.errors import (CaptureStopped, CdcNotReady, ConfigError, DatabaseUnavailable,
                                     PermissionDenied, SourceSchemaError)
 from totes.contracts.quarantine import UNREADABLE, add_unreadable, with_unreadable
-from totes.contracts.source_schema import (FIRST_VERSION, SchemaRecord, SourceColumn, decide,
-                                           record_of_arrow, schema_footer)
+from totes.contracts.source_schema import (FIRST_VERSION, SchemaDecision, SchemaRecord,
+                                           SourceColumn, decide, record_of_arrow,
+                                           schema_footer)
 from totes.contracts.source_tables import SOURCE_TABLES
 from totes.contracts.stage_results import CaptureResult, IngestResult
 from totes.contracts.watermark import Footer, MODE_KEY, Watermark, footer_metadata, greatest
@@ -165,6 +166,12 @@ class _Table:
     keep: Optional[list[int]] = None  # the log's columns the lake keeps (None: all)
     evolved: bool = False  # the schema evolved in this read: the batch records it
     split_key: Optional[str] = None  # the batch a schema change ended in this read
+    #: an ALTER TABLE read from a binlog, not decided yet: when, and the position before it
+    altered: Optional[tuple[datetime, int]] = None
+    #: columns the contract casts to the lake's type (``data_type: discard_value``): the
+    #: decision, and the schema the log's values are read with (those columns in the
+    #: source's type); None when no column is cast
+    casting: Optional[tuple[SchemaDecision, pa.Schema]] = None
 
 
 @dataclass
@@ -338,7 +345,15 @@ class _Capture:
     def _versions_batch(self, table: "_Table") -> pa.RecordBatch:
         """``table.rows`` (versions read from the log) as a record batch of the lake's
         columns plus the change columns."""
-        return _versions_batch(table.schema, table.rows, table.plan.table, self.pool)
+        if table.casting is None:
+            return _versions_batch(table.schema, table.rows, table.plan.table, self.pool)
+        decision, read_as = table.casting  # values read in the source's type, then cast
+        batch = _versions_batch(read_as, table.rows, table.plan.table, self.pool)
+        values = len(batch.schema) - len(CDC_FIELDS)
+        cast = decision.apply(pa.RecordBatch.from_arrays(
+            batch.columns[:values], schema=pa.schema(list(batch.schema)[:values])))
+        return pa.RecordBatch.from_arrays([*cast.columns, *batch.columns[values:]],
+                                          schema=pa.schema([*cast.schema, *CDC_FIELDS]))
 
     def _read(self, conn, stack, upto: int, start: int) -> tuple[int, int]:
         """Read the slot up to ``upto``; returns how far the log is read (every change up
@@ -387,23 +402,33 @@ class _Capture:
         columns = [(name, self._arrow_type(table, name, oid, modifier))
                    for name, oid, modifier in found]
         expected = [(f.name, f.type) for f in table.schema]
-        table.keep = None
+        table.keep = table.casting = None
         if columns != expected:
-            self._schema_change(table, found, columns, expected, previous_end, transaction,
-                                stack)
+            source = [SourceColumn(column, kind,
+                                   source_type=self.type_names.get((oid, modifier)))
+                      for (column, oid, modifier), (_, kind) in zip(found, columns)]
+            self._schema_change(table, source, previous_end, transaction, stack)
 
-    def _schema_change(self, table: _Table, found: list, columns: list, expected: list,
-                       previous_end: int, transaction: Optional[_Transaction], stack) -> None:
-        """The log describes the table with other columns than the lake's: follow the
-        table's ``schema_contract`` (:func:`totes.contracts.source_schema.decide`, as a
-        polled extract does). What it evolves (a new column kept, a widening, a dropped
-        column no rule reads) ends the table's batch before this point, in the old shape,
-        and the versions after it go into a new batch in the new shape, whose footer records
-        the new schema version; a discarded new column is left out of the versions. What it
-        freezes, a dropped column a rule reads, a type the lake cannot hold, a narrowing
-        under ``data_type: discard_value`` (not applied to the log yet) and a change in the
-        middle of a transaction that changed the table's rows stop the table."""
+    def _schema_change(self, table: _Table, source: list[SourceColumn], previous_end: int,
+                       transaction: Optional[_Transaction], stack,
+                       moment: Optional[datetime] = None) -> None:
+        """The log describes the table with other columns (``source``, in the log's order,
+        each with the lake's type for it: null for a type the lake cannot hold) than the
+        lake's: follow the table's ``schema_contract``
+        (:func:`totes.contracts.source_schema.decide`, as a polled extract does). A change
+        of schema version (a new column kept or discarded, a widening, a narrowing whose
+        values are cast under ``data_type: discard_value``, a dropped column no rule reads)
+        ends the table's batch before this point, in the old shape, and the versions after
+        it go into a new batch, in the new shape, whose footer records the new version; a
+        discarded new column is left out of the versions; a value that does not cast to the
+        lake's type is NULL with its text kept for the quarantine, as when polled. What the
+        contract freezes, a dropped column a rule reads, a type the lake cannot hold and a
+        change in the middle of a transaction that changed the table's rows stop the table.
+        ``moment``: when the change was made (default: the transaction's commit time, or
+        now)."""
         name = table.plan.table
+        columns = [(c.name, c.arrow_type) for c in source]
+        expected = [(f.name, f.type) for f in table.schema]
         changed = _describe_change(expected, columns)
         reingest = (f"Run `totes ingest --table {name} --reingest` to take a new initial copy "
                     "in the new shape (the versions before it stay in the lake)")
@@ -424,9 +449,7 @@ class _Capture:
             return stop(f"table {name} has no column {', '.join(gone)}, which transform reads "
                         f"(dropped in the source, read from the change log). {reingest} once "
                         "the column is back, or change the rules")
-        source = [SourceColumn(column, kind, source_type=self.type_names.get((oid, modifier)))
-                  for (column, oid, modifier), (_, kind) in zip(found, columns)]
-        moment = (transaction.commit_time if transaction is not None else now())
+        moment = moment or (transaction.commit_time if transaction is not None else now())
         try:
             decision = decide(name, table.record or record_of_arrow(table.schema), source,
                               table.plan.schema_contract, frozenset(read),
@@ -434,20 +457,23 @@ class _Capture:
                                   sep=" ", timespec="microseconds"))
         except SourceSchemaError as exc:
             return stop(f"{exc} (read from the change log)")
-        if decision.casts:
-            return stop(f"its columns changed in the source ({changed}); data_type: "
-                        "discard_value (the lake keeping its type) is not applied to a change "
-                        f"read from the log yet. {reingest}")
         schema = pa.schema([f for f in decision.lake_schema if f.name != UNREADABLE])
         keep = [i for i, (column, _) in enumerate(columns) if column in schema.names]
         table.keep = keep if len(keep) < len(columns) else None
-        if schema == table.schema:
-            return  # only a discarded new column: the lake's shape stays
+        read_as = dict(columns)
+        casting = (decision, pa.schema([pa.field(f.name, read_as[f.name])
+                                        if f.name in decision.casts else f for f in schema])) \
+            if decision.casts else None
+        if decision.record.version == (table.record.version if table.record is not None
+                                       else FIRST_VERSION):
+            table.casting = casting
+            return  # nothing new to the contract (a column it left out before, say)
         self._resolve_deferred(table)
-        if table.rows or table.writer is not None:
+        if table.rows or table.writer is not None or table.evolved:
             table.split_key = self._publish_table(table, stack,
                                                   max(previous_end, table.through))
         table.schema, table.record, table.evolved = schema, decision.record, True
+        table.casting = casting
         table.key_index = schema.get_field_index(table.plan.primary_key)
         table.latest = {}  # values of the old shape
         table.result = table.result.model_copy(update={
@@ -609,7 +635,17 @@ class _Capture:
         every change up to ``table_through``; the table starts a new batch."""
         self._flush(table, stack)
         if table.writer is None:
-            return None
+            if not table.evolved:
+                return None
+            # a schema change and no version after it: a batch of no rows records it
+            doing = f"writing the staged batch of {table.plan.table} for {self.lake.uri}"
+            table.staged = stack.enter_context(self.lake.staging_file())
+            with storage_call(doing):
+                table.writer = parquet_writer(
+                    table.staged, pa.schema([*with_unreadable(table.schema), *CDC_FIELDS]),
+                    memory_pool=self.pool)
+            stack.callback(_close, table.writer, doing)
+            table.last_commit = table.last_commit or now()
         record = table.record if table.evolved else \
             table.record.model_copy(update={"changes": []}) \
             if table.record is not None and table.record.version > FIRST_VERSION else None

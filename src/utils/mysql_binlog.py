@@ -260,11 +260,13 @@ class Commit:
 @dataclass(frozen=True)
 class Statement:
     """A statement logged as such (DDL: ``ALTER TABLE``, ``TRUNCATE``...), in ``schema``
-    (the statement's default database), ``position`` after it."""
+    (the statement's default database), ``position`` after it, ``time`` when it ran (UTC,
+    whole seconds; None when not known)."""
 
     sql: str
     schema: str
     position: int
+    time: Optional[datetime] = None
 
 
 Event = Union[TableColumns, RowChange, Commit, Statement]
@@ -317,7 +319,8 @@ def events(params: dict, start: int, file_name: str, database: str, tables: list
                         yield Commit(end, datetime.fromtimestamp(event.timestamp,
                                                                  timezone.utc))
                     continue
-                yield Statement(event.query, schema, end)
+                yield Statement(event.query, schema, end,
+                                datetime.fromtimestamp(event.timestamp, timezone.utc))
             elif isinstance(event, TableMapEvent):
                 if event.schema == database and event.table in tables:
                     yield TableColumns(event.table, tuple(c.name for c in event.columns))

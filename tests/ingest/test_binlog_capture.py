@@ -210,8 +210,7 @@ def test_a_read_is_bounded_and_never_splits_a_transaction(
     assert sorted(i for i, _ in versions) == list(range(1, 16))
 
 
-def test_a_truncate_or_an_alter_stops_its_table_and_a_reingest_takes_it_up_again(
-        binlog_resources):
+def test_a_truncate_stops_its_table_and_a_reingest_takes_it_up_again(binlog_resources):
     resources = binlog_resources
     run_pipeline(resources)
     run_sql(resources.source, "UPDATE sales_order SET units_sold = 1 WHERE sales_order_id = 1")
@@ -219,25 +218,23 @@ def test_a_truncate_or_an_alter_stops_its_table_and_a_reingest_takes_it_up_again
     run_sql(resources.source, "CREATE TABLE sales_order_copy LIKE sales_order",
             "DROP TABLE sales_order_copy")
     run_sql(resources.source, "SET FOREIGN_KEY_CHECKS = 0", "TRUNCATE payment")
-    run_sql(resources.source, "ALTER TABLE design ADD COLUMN colour VARCHAR(20)")
+    run_sql(resources.source, "ALTER TABLE design ADD INDEX by_name (design_name)")
     run_sql(resources.source, "UPDATE sales_order SET units_sold = 2 WHERE sales_order_id = 1")
     with pytest.raises(CaptureStopped) as stopped:
         run_pipeline(resources)
     message = str(stopped.value)
     assert "table payment: the source table was truncated (TRUNCATE)" in message
     assert "totes ingest --table payment --reingest" in message
-    assert "table design: its shape changed in the source (ALTER TABLE: ALTER TABLE design " \
-           "ADD COLUMN colour" in message
+    assert "design" not in message  # an ALTER TABLE that changes no column changes nothing
     assert sorted(i for i, _ in stream_versions(resources.lake, "sales_order")) == [1, 1]
     with pytest.raises(CaptureStopped):  # stopped until a person acts
         run_pipeline(resources)
     assert sorted(i for i, _ in stream_versions(resources.lake, "sales_order")) == [1, 1]
-    again = run_pipeline(resources, tables=[{"table": "payment", "mode": "reingest"},
-                                            {"table": "design", "mode": "reingest"}])
+    again = run_pipeline(resources, tables=[{"table": "payment", "mode": "reingest"}])
     copied = {r.table: (r.mode, r.rows) for r in again.ingest if r.mode == "cdc_snapshot"}
     assert copied["payment"] == ("cdc_snapshot", 0)
-    run_sql(resources.source, "UPDATE design SET colour = 'red' WHERE design_id = 1")
-    later = run_pipeline(resources)  # every table goes on, design in its new shape
+    run_sql(resources.source, "UPDATE design SET design_name = 'red' WHERE design_id = 1")
+    later = run_pipeline(resources)  # every table goes on
     assert {r.table: r.changes for r in later.ingest}["design"]["update"] == 1
     assert sorted(i for i, _ in stream_versions(resources.lake, "sales_order")) == [1, 1]
 

@@ -10,9 +10,12 @@ from decimal import Decimal
 import pytest
 import yaml
 
+from ingest.test_binlog_capture import binlog_resources  # noqa: F401 (a fixture)
+from ingest.test_mysql_source import run_sql
 from support import query
 from totes.contracts.cdc import OPERATION
 from totes.contracts.errors import CaptureStopped
+from totes.contracts.quarantine import UNREADABLE
 from totes.local.runner import run_pipeline
 from totes.utils.footers import batch_files, read_footer
 
@@ -114,6 +117,31 @@ def test_a_new_column_under_discard_value_is_left_out_of_the_lake(resources, wit
     assert all("memo" not in names for names, _, _ in batches)
     assert [r["payment_amount"] for _, rows, _ in batches[-2:] for r in rows] == [
         Decimal("12.5"), Decimal("13.5")]
+    # the batch after the change records it (v2, memo discarded); the next keeps v2 unchanged
+    assert [(c.column, c.action) for c in batches[-2][2].changes] == [("memo", "discarded")]
+    assert (batches[-1][2].version, batches[-1][2].changes) == (2, [])
+
+
+def test_an_incompatible_change_under_discard_value_quarantines_the_value_and_the_row_lands(
+        resources, with_cdc):
+    resources = _with_contract(with_cdc(resources), "payment", data_type="discard_value")
+    run_pipeline(resources)
+    (before,), = query(resources.warehouse, "SELECT count(*) FROM fact_payment")
+    query(resources.source, "ALTER TABLE payment ALTER COLUMN company_ac_number TYPE text")
+    query(resources.source, "UPDATE payment SET company_ac_number = 'n/a', "
+                            "last_updated = now() WHERE payment_id = 2")
+    query(resources.source, "UPDATE payment SET company_ac_number = '42', "
+                            "last_updated = now() WHERE payment_id = 3")
+    result = run_pipeline(resources)  # no CaptureStopped
+
+    *_, (names, rows, record) = _batches(resources.lake, "payment")
+    assert [(c.column, c.change, c.action) for c in record.changes] == [
+        ("company_ac_number", "changed", "values_cast")]
+    assert [(r["payment_id"], r["company_ac_number"], r[UNREADABLE]) for r in rows] == [
+        (2, None, '{"company_ac_number": "n/a"}'), (3, 42, None)]
+    (after,), = query(resources.warehouse, "SELECT count(*) FROM fact_payment")
+    assert after == before + 2  # no rule reads the column: both versions land
+    assert result.reconcile.equal
 
 
 def test_a_read_stopped_after_the_old_shape_batch_loses_and_doubles_nothing(
@@ -140,3 +168,74 @@ def test_a_read_stopped_after_the_old_shape_batch_loses_and_doubles_nothing(
     versions = [(r["sales_order_id"], r.get("note")) for _, rows, _ in
                 _batches(resources.lake, "sales_order")[1:] for r in rows]
     assert versions == [(1, None), (2, "n")]  # each once, in its shape
+
+
+def test_a_schema_change_read_from_a_mysql_binlog_follows_the_contract(
+        binlog_resources):  # noqa: F811 (the fixture imported above)
+    """MariaDB: an ALTER TABLE is decided at the table's next table map (its columns) with the
+    source catalog's types; one no row followed in the read is recorded by a batch of no
+    rows; a narrowing under data_type: discard_value casts the values."""
+    resources = _with_contract(binlog_resources, "payment", data_type="discard_value")
+    run_pipeline(resources)
+    run_sql(resources.source,
+            "UPDATE sales_order SET units_sold = 7 WHERE sales_order_id = 1",
+            "ALTER TABLE sales_order ADD COLUMN note VARCHAR(20)",
+            "ALTER TABLE sales_order MODIFY units_sold BIGINT NOT NULL",
+            "UPDATE sales_order SET units_sold = 5000000000, note = 'big' "
+            "WHERE sales_order_id = 2",
+            "ALTER TABLE design ADD COLUMN colour VARCHAR(20)",
+            "ALTER TABLE payment MODIFY company_ac_number VARCHAR(20)",
+            "UPDATE payment SET company_ac_number = 'n/a' WHERE payment_id = 2")
+    result = run_pipeline(resources)  # no CaptureStopped
+
+    *_, before, after = _batches(resources.lake, "sales_order")
+    assert "note" not in before[0] and [r["sales_order_id"] for r in before[1]] == [1]
+    assert [(r["sales_order_id"], r["units_sold"], r["note"]) for r in after[1]] == [
+        (2, 5000000000, "big")]
+    assert (after[2].version, sorted((c.column, c.change) for c in after[2].changes)) == \
+        (2, [("note", "added"), ("units_sold", "widened")])
+    *_, (names, rows, record) = _batches(resources.lake, "design")
+    assert rows == [] and "colour" in names  # no row yet: the batch records the change
+    assert [(c.column, c.change) for c in record.changes] == [("colour", "added")]
+    *_, (_, rows, record) = _batches(resources.lake, "payment")
+    assert [(r["payment_id"], r["company_ac_number"], r[UNREADABLE]) for r in rows] == [
+        (2, None, '{"company_ac_number": "n/a"}')]
+    assert record.changes[0].action == "values_cast"
+    assert query(resources.warehouse, "SELECT units_sold FROM fact_sales_order_current "
+                 "WHERE sales_order_id = 2") == [[5000000000]]
+    assert result.reconcile.equal
+
+    run_sql(resources.source, "UPDATE design SET colour = 'red' WHERE design_id = 1")
+    run_pipeline(resources)
+    *_, (_, rows, record) = _batches(resources.lake, "design")
+    assert [(r["design_id"], r["colour"]) for r in rows] == [(1, "red")]
+    assert (record.version, record.changes) == (2, [])
+
+
+def test_a_binlog_read_killed_after_the_old_shape_batch_reads_the_alter_again(
+        binlog_resources, monkeypatch):  # noqa: F811 (the fixture imported above)
+    """A type change alone (no column named differently) is seen only by its ALTER TABLE: the
+    batch before it ends before the statement, so the next read decides it again."""
+    from totes.ingest import capture
+
+    resources = binlog_resources
+    run_pipeline(resources)
+    run_sql(resources.source,
+            "UPDATE sales_order SET units_sold = 7 WHERE sales_order_id = 1",
+            "ALTER TABLE sales_order MODIFY units_sold BIGINT NOT NULL",
+            "UPDATE sales_order SET units_sold = 5000000000 WHERE sales_order_id = 2")
+    publish = capture._Capture._publish
+
+    def killed(*args, **kwargs):  # after the batch the schema change ended, before the rest
+        raise OSError("killed")
+
+    monkeypatch.setattr(capture._Capture, "_publish", killed)
+    with pytest.raises(OSError, match="killed"):
+        run_pipeline(resources)
+    monkeypatch.setattr(capture._Capture, "_publish", publish)
+    result = run_pipeline(resources)
+    assert result.reconcile.equal and result.transform.quarantined == {}
+    *_, before, after = _batches(resources.lake, "sales_order")
+    assert [(r["sales_order_id"], r["units_sold"]) for r in before[1] + after[1]] == [
+        (1, 7), (2, 5000000000)]
+    assert [(c.column, c.change) for c in after[2].changes] == [("units_sold", "widened")]
