@@ -137,7 +137,7 @@ def test_queries_during_the_swap_see_the_old_or_the_new_tables_whole(
         try:
             while not stop.is_set():
                 seen.append(tuple(conn.run(sql)[0]))
-                time.sleep(0.002)
+                time.sleep(0.02)  # (a query every 20 ms: the swap is not starved)
         except Exception as exc:  # the assertion below reports it
             errors.append(exc)
         finally:
