@@ -253,7 +253,8 @@ def main() -> int:
     print(f"{'  where the load stage goes':<34}   (one load in this process, by statement)",
           flush=True)
     for what, seconds in breakdown.items():
-        print(f"{'    ' + what:<34}{seconds:>9.2f}", flush=True)
+        if seconds >= 0.005:
+            print(f"{'    ' + what:<34}{seconds:>9.2f}", flush=True)
     line("first totes run (no reconcile)", first[0], None, first[1])
     if isinstance(dlt, str):
         print(f"{'  dlt, same source':<34}   skipped: {dlt}", flush=True)
@@ -360,13 +361,20 @@ def _adbc_ingest(url: str, home: Path, repeat: int) -> float:
     return seconds
 
 
-#: How :func:`_load_breakdown` names a statement by its first words.
-_KINDS = (("COPY", "COPY (rows read, encoded, sent)"),
-          ("ALTER TABLE", "keys and foreign keys added"),
-          ("ANALYZE", "ANALYZE"),
-          ("CREATE", "tables, views, indexes created"),
-          ("INSERT", "INSERT (dimensions, bookkeeping)"),
-          ("UPDATE", "UPDATE (dimensions, bookkeeping)"))
+#: How :func:`_load_breakdown` names a statement by its first word (else: the word).
+_KINDS = {"COPY": "COPY (rows read, encoded, sent)", "ANALYZE": "ANALYZE",
+          "CREATE": "CREATE (tables, views, indexes)", "SELECT": "SELECT (reads, checks)",
+          "INSERT": "INSERT (dimensions, bookkeeping)", "ALTER": "ALTER (other)"}
+
+
+def _kind(sql: str) -> str:
+    text = " ".join(str(sql).split()).upper()
+    if "FOREIGN KEY" in text and text.startswith("ALTER"):
+        return "foreign keys added (validated)"
+    if text.startswith("ALTER") and ("PRIMARY KEY" in text or "UNIQUE" in text):
+        return "unique keys added (indexes built)"
+    word = text.split(" ", 1)[0] if text else "?"
+    return _KINDS.get(word, word)
 
 
 def _load_breakdown(urls: dict, home: Path) -> dict[str, float]:
@@ -388,11 +396,7 @@ def _load_breakdown(urls: dict, home: Path) -> dict[str, float]:
         try:
             return run(self, sql, *args, **kwargs)
         finally:
-            words = " ".join(str(sql).split()[:2]).upper()
-            kind = next((name for prefix, name in _KINDS if words.startswith(prefix)),
-                        "other statements")
-            if "FOREIGN KEY" in str(sql).upper():
-                kind = "foreign keys added (validated)"
+            kind = _kind(sql)
             spent[kind] = spent.get(kind, 0.0) + time.monotonic() - started
 
     warehouse = Database.from_url("warehouse", _new_database(urls, "warehouse_breakdown"))
