@@ -56,3 +56,20 @@ def url_of(database: Database) -> str:
     folder, _, name = params["unix_sock"].rpartition("/")
     port = name.rsplit(".", 1)[1]
     return f"postgresql://{params['user']}@/{params['database']}?host={folder}&port={port}"
+
+
+def versions_beyond(polled, cdc) -> dict[str, list]:
+    """Per fact table, the ``(key, is_deleted)`` of each row version the warehouse of ``cdc``
+    (resources whose facts' sources are on ``cdc``) holds beyond those of ``polled`` (the same
+    source, polled), sorted; asserts that it holds every version ``polled`` holds."""
+    beyond = {}
+    for fact, key in (("fact_sales_order", "sales_order_id"),
+                      ("fact_purchase_order", "purchase_order_id"),
+                      ("fact_payment", "payment_id")):
+        sql = (f"SELECT {key}, last_updated_date, last_updated_time, is_deleted "  # nosec B608
+               f"FROM {fact}")  # (the schema's names)
+        from_polling = {tuple(row) for row in query(polled.warehouse, sql)}
+        from_log = {tuple(row) for row in query(cdc.warehouse, sql)}
+        assert from_polling <= from_log, f"{fact}: {sorted(from_polling - from_log)[:5]}"
+        beyond[fact] = sorted((row[0], row[3]) for row in from_log - from_polling)
+    return beyond

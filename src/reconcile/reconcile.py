@@ -219,33 +219,47 @@ def _raw(conn, source, table: str, schema: str, key: str, watermark: Optional[st
         view = (f"SELECT {listed} FROM {qualified(schema, table + '_current')} "  # nosec
                 f"ORDER BY {quote_ident(key)}")  # B608: quoted identifiers
         with _warehouse_batches(conn, view, wanted, relation) as warehouse_batches:
-            waiting = _nullable(wanted).empty_table()
-            exhausted = False
-            batches = [] if first is None else [first]
-            for batch in _chain(batches, source_batches):
-                if not batch.num_rows:
-                    continue
-                expected = pa.table({n: _as_naive(batch.column(n)) for n in names})
-                high = pc.max(expected[key]).as_py()
-                while not exhausted and (not waiting.num_rows or
-                                         pc.max(waiting[key]).as_py() <= high):
-                    following = next(warehouse_batches, None)
-                    if following is None:
-                        exhausted = True
-                    else:
-                        waiting = pa.concat_tables([waiting,
-                                                    pa.Table.from_batches([following])])
-                upto = pc.less_equal(waiting[key], high)
-                actual, waiting = waiting.filter(upto), waiting.filter(pc.invert(upto))
-                _raw_compared(expected, actual, key, names, watermark, through, tally, counts)
-            for following in warehouse_batches:
-                waiting = pa.concat_tables([waiting, pa.Table.from_batches([following])])
-            _raw_compared(_nullable(wanted).empty_table(), waiting, key, names, None, None,
-                          tally, counts)
+            expected_tables = (pa.table({n: _as_naive(batch.column(n)) for n in names})
+                               for batch in _chain([] if first is None else [first],
+                                                   source_batches))
+            for expected, actual in _aligned(expected_tables, warehouse_batches, key,
+                                             _nullable(wanted).empty_table()):
+                if expected is None:  # rows after the source's last key
+                    _raw_compared(_nullable(wanted).empty_table(), actual, key, names, None,
+                                  None, tally, counts)
+                else:
+                    _raw_compared(expected, actual, key, names, watermark, through, tally,
+                                  counts)
     return TableReconciliation(
         table=relation, source_table=table, source_rows=counts["compared"],
         warehouse_rows=counts["warehouse"], pending=counts["pending"],
         differences=tally.count, loaded_through=_text(through), listed=tally.listed)
+
+
+def _aligned(source_batches, warehouse_batches, key: str, empty: pa.Table):
+    """Merge-join two streams ordered by ``key``: the source's record batches (or
+    tables) and the warehouse's record batches. Yields ``(source batch, the warehouse rows
+    whose key is at most the batch's highest and were not yielded before)`` for each source
+    batch with rows, then ``(None, the warehouse rows after the source's last key)``.
+    ``empty`` is the warehouse rows' empty table. At most the warehouse rows up to one
+    record batch past the current source batch are held in memory."""
+    waiting, exhausted = empty, False  # warehouse rows not compared yet
+    for batch in source_batches:
+        if not batch.num_rows:
+            continue
+        high = pc.max(batch.column(key)).as_py()
+        while not exhausted and (not waiting.num_rows or pc.max(waiting[key]).as_py() <= high):
+            following = next(warehouse_batches, None)
+            if following is None:
+                exhausted = True
+            else:
+                waiting = pa.concat_tables([waiting, pa.Table.from_batches([following])])
+        upto = pc.less_equal(waiting[key], high)
+        yield batch, waiting.filter(upto)
+        waiting = waiting.filter(pc.invert(upto))
+    for following in warehouse_batches:
+        waiting = pa.concat_tables([waiting, pa.Table.from_batches([following])])
+    yield None, waiting
 
 
 def _chain(first: list, rest: Iterator) -> Iterator:
@@ -445,28 +459,15 @@ def _fact(conn, source, source_table: str, limit: int, sums: list[SumCheck], sta
             f"{chosen}ORDER BY {key}")
     with _source_batches(source, source_table, keys) as source_batches, \
             _warehouse_batches(conn, view, schema, name) as warehouse_batches:
-        waiting = _nullable(schema).empty_table()  # warehouse rows not compared yet
-        exhausted = False
-        for batch in source_batches:
-            if not batch.num_rows:
+        for batch, actual in _aligned(source_batches, warehouse_batches, key,
+                                      _nullable(schema).empty_table()):
+            if batch is None:  # rows after the source's last key
+                _compared(_nullable(schema).empty_table(), actual, key, columns, money, codes,
+                          sums_of, tally, counts)
                 continue
-            high = pc.max(batch.column(key)).as_py()
-            while not exhausted and (not waiting.num_rows or
-                                     pc.max(waiting[key]).as_py() <= high):
-                following = next(warehouse_batches, None)
-                if following is None:
-                    exhausted = True
-                else:
-                    waiting = pa.concat_tables([waiting, pa.Table.from_batches([following])])
-            upto = pc.less_equal(waiting[key], high)
-            actual, waiting = waiting.filter(upto), waiting.filter(pc.invert(upto))
             expected, actual = _expected_facts(batch, source_table, through, held_ids, actual,
                                                counts, holds, tally, held_versions, table)
             _compared(expected, actual, key, columns, money, codes, sums_of, tally, counts)
-        for following in warehouse_batches:  # rows after the source's last key
-            waiting = pa.concat_tables([waiting, pa.Table.from_batches([following])])
-        _compared(_nullable(schema).empty_table(), waiting, key, columns, money, codes, sums_of,
-                  tally, counts)
     for currency_key in sorted(set(sums_of["source"]) | set(sums_of["warehouse"])):
         column, currency = currency_key
         s = sums_of["source"].get(currency_key, Decimal(0))
