@@ -374,10 +374,14 @@ def decide(table: str, previous: Optional[SchemaRecord], source: list[SourceColu
     casts: dict[str, pa.DataType] = {}
     discarded: list[str] = []
     names = {c.name for c in source}
+    # (a record of an earlier release has no ``discarded``: its changes name them)
+    left_out = set(previous.discarded) | {c.column for c in previous.changes
+                                          if c.action == "discarded"} \
+        if previous is not None else set()
     for column in source:
         old = previous.column(column.name) if previous is not None else None
         source_text = column.source_type or str(column.arrow_type)
-        if previous is not None and old is None and column.name in previous.discarded and \
+        if previous is not None and old is None and column.name in left_out and \
                 contract.columns == "discard_value":
             discarded.append(column.name)  # left out before, and still: not a change
             continue

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import time
 from datetime import datetime, timezone
 from typing import Optional
@@ -125,14 +126,17 @@ class BinlogCapture(_Capture):
         return {"binlog": self._text(through)}
 
     def _versions_batch(self, table: _Table) -> pa.RecordBatch:
-        schema = with_unreadable(table.schema)
         values = [row[0] for row in table.rows]
-        batch = rows_batch(values, schema, self.pool)
+        if table.casting is None:
+            batch = rows_batch(values, with_unreadable(table.schema), self.pool)
+        else:  # read in the source's types, then cast to the lake's (data_type: discard_value)
+            decision, read_as = table.casting
+            batch = decision.apply(rows_batch(values, with_unreadable(read_as), self.pool))
         extra = [pa.array([r[1] for r in table.rows], pa.string()),
                  pa.array([r[2] for r in table.rows], pa.int64()),
                  pa.array([r[3] for r in table.rows], pa.timestamp("us", "UTC"))]
         return pa.RecordBatch.from_arrays([*batch.columns, *extra],
-                                          schema=pa.schema([*schema, *CDC_FIELDS]))
+                                          schema=pa.schema([*batch.schema, *CDC_FIELDS]))
 
     # ---- the log ------------------------------------------------------------------------
     def _read_binlog(self, stack, file_name: str, start: int, upto: int,
@@ -168,7 +172,11 @@ class BinlogCapture(_Capture):
                     last_end = previous_end = event.position
         read_end = max(last_end or start, start) if bounded else max(upto, last_end or 0, start)
         for table in self.tables.values():  # altered, and no change of its rows since
-            if table.altered is not None and not table.stopped:
+            if table.altered is None or table.stopped:
+                continue
+            if bounded:  # the catalog may be past what was read: the next read decides it
+                table.limit, table.altered = max(table.through, table.altered[1]), None
+            else:
                 self._catalog_change(table, None, read_end, None, stack)
         return read_end
 
@@ -179,7 +187,8 @@ class BinlogCapture(_Capture):
             table = self.tables[name]
             if table.stopped or statement.position <= table.through:
                 continue
-            if kind == "ALTER TABLE":  # decided at its next table map (or the read's end)
+            if kind == "ALTER TABLE" and not _ROWS_OR_NAME.search(statement.sql):
+                # decided at the table's next table map (or at the read's end)
                 table.altered = table.altered or (statement.time or _NO_TIME, previous_end)
                 continue
             if kind == "TRUNCATE":
@@ -187,7 +196,7 @@ class BinlogCapture(_Capture):
                        "a delete each. Take a new initial copy with `totes ingest --table "
                        f"{name} --reingest` (the warehouse keeps the versions it has; rows "
                        "gone from the source can then be found by totes reconcile)")
-            else:  # DROP, RENAME, CREATE OR REPLACE: another table from now on
+            else:  # DROP, RENAME, CREATE OR REPLACE, an ALTER of its rows or name
                 why = (f"its shape changed in the source ({kind}: "
                        f"{' '.join(statement.sql.split())[:200]}); the lake keeps the shape "
                        f"it had. Run `totes ingest --table {name} --reingest` to take a new "
@@ -205,46 +214,72 @@ class BinlogCapture(_Capture):
             return  # (the transaction it opens ends at or before what the table holds)
         known = {f.name for f in table.schema if f.name != UNREADABLE} | \
             set(table.record.discarded if table.record is not None else ())
+        first, table.mapped = not table.mapped, True
         if table.altered is None and set(event.columns) == known:
+            if first:  # a cast the contract made in an earlier read applies to this one's
+                self._catalog_change(table, list(event.columns), previous_end, transaction,
+                                     stack, probe=True)
             return
         self._catalog_change(table, list(event.columns), previous_end, transaction, stack)
 
     def _catalog_change(self, table: _Table, names: Optional[list], previous_end: int,
-                        transaction: Optional[_Transaction], stack) -> None:
+                        transaction: Optional[_Transaction], stack, probe: bool = False) -> None:
         """Decide a schema change of ``table`` by its contract (the shared
         :meth:`~totes.ingest.capture._Capture._schema_change`): its columns are ``names``
         (a table map's; None: the source's, at the end of a read that saw an ``ALTER TABLE``
         and no row of the table after it), their types the source catalog's now (a binlog
         table map carries no type a lake type can be read from), so two type changes of one
-        column between reads are recorded as one."""
+        column between reads are recorded as one. ``probe``: only take up the casts of the
+        schema the lake holds, changing and stopping nothing (the catalog may already show an
+        ALTER TABLE further on in the binlog)."""
         # The batch before the change ends before the first ALTER TABLE read (no change of
         # the table's rows lies between it and this table map), so that a read killed
         # after publishing that batch reads the ALTER TABLE again.
         moment, previous_end = table.altered or (None, previous_end)
         table.altered = None
         name = table.plan.table
-        source = []
+        reingest = (f"Run `totes ingest --table {name} --reingest` to take a new initial copy "
+                    "in the new shape (the versions before it stay in the lake)")
+        source, unholdable = [], {}
         for column, data_type, column_type, precision, nullable in \
                 table_columns(self.conn, name):
             try:
                 kind = catalog_arrow_type(data_type, column_type, precision, name, column)
-            except SourceSchemaError:
-                kind = pa.null()  # a type the lake cannot hold: the change stops the table
+            except SourceSchemaError as exc:
+                kind, unholdable[column] = pa.null(), str(exc)
             source.append(SourceColumn(column, kind, column_type, nullable))
+        if probe and (not source or unholdable):
+            return
+        if not source:
+            return self._stop(table, previous_end, transaction,
+                              "it is no longer in the source's catalog (renamed or dropped). "
+                              + reingest)
         if names is not None:
+            # A column of the binlog's table map that the catalog no longer has was dropped
+            # by a later ALTER TABLE (the catalog is the source's now): the lake's type.
             by_name = {c.name: c for c in source}
+            record = table.record
+            for n in names:
+                if n not in by_name and n in table.schema.names:
+                    known = record.column(n) if record is not None else None
+                    by_name[n] = SourceColumn(n, table.schema.field(n).type,
+                                              known.source_type if known else None,
+                                              known.nullable if known else None)
             gone = [n for n in names if n not in by_name]
+            if gone and probe:
+                return
             if gone:
                 return self._stop(
                     table, previous_end, transaction,
                     f"its columns changed in the source ({', '.join(gone)} in the binlog, "
-                    "no longer in the source's catalog): several changes "
-                    f"between two reads. Run `totes ingest --table {name} --reingest` to "
-                    "take a new initial copy in the new shape (the versions before it stay "
-                    "in the lake)")
+                    "neither in the source's catalog nor in the lake): several changes "
+                    f"between two reads. {reingest}")
             source = [by_name[n] for n in names]
+        cannot = [unholdable[c.name] for c in source if c.name in unholdable]
+        if cannot:
+            return self._stop(table, previous_end, transaction, f"{cannot[0]}. {reingest}")
         self._schema_change(table, source, previous_end, transaction, stack,
-                            moment if moment not in (None, _NO_TIME) else None)
+                            moment if moment not in (None, _NO_TIME) else None, probe=probe)
 
     def _row(self, change: mysql_binlog.RowChange, transaction: _Transaction) -> None:
         table = self.tables[change.table]
@@ -265,3 +300,9 @@ class BinlogCapture(_Capture):
 
 
 _NO_TIME = datetime.fromtimestamp(0, timezone.utc)
+#: An ``ALTER TABLE`` that changes rows without a row event (a partition dropped, truncated
+#: or exchanged, a tablespace imported or discarded) or the table's name: it stops the table
+#: as a ``TRUNCATE`` or a ``RENAME TABLE`` does, whatever the contract.
+_ROWS_OR_NAME = re.compile(
+    r"\b(?:DROP|TRUNCATE|EXCHANGE)\s+PARTITION\b|\b(?:IMPORT|DISCARD)\s+(?:PARTITION\s+.*?)?"
+    r"TABLESPACE\b|\bRENAME\s+(?!(?:COLUMN|INDEX|KEY|CONSTRAINT)\b)", re.IGNORECASE | re.DOTALL)

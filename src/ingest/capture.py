@@ -168,6 +168,7 @@ class _Table:
     split_key: Optional[str] = None  # the batch a schema change ended in this read
     #: an ALTER TABLE read from a binlog, not decided yet: when, and the position before it
     altered: Optional[tuple[datetime, int]] = None
+    mapped: bool = False  # a binlog table map of the table was decided in this read
     #: columns the contract casts to the lake's type (``data_type: discard_value``): the
     #: decision, and the schema the log's values are read with (those columns in the
     #: source's type); None when no column is cast
@@ -402,6 +403,10 @@ class _Capture:
         columns = [(name, self._arrow_type(table, name, oid, modifier))
                    for name, oid, modifier in found]
         expected = [(f.name, f.type) for f in table.schema]
+        if table.casting is not None or columns != expected:
+            # the versions read so far are parsed as the log described them until now
+            self._resolve_deferred(table)
+            self._flush(table, stack)
         table.keep = table.casting = None
         if columns != expected:
             source = [SourceColumn(column, kind,
@@ -411,7 +416,7 @@ class _Capture:
 
     def _schema_change(self, table: _Table, source: list[SourceColumn], previous_end: int,
                        transaction: Optional[_Transaction], stack,
-                       moment: Optional[datetime] = None) -> None:
+                       moment: Optional[datetime] = None, probe: bool = False) -> None:
         """The log describes the table with other columns (``source``, in the log's order,
         each with the lake's type for it: null for a type the lake cannot hold) than the
         lake's: follow the table's ``schema_contract``
@@ -425,7 +430,8 @@ class _Capture:
         contract freezes, a dropped column a rule reads, a type the lake cannot hold and a
         change in the middle of a transaction that changed the table's rows stop the table.
         ``moment``: when the change was made (default: the transaction's commit time, or
-        now)."""
+        now). ``probe``: only take up the casts of the schema the lake holds; a change of
+        version, or a stop, is left to the change's own event."""
         name = table.plan.table
         columns = [(c.name, c.arrow_type) for c in source]
         expected = [(f.name, f.type) for f in table.schema]
@@ -434,7 +440,8 @@ class _Capture:
                     "in the new shape (the versions before it stay in the lake)")
 
         def stop(why: str) -> None:
-            self._stop(table, previous_end, transaction, why)
+            if not probe:
+                self._stop(table, previous_end, transaction, why)
 
         if any(pa.types.is_null(kind) for _, kind in columns):
             return stop(f"its columns changed in the source ({changed}) to a type the lake "
@@ -444,11 +451,13 @@ class _Capture:
                         f"that also changed its rows before the change. {reingest}")
         read = SOURCE_TABLES[name].columns if name in SOURCE_TABLES else ()
         now_named = {column for column, _ in columns}
-        gone = [column for column, _ in expected if column not in now_named and column in read]
+        gone = [column for column, _ in expected if column not in now_named and
+                (column in read or column == table.plan.primary_key)]
         if gone:
             return stop(f"table {name} has no column {', '.join(gone)}, which transform reads "
-                        f"(dropped in the source, read from the change log). {reingest} once "
-                        "the column is back, or change the rules")
+                        "or which is its primary key (dropped or renamed in the source, read "
+                        f"from the change log). {reingest} once the column is back, or change "
+                        "the rules or the table's primary_key")
         moment = moment or (transaction.commit_time if transaction is not None else now())
         try:
             decision = decide(name, table.record or record_of_arrow(table.schema), source,
@@ -464,9 +473,15 @@ class _Capture:
         casting = (decision, pa.schema([pa.field(f.name, read_as[f.name])
                                         if f.name in decision.casts else f for f in schema])) \
             if decision.casts else None
-        if decision.record.version == (table.record.version if table.record is not None
-                                       else FIRST_VERSION):
+        unchanged = decision.record.version == (table.record.version if table.record
+                                                is not None else FIRST_VERSION)
+        if probe and not unchanged:
+            return
+        if unchanged:
             table.casting = casting
+            if table.record is not None:  # what the source now holds, the changes kept
+                table.record = decision.record.model_copy(update={
+                    "changes": table.record.changes, "changed_at": table.record.changed_at})
             return  # nothing new to the contract (a column it left out before, say)
         self._resolve_deferred(table)
         if table.rows or table.writer is not None or table.evolved:

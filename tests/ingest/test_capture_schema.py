@@ -185,7 +185,8 @@ def test_a_schema_change_read_from_a_mysql_binlog_follows_the_contract(
             "WHERE sales_order_id = 2",
             "ALTER TABLE design ADD COLUMN colour VARCHAR(20)",
             "ALTER TABLE payment MODIFY company_ac_number VARCHAR(20)",
-            "UPDATE payment SET company_ac_number = 'n/a' WHERE payment_id = 2")
+            "UPDATE payment SET company_ac_number = 'n/a' WHERE payment_id = 2",
+            "UPDATE payment SET company_ac_number = '42' WHERE payment_id = 3")
     result = run_pipeline(resources)  # no CaptureStopped
 
     *_, before, after = _batches(resources.lake, "sales_order")
@@ -199,16 +200,20 @@ def test_a_schema_change_read_from_a_mysql_binlog_follows_the_contract(
     assert [(c.column, c.change) for c in record.changes] == [("colour", "added")]
     *_, (_, rows, record) = _batches(resources.lake, "payment")
     assert [(r["payment_id"], r["company_ac_number"], r[UNREADABLE]) for r in rows] == [
-        (2, None, '{"company_ac_number": "n/a"}')]
+        (2, None, '{"company_ac_number": "n/a"}'), (3, 42, None)]  # cast as when polled
     assert record.changes[0].action == "values_cast"
     assert query(resources.warehouse, "SELECT units_sold FROM fact_sales_order_current "
                  "WHERE sales_order_id = 2") == [[5000000000]]
     assert result.reconcile.equal
 
-    run_sql(resources.source, "UPDATE design SET colour = 'red' WHERE design_id = 1")
+    run_sql(resources.source, "UPDATE design SET colour = 'red' WHERE design_id = 1",
+            "UPDATE payment SET company_ac_number = '7' WHERE payment_id = 4")
     run_pipeline(resources)
     *_, (_, rows, record) = _batches(resources.lake, "design")
     assert [(r["design_id"], r["colour"]) for r in rows] == [(1, "red")]
+    assert (record.version, record.changes) == (2, [])
+    *_, (_, rows, record) = _batches(resources.lake, "payment")  # the next read casts too
+    assert [(r["payment_id"], r["company_ac_number"]) for r in rows] == [(4, 7)]
     assert (record.version, record.changes) == (2, [])
 
 
@@ -239,3 +244,19 @@ def test_a_binlog_read_killed_after_the_old_shape_batch_reads_the_alter_again(
     assert [(r["sales_order_id"], r["units_sold"]) for r in before[1] + after[1]] == [
         (1, 7), (2, 5000000000)]
     assert [(c.column, c.change) for c in after[2].changes] == [("units_sold", "widened")]
+
+
+@pytest.mark.parametrize("sql, stops", [
+    ("ALTER TABLE design ADD COLUMN colour VARCHAR(20)", False),
+    ("ALTER TABLE design RENAME COLUMN design_name TO name", False),
+    ("ALTER TABLE design ADD INDEX by_name (design_name)", False),
+    ("ALTER TABLE design RENAME TO design_old", True),
+    ("ALTER TABLE design RENAME design_old", True),
+    ("ALTER TABLE design TRUNCATE PARTITION p1", True),
+    ("ALTER TABLE design EXCHANGE PARTITION p1 WITH TABLE other", True),
+    ("ALTER TABLE design IMPORT TABLESPACE", True),
+])
+def test_an_alter_table_that_changes_rows_or_the_name_stops_the_table(sql, stops):
+    from totes.ingest.binlog_capture import _ROWS_OR_NAME
+
+    assert bool(_ROWS_OR_NAME.search(sql)) is stops
