@@ -13,10 +13,10 @@ import subprocess  # nosec B404 (this interpreter, fixed arguments)
 import sys
 from pathlib import Path
 
-import pytest
 from typer.testing import CliRunner
 
 from support import REPO
+from test_cli import home  # noqa: F401 (the fixture: a fresh embedded workspace)
 from totes.cli import app
 from totes.utils.postgres import Database
 
@@ -55,23 +55,13 @@ def next_release(folder: Path) -> Path:
     return folder
 
 
-@pytest.fixture
-def home(tmp_path, monkeypatch):
-    monkeypatch.chdir(REPO)
-    for name in ("TOTES_SOURCE_URL", "TOTES_WAREHOUSE_URL", "TOTES_LAKE", "TOTES_PROCESSED",
-                 "TOTES_CONFIG"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("TOTES_HOME", str(tmp_path / "state"))
-    yield tmp_path / "state"
-    CliRunner().invoke(app, ["embedded", "stop"])
-
-
 def test_the_pages_diffs_are_the_three_changes_it_names():
     assert [path for path, _, _ in worked_example_diffs()] == [
         "src/contracts/star_schema.py", "src/rules/dimensions.py", "src/load/warehouse.py"]
 
 
-def test_the_worked_example_gives_every_staff_row_its_managers_history(home, tmp_path):
+def test_the_worked_example_gives_every_staff_row_its_managers_history(
+        home, tmp_path):  # noqa: F811 (the fixture imported above)
     runner = CliRunner()
     first = runner.invoke(app, ["run", "--no-reconcile"])  # the current release
     assert first.exit_code == 0, first.output

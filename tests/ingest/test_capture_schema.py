@@ -144,10 +144,22 @@ def test_an_incompatible_change_under_discard_value_quarantines_the_value_and_th
     assert result.reconcile.equal
 
 
-def test_a_read_stopped_after_the_old_shape_batch_loses_and_doubles_nothing(
-        cdc_resources, monkeypatch):
+def _killed_after_the_old_shape_batch(resources, monkeypatch) -> None:
+    """Run the pipeline once, its change-log read killed after it published the batch a
+    schema change ended and before the rest (the other batches, the position record)."""
     from totes.ingest import capture
 
+    def killed(*args, **kwargs):
+        raise OSError("killed")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(capture._Capture, "_publish", killed)
+        with pytest.raises(OSError, match="killed"):
+            run_pipeline(resources)
+
+
+def test_a_read_stopped_after_the_old_shape_batch_loses_and_doubles_nothing(
+        cdc_resources, monkeypatch):
     resources = cdc_resources
     run_pipeline(resources)
     query(resources.source, "UPDATE sales_order SET units_sold = 7, last_updated = now() "
@@ -155,15 +167,7 @@ def test_a_read_stopped_after_the_old_shape_batch_loses_and_doubles_nothing(
     query(resources.source, "ALTER TABLE sales_order ADD COLUMN note text")
     query(resources.source, "UPDATE sales_order SET note = 'n', last_updated = now() "
                             "WHERE sales_order_id = 2")
-    publish = capture._Capture._publish
-
-    def killed(*args, **kwargs):  # after the batch the schema change ended, before the rest
-        raise OSError("killed")
-
-    monkeypatch.setattr(capture._Capture, "_publish", killed)
-    with pytest.raises(OSError, match="killed"):
-        run_pipeline(resources)
-    monkeypatch.setattr(capture._Capture, "_publish", publish)
+    _killed_after_the_old_shape_batch(resources, monkeypatch)
     assert run_pipeline(resources).reconcile.equal
     versions = [(r["sales_order_id"], r.get("note")) for _, rows, _ in
                 _batches(resources.lake, "sales_order")[1:] for r in rows]
@@ -221,23 +225,13 @@ def test_a_binlog_read_killed_after_the_old_shape_batch_reads_the_alter_again(
         binlog_resources, monkeypatch):  # noqa: F811 (the fixture imported above)
     """A type change alone (no column named differently) is seen only by its ALTER TABLE: the
     batch before it ends before the statement, so the next read decides it again."""
-    from totes.ingest import capture
-
     resources = binlog_resources
     run_pipeline(resources)
     run_sql(resources.source,
             "UPDATE sales_order SET units_sold = 7 WHERE sales_order_id = 1",
             "ALTER TABLE sales_order MODIFY units_sold BIGINT NOT NULL",
             "UPDATE sales_order SET units_sold = 5000000000 WHERE sales_order_id = 2")
-    publish = capture._Capture._publish
-
-    def killed(*args, **kwargs):  # after the batch the schema change ended, before the rest
-        raise OSError("killed")
-
-    monkeypatch.setattr(capture._Capture, "_publish", killed)
-    with pytest.raises(OSError, match="killed"):
-        run_pipeline(resources)
-    monkeypatch.setattr(capture._Capture, "_publish", publish)
+    _killed_after_the_old_shape_batch(resources, monkeypatch)
     result = run_pipeline(resources)
     assert result.reconcile.equal and result.transform.quarantined == {}
     *_, before, after = _batches(resources.lake, "sales_order")
