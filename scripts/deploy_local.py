@@ -213,7 +213,7 @@ def main() -> int:
     WORK.mkdir(parents=True, exist_ok=True)
     for stale in WORK.glob("*.tfstate*"):
         stale.unlink()
-    database_server = EmbeddedPostgres(WORK / "state")
+    database_server = EmbeddedPostgres(WORK / "state", durable=False)  # thrown away at the end
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     terraforms: list[Terraform] = []

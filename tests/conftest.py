@@ -30,7 +30,9 @@ def _piped_width(monkeypatch):
 @pytest.fixture(scope="session")
 def server(tmp_path_factory):
     """The PostgreSQL server of the test session; returns its admin URL."""
-    embedded = EmbeddedPostgres(tmp_path_factory.mktemp("postgres"))
+    # Not durable (no fsync): the server is thrown away with the session, and a crash is tested
+    # by killing clients, never the server.
+    embedded = EmbeddedPostgres(tmp_path_factory.mktemp("postgres"), durable=False)
     url = embedded.start(("postgres",))["postgres"]
     admin = Database.from_url("admin", url)
     seeded = _create(admin, TEMPLATE)

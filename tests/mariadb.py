@@ -64,7 +64,10 @@ class MariaDB:
             # names), kept small: the tests' servers are thrown away.
             f"--log-bin={data / 'binlog'}", "--server-id=1", "--binlog-format=ROW",
             "--binlog-row-image=FULL", "--binlog-row-metadata=FULL",
-            "--max-binlog-size=16M", "--sync-binlog=0"]),
+            "--max-binlog-size=16M", "--sync-binlog=0",
+            # Not durable (no flush at commit, no doublewrite buffer): a test server's data is
+            # thrown away with it, and a crash is tested by killing clients, not the server.
+            "--innodb-flush-log-at-trx-commit=0", "--innodb-doublewrite=0"]),
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
         while True:

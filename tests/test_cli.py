@@ -47,6 +47,13 @@ def test_run_on_the_embedded_default_seeds_loads_then_finds_nothing_new(home):
 
     status = runner.invoke(app, ["embedded", "status"])
     assert status.output.startswith("running")
+    # A user's embedded server keeps PostgreSQL's durability (only the tests' servers drop it).
+    from totes.utils.postgres import Database
+    embedded = Database.from_url("warehouse",
+                                 f"postgresql://postgres:@/warehouse?host={home}/postgres")
+    with embedded.session("tests", "reading the embedded server's settings") as session:
+        assert session.conn.run("SHOW fsync") == [["on"]]
+        assert session.conn.run("SHOW synchronous_commit") == [["on"]]
 
 
 def test_errors_are_one_line_with_an_exit_code(home, tmp_path):

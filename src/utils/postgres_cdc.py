@@ -147,8 +147,14 @@ def slot_state(conn, slot: str) -> Optional[SlotState]:
 
 
 def current_lsn(conn) -> int:
-    """The server's current WAL position."""
-    (lsn,), = conn.run("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint")
+    """How far the server's WAL is flushed (bytes from 0/0): the end of what a read may claim.
+
+    Logical decoding through the SQL functions decodes only up to the flush position
+    (``GetFlushRecPtr`` in PostgreSQL's logicalfuncs.c), while ``pg_current_wal_lsn()`` is
+    the write position, which runs ahead of it while WAL buffers are written out unflushed
+    (a large transaction, ``synchronous_commit = off``). A read that claimed everything up to
+    the write position would advance the slot past commits it never decoded."""
+    (lsn,), = conn.run("SELECT (pg_current_wal_flush_lsn() - '0/0'::pg_lsn)::bigint")
     return int(lsn)
 
 

@@ -230,3 +230,11 @@ def test_a_command_finds_its_databases_by_secret_when_no_url_is_given(secrets, s
         assert session.conn.run("SELECT 1") == [[1]]
     by_url = Workspace(warehouse_url="postgresql://u@h/db", current=with_secret)
     assert by_url.secret("warehouse") is None  # a URL wins over the secret
+
+
+def test_the_tests_server_runs_without_durability(server):
+    """The session's throwaway server (EmbeddedPostgres(durable=False)) skips fsync."""
+    with server.session("tests", "reading the server's settings") as session:
+        assert session.conn.run("SHOW fsync") == [["off"]]
+        assert session.conn.run("SHOW full_page_writes") == [["off"]]
+        assert session.conn.run("SHOW synchronous_commit") == [["on"]]  # commits in the log
