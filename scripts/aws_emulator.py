@@ -3,9 +3,11 @@ and Glue job runs executed by this machine's Python instead of Docker (which the
 lack) and of a Glue cluster.
 
 Test tooling only; the product never imports it. Each invocation runs the function's handler
-in a subprocess, from the packaged code (``build/code``, the working directory as in Lambda's
-/var/task), with the function's own environment variables plus the emulator's endpoint and
-test credentials. A handler's exception is returned as Lambda returns it
+in a warm subprocess, as Lambda reuses an execution environment (one per concurrent
+invocation of a function with unchanged settings; a process that fails or runs past the
+function's timeout is discarded), from the packaged code (``build/code``, the working
+directory as in Lambda's /var/task), with the function's own environment variables plus the
+emulator's endpoint and test credentials. A handler's exception is returned as Lambda returns it
 (``{"errorType": "DatabaseUnavailable", "errorMessage": ...}``), so the state machine's Retry
 and Catch see the project's error names.
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import select
 import shutil
 # Runs this machine's Python on the project's own code.
 import subprocess  # nosec B404
@@ -31,24 +34,80 @@ import tempfile
 import threading
 import time
 
-RUNNER = r"""
-import importlib, json, sys, traceback
-module, _, name = sys.argv[1].rpartition(".")
-event = json.loads(sys.stdin.read() or "{}")
-try:
-    result = getattr(importlib.import_module(module), name)(event, None)
-    document = {"result": result}
-except Exception as exc:
-    traceback.print_exc()
-    document = {"error": {"errorType": type(exc).__name__, "errorMessage": str(exc),
-                          "stackTrace": traceback.format_exc().splitlines()}}
-with open(sys.argv[2], "w") as out:
-    json.dump(document, out, default=str)
+WORKER = r"""
+import importlib, json, os, sys, traceback
+control, reply = os.fdopen(int(sys.argv[1]), "r"), os.fdopen(int(sys.argv[2]), "w")
+for line in control:
+    request = json.loads(line)
+    sys.stdout.flush(); sys.stderr.flush()
+    log = os.open(request["log"], os.O_WRONLY | os.O_APPEND)
+    saved = os.dup(1), os.dup(2)
+    os.dup2(log, 1); os.dup2(log, 2)
+    try:
+        module, _, name = request["handler"].rpartition(".")
+        handler = getattr(importlib.import_module(module), name)
+        document = {"result": handler(json.loads(request["event"] or "{}"), None)}
+    except Exception as exc:
+        traceback.print_exc()
+        document = {"error": {"errorType": type(exc).__name__, "errorMessage": str(exc),
+                              "stackTrace": traceback.format_exc().splitlines()}}
+    finally:
+        sys.stdout.flush(); sys.stderr.flush()
+        os.dup2(saved[0], 1); os.dup2(saved[1], 2)
+        for fd in (*saved, log):
+            os.close(fd)
+    with open(request["result"], "w") as out:
+        json.dump(document, out, default=str)
+    reply.write("done\n"); reply.flush()
 """
 
 
+class _Environment:
+    """One warm execution environment: a Python process that imported the handler's module
+    once and runs invocations one at a time, as Lambda reuses an environment between
+    invocations of an unchanged function (a new configuration gets new environments)."""
+
+    def __init__(self, code_dir: str, env: dict):
+        control_read, self._control = os.pipe()
+        self._reply, reply_write = os.pipe()
+        # Fixed interpreter and worker script.
+        self.process = subprocess.Popen(  # nosec B603
+            [sys.executable, "-c", WORKER, str(control_read), str(reply_write)],
+            cwd=code_dir, env=env, pass_fds=(control_read, reply_write),
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        os.close(control_read)
+        os.close(reply_write)
+
+    def invoke(self, handler: str, payload: str, timeout: float) -> tuple[dict, str]:
+        """Run one invocation: (the result document, the output it wrote). Raises
+        TimeoutError or EOFError (the environment is then discarded)."""
+        with tempfile.NamedTemporaryFile(suffix=".json") as result, \
+                tempfile.NamedTemporaryFile(suffix=".log") as log:
+            request = {"handler": handler, "event": payload, "result": result.name,
+                       "log": log.name}
+            os.write(self._control, (json.dumps(request) + "\n").encode())
+            ready, _, _ = select.select([self._reply], [], [], timeout)
+            if not ready:
+                raise TimeoutError(f"{handler} ran past its timeout of {timeout:g} s")
+            if not os.read(self._reply, 5):
+                raise EOFError(f"{handler}'s environment exited")
+            with open(log.name, errors="replace") as written, open(result.name) as produced:
+                return json.load(produced), written.read()
+
+    def close(self) -> None:
+        self.process.kill()
+        self.process.wait()
+        os.close(self._control)
+        os.close(self._reply)
+
+
 def local_invoker(code_dir: str, endpoint: str):
-    """A replacement for moto's ``LambdaFunction._invoke_lambda``: (payload, errored, logs)."""
+    """A replacement for moto's ``LambdaFunction._invoke_lambda``: (payload, errored, logs).
+    Invocations run in warm environments (:class:`_Environment`), one per concurrent
+    invocation of a function with the same environment variables."""
+    idle: dict[str, list[_Environment]] = {}
+    lock = threading.Lock()
+
     def invoke(function, event=None):
         env = {key: value for key, value in os.environ.items() if not key.startswith("TOTES_")}
         env.update({key: str(value) for key, value in (function.environment_vars or {}).items()})
@@ -57,20 +116,23 @@ def local_invoker(code_dir: str, endpoint: str):
                    AWS_DEFAULT_REGION=function.region, PYTHONPATH=code_dir,
                    AWS_LAMBDA_FUNCTION_NAME=function.function_name)
         payload = event if isinstance(event, str) else json.dumps(event or {})
-        with tempfile.NamedTemporaryFile(suffix=".json") as result:
-            started = time.monotonic()
-            # Fixed interpreter and runner.
-            run = subprocess.run(  # nosec B603
-                [sys.executable, "-c", RUNNER, function.handler, result.name], input=payload,
-                cwd=code_dir, env=env, capture_output=True, text=True,
-                timeout=int(function.timeout))
-            logs = run.stdout + run.stderr
-            try:
-                with open(result.name) as produced:
-                    document = json.load(produced)
-            except ValueError:
-                document = {"error": {"errorType": "Runtime.ExitError",
-                                      "errorMessage": f"exit code {run.returncode}"}}
+        key = json.dumps([function.function_name, function.handler, env], sort_keys=True)
+        with lock:
+            pool = idle.setdefault(key, [])
+            environment = pool.pop() if pool else None
+        started = time.monotonic()
+        if environment is None:
+            environment = _Environment(code_dir, env)
+        try:
+            document, logs = environment.invoke(function.handler, payload,
+                                                float(function.timeout))
+        except (TimeoutError, EOFError, ValueError) as exc:
+            environment.close()
+            document, logs = {"error": {"errorType": "Runtime.ExitError",
+                                        "errorMessage": str(exc)}}, ""
+        else:
+            with lock:
+                idle[key].append(environment)
         seconds = time.monotonic() - started
         publish_logs(function.function_name, logs, endpoint, function.region)
         outcome = document["error"]["errorType"] if "error" in document else "ok"
