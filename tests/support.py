@@ -1,6 +1,7 @@
 """Helpers the tests share (the fixtures are in conftest.py)."""
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -27,18 +28,20 @@ def snapshot(table: str):
     return pq.read_table(SNAPSHOT / f"{table}.parquet")
 
 
-def versions_at(table: str, moment) -> set:
+@functools.lru_cache(maxsize=256)
+def versions_at(table: str, moment) -> frozenset:
     """The row versions ``(id, last_updated)`` of ``table`` that the source held at
     ``moment``, computed from the snapshot: rows created by then, in their version of then
-    (a row updated later was still at ``last_updated = created_at``)."""
+    (a row updated later was still at ``last_updated = created_at``). Kept per (table,
+    moment): the snapshot never changes."""
     import pyarrow as pa
 
     rows = snapshot(table)
     ids = rows[f"{table}_id"].to_pylist()
     created = rows["created_at"].cast(pa.timestamp("ms")).to_pylist()
     updated = rows["last_updated"].cast(pa.timestamp("ms")).to_pylist()
-    return {(i, u if u <= moment else c) for i, c, u in zip(ids, created, updated)
-            if c <= moment}
+    return frozenset((i, u if u <= moment else c) for i, c, u in zip(ids, created, updated)
+                     if c <= moment)
 
 
 def fact_versions(warehouse: Database, fact: str, id_column: str) -> list:
