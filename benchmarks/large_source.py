@@ -15,12 +15,15 @@ into fresh lakes and warehouse databases, and the median seconds and the highest
 printed. Next to them, the floors the server reaches alone in the same run: ``COPY (SELECT
 …) TO '/dev/null'`` for the extract and ``COPY … FROM`` a server-side file into an empty
 table with the fact's primary key for the load, and ADBC's ingest of the same fact rows.
-Then the first run as a whole, next to dlt's on the same source
-(``benchmarks/dlt_pipeline.py``, in its own virtualenv), a run with nothing new, and a run
+Then the first run as a whole (without and with its reconciliation), next to dlt's on the
+same source (``benchmarks/dlt_pipeline.py``, in its own virtualenv) and to the bare floor of
+a connectorx read and an ADBC ingest of every table (``benchmarks/floor_pipeline.py``, in
+the same virtualenv; its ``sales_order`` read is the extract's measure), with the ratio to
+each target of docs/performance.md; a run with nothing new, and a run
 that brings 10 rows (median of three each), before and after the index ``totes plan``
 advises for the watermark; the whole reconciliation, and ``totes rebuild`` of the star
 schema from the lake (with and without its reconciliation). Prints numbers; asserts
-nothing. About 5 minutes on 2 cores.
+nothing. About 8 minutes on 2 cores.
 """
 from __future__ import annotations
 
@@ -200,7 +203,17 @@ def main() -> int:
                      "--lake", str(fresh / "lake"), "--processed", str(fresh / "processed")],
                     dict(env, TOTES_LEDGER=f"sqlite://{fresh}/l.db")))
             first = _median(firsts)
+            defaults = []
+            for repeat in range(REPEATS):
+                fresh = home / f"default-{repeat}"
+                defaults.append(measured(
+                    [TOTES, "run", "--json", "--source-url", urls["totesys"],
+                     "--warehouse-url", _new_database(urls, f"warehouse_default_{repeat}"),
+                     "--lake", str(fresh / "lake"), "--processed", str(fresh / "processed")],
+                    dict(env, TOTES_LEDGER=f"sqlite://{fresh}/l.db")))
+            default = _median(defaults)
             dlt = _dlt_runs(urls, home, env)
+            floor = _floor_runs(urls, home, env)
             no_index = run("nothing new")
             advice = json.loads(measured([TOTES, "plan", "--source-url", urls["totesys"]],
                                          env)[2])["warnings"]
@@ -242,6 +255,10 @@ def main() -> int:
     print(f"{'    of which the job itself':<34}{spark_result['seconds']:>9.2f}   (the rest: "
           f"starting Spark; RSS: driver, JVM and workers; rows identical to the 4 parts "
           f"read in threads: {'yes' if same_rows else 'NO'})", flush=True)
+    if not isinstance(floor, str):
+        line("  sales_order read by connectorx", floor[1], sales["rows"])
+        print(f"{'  sales_order extract / connectorx':<34}{sales['seconds'] / floor[1]:>9.2f}"
+              "   (target: at most 1.1)", flush=True)
     line("transform (first batch)", stages["transform"][0], sales["rows"],
          stages["transform"][1])
     line("load (first batch)", stages["load"][0], sales["rows"], stages["load"][1], floor_load)
@@ -262,6 +279,16 @@ def main() -> int:
         line("  dlt, same source (first run)", dlt[0][0], None, dlt[0][1])
         print(f"{'  first totes run / dlt':<34}{first[0] / dlt[0][0]:>9.2f}   (target: at most "
               "1.0; dlt loads the rows as they are, no star schema)", flush=True)
+    line("first totes run (default)", default[0], None, default[1])
+    if not isinstance(dlt, str):
+        print(f"{'  default totes run / dlt':<34}{default[0] / dlt[0][0]:>9.2f}   (target: at "
+              "most 1.5)", flush=True)
+    if isinstance(floor, str):
+        print(f"{'  connectorx + ADBC, every table':<34}   skipped: {floor}", flush=True)
+    else:
+        line("  connectorx + ADBC, every table", floor[0][0], floor[0][2], floor[0][1])
+        print(f"{'  first totes run / that floor':<34}{first[0] / floor[0][0]:>9.2f}   (read "
+              "and ingest alone: no lake, no star schema, no keys)", flush=True)
     if not isinstance(dlt, str):
         line("dlt run with nothing new", dlt[1][0])
     line("run with nothing new, no index", no_index[0])
@@ -323,6 +350,33 @@ def _dlt_runs(urls: dict, home: Path, env: dict):
     except SystemExit as failed:
         return f"dlt failed: {failed}"
     return _median(firsts), _median(again)
+
+
+def _floor_runs(urls: dict, home: Path, env: dict):
+    """``((seconds, peak RSS, rows), sales_order read seconds)`` of
+    ``benchmarks/floor_pipeline.py`` (connectorx read, ADBC ingest, every table) on the same
+    source, each the median of :data:`REPEATS` into a new database each; or why it was
+    skipped (it runs on dlt's interpreter, which has both libraries)."""
+    from urllib.parse import parse_qs, urlsplit
+
+    python = os.environ.get("TOTES_BENCH_DLT_PYTHON")
+    if not python or not Path(python).exists():
+        return "no dlt virtualenv (run make bench-large, which builds .venv-dlt)"
+    socket_dir = parse_qs(urlsplit(urls["totesys"]).query)["host"][0]
+    runs, reads = [], []
+    try:
+        for repeat in range(REPEATS):
+            destination = _new_database(urls, f"floor_{repeat}")
+            seconds, rss, out = measured(
+                [python, str(REPO / "benchmarks" / "floor_pipeline.py"), socket_dir,
+                 "totesys", destination], env)
+            result = json.loads(out)
+            runs.append((seconds, rss, result["rows"]))
+            reads.append(result["sales_order_read_seconds"])
+    except SystemExit as failed:
+        return f"connectorx + ADBC failed: {failed}"
+    return ((statistics.median(r[0] for r in runs), max(r[1] for r in runs), runs[0][2]),
+            statistics.median(reads))
 
 
 def _same_rows(one: Path, other: Path) -> bool:
