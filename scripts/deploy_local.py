@@ -14,7 +14,8 @@ real state machine execution end to end, then a failing one, then everything des
    (a) with sales_order read in 3 partitions by 3 Lambdas, and payment on the Glue job
    (job_type glue, 2 partitions: the emulator runs the job's script from the artifacts
    bucket on a local Spark), execution 1 must SUCCEED, fill the warehouse with the
-   snapshot's rows and reconcile equal; payment's batch must hold exactly the rows the
+   snapshot's rows and reconcile equal (in steps of 10,000 fact rows, so its Reconcile
+   state goes round); payment's batch must hold exactly the rows the
    Lambda path's extract reads, and the ledger its one ingest, recorded by the job;
    a currency with no ISO 4217 code: execution 2 SUCCEEDS, with one "rows held back" alert
    (and reconciles equal: a quarantined row is no difference);
@@ -353,6 +354,13 @@ def main() -> int:
             FunctionName=transform_name)["Environment"]["Variables"]
         lambdas.update_function_configuration(FunctionName=transform_name, Environment={
             "Variables": {**unbounded, "TOTES_TRANSFORM_MAX_ROWS": "6000"}})
+        # Reconcile in steps of 10,000 fact rows (the snapshot's facts hold about 31,700):
+        # every reconciliation below goes round its Reconcile state.
+        reconcile_name = f"totes-{ENVIRONMENT}-reconcile"
+        whole = lambdas.get_function_configuration(
+            FunctionName=reconcile_name)["Environment"]["Variables"]
+        lambdas.update_function_configuration(FunctionName=reconcile_name, Environment={
+            "Variables": {**whole, "TOTES_RECONCILE_MAX_ROWS": "10000"}})
 
         say("(a) execution 1: the real snapshot into the warehouse")
         first = execute(stepfunctions, machine, "deploy-local-1")
@@ -366,10 +374,13 @@ def main() -> int:
                    if "stateEnteredEventDetails" in e]
         batches = lake_files("transaction")
         print(f"execution 1: transaction in {batches} lake batches; Transform entered "
-              f"{entered.count('Transform')} times, Load {entered.count('Load')}")
+              f"{entered.count('Transform')} times, Load {entered.count('Load')}, Reconcile "
+              f"{entered.count('Reconcile')}")
         check(batches >= 3 and entered.count("Transform") >= 2
               and entered.count("MorePending") == entered.count("Transform"),
               "execution 1 should have gone round Transform and Load while more waited")
+        check(entered.count("Reconcile") >= 3,
+              "execution 1 should have reconciled in steps of 10,000 fact rows")
         counts = {t: fact_count(t) for t in FACT_ROWS}
         print(f"warehouse after execution 1: {counts}")
         check(counts == FACT_ROWS, f"expected {FACT_ROWS}")

@@ -301,6 +301,38 @@ def test_reconcile_after_a_load_agrees_and_a_tampered_value_is_alerted(lambda_en
         reconcile_alert(many)["message"].splitlines()
 
 
+def test_reconcile_steps_through_the_facts_as_the_state_machine_loops_it(lambda_environment,
+                                                                         monkeypatch):
+    """With TOTES_RECONCILE_MAX_ROWS below a fact's size, each invocation compares one
+    bounded step and returns where the next begins; fed back as the state machine does
+    (``{"resume": <the last step's resume>}``), the steps cover every fact and end with
+    ``resume: null``; a bad cursor is a ConfigError naming it."""
+    from totes.contracts.errors import ConfigError
+    from totes.reconcile.handler import handler as reconcile_handler
+
+    for item in through_json(plan_handler({}, None))["tables"]:
+        ingest_handler(item, None)
+    transform_handler({}, None)
+    load_handler({}, None)
+    monkeypatch.setenv("TOTES_RECONCILE_MAX_ROWS", "5000")
+    steps = [through_json(reconcile_handler({"resume": None}, None))]
+    while steps[-1]["resume"] is not None:
+        assert steps[-1]["equal"] is True, steps[-1]
+        steps.append(through_json(reconcile_handler({"resume": steps[-1]["resume"]}, None)))
+        assert len(steps) < 30
+    assert steps[-1]["equal"] is True and len(steps) >= 3
+    assert steps[0]["resume"] == {"fact": "fact_sales_order",
+                                  "start": steps[1]["tables"][0]["key_range"][0]}
+    compared = {}
+    for step in steps:
+        for table in step["tables"]:
+            compared[table["table"]] = compared.get(table["table"], 0) + table["source_rows"]
+    assert compared["fact_sales_order"] == snapshot("sales_order").num_rows
+    assert compared["fact_payment"] == snapshot("payment").num_rows
+    with pytest.raises(ConfigError, match="cannot resume at 'fact_sales'"):
+        reconcile_handler({"resume": {"fact": "fact_sales", "start": 1}}, None)
+
+
 def test_a_reconcile_that_cannot_run_alerts_with_its_error():
     from totes.notify.handler import handler as alert_handler
 

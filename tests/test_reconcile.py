@@ -147,6 +147,72 @@ def test_a_run_reconciles_the_ids_it_loaded_and_totes_reconcile_everything(resou
         "fact_payment"] is None
 
 
+def test_a_whole_reconciliation_in_bounded_steps_compares_every_id_once(resources):
+    """The state machine's Reconcile runs in steps of at most TOTES_RECONCILE_MAX_ROWS fact
+    rows: the steps' ranges of ids follow on from each other, together they compare what one
+    whole reconciliation compares (rows, sums, the same differences), and each difference
+    is named by the step whose range holds it."""
+    from collections import defaultdict
+
+    from totes.reconcile.reconcile import reconcile_step
+
+    run_pipeline(resources, reconcile=False)
+    (last_order,), = query(resources.source, "SELECT max(sales_order_id) FROM sales_order")
+    query(resources.warehouse, "UPDATE fact_payment SET payment_amount = 1.00 "
+                               "WHERE payment_id = 2")
+    query(resources.warehouse, "UPDATE fact_sales_order SET units_sold = units_sold + 1 "
+                               f"WHERE sales_order_id = {last_order}")
+    query(resources.warehouse, "DELETE FROM fact_purchase_order WHERE purchase_order_id = 7")
+    whole = reconcile(resources.source, resources.warehouse)
+
+    steps, resume = [], None
+    while True:
+        step = reconcile_step(resources.source, resources.warehouse, resume, max_rows=3000)
+        steps.append(step)
+        resume = step.resume
+        if resume is None:
+            break
+        assert len(steps) < 50, "the steps do not end"
+
+    assert len(steps) >= 4
+    assert [t.table.startswith("dim_") for t in steps[0].tables].count(True) == 7
+    assert not any(t.table.startswith("dim_") for s in steps[1:] for t in s.tables)
+    ranges, compared, listed = defaultdict(list), defaultdict(int), []
+    source_sums, warehouse_sums = defaultdict(Decimal), defaultdict(Decimal)
+    for step in steps:
+        facts = [t for t in step.tables if t.table.startswith("fact_")]
+        assert sum(t.warehouse_rows for t in facts) <= 3000
+        for t in facts:
+            ranges[t.table].append(tuple(t.key_range))
+            compared[t.table, "source"] += t.source_rows
+            compared[t.table, "warehouse"] += t.warehouse_rows
+            listed += [(d.table, d.key, d.column, d.problem, steps.index(step))
+                       for d in t.listed]
+        for checked in step.sums:
+            source_sums[checked.table, checked.currency] += Decimal(checked.source)
+            warehouse_sums[checked.table, checked.currency] += Decimal(checked.warehouse)
+    for fact, chain in ranges.items():  # from the first id to beyond the last, no gap
+        assert chain[0][0] is None and chain[-1][1] is None, (fact, chain)
+        assert all(a[1] == b[0] for a, b in zip(chain, chain[1:])), (fact, chain)
+    assert len(ranges["fact_sales_order"]) >= 2 and len(ranges["fact_payment"]) >= 2
+    wholly = {t.table: t for t in whole.tables}
+    for fact in ranges:
+        assert compared[fact, "source"] == wholly[fact].source_rows
+        assert compared[fact, "warehouse"] == wholly[fact].warehouse_rows
+    assert sorted((d[0], d[1], d[2], d[3]) for d in listed) == sorted(
+        (d.table, d.key, d.column, d.problem) for t in whole.tables for d in t.listed
+        if t.table.startswith("fact_"))
+    assert {d[4] for d in listed if d[0] == "fact_sales_order"} == {
+        max(i for i, s in enumerate(steps)
+            if any(t.table == "fact_sales_order" for t in s.tables))}
+    assert {k: str(v) for k, v in source_sums.items()} == {
+        (s.table, s.currency): s.source for s in whole.sums}
+    assert {k: str(v) for k, v in warehouse_sums.items()} == {
+        (s.table, s.currency): s.warehouse for s in whole.sums}
+    assert not any(s.equal for s in steps if any(
+        d[4] == steps.index(s) for d in listed))
+
+
 def test_source_changes_after_the_last_load_are_pending(resources):
     run_pipeline(resources, reconcile=False)
     query(resources.source, "UPDATE payment SET paid = NOT paid, last_updated = now() "

@@ -282,7 +282,9 @@ class Difference(_Result):
 class TableReconciliation(_Result):
     """One warehouse table against its source table (rows: keys compared). ``scoped_keys``:
     None when the whole table was compared, else how many source ids a reconciliation
-    scoped to a load compared (the ids that load brought)."""
+    scoped to a load compared (the ids that load brought). ``key_range``: in a step of a
+    bounded reconciliation, the fact's source ids compared, ``[from, before)`` (either end
+    None: unbounded); None when every id was."""
 
     table: str
     source_table: str
@@ -295,6 +297,7 @@ class TableReconciliation(_Result):
     loaded_through: Optional[str]
     listed: list[Difference]
     scoped_keys: Optional[int] = None
+    key_range: Optional[list[Optional[int]]] = None
 
 
 class SumCheck(_Result):
@@ -308,16 +311,28 @@ class SumCheck(_Result):
     equal: bool
 
 
+class ReconcileCursor(_Result):
+    """Where the next step of a bounded reconciliation begins:
+    ``{"fact": "fact_sales_order", "start": 1048577}``, the fact and its first source id to
+    compare (``start`` None: from the fact's first id)."""
+
+    fact: str
+    start: Optional[int] = None
+
+
 class ReconcileResult(_Result):
     """Everything :func:`totes.reconcile.reconcile.reconcile` found (its module docstring shows
     the JSON): the output of ``totes reconcile --json`` and of the state machine's Reconcile
-    step."""
+    step. ``resume``: after a step of a bounded reconciliation
+    (:func:`totes.reconcile.reconcile.reconcile_step`), where the next step begins
+    (:class:`ReconcileCursor`), None when the step compared the last range."""
 
     equal: bool
     differences: int
     tables: list[TableReconciliation]
     sums: list[SumCheck]
     seconds: float
+    resume: Optional[ReconcileCursor] = None
 
     def summary(self) -> str:
         """One line: ``reconcile: source and warehouse agree (11 tables, 48,066 rows; 2

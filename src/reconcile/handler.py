@@ -5,7 +5,8 @@ Environment: ``TOTES_SOURCE_SECRET`` (or ``TOTES_SOURCE_URL``) and
 storage.
 """
 from totes.contracts.metrics import MetricValue, of_reconcile
-from totes.reconcile.reconcile import reconcile
+from totes.contracts.stage_results import ReconcileCursor
+from totes.reconcile.reconcile import reconcile_step
 from totes.utils import observability, resources
 
 
@@ -21,17 +22,24 @@ def _differences(event, result) -> list[MetricValue]:
 
 @observability.observed("reconcile", _differences)
 def handler(event, context):
-    """After a load that loaded a batch. Event: ``{}`` or ``{"limit": n}`` (differences
-    listed per table, default :data:`STATE_LIMIT`). Returns
-    :class:`~totes.contracts.stage_results.ReconcileResult` as JSON (``{"equal": true|false,
-    "differences": n, "tables": [...], "sums": [...], "seconds": s}``): differences are a
-    result, not an error; the state machine alerts on ``equal: false``.
+    """After a load that loaded a batch, one bounded step of a whole reconciliation
+    (:func:`~totes.reconcile.reconcile.reconcile_step`: at most ``TOTES_RECONCILE_MAX_ROWS``
+    fact rows). Event: ``{}`` (the first step), ``{"resume": {"fact": "fact_sales_order",
+    "start": 1048577}}`` (the step after one that returned that ``resume``), optionally
+    ``"limit": n`` (differences listed per table, default :data:`STATE_LIMIT`). Returns
+    :class:`~totes.contracts.stage_results.ReconcileResult` as JSON (``{"equal":
+    true|false, "differences": n, "tables": [...], "sums": [...], "seconds": s, "resume":
+    {...} | null}``): differences are a result, not an error; the state machine alerts on
+    ``equal: false`` and invokes the next step while ``resume`` is not null.
 
     Raises:
-        ConfigError: a database is not configured.
+        ConfigError: a database is not configured, or ``resume`` names no fact.
         DatabaseUnavailable / DatabaseRejected: a database could not be reached.
         SourceSchemaError: a source table lacks a column transform reads.
     """
-    limit = int((event or {}).get("limit", STATE_LIMIT))
-    return reconcile(resources.database("source"), resources.database("warehouse"),
-                     limit=limit).model_dump(mode="json")
+    event = event or {}
+    limit = int(event.get("limit", STATE_LIMIT))
+    resume = event.get("resume")
+    return reconcile_step(resources.database("source"), resources.database("warehouse"),
+                          resume=None if resume is None else ReconcileCursor(**resume),
+                          limit=limit).model_dump(mode="json")

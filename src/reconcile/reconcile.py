@@ -58,9 +58,10 @@ import pyarrow.compute as pc
 from totes.contracts.config import TablePlan
 from totes.contracts.errors import ConfigError
 from totes.contracts.identifiers import qualified, quote_ident
+from totes.contracts.partitions import Partition
 from totes.contracts.source_tables import SOURCE_TABLES
-from totes.contracts.stage_results import (Difference, ReconcileResult, SumCheck,
-                                           TableReconciliation)
+from totes.contracts.stage_results import (Difference, ReconcileCursor, ReconcileResult,
+                                           SumCheck, TableReconciliation)
 from totes.contracts.star_schema import IS_DELETED, SOURCE_LSN, TABLES, WarehouseTable
 from totes.rules import dimensions as dims
 from totes.rules.facts import FACT_SOURCES, fact_rows
@@ -98,12 +99,23 @@ DIMENSION_SOURCES: dict[str, tuple[str, Optional[str], Optional[str]]] = {
 # ---- reading both sides ---------------------------------------------------------------------
 @contextlib.contextmanager
 def _source_batches(source, table: str, keys: Optional[Sequence[int]] = None,
-                    primary_key: Optional[str] = None) -> Iterator[Iterator[pa.RecordBatch]]:
-    """The current rows of source ``table`` (with ``keys``: of those primary keys only) as
-    record batches, in key order (``primary_key``, default the registry's), read in one
-    snapshot through the source's own reader (to be read to the end)."""
-    plan = TablePlan(table=table, primary_key=primary_key or SOURCE_TABLES[table].primary_key,
-                     extract_type="full", mode="full", watermark_column=None)
+                    primary_key: Optional[str] = None,
+                    key_range: Optional[tuple[Optional[int], Optional[int]]] = None
+                    ) -> Iterator[Iterator[pa.RecordBatch]]:
+    """The current rows of source ``table`` (with ``keys``: of those primary keys only; with
+    ``key_range`` ``(start, before)``: of the primary keys at or after ``start`` and before
+    ``before``, either None: unbounded) as record batches, in key order (``primary_key``,
+    default the registry's), read in one snapshot through the source's own reader (to be
+    read to the end)."""
+    primary_key = primary_key or SOURCE_TABLES[table].primary_key
+    plan = TablePlan(table=table, primary_key=primary_key, extract_type="full", mode="full",
+                     watermark_column=None,
+                     partition_column=primary_key if key_range is not None else None)
+    part = None
+    if key_range is not None:  # a range of keys is a partition of the key column
+        start, before = key_range
+        part = Partition(0, 1, None if start is None else str(int(start)),
+                         None if before is None else str(int(before)))
     reader = reader_for(source)
     doing = f"reading table {table} of the {source.describe()} to reconcile it"
     with source.session(f"totes-reconcile-{table}", doing) as session:
@@ -111,7 +123,8 @@ def _source_batches(source, table: str, keys: Optional[Sequence[int]] = None,
         inspected = reader.inspect(conn, plan)
         reader.begin(conn)
         job = Job(plan, inspected.schema, None, measuring_pool(), BLOCK_BYTES, None)
-        with reader.batches(conn, plan, inspected, job, doing, keys=keys) as batches:
+        with reader.batches(conn, plan, inspected, job, doing, part=part, keys=keys) \
+                as batches:
             yield batches
         conn.run("COMMIT")
 
@@ -425,11 +438,15 @@ def _dimension(conn, source, name: str, limit: int, schema: str) -> TableReconci
 
 
 def _fact(conn, source, source_table: str, limit: int, sums: list[SumCheck], star: str,
-          keys: Optional[Sequence[int]] = None) -> TableReconciliation:
+          keys: Optional[Sequence[int]] = None,
+          key_range: Optional[tuple[Optional[int], Optional[int]]] = None
+          ) -> TableReconciliation:
     """A fact's current versions against the source's current rows (with ``keys``: of those
-    source ids only, read by index on both sides): both sides streamed in key order (the
-    source through its reader, the warehouse's ``<fact>_current`` by ``COPY``, each on its
-    own connection and thread) and merge-joined one source batch at a time."""
+    source ids only, read by index on both sides; with ``key_range`` ``(start, before)``:
+    of the ids at or after ``start`` and before ``before``, either None: unbounded): both
+    sides streamed in key order (the source through its reader, the warehouse's
+    ``<fact>_current`` by ``COPY``, each on its own connection and thread) and merge-joined
+    one source batch at a time."""
     name = FACT_SOURCES[source_table][0]
     table = TABLES[name]
     key = table.merge_key[0]
@@ -454,10 +471,15 @@ def _fact(conn, source, source_table: str, limit: int, sums: list[SumCheck], sta
     columns = [c.name for c in table.columns if c.name not in (key, SOURCE_LSN, IS_DELETED)]
     schema = table.arrow_schema()
     chosen = f"WHERE {key_condition(conn, key, keys)} " if keys is not None else ""
+    if key_range is not None and key_range != (None, None):
+        # Integers (int() of each end), not text: COPY takes no bound parameters.
+        ends = [f"{key} >= {int(key_range[0])}"] if key_range[0] is not None else []
+        ends += [f"{key} < {int(key_range[1])}"] if key_range[1] is not None else []
+        chosen = f"WHERE {' AND '.join(ends)} "
     view = (f"SELECT {', '.join(table.column_names)} "  # nosec B608: quoted identifiers
             f"FROM {table.current_relation(star)} "
             f"{chosen}ORDER BY {key}")
-    with _source_batches(source, source_table, keys) as source_batches, \
+    with _source_batches(source, source_table, keys, key_range=key_range) as source_batches, \
             _warehouse_batches(conn, view, schema, name) as warehouse_batches:
         for batch, actual in _aligned(source_batches, warehouse_batches, key,
                                       _nullable(schema).empty_table()):
@@ -479,7 +501,8 @@ def _fact(conn, source, source_table: str, limit: int, sums: list[SumCheck], sta
         warehouse_rows=counts["warehouse"], pending=counts["pending"], held=counts["held"],
         quarantined=counts["quarantined"], differences=tally.count,
         loaded_through=_text(through), listed=tally.listed,
-        scoped_keys=None if keys is None else len(keys))
+        scoped_keys=None if keys is None else len(keys),
+        key_range=None if key_range is None else list(key_range))
 
 
 def _expected_facts(batch: pa.RecordBatch, source_table: str, through, held_ids: pa.Array,
@@ -653,6 +676,96 @@ def reconcile(source, warehouse: Database, limit: int = DEFAULT_LIMIT,
     started = time.monotonic()
     tables: list[TableReconciliation] = []
     sums: list[SumCheck] = []
+    with _star_session(warehouse) as (conn, star):
+        tables += _dimensions(conn, source, star, limit)
+        for source_table in FACT_SOURCES:
+            keys = (scope or {}).get(FACT_SOURCES[source_table][0])
+            tables.append(_fact(conn, source, source_table, limit, sums, star, keys))
+        tables += _raw_layer(conn, source, limit, raw)
+    return _result(tables, sums, started)
+
+
+def reconcile_step(source, warehouse: Database, resume: Optional[ReconcileCursor] = None,
+                   max_rows: Optional[int] = None, limit: int = DEFAULT_LIMIT
+                   ) -> ReconcileResult:
+    """One bounded step of a whole reconciliation (the state machine's Reconcile state,
+    invoked again while ``resume`` is not None): the first step (``resume`` None) compares
+    every dimension and raw table whole, then every step compares the facts in ranges of
+    source ids, in :data:`FACT_SOURCES`' order, from ``resume`` on, until about
+    ``max_rows`` fact rows were compared (default ``TOTES_RECONCILE_MAX_ROWS``, 20,000,000:
+    about 2 minutes on the benchmark's machine, well inside Lambda's 15). A range ends where the
+    warehouse's ``max_rows``-th version from its start is (an index-only scan of the fact's
+    unique key; both sides read only that range), so a step's work is bounded whatever the
+    fact's size.
+    Each step's result is whole for its ranges (rows, values, and money sums per currency
+    over those ids; ``key_range`` says which ids): the source and warehouse agree when
+    every step is equal. Returns the step's :class:`ReconcileResult`, whose ``resume`` is
+    where the next step begins (None: the last range was compared).
+
+    Raises:
+        ConfigError: the warehouse has no star schema yet, or ``resume`` names no fact.
+        DatabaseUnavailable / DatabaseRejected: a database could not be reached.
+        SourceSchemaError: a source table is missing or lacks a column transform reads.
+    """
+    started = time.monotonic()
+    tables: list[TableReconciliation] = []
+    sums: list[SumCheck] = []
+    facts = list(FACT_SOURCES)
+    names = [FACT_SOURCES[t][0] for t in facts]
+    if resume is not None and resume.fact not in names:
+        raise ConfigError(f"reconcile: cannot resume at {resume.fact!r}, which is not a fact "
+                          f"(one of {', '.join(names)})")
+    index, start = (0, None) if resume is None else (names.index(resume.fact), resume.start)
+    budget = max(1, max_rows or settings.current().reconcile_max_rows)
+    with _star_session(warehouse) as (conn, star):
+        if resume is None:
+            tables += _dimensions(conn, source, star, limit)
+        while index < len(facts) and budget > 0:
+            before = _range_end(conn, TABLES[names[index]], star, start, budget)
+            found = _fact(conn, source, facts[index], limit, sums, star,
+                          key_range=(start, before))
+            tables.append(found)
+            if before is not None:
+                start, budget = before, 0
+            else:
+                index, start = index + 1, None
+                budget -= max(found.warehouse_rows, found.source_rows, 1)
+        if resume is None:
+            tables += _raw_layer(conn, source, limit, None)
+    result = _result(tables, sums, started)
+    if index < len(facts):
+        result.resume = ReconcileCursor(fact=names[index], start=start)
+    return result
+
+
+def _range_end(conn, table: WarehouseTable, star: str, start: Optional[int],
+               rows: int) -> Optional[int]:
+    """The first source id of ``table`` (a fact) after about ``rows`` of its versions from
+    ``start`` (None: from its first), where a step's range ends (before it); None when fewer
+    than ``rows`` versions follow ``start``. Read on the fact's unique key, whose first
+    column is the source id."""
+    key = table.merge_key[0]
+    relation = table.relation(star)
+    after = f"WHERE {key} >= :start " if start is not None else ""
+    values = {"start": int(start)} if start is not None else {}
+    found = conn.run(f"SELECT {key} FROM {relation} {after}"  # nosec B608: quoted names
+                     f"ORDER BY {key} OFFSET :rows LIMIT 1", rows=int(rows), **values)
+    if not found:
+        return None
+    end = int(found[0][0])
+    if start is not None and end <= int(start):  # more versions of ``start`` than ``rows``
+        (end,), = conn.run(f"SELECT min({key}) FROM {relation} "  # nosec B608: as above
+                           f"WHERE {key} > :start", start=int(start))
+    return end
+
+
+@contextlib.contextmanager
+def _star_session(warehouse: Database) -> Iterator[tuple[object, str]]:
+    """A warehouse session and its star schema's name, once the star schema is there.
+
+    Raises:
+        ConfigError: the warehouse has no star schema (of version 5) yet.
+    """
     with warehouse.session("totes-reconcile", f"reconciling the {warehouse.describe()}") \
             as session:
         conn = session.conn
@@ -663,16 +776,24 @@ def reconcile(source, warehouse: Database, limit: int = DEFAULT_LIMIT,
             raise ConfigError(f"the {warehouse.describe()} has no star schema in schema "
                               f"{star} yet (or one before the current-version views of "
                               "version 5): run `totes load` (or `totes run`) first")
-        for name in DIMENSION_SOURCES:
-            tables.append(_dimension(conn, source, name, limit, star))
-        for source_table in FACT_SOURCES:
-            keys = (scope or {}).get(FACT_SOURCES[source_table][0])
-            tables.append(_fact(conn, source, source_table, limit, sums, star, keys))
-        for table, schema, key, watermark, dropped in _raw_tables(conn):
-            if raw is not None and table not in raw:
-                continue
-            tables.append(_raw(conn, source, table, schema, key, watermark, dropped or [],
-                               limit))
+        yield conn, star
+
+
+def _dimensions(conn, source, star: str, limit: int) -> list[TableReconciliation]:
+    """Every dimension, compared whole."""
+    return [_dimension(conn, source, name, limit, star) for name in DIMENSION_SOURCES]
+
+
+def _raw_layer(conn, source, limit: int, raw: Optional[Sequence[str]]
+               ) -> list[TableReconciliation]:
+    """The raw layer's tables (those ``raw`` names, or every one), compared whole."""
+    return [_raw(conn, source, table, schema, key, watermark, dropped or [], limit)
+            for table, schema, key, watermark, dropped in _raw_tables(conn)
+            if raw is None or table in raw]
+
+
+def _result(tables: list[TableReconciliation], sums: list[SumCheck],
+            started: float) -> ReconcileResult:
     differences = sum(t.differences for t in tables) + sum(not s.equal for s in sums)
     result = ReconcileResult(equal=differences == 0, differences=differences, tables=tables,
                              sums=sums, seconds=round(time.monotonic() - started, 3))

@@ -108,6 +108,13 @@ class Settings(BaseSettings):
         48, ge=1, description="The most batches one load takes: a backlog is loaded in "
         "bounded steps, each well inside a Lambda's time limit; the state machine, and "
         "`totes run`, loop until nothing is pending.")
+    reconcile_max_rows: int = Field(
+        20_000_000, ge=1, description="The most fact rows (versions) one step of the state "
+        "machine's whole reconciliation compares, in whole ranges of source ids: the "
+        "Reconcile state is invoked again from where the last step ended until every "
+        "fact was compared, so a reconciliation of any size fits Lambda's time limit (about "
+        "6 s a million rows on the benchmark's machine: the default is a step of about 2 "
+        "minutes; `totes reconcile` compares in one go).")
     allow_shared_database: bool = Field(
         False, description="`1` lets the warehouse share the source's database (never a "
         "default: the star schema would be created among the source's tables).")
