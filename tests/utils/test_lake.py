@@ -192,3 +192,40 @@ def test_parquet_files_use_a_dictionary_for_text_columns_only(tmp_path):
         encodings["amount"]
     assert group.column(0).compression == "ZSTD"
     assert pq.read_table(path).equals(rows)
+
+
+def test_streaming_a_file_holds_one_row_group_not_the_whole_file(tmp_path):
+    """iter_batches, which transform and load stream every fact through, holds one row
+    group at a time: its Arrow memory does not grow with the file (one pyarrow reader over
+    the whole file pre-buffers and keeps every row group, about the file's size)."""
+    import random
+
+    import pyarrow as pa
+
+    from totes.utils.lake import parquet_writer
+
+    lake = Lake(str(tmp_path))
+    key = "t/2024/11/15/144010123000.parquet"
+    generator = random.Random(7)  # incompressible values: the file is as large as its rows
+    schema = pa.schema([("id", pa.int64()), ("value", pa.int64())])
+    groups, rows_per_group = 40, 20_000
+    with parquet_writer(str(tmp_path / "staged.parquet"), schema) as writer:
+        for group in range(groups):
+            start = group * rows_per_group
+            writer.write_table(pa.table({
+                "id": pa.array(range(start, start + rows_per_group), pa.int64()),
+                "value": pa.array([generator.getrandbits(62) for _ in range(rows_per_group)],
+                                  pa.int64())}, schema=schema))
+    lake.put_bytes(key, (tmp_path / "staged.parquet").read_bytes())
+    size = (tmp_path / "staged.parquet").stat().st_size
+    assert size > 5_000_000
+
+    pool = pa.default_memory_pool()
+    before, peak, sizes = pool.bytes_allocated(), 0, []
+    for batch in lake.iter_batches(key, 65_536):
+        peak = max(peak, pool.bytes_allocated() - before)
+        sizes.append(batch.num_rows)
+        del batch
+    assert peak < size / 4, f"{peak:,} bytes of Arrow memory to stream a {size:,}-byte file"
+    assert sum(sizes) == groups * rows_per_group
+    assert max(sizes) == rows_per_group  # no batch spans two row groups
