@@ -29,8 +29,9 @@ real state machine execution end to end, then a failing one, then everything des
    pending transform and load, and reconciles equal;
    (d) payment_type removed from the configuration in S3: execution 6 ingests the ten other
    tables, with no redeploy (it loads nothing, so it skips Reconcile);
-   (e) a fact value changed in the warehouse by hand, a new sales order: execution 7 loads
-   it, then FAILS in Reconcile with one alert naming the difference (table, key, column);
+   (e) two fact values changed in the warehouse by hand (in the first and a later step's
+   range), a new sales order: execution 7 loads it, reconciles every range, then FAILS
+   with one alert naming both differences (table, key, column);
    (f) purchase_order and transaction on cdc (their publication and slot created as `totes
    cdc init` does): execution 8's Capture item takes their initial copies; a purchase order
    updated in two transactions and another deleted (its transaction's purchase_order_id
@@ -475,11 +476,14 @@ def main() -> int:
         check("reconcile" not in json.loads(sixth["output"]),
               "execution 6 loaded nothing: it should have skipped Reconcile")
 
-        say("(e) execution 7: a fact value changed in the warehouse by hand; Reconcile, after "
-            "the load of a new sales order, must fail the execution with one alert naming it")
+        say("(e) execution 7: two fact values changed in the warehouse by hand, in the first "
+            "and a later step's range; Reconcile, after the load of a new sales order, must "
+            "fail the execution with one alert naming both")
         with warehouse.session("deploy-local", "tampering with the warehouse") as session:
             session.conn.run("UPDATE fact_payment SET payment_amount = 1.00 "
                              "WHERE payment_id = 2")
+            session.conn.run("UPDATE fact_sales_order SET units_sold = units_sold + 1 "
+                             "WHERE sales_order_id = 1")
         new_order()
         orders = fact_count("fact_sales_order")
         seventh = execute(stepfunctions, machine, "deploy-local-7")
@@ -488,12 +492,22 @@ def main() -> int:
         check(seventh["status"] == "FAILED", "execution 7 should have FAILED in Reconcile")
         check(fact_count("fact_sales_order") == orders + 1,
               "execution 7 should have loaded the new sales order before reconciling")
+        entered = [e["stateEnteredEventDetails"]["name"] for e in stepfunctions
+                   .get_execution_history(executionArn=seventh["executionArn"],
+                                          maxResults=1000)["events"]
+                   if "stateEnteredEventDetails" in e]
+        print(f"execution 7: Reconcile entered {entered.count('Reconcile')} times")
+        check(entered.count("Reconcile") >= 3,
+              "execution 7 should have reconciled every range after the first differed")
         check(len(differences) == 1 and differences[0].splitlines()[0]
-              == f"totes {ENVIRONMENT}: Reconcile found differences in fact_payment"
+              == f"totes {ENVIRONMENT}: Reconcile found differences in fact_sales_order, "
+                 "fact_payment"
               and "fact_payment payment_id=2 payment_amount: value differs" in differences[0]
+              and "fact_sales_order sales_order_id=1 units_sold: value differs"
+              in differences[0]
               and "warehouse 1.00" in differences[0] and "totes reconcile" in differences[0],
               "execution 7 should send exactly one alert naming fact_payment, payment_id=2 "
-              "and payment_amount")
+              "and payment_amount, and fact_sales_order, sales_order_id=1 and units_sold")
         say("(f) purchase_order and transaction on cdc: executions 8 and 9 read them from the "
             "change log through the state machine's Capture item")
         from totes.contracts.config import CapturePlan, TablePlan
@@ -505,6 +519,8 @@ def main() -> int:
         with warehouse.session("deploy-local", "undoing the tampering") as session:
             session.conn.run("UPDATE fact_payment SET payment_amount = :a WHERE payment_id = "
                              "2", a=amount)
+            session.conn.run("UPDATE fact_sales_order SET units_sold = units_sold - 1 "
+                             "WHERE sales_order_id = 1")
         cdc_tables = [TablePlan(table=t, primary_key=f"{t}_id", extract_type="cdc")
                       for t in ("purchase_order", "transaction")]
         print("cdc init:", init_source(CapturePlan(slot="totes", publication="totes",

@@ -315,20 +315,49 @@ def test_reconcile_steps_through_the_facts_as_the_state_machine_loops_it(lambda_
     transform_handler({}, None)
     load_handler({}, None)
     monkeypatch.setenv("TOTES_RECONCILE_MAX_ROWS", "5000")
-    steps = [through_json(reconcile_handler({"resume": None}, None))]
-    while steps[-1]["resume"] is not None:
-        assert steps[-1]["equal"] is True, steps[-1]
-        steps.append(through_json(reconcile_handler({"resume": steps[-1]["resume"]}, None)))
-        assert len(steps) < 30
-    assert steps[-1]["equal"] is True and len(steps) >= 3
+
+    def steps_as_the_state_machine_runs_them() -> list[dict]:
+        """FirstReconcileStep's empty result, then Reconcile with the last result's resume
+        and the last result as ``earlier``, until resume is null."""
+        state = {"equal": True, "differences": 0, "tables": [], "sums": [], "seconds": 0,
+                 "resume": None}
+        steps = []
+        while not steps or state["resume"] is not None:
+            state = through_json(reconcile_handler({"resume": state["resume"],
+                                                    "earlier": state}, None))
+            steps.append(state)
+            assert len(steps) < 30
+        return steps
+
+    steps = steps_as_the_state_machine_runs_them()
+    assert all(step["equal"] for step in steps) and len(steps) >= 3
     assert steps[0]["resume"] == {"fact": "fact_sales_order",
                                   "start": steps[1]["tables"][0]["key_range"][0]}
     compared = {}
     for step in steps:
         for table in step["tables"]:
             compared[table["table"]] = compared.get(table["table"], 0) + table["source_rows"]
-    assert compared["fact_sales_order"] == snapshot("sales_order").num_rows
-    assert compared["fact_payment"] == snapshot("payment").num_rows
+    for fact, source_table in (("fact_sales_order", "sales_order"),
+                               ("fact_purchase_order", "purchase_order"),
+                               ("fact_payment", "payment")):
+        assert compared[fact] == snapshot(source_table).num_rows
+
+    # A difference in the first range does not hide one in the last: the last step's result
+    # carries both, and the alert names both.
+    query(lambda_environment, "UPDATE fact_sales_order SET units_sold = units_sold + 1 "
+                              "WHERE sales_order_id = (SELECT min(sales_order_id) "
+                              "FROM fact_sales_order)")
+    query(lambda_environment, "UPDATE fact_payment SET payment_amount = 1.00 WHERE "
+                              "payment_id = (SELECT max(payment_id) FROM fact_payment)")
+    steps = steps_as_the_state_machine_runs_them()
+    assert steps[0]["equal"] is False and steps[-1]["equal"] is False
+    assert steps[-1]["differences"] == 2 + 1  # two values, and the sum of payment_amount
+    named = sorted((d["table"], d["column"]) for t in steps[-1]["tables"] for d in t["listed"])
+    assert named == [("fact_payment", "payment_amount"), ("fact_sales_order", "units_sold")]
+    subject = reconcile_alert(steps[-1])["subject"]
+    assert subject == "totes test: Reconcile found differences in fact_sales_order, " \
+        "fact_payment", subject
+
     with pytest.raises(ConfigError, match="cannot resume at 'fact_sales'"):
         reconcile_handler({"resume": {"fact": "fact_sales", "start": 1}}, None)
 

@@ -147,17 +147,26 @@ def test_a_run_reconciles_the_ids_it_loaded_and_totes_reconcile_everything(resou
         "fact_payment"] is None
 
 
-def test_a_whole_reconciliation_in_bounded_steps_compares_every_id_once(resources):
+@pytest.mark.parametrize("reader", ["adbc", "pg8000"])
+def test_a_whole_reconciliation_in_bounded_steps_compares_every_id_once(
+        resources, reader, monkeypatch):
     """The state machine's Reconcile runs in steps of at most TOTES_RECONCILE_MAX_ROWS fact
     rows: the steps' ranges of ids follow on from each other, together they compare what one
-    whole reconciliation compares (rows, sums, the same differences), and each difference
-    is named by the step whose range holds it."""
+    whole reconciliation compares (rows, pending rows beyond the warehouse's last id, sums,
+    the same differences), each difference named by the step whose range holds it; through
+    either reader of a PostgreSQL source."""
     from collections import defaultdict
 
     from totes.reconcile.reconcile import reconcile_step
 
+    monkeypatch.setenv("TOTES_BULK_READER", reader)
     run_pipeline(resources, reconcile=False)
     (last_order,), = query(resources.source, "SELECT max(sales_order_id) FROM sales_order")
+    query(resources.source, "INSERT INTO sales_order (created_at, last_updated, design_id, "
+                            "staff_id, counterparty_id, units_sold, unit_price, currency_id, "
+                            "agreed_delivery_date, agreed_payment_date, "
+                            "agreed_delivery_location_id) VALUES (now(), now(), 1, 1, 1, 10, "
+                            "2.50, 1, '2025-01-01', '2025-01-02', 1)")  # beyond the last id
     query(resources.warehouse, "UPDATE fact_payment SET payment_amount = 1.00 "
                                "WHERE payment_id = 2")
     query(resources.warehouse, "UPDATE fact_sales_order SET units_sold = units_sold + 1 "
@@ -186,11 +195,14 @@ def test_a_whole_reconciliation_in_bounded_steps_compares_every_id_once(resource
             ranges[t.table].append(tuple(t.key_range))
             compared[t.table, "source"] += t.source_rows
             compared[t.table, "warehouse"] += t.warehouse_rows
+            compared[t.table, "pending"] += t.pending
             listed += [(d.table, d.key, d.column, d.problem, steps.index(step))
                        for d in t.listed]
         for checked in step.sums:
-            source_sums[checked.table, checked.currency] += Decimal(checked.source)
-            warehouse_sums[checked.table, checked.currency] += Decimal(checked.warehouse)
+            source_sums[checked.table, checked.column, checked.currency] += \
+                Decimal(checked.source)
+            warehouse_sums[checked.table, checked.column, checked.currency] += \
+                Decimal(checked.warehouse)
     for fact, chain in ranges.items():  # from the first id to beyond the last, no gap
         assert chain[0][0] is None and chain[-1][1] is None, (fact, chain)
         assert all(a[1] == b[0] for a, b in zip(chain, chain[1:])), (fact, chain)
@@ -199,6 +211,8 @@ def test_a_whole_reconciliation_in_bounded_steps_compares_every_id_once(resource
     for fact in ranges:
         assert compared[fact, "source"] == wholly[fact].source_rows
         assert compared[fact, "warehouse"] == wholly[fact].warehouse_rows
+        assert compared[fact, "pending"] == wholly[fact].pending
+    assert compared["fact_sales_order", "pending"] == 1
     assert sorted((d[0], d[1], d[2], d[3]) for d in listed) == sorted(
         (d.table, d.key, d.column, d.problem) for t in whole.tables for d in t.listed
         if t.table.startswith("fact_"))
@@ -206,11 +220,39 @@ def test_a_whole_reconciliation_in_bounded_steps_compares_every_id_once(resource
         max(i for i, s in enumerate(steps)
             if any(t.table == "fact_sales_order" for t in s.tables))}
     assert {k: str(v) for k, v in source_sums.items()} == {
-        (s.table, s.currency): s.source for s in whole.sums}
+        (s.table, s.column, s.currency): s.source for s in whole.sums}
     assert {k: str(v) for k, v in warehouse_sums.items()} == {
-        (s.table, s.currency): s.warehouse for s in whole.sums}
+        (s.table, s.column, s.currency): s.warehouse for s in whole.sums}
     assert not any(s.equal for s in steps if any(
         d[4] == steps.index(s) for d in listed))
+
+
+def test_a_range_takes_an_id_whole_whatever_its_versions(resources):
+    """A step's range ends at an id boundary: an id with more versions than the step's rows
+    is taken whole, and the next range begins at the next id."""
+    from totes.contracts.star_schema import TABLES
+    from totes.reconcile.reconcile import _range_end
+
+    run_pipeline(resources, reconcile=False)
+    (first, second), = query(resources.warehouse, "SELECT min(payment_id), "
+                             "min(payment_id) FILTER (WHERE payment_id > 1) FROM fact_payment")
+    assert first == 1
+    columns = [c.name for c in TABLES["fact_payment"].columns if c.name != "last_updated_time"]
+    for seconds in range(1, 5):  # four more versions of payment 1
+        query(resources.warehouse, f"INSERT INTO fact_payment ({', '.join(columns)}, "
+              f"last_updated_time) SELECT {', '.join(columns)}, last_updated_time + "
+              f"interval '{seconds} seconds' FROM fact_payment WHERE payment_id = 1 "
+              "ORDER BY last_updated_time LIMIT 1")
+    (total,), = query(resources.warehouse, "SELECT count(*) FROM fact_payment")
+    with resources.warehouse.session("test", "ranges") as session:
+        conn = session.conn
+        assert _range_end(conn, TABLES["fact_payment"], "public", None, 3) == (second, 3)
+        assert _range_end(conn, TABLES["fact_payment"], "public", 1, 3) == (second, 3)
+        assert _range_end(conn, TABLES["fact_payment"], "public", 1, 5) == (second, 5)
+        assert _range_end(conn, TABLES["fact_payment"], "public", 1, 6) == (second + 1, 6)
+        assert _range_end(conn, TABLES["fact_payment"], "public", None, total) == (None, total)
+        assert _range_end(conn, TABLES["fact_payment"], "public", second, total) == \
+            (None, total - 5)
 
 
 def test_source_changes_after_the_last_load_are_pending(resources):

@@ -284,7 +284,7 @@ class TableReconciliation(_Result):
     None when the whole table was compared, else how many source ids a reconciliation
     scoped to a load compared (the ids that load brought). ``key_range``: in a step of a
     bounded reconciliation, the fact's source ids compared, ``[from, before)`` (either end
-    None: unbounded); None when every id was."""
+    None: unbounded; ``[None, None]``: every id, in one range); None outside such a step."""
 
     table: str
     source_table: str

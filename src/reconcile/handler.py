@@ -5,8 +5,8 @@ Environment: ``TOTES_SOURCE_SECRET`` (or ``TOTES_SOURCE_URL``) and
 storage.
 """
 from totes.contracts.metrics import MetricValue, of_reconcile
-from totes.contracts.stage_results import ReconcileCursor
-from totes.reconcile.reconcile import reconcile_step
+from totes.contracts.stage_results import ReconcileCursor, ReconcileResult
+from totes.reconcile.reconcile import carry_differences, reconcile_step
 from totes.utils import observability, resources
 
 
@@ -16,8 +16,12 @@ STATE_LIMIT = 5
 
 
 def _differences(event, result) -> list[MetricValue]:
-    """ReconcileDifferences per warehouse table (0 included: the alarm sees every table)."""
-    return of_reconcile({t["table"]: t["differences"] for t in result.get("tables") or []})
+    """ReconcileDifferences per warehouse table (0 included: the alarm sees every table),
+    summed over its ranges and the differences carried from earlier steps."""
+    found: dict[str, int] = {}
+    for table in result.get("tables") or []:
+        found[table["table"]] = found.get(table["table"], 0) + table["differences"]
+    return of_reconcile(found)
 
 
 @observability.observed("reconcile", _differences)
@@ -26,7 +30,9 @@ def handler(event, context):
     (:func:`~totes.reconcile.reconcile.reconcile_step`: at most ``TOTES_RECONCILE_MAX_ROWS``
     fact rows). Event: ``{}`` (the first step), ``{"resume": {"fact": "fact_sales_order",
     "start": 1048577}}`` (the step after one that returned that ``resume``), optionally
-    ``"limit": n`` (differences listed per table, default :data:`STATE_LIMIT`). Returns
+    ``"limit": n`` (differences listed per table, default :data:`STATE_LIMIT`) and
+    ``"earlier": <the last step's result>``, whose differences the result carries
+    (:func:`~totes.reconcile.reconcile.carry_differences`). Returns
     :class:`~totes.contracts.stage_results.ReconcileResult` as JSON (``{"equal":
     true|false, "differences": n, "tables": [...], "sums": [...], "seconds": s, "resume":
     {...} | null}``): differences are a result, not an error; the state machine alerts on
@@ -40,6 +46,9 @@ def handler(event, context):
     event = event or {}
     limit = int(event.get("limit", STATE_LIMIT))
     resume = event.get("resume")
-    return reconcile_step(resources.database("source"), resources.database("warehouse"),
-                          resume=None if resume is None else ReconcileCursor(**resume),
-                          limit=limit).model_dump(mode="json")
+    result = reconcile_step(resources.database("source"), resources.database("warehouse"),
+                            resume=None if resume is None else ReconcileCursor(**resume),
+                            limit=limit)
+    if event.get("earlier"):
+        result = carry_differences(ReconcileResult.model_validate(event["earlier"]), result)
+    return result.model_dump(mode="json")

@@ -447,6 +447,8 @@ def _fact(conn, source, source_table: str, limit: int, sums: list[SumCheck], sta
     sides streamed in key order (the source through its reader, the warehouse's
     ``<fact>_current`` by ``COPY``, each on its own connection and thread) and merge-joined
     one source batch at a time."""
+    if keys is not None and key_range is not None:
+        raise ValueError("reconcile a fact on keys or on a range of keys, not both")
     name = FACT_SOURCES[source_table][0]
     table = TABLES[name]
     key = table.merge_key[0]
@@ -721,7 +723,7 @@ def reconcile_step(source, warehouse: Database, resume: Optional[ReconcileCursor
         if resume is None:
             tables += _dimensions(conn, source, star, limit)
         while index < len(facts) and budget > 0:
-            before = _range_end(conn, TABLES[names[index]], star, start, budget)
+            before, versions = _range_end(conn, TABLES[names[index]], star, start, budget)
             found = _fact(conn, source, facts[index], limit, sums, star,
                           key_range=(start, before))
             tables.append(found)
@@ -729,7 +731,7 @@ def reconcile_step(source, warehouse: Database, resume: Optional[ReconcileCursor
                 start, budget = before, 0
             else:
                 index, start = index + 1, None
-                budget -= max(found.warehouse_rows, found.source_rows, 1)
+                budget -= max(versions, found.source_rows, 1)
         if resume is None:
             tables += _raw_layer(conn, source, limit, None)
     result = _result(tables, sums, started)
@@ -738,12 +740,30 @@ def reconcile_step(source, warehouse: Database, resume: Optional[ReconcileCursor
     return result
 
 
+def carry_differences(earlier: ReconcileResult, step: ReconcileResult) -> ReconcileResult:
+    """``step``'s result carrying what the steps before it found (``earlier``: the last
+    step's result, itself carrying the ones before): its tables and sums, and the tables
+    and sums of ``earlier`` that differ (those that agree are left out, so that the state
+    stays small whatever the number of steps); ``equal`` only when every step was,
+    ``differences`` and ``seconds`` the totals, ``resume`` the step's. What the state
+    machine passes from step to step, so that the alert after the last step names every
+    step's differences."""
+    tables = [t for t in earlier.tables if t.differences] + list(step.tables)
+    sums = [s for s in earlier.sums if not s.equal] + list(step.sums)
+    return ReconcileResult(equal=earlier.equal and step.equal,
+                           differences=earlier.differences + step.differences,
+                           tables=tables, sums=sums,
+                           seconds=round(earlier.seconds + step.seconds, 3),
+                           resume=step.resume)
+
+
 def _range_end(conn, table: WarehouseTable, star: str, start: Optional[int],
-               rows: int) -> Optional[int]:
-    """The first source id of ``table`` (a fact) after about ``rows`` of its versions from
-    ``start`` (None: from its first), where a step's range ends (before it); None when fewer
-    than ``rows`` versions follow ``start``. Read on the fact's unique key, whose first
-    column is the source id."""
+               rows: int) -> tuple[Optional[int], int]:
+    """Where a step's range of ``table`` (a fact) from ``start`` (None: from its first id)
+    ends: ``(before, versions)``, ``before`` the first source id after ``rows`` of its
+    versions (past the range's first id whatever its versions), or None with ``versions``,
+    how many there are, when fewer follow ``start``. Index-only scans of the fact's unique
+    key, whose first column is the source id."""
     key = table.merge_key[0]
     relation = table.relation(star)
     after = f"WHERE {key} >= :start " if start is not None else ""
@@ -751,12 +771,20 @@ def _range_end(conn, table: WarehouseTable, star: str, start: Optional[int],
     found = conn.run(f"SELECT {key} FROM {relation} {after}"  # nosec B608: quoted names
                      f"ORDER BY {key} OFFSET :rows LIMIT 1", rows=int(rows), **values)
     if not found:
-        return None
+        (versions,), = conn.run(f"SELECT count(*) FROM {relation} {after}",  # nosec B608
+                                **values)
+        return None, int(versions)
     end = int(found[0][0])
-    if start is not None and end <= int(start):  # more versions of ``start`` than ``rows``
+    (first,), = conn.run(f"SELECT min({key}) FROM {relation} {after}",  # nosec B608
+                         **values)
+    if end <= first:  # the range's first id has more versions than ``rows``: take it whole
         (end,), = conn.run(f"SELECT min({key}) FROM {relation} "  # nosec B608: as above
-                           f"WHERE {key} > :start", start=int(start))
-    return end
+                           f"WHERE {key} > :first", first=int(first))
+        if end is None:
+            (versions,), = conn.run(f"SELECT count(*) FROM {relation} {after}",  # nosec B608
+                                    **values)
+            return None, int(versions)
+    return int(end), int(rows)
 
 
 @contextlib.contextmanager
