@@ -10,9 +10,10 @@ no row is dated in the future, which an extract rightly never reads), ``units_so
 of the real rows.
 
 Each stage runs in its own process (the ``totes`` command), so its wall-clock seconds and
-its peak resident memory are its own (RSS sampled every 20 ms); each is run three times,
-into fresh lakes and warehouse databases, and the median seconds and the highest peak
-printed. Next to them, the floors the server reaches alone in the same run: ``COPY (SELECT
+its peak resident memory are its own (RSS sampled every 20 ms); each is run three times
+(once above 2,000,000 rows; ``TOTES_BENCH_REPEATS`` sets it), into fresh lakes and
+warehouse databases, and the median seconds and the highest peak printed. Next to them,
+the floors the server reaches alone in the same run: ``COPY (SELECT
 …) TO '/dev/null'`` for the extract and ``COPY … FROM`` a server-side file into an empty
 table with the fact's primary key for the load, and ADBC's ingest of the same fact rows.
 Then the first run as a whole (without and with its reconciliation), next to dlt's on the
@@ -42,7 +43,9 @@ import pyarrow as pa
 REPO = Path(__file__).resolve().parents[1]
 TOTES = str(Path(sys.executable).with_name("totes"))
 ROWS = int(os.environ.get("TOTES_BENCH_ROWS", "2000000"))  # make bench-large ROWS=N
-REPEATS = 3
+#: Rounds of each measurement: three at the default size, one above it (a 20,000,000-row
+#: round of everything takes about half an hour here).
+REPEATS = int(os.environ.get("TOTES_BENCH_REPEATS", "3" if ROWS <= 2_000_000 else "1"))
 
 GROW_SALES_ORDER = """
 WITH ids AS (
