@@ -724,6 +724,8 @@ def reconcile_step(source, warehouse: Database, resume: Optional[ReconcileCursor
             tables += _dimensions(conn, source, star, limit)
         while index < len(facts) and budget > 0:
             before, versions = _range_end(conn, TABLES[names[index]], star, start, budget)
+            if before is None:  # the warehouse's last range: the source may hold far more
+                before = _source_range_end(source, facts[index], start, budget)
             found = _fact(conn, source, facts[index], limit, sums, star,
                           key_range=(start, before))
             tables.append(found)
@@ -731,7 +733,7 @@ def reconcile_step(source, warehouse: Database, resume: Optional[ReconcileCursor
                 start, budget = before, 0
             else:
                 index, start = index + 1, None
-                budget -= max(versions, found.source_rows, 1)
+                budget -= max(versions, found.source_rows + found.pending, 1)
         if resume is None:
             tables += _raw_layer(conn, source, limit, None)
     result = _result(tables, sums, started)
@@ -785,6 +787,17 @@ def _range_end(conn, table: WarehouseTable, star: str, start: Optional[int],
                                     **values)
             return None, int(versions)
     return int(end), int(rows)
+
+
+def _source_range_end(source, table: str, start: Optional[int], rows: int) -> Optional[int]:
+    """Where the last range of a fact ends on the source's side: the id ``rows`` ids after
+    ``start`` in source ``table``, or None when fewer follow (a source far ahead of the
+    warehouse, as while a first extract of a large table is paused by the time limit, is
+    compared in bounded ranges too)."""
+    key = SOURCE_TABLES[table].primary_key
+    doing = f"reading the ids of table {table} of the {source.describe()} to reconcile it"
+    with source.session(f"totes-reconcile-{table}", doing) as session:
+        return reader_for(source).key_after(session.conn, table, key, start, rows)
 
 
 @contextlib.contextmanager

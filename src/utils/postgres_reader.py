@@ -382,6 +382,16 @@ class PostgresReader(SourceReader):
         with copy_stream(conn, sql, doing) as reader:
             yield (batch.column(0) for batch in csv_record_batches(reader, schema, table))
 
+    def key_after(self, conn, table: str, primary_key: str, start: Optional[int],
+                  rows: int) -> Optional[int]:
+        """As :meth:`SourceReader.key_after`, its values bound."""
+        key = quote_ident(primary_key)
+        after = f"WHERE {key} >= :start " if start is not None else ""
+        values = {"start": int(start)} if start is not None else {}
+        found = conn.run(f"SELECT {key} FROM {quote_ident(table)} {after}"  # nosec B608
+                         f"ORDER BY {key} OFFSET :rows LIMIT 1", rows=int(rows), **values)
+        return int(found[0][0]) if found else None
+
     @contextlib.contextmanager
     def batches(self, conn, plan: TablePlan, inspected: Inspected, job: Job, doing: str,
                 part: Optional[Partition] = None, keys: Optional[Sequence[int]] = None

@@ -18,7 +18,9 @@ A reader (:class:`totes.utils.postgres_reader.PostgresReader`,
   (:mod:`totes.contracts.partitions`);
 * ``batches(conn, plan, inspected, job, doing, part=None, keys=None)``: a context manager
   giving this run's rows (of one part; of some keys) as Arrow record batches, to be read to
-  the end.
+  the end;
+* ``key_after(conn, table, primary_key, start, rows)``: where a bounded reconciliation's
+  range of ids ends on the source's side.
 
 The SQL of each engine stays in its reader; the modes, the watermarks, the lake and the
 ledger (:mod:`totes.ingest.extract`) are the same for every engine.
@@ -130,6 +132,13 @@ class SourceReader(ABC):
         """Every value of ``table``'s integer ``primary_key`` (int64 arrays, in key order: one
         scan of the key's index), in the transaction :meth:`begin` started; the caller reads
         them to the end. What delete detection compares with the lake's key index."""
+
+    @abstractmethod
+    def key_after(self, conn, table: str, primary_key: str, start: Optional[int],
+                  rows: int) -> Optional[int]:
+        """The value of ``table``'s integer ``primary_key`` ``rows`` keys after ``start``
+        (the first key at or after ``start`` is the 0th; None: from the first key), or None
+        when fewer follow: one scan of the key's index, ``rows`` entries long."""
 
 
 def reader_for(database) -> SourceReader:
