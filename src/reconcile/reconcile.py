@@ -656,8 +656,9 @@ def load_scope(processed: Lake, manifest_keys: Sequence[str],
             column = TABLES[name].merge_key[0]
             for batch in processed.iter_batches(output.key, 1 << 16, columns=[column]):
                 ids.update(pc.unique(batch.column(0)).to_pylist())
-            if len(ids) > max_keys:
-                found[name] = None
+                if len(ids) > max_keys:  # stop at once: a set of every id would not fit
+                    found[name] = None
+                    break
     return {name: None if ids is None else sorted(ids) for name, ids in found.items()}
 
 
