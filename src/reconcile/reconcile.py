@@ -696,10 +696,10 @@ def reconcile_step(source, warehouse: Database, resume: Optional[ReconcileCursor
     every dimension and raw table whole, then every step compares the facts in ranges of
     source ids, in :data:`FACT_SOURCES`' order, from ``resume`` on, until about
     ``max_rows`` fact rows were compared (default ``TOTES_RECONCILE_MAX_ROWS``, 20,000,000:
-    about 2 minutes on the benchmark's machine, well inside Lambda's 15). A range ends where the
-    warehouse's ``max_rows``-th version from its start is (an index-only scan of the fact's
-    unique key; both sides read only that range), so a step's work is bounded whatever the
-    fact's size.
+    about 2 minutes on the benchmark's machine, well inside Lambda's 15). A range ends where
+    the warehouse's ``max_rows``-th version from its start is (an index-only scan of the
+    fact's unique key), or for a fact's last range where the source's ``max_rows``-th id is;
+    both sides read only that range, so a step's work is bounded whatever the fact's size.
     Each step's result is whole for its ranges (rows, values, and money sums per currency
     over those ids; ``key_range`` says which ids): the source and warehouse agree when
     every step is equal. Returns the step's :class:`ReconcileResult`, whose ``resume`` is
@@ -773,20 +773,17 @@ def _range_end(conn, table: WarehouseTable, star: str, start: Optional[int],
     values = {"start": int(start)} if start is not None else {}
     found = conn.run(f"SELECT {key} FROM {relation} {after}"  # nosec B608: quoted names
                      f"ORDER BY {key} OFFSET :rows LIMIT 1", rows=int(rows), **values)
-    if not found:
+    end = int(found[0][0]) if found else None
+    if end is not None:
+        (first,), = conn.run(f"SELECT min({key}) FROM {relation} {after}",  # nosec B608
+                             **values)
+        if end <= first:  # the range's first id has more versions than ``rows``: take it whole
+            (end,), = conn.run(f"SELECT min({key}) FROM {relation} "  # nosec B608: as above
+                               f"WHERE {key} > :first", first=int(first))
+    if end is None:
         (versions,), = conn.run(f"SELECT count(*) FROM {relation} {after}",  # nosec B608
                                 **values)
         return None, int(versions)
-    end = int(found[0][0])
-    (first,), = conn.run(f"SELECT min({key}) FROM {relation} {after}",  # nosec B608
-                         **values)
-    if end <= first:  # the range's first id has more versions than ``rows``: take it whole
-        (end,), = conn.run(f"SELECT min({key}) FROM {relation} "  # nosec B608: as above
-                           f"WHERE {key} > :first", first=int(first))
-        if end is None:
-            (versions,), = conn.run(f"SELECT count(*) FROM {relation} {after}",  # nosec B608
-                                    **values)
-            return None, int(versions)
     return int(end), int(rows)
 
 
