@@ -613,8 +613,9 @@ def main() -> int:
             "landed; (c) a failed "
             "transform was completed by the next execution with no new rows; (d) a "
             "configuration change in S3 was used without a redeploy, and an execution that "
-            "loaded nothing skipped Reconcile; (e) a value changed in the warehouse by hand "
-            "failed Reconcile with one alert naming it; (f) two tables on cdc were read "
+            "loaded nothing skipped Reconcile; (e) two values changed in the warehouse by "
+            "hand, in different steps' ranges, failed Reconcile with one alert naming both; "
+            "(f) two tables on cdc were read "
             "through the Capture item: versions and a delete reached the warehouse; (g) the "
             "functions logged JSON lines with the execution's id and metric documents, and "
             "a table made to lag put its lag metric past its alarm's threshold")
