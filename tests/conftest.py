@@ -180,7 +180,7 @@ def pytest_collection_modifyitems(config, items):
         for fixture, marker in _PART_OF_FIXTURE.items():
             if fixture in getattr(item, "fixturenames", ()):
                 item.add_marker(marker)
-        if "test_spark_extract" in item.nodeid:
+        if "test_spark_extract" in item.nodeid or "test_spark_stages" in item.nodeid:
             item.add_marker("spark")
 
 

@@ -22,86 +22,25 @@ Manager secret id; the lake's URI): no password travels in a task's closure.
 from __future__ import annotations
 
 import logging
-import os
-import sys
 import time
-from dataclasses import dataclass
 from typing import Optional
 
 from totes.contracts.config import TablePlan
-from totes.contracts.errors import SparkJobFailed
 from totes.contracts.stage_results import IngestResult
 from totes.ingest.extract import (PartResult, commit_landed_parts, extract_part,
                                   ingest_ledger_summary, plan_distributed, skipped_result)
-from totes.utils.databases import database_from_secret, database_from_url
 from totes.utils.lake import Lake
 from totes.utils.ledger import Ledger, new_run_id
 from totes.utils.run_tracking import skip_reason, tracked
 from totes.utils.source_reader import reader_for
+from totes.utils.spark import DatabaseRef, run_tasks, spark_session  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class SourceRef:
-    """How a Spark executor finds the source: its URL, or the id of the Secrets Manager secret
-    that holds it (executors of a Glue job read it with the job's role)."""
-
-    url: Optional[str] = None
-    secret_id: Optional[str] = None
-
-    def __repr__(self) -> str:  # a URL may hold a password: never shown
-        return f"SourceRef(secret_id={self.secret_id!r})" if self.secret_id else \
-            "SourceRef(url=…)"
-
-    def database(self):
-        """The source database (a :class:`Database` or a MySQL one)."""
-        if self.url:
-            return database_from_url("source", self.url)
-        return database_from_secret("source", self.secret_id)
-
-
-def spark_session(app_name: str = "totes-extract", master: Optional[str] = None,
-                  local: bool = True):
-    """A Spark session: with ``local``, a local one (``master``, default ``local[N]`` for N
-    cores) whose Python workers run this interpreter (so they import ``totes`` as the driver
-    does); else the cluster's (a Glue job's).
-
-    Raises:
-        ConfigError: pyspark is not installed (``pip install pyspark``).
-    """
-    try:
-        from pyspark.sql import SparkSession
-    except ImportError:
-        from totes.contracts.errors import ConfigError
-
-        raise ConfigError("the spark engine needs pyspark: pip install -r "
-                          "requirements-dev.txt (or pyspark==3.5.5)") from None
-    builder = SparkSession.builder.appName(app_name)
-    if local:
-        # Python workers are started with PYSPARK_PYTHON: this interpreter imports totes.
-        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-        builder = builder.master(master or f"local[{os.cpu_count() or 2}]") \
-            .config("spark.ui.enabled", "false") \
-            .config("spark.pyspark.python", sys.executable) \
-            .config("spark.pyspark.driver.python", sys.executable) \
-            .config("spark.task.maxFailures", "2") \
-            .config("spark.ui.showConsoleProgress", "false")
-    spark = builder.getOrCreate()
-    spark.sparkContext.setLogLevel("ERROR")
-    return spark
-
-
-def _first_python_error(exc: Exception) -> str:
-    """The line of a Spark error that says what failed (``ModuleNotFoundError: No module
-    named 'totes'``), else its first line."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    for line in lines:
-        head = line.split(":", 1)[0]
-        ours = not head.startswith(("org.", "py4j", "java."))
-        if head.endswith(("Error", "Exception")) and ours:
-            return line[:500]
-    return lines[0][:500] if lines else type(exc).__name__
+class SourceRef(DatabaseRef):
+    """How a Spark executor finds the source (:class:`~totes.utils.spark.DatabaseRef` of
+    role ``source``)."""
 
 
 def _read_part(payload: dict, spec: dict, source: SourceRef, lake_uri: str) -> tuple:
@@ -140,16 +79,9 @@ def extract_on_spark(spark, plan: TablePlan, source: SourceRef, lake_uri: str,
         payload = shared.model_dump(mode="json")
         log.info("%s: %d parts on Spark (batch %s)", plan.table, len(specs),
                  shared.shared().batch_id)
-        try:
-            answers = spark.sparkContext.parallelize(specs, len(specs)).map(
-                lambda spec: _read_part(payload, spec, source, lake_uri)).collect()
-        except Exception as exc:  # Spark's own failure (a task that could not even start)
-            raise SparkJobFailed(f"the Spark job extracting table {plan.table} failed: "
-                                 f"{_first_python_error(exc)}") from None
-        failures = [answer for status, answer in answers if status == "error"]
-        if failures:
-            raise failures[0]
-        parts = [PartResult.model_validate(answer) for _, answer in answers]
+        answers = run_tasks(spark, lambda spec: _read_part(payload, spec, source, lake_uri),
+                            specs, f"extracting table {plan.table}")
+        parts = [PartResult.model_validate(answer) for answer in answers]
         result = commit_landed_parts(shared, parts, lake, run_id)
         return result.model_copy(update={"seconds": round(time.monotonic() - started, 3)})
 

@@ -31,8 +31,9 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from datetime import timezone
-from typing import Optional
+from typing import Callable, Optional
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -40,7 +41,7 @@ from pg8000.exceptions import DatabaseError
 
 from totes.contracts.errors import ConfigError, LakeError, PermissionDenied
 from totes.contracts.manifest import Manifest, Repair
-from totes.contracts.identifiers import quote_ident
+from totes.contracts.identifiers import qualified, quote_ident
 from totes.contracts.source_tables import SOURCE_TABLES
 from totes.contracts.stage_results import LoadResult, LoadedTable, counted
 from totes.contracts.quarantine import VERSION_COLUMN, quarantine_prefix
@@ -404,8 +405,40 @@ def _newer_version(table: WarehouseTable) -> str:
     return f"({current}) IS DISTINCT FROM ({incoming})"
 
 
+@dataclass(frozen=True)
+class StagedRows:
+    """A fact file's rows already in a warehouse table (``relation``, quoted), staged by the
+    Spark engine (:mod:`totes.load.spark_load`) with ``ORDINAL``: each row's position in the
+    file, so that they are taken in the file's order (and the fact's serial keys follow it,
+    as the Lambda path's COPY does)."""
+
+    relation: str
+    rows: int
+
+
+#: The column of a :class:`StagedRows` table that holds each row's position in its file.
+ORDINAL = "_totes_ordinal"
+#: Stages a fact file in the warehouse before the load's transaction merges it: called with
+#: the fact (widened for the file) and the file's key; None to copy it in the transaction.
+Stager = Callable[[WarehouseTable, str], Optional[StagedRows]]
+
+
+def _fill(conn, table: WarehouseTable, rows, target: str, in_schema: Optional[str]) -> int:
+    """Put ``rows`` (record batches, or :class:`StagedRows`) into ``target`` (of the schema
+    ``in_schema``, else a temporary table) in the table's columns; returns the rows put."""
+    if not isinstance(rows, StagedRows):
+        return copy_binary_into(conn, target, table.arrow_schema(), rows, in_schema=in_schema)
+    columns = ", ".join(quote_ident(c) for c in table.column_names)
+    relation = qualified(in_schema, target) if in_schema else quote_ident(target)
+    # Identifiers only: the schema's names and the stager's quoted relation.
+    conn.run(f"INSERT INTO {relation} ({columns}) SELECT {columns} "  # nosec B608
+             f"FROM {rows.relation} ORDER BY {ORDINAL}")
+    return conn.row_count
+
+
 def merge_file(conn, table: WarehouseTable, processed: Lake, key: str,
-               batch: str, schema: str) -> tuple[LoadedTable, int]:
+               batch: str, schema: str, stage: Optional[Stager] = None
+               ) -> tuple[LoadedTable, int]:
     """Load one processed file of ``table`` (of ``batch``) into the warehouse schema
     ``schema``; returns its rows, inserted and updated, and for a fact the rows newly held
     for want of a dimension row.
@@ -416,12 +449,16 @@ def merge_file(conn, table: WarehouseTable, processed: Lake, key: str,
     empty (:func:`bulk_copy`: the first load of a table, a full reload), otherwise staged and
     inserted by :func:`bulk_insert`. A fact version read without a log position (by a cursor
     or in a copy: ``source_lsn`` 0) is the one of its id and ``last_updated`` already loaded,
-    whatever that one's position (:func:`_drop_known_versions`)."""
+    whatever that one's position (:func:`_drop_known_versions`). With ``stage`` (the Spark
+    engine's), a fact file's rows come from the table it staged them in instead of a COPY
+    in this transaction, which then drops that table."""
     metadata = processed.metadata(key)
     rows = metadata.num_rows
     file_schema = metadata.schema.to_arrow_schema()
     table = widening.widen_for_file(conn, table, file_schema, schema)  # a widened source
-    batches = file_batches(processed, key, table, file_schema.names)
+    staged = stage(table, key) if stage is not None and table.kind == "fact" else None
+    batches = staged if staged is not None else \
+        file_batches(processed, key, table, file_schema.names)
     q_table = table.relation(schema)
     bulk = table.kind == "fact" and _bulk(conn, table, rows, schema)
     if bulk:
@@ -430,42 +467,55 @@ def merge_file(conn, table: WarehouseTable, processed: Lake, key: str,
         (empty,), = conn.run(f"SELECT NOT EXISTS (SELECT 1 FROM {q_table})")  # nosec B608
         if empty:
             inserted, held = bulk_copy(conn, table, batches, batch, schema)
+            _drop_staged(conn, staged)
             return LoadedTable(table=table.name, rows=rows, inserted=inserted), held
-    stage = f"stage_{table.name}"
+    stage_name = f"stage_{table.name}"
     columns = ", ".join(quote_ident(c) for c in table.column_names)
-    conn.run(f"CREATE TEMP TABLE {quote_ident(stage)} ON COMMIT DROP AS "  # nosec B608
+    conn.run(f"CREATE TEMP TABLE {quote_ident(stage_name)} ON COMMIT DROP AS "  # nosec B608
              f"SELECT {columns} FROM {q_table} WITH NO DATA")
-    copy_binary_into(conn, stage, table.arrow_schema(), batches)
+    _fill(conn, table, batches, stage_name, None)
+    _drop_staged(conn, staged)
     if table.kind == "fact":
-        _drop_known_versions(conn, table, stage, schema)
-    held = held_facts.hold_orphans(conn, table, quote_ident(stage), batch, schema)[1] \
+        _drop_known_versions(conn, table, stage_name, schema)
+    held = held_facts.hold_orphans(conn, table, quote_ident(stage_name), batch, schema)[1] \
         if table.kind == "fact" else 0
     if bulk:
-        inserted, updated = bulk_insert(conn, table, stage, schema), 0
+        inserted, updated = bulk_insert(conn, table, stage_name, schema), 0
     else:
-        inserted, updated = merge_staged(conn, table.name, stage, table.column_names,
+        inserted, updated = merge_staged(conn, table.name, stage_name, table.column_names,
                                          list(table.merge_key),
                                          None if table.kind == "fact" else _newer_version(table),
                                          schema=schema)
-    conn.run(f"DROP TABLE {quote_ident(stage)}")
+    conn.run(f"DROP TABLE {quote_ident(stage_name)}")
     return LoadedTable(table=table.name, rows=rows, inserted=inserted, updated=updated), held
+
+
+def _drop_staged(conn, staged: Optional[StagedRows]) -> None:
+    """Drop the Spark engine's staging table, in the load's transaction (a load that fails
+    leaves it, and the next one replaces it)."""
+    if staged is not None:
+        conn.run(f"DROP TABLE {staged.relation}")
+
+
+def complete_batch(batch: pa.RecordBatch, table: WarehouseTable,
+                   missing: list) -> pa.RecordBatch:
+    """``batch`` in the table's columns, each of ``missing`` (the columns a file of an older
+    release lacks: ``is_deleted``, ``source_lsn``) with its default."""
+    if not missing:
+        return batch
+    for column in missing:
+        batch = batch.append_column(column.name, pa.array(
+            [column.default_value()] * batch.num_rows, column.arrow_type))
+    return batch.select(table.column_names)
 
 
 def file_batches(processed: Lake, key: str, table: WarehouseTable, present: list[str]):
     """The record batches of the processed file ``key`` of ``table`` (``present``: the
-    columns it holds), in the table's columns: a column a file of an older release lacks
-    (``is_deleted``, ``source_lsn``) gets its default."""
+    columns it holds), in the table's columns (:func:`complete_batch`)."""
     missing = [c for c in table.columns if c.name not in present]
-    batches = processed.iter_batches(key, COPY_BATCH_ROWS,
-                                     columns=[c for c in table.column_names if c in present])
-    if not missing:
-        yield from batches
-        return
-    for batch in batches:
-        for column in missing:
-            batch = batch.append_column(column.name, pa.array(
-                [column.default_value()] * batch.num_rows, column.arrow_type))
-        yield batch.select(table.column_names)
+    for batch in processed.iter_batches(key, COPY_BATCH_ROWS,
+                                        columns=[c for c in table.column_names if c in present]):
+        yield complete_batch(batch, table, missing)
 
 
 def _drop_known_versions(conn, table: WarehouseTable, stage: str, schema: str) -> None:
@@ -556,22 +606,23 @@ def bulk_copy(conn, table: WarehouseTable, batches, batch: str,
     at COPY speed, in the load's transaction (the table locked); returns (rows inserted, rows
     newly held).
 
-    The fact's keys and foreign keys are dropped, the batch's record ``batches`` copied
-    straight into it (binary COPY: no staging table, no per-row conflict check or trigger),
-    then every constraint is added again as the catalog defined it, and validated: the unique
-    and primary keys first (when the batch holds one version twice, the later copies are
-    deleted and the keys added again), then the foreign keys, each checked by one scan of
-    the table. When a foreign key finds a row without its dimension row, the attempt is
-    undone, the orphan rows move to the held table (:func:`held_facts.hold_orphans`, with
-    the same reasons as a staged batch's) and the foreign keys are added again. A clean
-    batch so pays for one check of its foreign keys, not two (measured on 2,000,000 sales
+    The fact's keys and foreign keys are dropped, the batch's record ``batches`` (or the
+    :class:`StagedRows` the Spark engine staged) copied straight into it (binary COPY: no
+    staging table, no per-row conflict check or trigger), then every constraint is added
+    again as the catalog defined it, and validated: the unique and primary keys first (when
+    the batch holds one version twice, the later copies are deleted and the keys added
+    again), then the foreign keys, each checked by one scan of the table. When a foreign
+    key finds a row without its dimension row, the attempt is undone, the orphan rows move
+    to the held table (:func:`held_facts.hold_orphans`, with the same reasons as a staged
+    batch's) and the foreign keys are added again. A clean batch so pays for one check of
+    its foreign keys, not two (measured on 2,000,000 sales
     orders: the set-wise orphan check 1.4 s, the nine validations 2.0 s). The catalog
     declares the same keys afterwards.
     """
     q_table = table.relation(schema)
     constraints = _Constraints(conn, table, schema)
     constraints.drop()
-    copied = copy_binary_into(conn, table.name, table.arrow_schema(), batches, in_schema=schema)
+    copied = _fill(conn, table, batches, table.name, schema)
     removed = {"duplicates": 0, "orphans": 0, "held": 0}
 
     def remove_duplicates() -> None:
@@ -673,7 +724,7 @@ def pending_batches(conn, processed: Lake, limit: Optional[int] = None,
 
 def _load_batch(session, conn, processed: Lake, manifest_key: str,
                 totals: dict[str, LoadedTable], held: dict[str, int], schema: str,
-                repairs: list[Repair]) -> None:
+                repairs: list[Repair], stage: Optional[Stager] = None) -> None:
     """Load one batch (its manifest read through ``repairs``).
 
     Raises:
@@ -682,7 +733,8 @@ def _load_batch(session, conn, processed: Lake, manifest_key: str,
     """
     manifest = read_manifest(processed, manifest_key, repairs)
     try:
-        _load_files(session, conn, processed, manifest_key, manifest, totals, held, schema)
+        _load_files(session, conn, processed, manifest_key, manifest, totals, held, schema,
+                    stage)
     except LakeError as exc:
         raise LakeError(f"{exc}. The lake still holds the inputs of batch {manifest_key}: "
                         f"`totes transform --rebuild {manifest_key}` writes its files again, "
@@ -691,7 +743,8 @@ def _load_batch(session, conn, processed: Lake, manifest_key: str,
 
 
 def _load_files(session, conn, processed: Lake, manifest_key: str, manifest: Manifest,
-                totals: dict[str, LoadedTable], held: dict[str, int], schema: str) -> None:
+                totals: dict[str, LoadedTable], held: dict[str, int], schema: str,
+                stage: Optional[Stager] = None) -> None:
     counts = {}
     for name, table in TABLES.items():
         output = manifest.output(name)
@@ -700,7 +753,7 @@ def _load_files(session, conn, processed: Lake, manifest_key: str, manifest: Man
         session.doing = f"loading {name} of batch {manifest_key} into the " \
                         f"{session.database.describe()}"
         merged, newly_held = merge_file(conn, table, processed, output.key, manifest_key,
-                                        schema)
+                                        schema, stage)
         counts[name] = merged.model_dump(exclude={"table"}) | {"held": newly_held}
         total = totals.setdefault(name, LoadedTable(table=name))
         total.rows += merged.rows
@@ -733,13 +786,15 @@ def _release_held(conn, totals: dict[str, LoadedTable], schema: str) -> dict[str
 def load(processed: Lake, warehouse: Database, manifest_keys: Optional[list[str]] = None,
          ledger: Optional[Ledger] = None, run_id: Optional[str] = None,
          lake: Optional[Lake] = None,
-         raw_tables: Optional[list[TablePlan]] = None) -> LoadResult:
+         raw_tables: Optional[list[TablePlan]] = None,
+         stage: Optional[Stager] = None) -> LoadResult:
     """Load the given transform batches (default: every committed batch not loaded yet) in
     one transaction, then release the held fact rows whose dimension rows have arrived;
     with a ``ledger``, under the ``load`` lease (waited for) and recorded there. With the
     ``lake`` and ``raw_tables`` (:func:`totes.contracts.config.raw_tables`), the same
     transaction loads into the raw layer (schema ``TOTES_RAW_SCHEMA``) the lake batches of
-    those tables it has not loaded (:func:`totes.load.raw.load_raw`).
+    those tables it has not loaded (:func:`totes.load.raw.load_raw`). ``stage`` is the Spark
+    engine's (:mod:`totes.load.spark_load`): it stages each fact file before it is merged.
 
     Returns the stage result (:class:`~totes.contracts.stage_results.LoadResult`): the batches
     loaded, in order, per warehouse table the rows staged, inserted and updated, and the fact
@@ -767,14 +822,15 @@ def load(processed: Lake, warehouse: Database, manifest_keys: Optional[list[str]
 
     return tracked(ledger, "load", ALL_TABLES, run_id or new_run_id(),
                    "batches" if manifest_keys else None,
-                   lambda: _load(processed, warehouse, manifest_keys, lake, raw_tables),
+                   lambda: _load(processed, warehouse, manifest_keys, lake, raw_tables, stage),
                    skipped, summary,
                    wait=True)
 
 
 def _load(processed: Lake, warehouse: Database, manifest_keys: Optional[list[str]],
           lake: Optional[Lake] = None,
-          raw_tables: Optional[list[TablePlan]] = None) -> LoadResult:
+          raw_tables: Optional[list[TablePlan]] = None,
+          stage: Optional[Stager] = None) -> LoadResult:
     started = time.monotonic()
     totals: dict[str, LoadedTable] = {}
     held: dict[str, int] = {}
@@ -803,7 +859,8 @@ def _load(processed: Lake, warehouse: Database, manifest_keys: Optional[list[str
             keys, through, more = list(manifest_keys), None, False
         repairs = read_repairs(processed) if keys else []
         for manifest_key in keys:
-            _load_batch(session, conn, processed, manifest_key, totals, held, schema, repairs)
+            _load_batch(session, conn, processed, manifest_key, totals, held, schema, repairs,
+                        stage)
         session.doing = f"releasing held fact rows in the {warehouse.describe()}"
         released = _release_held(conn, totals, schema)
         still_waiting = held_facts.waiting(conn)

@@ -23,7 +23,7 @@ import contextlib
 import logging
 import time
 from datetime import datetime
-from typing import Optional
+from typing import Callable, Optional
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -94,12 +94,19 @@ class _Outputs:
         """Add row versions of source ``table`` that broke a rule to its quarantine file."""
         self.write(quarantine_prefix(table), held)
 
-    def publish(self, moment: datetime) -> dict[str, str]:
-        """Close every file and publish it under its key; returns name → key."""
+    def publish(self, moment: Optional[datetime] = None,
+                key_of: Optional[Callable[[str], str]] = None) -> dict[str, str]:
+        """Close every file and publish it under its key (``key_of(name)`` when given, else
+        the next key of ``name`` at ``moment``); returns name → key."""
         keys = {}
         for name, (path, writer) in self.writers.items():
             self._close(name, writer)
-            key = self.processed.next_key(name, moment)
+            if key_of is not None:
+                key = key_of(name)
+            elif moment is not None:
+                key = self.processed.next_key(name, moment)
+            else:
+                raise ValueError("publish needs the batch's moment or key_of")
             self.processed.publish(path, key)
             keys[name] = key
         return keys
@@ -222,15 +229,22 @@ def _chain(*iterables):
         yield from iterable
 
 
+#: What writes a batch's facts: :func:`write_facts` (here, one record batch at a time) or the
+#: Spark engine's (:func:`totes.transform.spark_transform.fact_writer`), same arguments.
+FactWriter = Callable[[Lake, dict[str, list[str]], "_Outputs", dict[str, pa.Table]], pa.Array]
+
+
 def build_batch(lake: Lake, processed: Lake, previous: Optional[Manifest],
                 new_keys: dict[str, list[str]], retry: dict[str, pa.Table],
-                moment: datetime) -> tuple[dict[str, str], dict[str, int]]:
+                moment: datetime, facts: Optional[FactWriter] = None
+                ) -> tuple[dict[str, str], dict[str, int]]:
     """Write and publish the files of one batch: the lake files ``new_keys`` (per source
     table, oldest first) and the quarantined row versions ``retry`` put through the rules,
     with the reference state of ``previous`` (the batch before; None for the first). Returns
     (file name → published key, file name → rows); a name is a warehouse table,
     ``_state/<table>``, ``_quarantine/<table>`` or ``_retry/<table>``. The same inputs give
-    the same files: what :mod:`totes.transform.rebuild` relies on.
+    the same files: what :mod:`totes.transform.rebuild` relies on. ``facts`` writes the
+    facts (default :func:`write_facts`; the Spark engine's writes the same rows).
 
     Raises:
         LakeError / StorageUnavailable: a file could not be read or written.
@@ -247,7 +261,7 @@ def build_batch(lake: Lake, processed: Lake, previous: Optional[Manifest],
             if checked is not None:
                 outputs.write(rule.table, checked.rows)
                 outputs.hold(rule.sources[0], checked.held)
-        dates = write_facts(lake, new_keys, outputs, retry)
+        dates = (facts or write_facts)(lake, new_keys, outputs, retry)
         if len(dates):
             outputs.write("dim_date", dims.dim_date(dates))
         check_lease()
@@ -255,8 +269,8 @@ def build_batch(lake: Lake, processed: Lake, previous: Optional[Manifest],
 
 
 def transform(lake: Lake, processed: Lake, retry: Optional[dict[str, pa.Table]] = None,
-              ledger: Optional[Ledger] = None, run_id: Optional[str] = None
-              ) -> TransformResult:
+              ledger: Optional[Ledger] = None, run_id: Optional[str] = None,
+              facts: Optional[FactWriter] = None) -> TransformResult:
     """Transform every lake file newer than the last batch's, then commit a manifest; with a
     ``ledger``, under the ``transform`` lease (waited for: transforms are serialised) and
     recorded there.
@@ -264,6 +278,9 @@ def transform(lake: Lake, processed: Lake, retry: Optional[dict[str, pa.Table]] 
     ``retry`` maps a source table to quarantined row versions of it (source columns only) to
     put through the rules again in this batch: those that pass now join the star schema, the
     others are held again.
+
+    ``facts`` writes the facts (default :func:`write_facts`; the Spark engine passes its own,
+    :mod:`totes.transform.spark_transform`).
 
     Returns the stage result (:class:`~totes.contracts.stage_results.TransformResult`); its
     ``manifest`` is None and ``tables`` empty when there was nothing to transform.
@@ -281,15 +298,17 @@ def transform(lake: Lake, processed: Lake, retry: Optional[dict[str, pa.Table]] 
         return {"rows": sum(t.rows for t in result.tables), "key": result.manifest,
                 "details": {"source_files": result.source_files,
                             "tables": {t.table: t.rows for t in result.tables},
-                            "quarantined": result.quarantined}}
+                            "quarantined": result.quarantined,
+                            "quarantined_rows": result.quarantined_rows,
+                            "more": result.more}}
 
     return tracked(ledger, "transform", ALL_TABLES, run_id or new_run_id(),
-                   "retry" if retry else None, lambda: _transform(lake, processed, retry),
+                   "retry" if retry else None, lambda: _transform(lake, processed, retry, facts),
                    skipped, summary, wait=True)
 
 
-def _transform(lake: Lake, processed: Lake,
-               retry: Optional[dict[str, pa.Table]]) -> TransformResult:
+def _transform(lake: Lake, processed: Lake, retry: Optional[dict[str, pa.Table]],
+               facts: Optional[FactWriter] = None) -> TransformResult:
     started = time.monotonic()
     retry = {t: rows for t, rows in (retry or {}).items() if rows is not None and rows.num_rows}
     previous_key, previous = latest_manifest(processed)  # read through the repairs, to read
@@ -305,7 +324,7 @@ def _transform(lake: Lake, processed: Lake,
                                seconds=round(time.monotonic() - started, 3))
     moment = max([key_time(keys[-1]) for keys in new_keys.values()]
                  + ([datetime.fromisoformat(previous.batch_time)] if previous else []))
-    published, rows = build_batch(lake, processed, previous, new_keys, retry, moment)
+    published, rows = build_batch(lake, processed, previous, new_keys, retry, moment, facts)
     tables = [TableOutput(table=name, key=published[name], rows=rows[name])
               for name in TABLES if name in published]
     quarantined = {t: rows[quarantine_prefix(t)] for t in SOURCE_TABLES

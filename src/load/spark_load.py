@@ -1,0 +1,134 @@
+"""Load on Spark (the load stage's ``glue`` job type, and ``totes load --engine spark``): the
+same warehouse as the Lambda path, each fact file's rows copied into the warehouse by Spark
+tasks in parallel.
+
+A load is one warehouse transaction over every pending batch (keys declared and validated,
+a reload a no-op), so the engine is chosen for the stage, not per table. The driver does
+what the Lambda does (:func:`totes.load.warehouse.load`: the load lock and lease, the pending
+batches, the dimensions, the merge, the held rows, the ledger record), except that a fact
+file is staged first (:func:`stager`):
+
+1. the driver creates an unlogged staging table ``<bookkeeping>_stage.spark_stage_<fact>``
+   (``totes_stage`` by default: a schema of its own, since the load's transaction may be
+   creating the bookkeeping schema; the fact's columns, widened for the file, plus
+   :data:`~totes.load.warehouse.ORDINAL`, each row's position in the file), committed at once
+   so that the tasks see it;
+2. the file is split into contiguous row ranges (:func:`totes.utils.spark.row_ranges`), one
+   per Spark task, at least two when there are two rows; each task copies its range with a
+   binary ``COPY`` over its own connection and commits;
+3. the load's transaction takes the rows from there in the file's order (so the fact's
+   serial keys are the Lambda path's) and drops the table
+   (:func:`totes.load.warehouse.merge_file`).
+
+The staging table is written only while the driver holds the load lock (in its
+transaction), so two loads never share one; a load that fails leaves it, and the next load
+replaces it. Executors find the warehouse by reference
+(:class:`~totes.utils.spark.DatabaseRef`): no password travels in a task's closure.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+import pyarrow as pa
+
+from totes.contracts.config import TablePlan
+from totes.contracts.identifiers import qualified, quote_ident
+from totes.contracts.stage_results import LoadResult
+from totes.contracts.star_schema import WarehouseTable
+from totes.load.warehouse import (COPY_BATCH_ROWS, ORDINAL, Stager, StagedRows,
+                                  complete_batch, load)
+from totes.utils.lake import Lake
+from totes.utils.ledger import Ledger
+from totes.utils.postgres_copy import copy_binary_into
+from totes.utils import settings
+from totes.utils.spark import DatabaseRef, RowRange, read_range, row_ranges, run_tasks
+
+log = logging.getLogger(__name__)
+
+
+def staged_schema(table: WarehouseTable) -> pa.Schema:
+    """The staging table's columns: the fact's, then :data:`ORDINAL` (int64)."""
+    return table.arrow_schema().append(pa.field(ORDINAL, pa.int64(), nullable=False))
+
+
+def _stage_part(ranges: list[RowRange], table: WarehouseTable, relation: tuple[str, str],
+                processed_uri: str, warehouse: DatabaseRef) -> tuple:
+    """One Spark task: copy the rows of ``ranges`` of a processed fact file into the staging
+    table ``relation`` (``(schema, name)``), each with its position. Returns ``("ok", rows)``
+    or ``("error", exception)`` (raised by the driver as itself)."""
+    try:
+        processed = Lake(processed_uri)
+        present = processed.metadata(ranges[0].file).schema.to_arrow_schema().names
+        missing = [c for c in table.columns if c.name not in present]
+        wanted = [c for c in table.column_names if c in present]
+
+        def batches():
+            for piece in ranges:
+                position = piece.offset
+                for batch in read_range(processed, piece, wanted).to_batches(COPY_BATCH_ROWS):
+                    batch = complete_batch(batch, table, missing)
+                    ordinal = pa.array(range(position, position + batch.num_rows), pa.int64())
+                    position += batch.num_rows
+                    yield batch.append_column(ORDINAL, ordinal)
+
+        database = warehouse.database()
+        with database.session("totes-spark-load", f"staging {table.name} rows in the "
+                              f"{database.describe()}") as session:
+            rows = copy_binary_into(session.conn, relation[1], staged_schema(table),
+                                    batches(), in_schema=relation[0])
+        return "ok", rows
+    except Exception as exc:  # handed to the driver, which raises it
+        return "error", exc
+
+
+def stager(spark, processed_uri: str, warehouse: DatabaseRef,
+           tasks: Optional[int] = None) -> Stager:
+    """The Spark engine's :data:`~totes.load.warehouse.Stager`: stages a fact file as the
+    module docstring says (``tasks`` per file; default the session's parallelism, at least
+    2) and returns the staged rows.
+
+    Raises (from the stager):
+        DatabaseUnavailable / DatabaseRejected: the warehouse could not be reached.
+        SparkJobFailed: Spark itself failed; a task's own error as itself.
+    """
+    count = max(2, tasks or spark.sparkContext.defaultParallelism)
+    processed = Lake(processed_uri)
+
+    def stage(table: WarehouseTable, key: str) -> StagedRows:
+        schema = f"{settings.current().bookkeeping_schema}_stage"
+        name = f"spark_stage_{table.name}"
+        relation = qualified(schema, name)
+        columns = ", ".join(f"{quote_ident(c.name)} {c.sql_type}" for c in table.columns)
+        database = warehouse.database()
+        with database.session("totes-spark-load", f"creating the staging table {relation} "
+                              f"in the {database.describe()}") as session:
+            session.conn.run(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}")
+            session.conn.run(f"DROP TABLE IF EXISTS {relation}")
+            session.conn.run(f"CREATE UNLOGGED TABLE {relation} ({columns}, "
+                             f"{ORDINAL} bigint NOT NULL)")
+        ranges = row_ranges(processed, [key], count)
+        log.info("%s: %d Spark tasks staging %s", table.name, len(ranges), key)
+        staged = run_tasks(spark, lambda chunk: _stage_part(chunk, table, (schema, name),
+                                                            processed_uri, warehouse),
+                           ranges, f"staging {key} into {relation}")
+        return StagedRows(relation=relation, rows=sum(staged))
+
+    return stage
+
+
+def load_on_spark(spark, processed_uri: str, warehouse: DatabaseRef,
+                  ledger: Optional[Ledger] = None, run_id: Optional[str] = None,
+                  lake_uri: Optional[str] = None,
+                  raw_tables: Optional[list[TablePlan]] = None,
+                  tasks: Optional[int] = None) -> LoadResult:
+    """Load every pending batch as :func:`totes.load.warehouse.load` does, its fact files
+    staged by Spark tasks (the module docstring); returns the result the Lambda path returns.
+
+    Raises:
+        as :func:`totes.load.warehouse.load`; SparkJobFailed when Spark itself failed.
+    """
+    return load(Lake(processed_uri), warehouse.database(), ledger=ledger, run_id=run_id,
+                lake=Lake(lake_uri) if lake_uri and raw_tables else None,
+                raw_tables=raw_tables,
+                stage=stager(spark, processed_uri, warehouse, tasks))

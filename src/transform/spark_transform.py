@@ -1,0 +1,129 @@
+"""Transform on Spark (the transform stage's ``glue`` job type, and ``totes transform --engine
+spark``): one batch, the same files and manifest as the Lambda path, its facts built by Spark
+tasks.
+
+A transform batch is one commit over every table (its manifest, written last), so the engine is
+chosen for the stage, not per table. The driver does what the Lambda does
+(:func:`totes.transform.run.transform`: the pending lake files, under the ``transform`` lease,
+recorded in the ledger; the reference state and the dimensions, which are small by nature);
+the facts, which grow with the source, are split by rows over Spark tasks:
+
+1. per fact source, the driver splits the batch's lake files into contiguous row ranges
+   (:func:`totes.utils.spark.row_ranges`: whole row groups where it can, a row group cut
+   where it must), one per task, at least two when there are two rows;
+2. each task streams its range through the fact rules (:func:`totes.rules.facts.fact_rows`)
+   and publishes its fact rows and its quarantined versions as part files under
+   ``_spark/<run_id>/<fact>/<task>.parquet`` in the processed area, and returns the dates its
+   rows refer to;
+3. the driver appends the parts, in task order, to the batch's fact file, one record batch at
+   a time (bounded memory), deletes them, and commits the batch as the Lambda path does.
+
+Rows leave the tasks in the order the Lambda path reads them, so the batch's files hold the
+same rows in the same order: load, reconcile and ``totes transform --rebuild`` cannot tell
+which engine wrote a batch. A run that fails leaves part files no manifest names (and no
+batch); the next run transforms the same lake files again.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Optional
+
+import pyarrow as pa
+
+from totes.contracts.stage_results import TransformResult
+from totes.rules.facts import FACT_SOURCES, fact_dates, fact_rows, widened_fact
+from totes.transform.run import FACT_BATCH_ROWS, _Outputs, lake_schema, transform
+from totes.utils.footers import batch_files
+from totes.utils.lake import Lake
+from totes.utils.ledger import Ledger, new_run_id
+from totes.utils.spark import RowRange, read_range, row_ranges, run_tasks
+
+log = logging.getLogger(__name__)
+
+#: Where tasks publish their part files in the processed area (removed once appended).
+PARTS_PREFIX = "_spark"
+
+
+def _part_key(run_id: str, name: str, task: int) -> str:
+    return f"{PARTS_PREFIX}/{run_id}/{name.replace('/', '__')}/{task:05d}.parquet"
+
+
+def _transform_part(task: int, ranges: list[RowRange], source_table: str, target,
+                    lake_uri: str, processed_uri: str, run_id: str) -> tuple:
+    """One Spark task: the rows of ``ranges`` through the fact rules, published as part
+    files. Returns ``("ok", {"parts": {name: key}, "dates": pa.Array})`` or ``("error",
+    exception)`` (raised by the driver as itself)."""
+    try:
+        lake, processed = Lake(lake_uri), Lake(processed_uri)
+        fact_name = FACT_SOURCES[source_table][0]
+        dates = [pa.array([], pa.date32())]
+        with contextlib.ExitStack() as stack:
+            outputs = _Outputs(processed, stack)
+            outputs.schemas[fact_name] = target.arrow_schema()
+            for piece in ranges:
+                for batch in read_range(lake, piece).to_batches(FACT_BATCH_ROWS):
+                    checked = fact_rows(batch, source_table, target)
+                    outputs.write(fact_name, checked.rows)
+                    outputs.hold(source_table, checked.held)
+                    dates.append(fact_dates(checked.rows))
+            parts = outputs.publish(key_of=lambda name: _part_key(run_id, name, task))
+        return "ok", {"parts": parts, "dates": pa.concat_arrays(dates)}
+    except Exception as exc:  # handed to the driver, which raises it
+        return "error", exc
+
+
+def fact_writer(spark, lake_uri: str, processed_uri: str, run_id: str,
+                tasks: Optional[int] = None):
+    """The Spark engine's fact writer (a :data:`totes.transform.run.FactWriter`): every fact's
+    rows built by Spark tasks, as the module docstring says; ``tasks`` per fact (default
+    the session's parallelism, at least 2)."""
+    count = max(2, tasks or spark.sparkContext.defaultParallelism)
+
+    def write(lake: Lake, new_keys: dict[str, list[str]], outputs: _Outputs,
+              retry: dict[str, pa.Table]) -> pa.Array:
+        dates = [pa.array([], pa.date32())]
+        for source_table, (fact_name, _) in FACT_SOURCES.items():
+            files = [file for key in new_keys.get(source_table, [])
+                     for file in batch_files(lake, key)]
+            target = widened_fact(source_table, lake_schema(lake, files))
+            outputs.schemas[fact_name] = target.arrow_schema()
+            ranges = row_ranges(lake, files, count)
+            if ranges:
+                log.info("%s: %d Spark tasks over %d lake files", fact_name, len(ranges),
+                         len(files))
+            answers = run_tasks(
+                spark, lambda item: _transform_part(item[0], item[1], source_table, target,
+                                                    lake_uri, processed_uri, run_id),
+                list(enumerate(ranges)), f"transforming {source_table} into {fact_name}")
+            for answer in answers:
+                for name, key in answer["parts"].items():
+                    for batch in outputs.processed.iter_batches(key, FACT_BATCH_ROWS):
+                        outputs.write(name, pa.Table.from_batches([batch]))
+                    outputs.processed.delete(key)
+                dates.append(answer["dates"])
+            retried = retry[source_table].to_batches(FACT_BATCH_ROWS) \
+                if source_table in retry else []
+            for batch in retried:  # on the driver, after the lake's rows, as the Lambda path
+                checked = fact_rows(batch, source_table, target)
+                outputs.write(fact_name, checked.rows)
+                outputs.hold(source_table, checked.held)
+                dates.append(fact_dates(checked.rows))
+        return pa.concat_arrays(dates)
+
+    return write
+
+
+def transform_on_spark(spark, lake_uri: str, processed_uri: str,
+                       ledger: Optional[Ledger] = None, run_id: Optional[str] = None,
+                       tasks: Optional[int] = None) -> TransformResult:
+    """Transform every pending lake file into one batch, its facts built by Spark tasks (the
+    module docstring); returns the result the Lambda path returns.
+
+    Raises:
+        as :func:`totes.transform.run.transform`; SparkJobFailed when Spark itself failed; a
+        task's own error (LakeError, StorageUnavailable) as itself.
+    """
+    run_id = run_id or new_run_id()
+    return transform(Lake(lake_uri), Lake(processed_uri), ledger=ledger, run_id=run_id,
+                     facts=fact_writer(spark, lake_uri, processed_uri, run_id, tasks))

@@ -1,0 +1,111 @@
+"""The Spark engine of transform and load (the stages' ``glue`` job type) on a local Spark:
+the same processed files and the same warehouse as the Lambda path, row for row and key for
+key (the facts' serial keys included), for a first load into empty facts and for a second
+batch merged into facts that have rows; the work of each fact split over Spark tasks."""
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from support import CONFIG, query, url_of
+from totes.contracts.star_schema import TABLES
+from totes.ingest.plan import plan
+from totes.load.spark_load import load_on_spark
+from totes.load.warehouse import load
+from totes.local.runner import ingest_all
+from totes.transform.run import transform
+from totes.transform.spark_transform import transform_on_spark
+from totes.utils.config_file import load_config
+from totes.utils.lake import Lake
+from totes.utils.manifests import latest_manifest
+from totes.utils.spark import DatabaseRef, row_ranges
+
+pytest.importorskip("pyspark", reason="the Spark engine's tests need pyspark "
+                                      "(requirements-dev.txt)")
+
+
+@pytest.fixture(scope="module")
+def spark():
+    """One local Spark for the module (starting one takes seconds)."""
+    from totes.utils.spark import spark_session
+
+    session = spark_session("totes-tests", "local[2]")
+    yield session
+    session.stop()
+
+
+def warehouse_rows(warehouse) -> dict:
+    """Every row of every star-schema table, surrogate keys included, in a stable order."""
+    found = {}
+    for name in TABLES:
+        rows = query(warehouse, f"SELECT * FROM {name}")  # nosec B608 (the schema's names)
+        found[name] = sorted(tuple(str(v) for v in row) for row in rows)
+    return found
+
+
+def processed_rows(processed: Lake) -> dict:
+    _, manifest = latest_manifest(processed)
+    return {o.table: processed.read_table(o.key).to_pylist() for o in manifest.outputs}
+
+
+def test_spark_transform_and_load_build_the_lambda_paths_warehouse(
+        spark, seeded_source, new_database, tmp_path, caplog):
+    lake = Lake(str(tmp_path / "lake"))
+    ingest_all(seeded_source, lake, plan(load_config(CONFIG), seeded_source))
+    by_lambda, by_spark = new_database("wh"), new_database("wh")
+    lambda_processed = Lake(str(tmp_path / "lambda-processed"))
+    spark_processed = Lake(str(tmp_path / "spark-processed"))
+    spark_warehouse = DatabaseRef(url=url_of(by_spark), role="warehouse")
+
+    def both_ways() -> None:
+        transform(lake, lambda_processed)
+        with caplog.at_level(logging.INFO, logger="totes"):
+            result = transform_on_spark(spark, lake.uri, spark_processed.uri, tasks=3)
+        assert result.manifest is not None
+        assert processed_rows(spark_processed) == processed_rows(lambda_processed)
+        load(lambda_processed, by_lambda)
+        with caplog.at_level(logging.INFO, logger="totes"):
+            loaded = load_on_spark(spark, spark_processed.uri, spark_warehouse, tasks=3)
+        assert loaded.batches and warehouse_rows(by_spark) == warehouse_rows(by_lambda)
+
+    both_ways()  # the first load: every fact empty, bulk-loaded
+    said = caplog.text
+    assert "fact_sales_order: 3 Spark tasks over" in said  # transform's tasks
+    assert "fact_sales_order: 3 Spark tasks staging" in said  # load's tasks
+    (sales,), = query(by_spark, "SELECT count(*) FROM fact_sales_order")
+    assert sales == 11_187
+
+    query(seeded_source, "UPDATE sales_order SET units_sold = units_sold + 1, last_updated "
+                         "= now() WHERE sales_order_id BETWEEN 20 AND 2019")
+    ingest_all(seeded_source, lake, plan(load_config(CONFIG), seeded_source))
+    caplog.clear()
+    both_ways()  # a second batch into facts that have rows: staged, then merged
+    assert "fact_sales_order: 3 Spark tasks staging" in caplog.text
+    (sales,), = query(by_spark, "SELECT count(*) FROM fact_sales_order")
+    assert sales == 11_187 + 2_000
+    assert query(by_spark, "SELECT count(*) FROM pg_tables WHERE tablename LIKE "
+                           "'spark_stage_%'") == [[0]]  # the load dropped its staging tables
+
+    again = load_on_spark(spark, spark_processed.uri, spark_warehouse)
+    assert again.batches == [] and warehouse_rows(by_spark) == warehouse_rows(by_lambda)
+
+
+def test_row_ranges_cover_every_row_once_in_order(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    store = Lake(str(tmp_path))
+    for name, rows in (("a.parquet", 10), ("b.parquet", 7)):
+        pq.write_table(pa.table({"n": list(range(rows))}), str(tmp_path / name),
+                       row_group_size=4)
+    for tasks in (1, 2, 3, 5, 17, 40):
+        ranges = row_ranges(store, ["a.parquet", "b.parquet"], tasks)
+        assert len(ranges) == min(tasks, 17)
+        pieces = [piece for chunk in ranges for piece in chunk]
+        assert [p.offset for p in pieces] == \
+            [sum(q.stop - q.start for q in pieces[:i]) for i in range(len(pieces))]
+        assert sum(p.stop - p.start for p in pieces) == 17
+        sizes = [sum(p.stop - p.start for p in chunk) for chunk in ranges]
+        assert max(sizes) - min(sizes) <= 1
+    assert row_ranges(store, [], 3) == []
