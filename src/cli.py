@@ -10,6 +10,7 @@ error is also printed on standard output as
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -363,8 +364,7 @@ def ingest(source_url: Optional[str] = SourceUrl, lake: Optional[str] = LakeUri,
     request = [name if mode is None else {"table": name, "mode": mode, "from": low, "to": high}
                for name in table or ()]
     planned = run_plan(resolved, source, run_id=new_run_id(), tables=request or None)
-    if engine not in ("python", "spark"):
-        raise ConfigError(f"--engine {engine!r}: use python or spark")
+    _check_engine(engine)
     with progress.status("ingest…"):
         if engine == "spark":
             results = _ingest_on_spark(workspace, planned.tables)
@@ -378,19 +378,44 @@ def ingest(source_url: Optional[str] = SourceUrl, lake: Optional[str] = LakeUri,
         progress.console.print(f"[yellow]{escape(line)}[/]")
 
 
-def _ingest_on_spark(workspace, plans) -> list:
-    """Each table through :func:`totes.ingest.spark_extract.extract_on_spark`, on one local
-    Spark session."""
-    from totes.ingest.spark_extract import SourceRef, extract_on_spark, spark_session
+def _check_engine(engine: str) -> None:
+    """Raises ConfigError unless ``engine`` is ``python`` or ``spark``."""
+    if engine not in ("python", "spark"):
+        raise ConfigError(f"--engine {engine!r}: use python or spark")
+
+
+@contextlib.contextmanager
+def _local_spark():
+    """A local Spark session for the block, stopped after it."""
+    from totes.utils.spark import spark_session
 
     spark = spark_session()
     try:
-        secret = workspace.secret("source")
-        source = SourceRef(secret_id=secret) if secret else SourceRef(url=workspace.url("source"))
-        return [extract_on_spark(spark, plan, source, workspace.lake_uri, workspace.ledger())
-                for plan in plans]
+        yield spark
     finally:
         spark.stop()
+
+
+def _database_ref(workspace, role: str):
+    """How Spark executors find the workspace's ``role`` database: its secret, else its
+    URL."""
+    from totes.utils.spark import DatabaseRef
+
+    secret = workspace.secret(role)
+    return DatabaseRef(secret_id=secret, role=role) if secret else \
+        DatabaseRef(url=workspace.url(role), role=role)
+
+
+def _ingest_on_spark(workspace, plans) -> list:
+    """Each table through :func:`totes.ingest.spark_extract.extract_on_spark`, on one local
+    Spark session."""
+    from totes.ingest.spark_extract import SourceRef, extract_on_spark
+
+    with _local_spark() as spark:
+        ref = _database_ref(workspace, "source")
+        source = SourceRef(url=ref.url, secret_id=ref.secret_id)
+        return [extract_on_spark(spark, plan, source, workspace.lake_uri, workspace.ledger())
+                for plan in plans]
 
 
 def _mode(reingest: bool, low: Optional[str], high: Optional[str],
@@ -419,9 +444,14 @@ def transform(lake: Optional[str] = LakeUri, processed: Optional[str] = Processe
                   help="Rebuild one committed batch from the lake instead: KEY is its "
                   "manifest key or any file of it that an error named (a damaged processed "
                   "file); the batch keeps its place, the next load takes it"),
+              engine: str = typer.Option("python", "--engine", help="python: this process; "
+                                         "spark: a local Spark whose tasks build the facts, "
+                                         "as the Glue job does"),
               as_json: bool = JsonOutput, verbose: bool = Verbose):
     """Run the transform stage: new lake files into the star schema's processed files."""
     from totes.transform.run import transform as run_transform
+
+    _check_engine(engine)
 
     progress = _Progress()
     workspace = _workspace(progress, lake=lake, processed=processed)
@@ -440,8 +470,15 @@ def transform(lake: Optional[str] = LakeUri, processed: Optional[str] = Processe
                                   f"{escape(rebuilt.repair)}); `totes load` takes it.")
         return
     with progress.status("transform…"):
-        result = run_transform(workspace.lake(), workspace.processed(),
-                               ledger=workspace.ledger())
+        if engine == "spark":
+            from totes.transform.spark_transform import transform_on_spark
+
+            with _local_spark() as spark:
+                result = transform_on_spark(spark, workspace.lake_uri,
+                                            workspace.processed().uri, workspace.ledger())
+        else:
+            result = run_transform(workspace.lake(), workspace.processed(),
+                                   ledger=workspace.ledger())
     if as_json:
         _print_json(result.model_dump(mode="json"))
     else:
@@ -456,19 +493,36 @@ def load(warehouse_url: Optional[str] = WarehouseUrl, processed: Optional[str] =
          lake: Optional[str] = LakeUri, batch: Optional[List[str]] = typer.Option(
              None, "--batch", help="Load this manifest key (again) (repeatable) "
                                    "[default: every batch not loaded yet]"),
+         engine: str = typer.Option("python", "--engine", help="python: this process; "
+                                    "spark: a local Spark whose tasks copy the fact rows into "
+                                    "the warehouse, as the Glue job does"),
          as_json: bool = JsonOutput, verbose: bool = Verbose):
     """Run the load stage: processed batches into the warehouse, in one transaction (with
     the lake batches of the raw layer's tables not loaded yet)."""
     from totes.contracts.config import raw_tables
     from totes.load.warehouse import load as run_load
 
+    _check_engine(engine)
+    if engine == "spark" and batch:
+        raise ConfigError("--batch loads chosen batches in this process: leave out "
+                          "--engine spark")
     progress = _Progress()
     workspace = _workspace(progress, warehouse_url=warehouse_url, processed=processed,
                            lake=lake)
     with progress.status("load…"):
-        result = run_load(workspace.processed(), workspace.database("warehouse"),
-                          batch or None, ledger=workspace.ledger(), lake=workspace.lake(),
-                          raw_tables=raw_tables(workspace.config()))
+        if engine == "spark":
+            from totes.load.spark_load import load_on_spark
+
+            with _local_spark() as spark:
+                result = load_on_spark(spark, workspace.processed().uri,
+                                       _database_ref(workspace, "warehouse"),
+                                       workspace.ledger(), lake_uri=workspace.lake_uri,
+                                       raw_tables=raw_tables(workspace.config()))
+        else:
+            result = run_load(workspace.processed(), workspace.database("warehouse"),
+                              batch or None, ledger=workspace.ledger(),
+                              lake=workspace.lake(),
+                              raw_tables=raw_tables(workspace.config()))
     if as_json:
         _print_json(result.model_dump(mode="json"))
     else:

@@ -476,3 +476,45 @@ def test_a_failed_glue_job_run_is_recorded_failed_and_alerted_like_a_lambda(
                                 "error": timeout}, None)
     assert (timed_out["error_type"], timed_out["error_message"]) == (
         "GlueJobTimeout", "the Glue job run jr_3 ended TIMEOUT")
+
+
+def test_pending_sends_transform_and_load_to_spark_while_a_glue_table_has_lake_files(
+        lambda_environment, monkeypatch, tmp_path):
+    """payment's job_type is glue: while its lake files wait for transform, Pending names
+    the Spark job's work; the transform and load functions hand the state machine the
+    results that job wrote, as their own."""
+    from totes.load.handler import pending_handler
+    from totes.utils.job_results import job_result_key, write_job_result
+    from totes.utils.lake import Lake
+
+    glue_config(monkeypatch, tmp_path)
+    tables = through_json(plan_handler({}, None))["tables"]
+    for item in tables:
+        if item["job_type"] == "lambda":
+            ingest_handler(item, None)
+    pending = through_json(pending_handler({"items": []}, None))
+    assert pending["transform"] is True and pending["spark"] is None  # payment: no files yet
+
+    from totes.ingest.extract import ingest_table
+    from totes.contracts.config import TablePlan
+    from totes.utils.databases import database_from_url
+    import os
+
+    payment = TablePlan.model_validate(next(t for t in tables if t["table"] == "payment"))
+    ingest_table(payment.model_copy(update={"num_partitions": 1, "partition_column": None}),
+                 database_from_url("source", os.environ["TOTES_SOURCE_URL"]),
+                 Lake(os.environ["TOTES_LAKE"]))
+    pending = through_json(pending_handler({"items": []}, None))
+    assert pending["spark"] == {"tables": ["payment"], "worker_type": "G.1X", "worker_no": 4}
+
+    transformed = through_json(transform_handler({}, None))
+    loaded = through_json(load_handler({}, None))
+    assert through_json(pending_handler({"items": []}, None))["spark"] is None
+
+    key = job_result_key("execution-9")
+    write_job_result(Lake(os.environ["TOTES_PROCESSED"]), key,
+                     {"transform": transformed, "load": loaded})
+    assert through_json(transform_handler({"spark_result": key}, None)) == transformed
+    assert through_json(load_handler({"spark_result": key}, None)) == loaded
+    (payments,), = query(lambda_environment, "SELECT count(*) FROM fact_payment")
+    assert payments == snapshot("payment").num_rows  # read back: nothing loaded twice

@@ -11,12 +11,14 @@ import pytest
 from support import CONFIG, query, url_of
 from totes.contracts.star_schema import TABLES
 from totes.ingest.plan import plan
+from totes.jobs import glue_stages
 from totes.load.spark_load import load_on_spark
 from totes.load.warehouse import load
 from totes.local.runner import ingest_all
 from totes.transform.run import transform
 from totes.transform.spark_transform import transform_on_spark
 from totes.utils.config_file import load_config
+from totes.utils.job_results import job_result_key, read_job_result
 from totes.utils.lake import Lake
 from totes.utils.manifests import latest_manifest
 from totes.utils.spark import DatabaseRef, row_ranges
@@ -50,38 +52,61 @@ def processed_rows(processed: Lake) -> dict:
 
 
 def test_spark_transform_and_load_build_the_lambda_paths_warehouse(
-        spark, seeded_source, new_database, tmp_path, caplog):
+        spark, seeded_source, new_database, tmp_path, caplog, monkeypatch):
+    """Round 1: the Glue job's entry (every fact on Spark) against the Lambda path, into empty
+    facts. Round 2: the facts of one table on Spark, a second batch into facts that have
+    rows."""
     lake = Lake(str(tmp_path / "lake"))
     ingest_all(seeded_source, lake, plan(load_config(CONFIG), seeded_source))
     by_lambda, by_spark = new_database("wh"), new_database("wh")
     lambda_processed = Lake(str(tmp_path / "lambda-processed"))
     spark_processed = Lake(str(tmp_path / "spark-processed"))
-    spark_warehouse = DatabaseRef(url=url_of(by_spark), role="warehouse")
 
-    def both_ways() -> None:
+    def lambda_path() -> None:
         transform(lake, lambda_processed)
-        with caplog.at_level(logging.INFO, logger="totes"):
-            result = transform_on_spark(spark, lake.uri, spark_processed.uri, tasks=3)
-        assert result.manifest is not None
-        assert processed_rows(spark_processed) == processed_rows(lambda_processed)
         load(lambda_processed, by_lambda)
-        with caplog.at_level(logging.INFO, logger="totes"):
-            loaded = load_on_spark(spark, spark_processed.uri, spark_warehouse, tasks=3)
-        assert loaded.batches and warehouse_rows(by_spark) == warehouse_rows(by_lambda)
 
-    both_ways()  # the first load: every fact empty, bulk-loaded
+    lambda_path()
+    arguments = {"TOTES_LAKE": lake.uri, "TOTES_PROCESSED": spark_processed.uri,
+                 "TOTES_WAREHOUSE_URL": url_of(by_spark)}
+    for name, value in arguments.items():  # the job sets them: restored after the test
+        monkeypatch.setenv(name, value)
+    key = job_result_key("execution-1")
+    with caplog.at_level(logging.INFO, logger="totes"):
+        assert glue_stages.main(
+            ["--tables", '["sales_order", "purchase_order", "payment"]', "--result_key", key,
+             "--run_id", "execution-1"] + [item for name, value in arguments.items()
+                                           for item in (f"--{name}", value)], spark) == 0
+    transformed = read_job_result(spark_processed, key, "transform")
+    assert transformed["manifest"] == latest_manifest(spark_processed)[0]
+    assert read_job_result(spark_processed, key, "load")["batches"] == [transformed["manifest"]]
+    assert processed_rows(spark_processed) == processed_rows(lambda_processed)
+    assert warehouse_rows(by_spark) == warehouse_rows(by_lambda)
     said = caplog.text
-    assert "fact_sales_order: 3 Spark tasks over" in said  # transform's tasks
-    assert "fact_sales_order: 3 Spark tasks staging" in said  # load's tasks
+    assert "fact_sales_order: 2 Spark tasks over" in said  # transform's tasks
+    assert "fact_sales_order: 2 Spark tasks staging" in said  # load's tasks
     (sales,), = query(by_spark, "SELECT count(*) FROM fact_sales_order")
     assert sales == 11_187
 
     query(seeded_source, "UPDATE sales_order SET units_sold = units_sold + 1, last_updated "
                          "= now() WHERE sales_order_id BETWEEN 20 AND 2019")
+    query(seeded_source, "UPDATE payment SET payment_amount = payment_amount + 1, "
+                         "last_updated = now() WHERE payment_id BETWEEN 1 AND 300")
     ingest_all(seeded_source, lake, plan(load_config(CONFIG), seeded_source))
     caplog.clear()
-    both_ways()  # a second batch into facts that have rows: staged, then merged
-    assert "fact_sales_order: 3 Spark tasks staging" in caplog.text
+    lambda_path()
+    spark_warehouse = DatabaseRef(url=url_of(by_spark), role="warehouse")
+    with caplog.at_level(logging.INFO, logger="totes"):
+        transform_on_spark(spark, lake.uri, spark_processed.uri, tasks=3,
+                           tables={"sales_order"})
+        assert processed_rows(spark_processed) == processed_rows(lambda_processed)
+        load_on_spark(spark, spark_processed.uri, spark_warehouse, tasks=3,
+                      tables={"sales_order"})
+    assert warehouse_rows(by_spark) == warehouse_rows(by_lambda)
+    said = caplog.text
+    assert "fact_sales_order: 3 Spark tasks over" in said
+    assert "fact_sales_order: 3 Spark tasks staging" in said
+    assert "fact_payment: " not in said  # payment's facts: by the driver, as the Lambda's
     (sales,), = query(by_spark, "SELECT count(*) FROM fact_sales_order")
     assert sales == 11_187 + 2_000
     assert query(by_spark, "SELECT count(*) FROM pg_tables WHERE tablename LIKE "

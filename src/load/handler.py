@@ -7,6 +7,7 @@ warehouse has not loaded yet.
 from totes.contracts.metrics import MetricValue, of_load
 from totes.load.warehouse import load
 from totes.utils import observability, resources
+from totes.utils.job_results import read_job_result
 
 
 def _loaded(event, result) -> list[MetricValue]:
@@ -21,18 +22,27 @@ def pending_handler(event, context):
     """After the Map. Event: ``{"items": [<ItemStatus JSON>, ...]}``. Returns
     :class:`~totes.load.pending.PendingResult` as JSON: what transform and load have left to
     do, and which tables failed or were skipped."""
-    from totes.load.pending import PendingResult, pending_work
+    from totes.load.pending import PendingResult, pending_work, spark_work
 
     items = (event or {}).get("items") or []
-    work = pending_work(resources.storage("lake"), resources.storage("processed"),
-                        resources.database("warehouse"), _raw_tables())
+    lake, processed = resources.storage("lake"), resources.storage("processed")
+    work = pending_work(lake, processed, resources.database("warehouse"), _raw_tables())
     return PendingResult(
         **work.model_dump(),
+        spark=spark_work(lake, processed, _plans()) if work.transform else None,
         failed_tables=[{k: i.get(k) for k in ("table", "error_type", "error_message")}
                        for i in items if i.get("status") == "failed"],
         skipped_tables=[{"table": i.get("table"), "reason": i.get("reason")}
                         for i in items if i.get("status") == "skipped"],
         warnings=[i["warning"] for i in items if i.get("warning")]).model_dump(mode="json")
+
+
+def _plans():
+    """Every table's plan from the pipeline file (``TOTES_CONFIG``)."""
+    from totes.contracts.config import resolve_tables
+    from totes.utils.config_file import load_config
+
+    return resolve_tables(load_config(resources.config_path()))
 
 
 def _raw_tables():
@@ -51,7 +61,14 @@ def _raw_tables():
 def handler(event, context):
     """Returns :class:`~totes.contracts.stage_results.LoadResult` as JSON:
     ``{"batches": [...], "tables": [...], "raw": [...], "seconds": s}``. With ``TOTES_LAKE``
-    set, the raw layer's tables (of ``TOTES_CONFIG``) take their new lake batches too."""
+    set, the raw layer's tables (of ``TOTES_CONFIG``) take their new lake batches too.
+
+    Event ``{"spark_result": key}`` (after the Glue job that transforms and loads on Spark):
+    loads nothing and returns the load result that job wrote to ``key`` of the processed
+    area (:mod:`totes.jobs.glue_stages`), so that its metrics are reported as this
+    function's are."""
+    if (event or {}).get("spark_result"):
+        return read_job_result(resources.storage("processed"), event["spark_result"], "load")
     tables = _raw_tables()
     return load(resources.storage("processed"), resources.database("warehouse"),
                 ledger=resources.ledger(), run_id=(event or {}).get("run_id"),

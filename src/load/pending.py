@@ -19,10 +19,46 @@ from pydantic import BaseModel
 
 from totes.contracts.config import TablePlan
 from totes.contracts.source_tables import SOURCE_TABLES
+from totes.rules.facts import FACT_SOURCES
 from totes.utils.lake import Lake
 from totes.utils.manifests import latest_manifest, manifests_after
 from totes.utils.postgres import Database
 from totes.utils.settings import bookkeeping
+
+
+class SparkWork(BaseModel):
+    """The Glue job run that transforms and loads on Spark, when a fact source table whose
+    ``job_type`` is ``glue`` has lake files no batch has taken::
+
+        {"tables": ["sales_order"], "worker_type": "G.2X", "worker_no": 4}
+
+    ``tables``: those tables (their facts are built and staged by Spark tasks; the other
+    tables' rows go through the job's driver as through the Lambdas); ``worker_type`` and
+    ``worker_no``: the largest of their settings."""
+
+    tables: list[str]
+    worker_type: str
+    worker_no: int
+
+
+#: Glue's worker types, smallest first.
+_WORKER_SIZES = ("G.1X", "G.2X", "G.4X", "G.8X")
+
+
+def spark_work(lake: Lake, processed: Lake, plans: list[TablePlan]) -> Optional[SparkWork]:
+    """The Spark job's work (:class:`SparkWork`), or None when no ``glue`` fact source table
+    has a lake file to transform (transform and load then run on the Lambdas).
+
+    Raises:
+        LakeError / StorageUnavailable: the lake or processed area could not be read.
+    """
+    glue = [p for p in plans if p.job_type == "glue" and p.table in FACT_SOURCES]
+    waiting = [p for p in glue if untransformed_files(lake, processed, [p.table])]
+    if not waiting:
+        return None
+    return SparkWork(tables=[p.table for p in waiting],
+                     worker_type=max((p.worker_type for p in waiting), key=_WORKER_SIZES.index),
+                     worker_no=max(p.worker_no for p in waiting))
 
 
 class PendingWork(BaseModel):
@@ -48,8 +84,11 @@ class PendingResult(PendingWork):
 
     ``warnings``: what an item reported without failing (the replication slot's retained
     WAL past its limit): the state machine sends one alert for them and goes on.
+    ``spark``: the Glue job run that transforms and loads this time (:class:`SparkWork`), or
+    None for the Lambdas.
     """
 
+    spark: Optional[SparkWork] = None
     failed_tables: list[dict] = []
     skipped_tables: list[dict] = []
     warnings: list[str] = []

@@ -1,12 +1,11 @@
-"""Load on Spark (the load stage's ``glue`` job type, and ``totes load --engine spark``): the
-same warehouse as the Lambda path, each fact file's rows copied into the warehouse by Spark
-tasks in parallel.
+"""Load on Spark (for the tables whose ``job_type`` is ``glue``, and ``totes load --engine
+spark``): the same warehouse as the Lambda path, the rows of each of their fact files copied
+into the warehouse by Spark tasks in parallel.
 
 A load is one warehouse transaction over every pending batch (keys declared and validated,
-a reload a no-op), so the engine is chosen for the stage, not per table. The driver does
-what the Lambda does (:func:`totes.load.warehouse.load`: the load lock and lease, the pending
-batches, the dimensions, the merge, the held rows, the ledger record), except that a fact
-file is staged first (:func:`stager`):
+a reload a no-op): the driver does what the Lambda does (:func:`totes.load.warehouse.load`:
+the load lock and lease, the pending batches, the dimensions, the merge, the held rows, the
+ledger record), except that a file of such a fact is staged first (:func:`stager`):
 
 1. the driver creates an unlogged staging table ``<bookkeeping>_stage.spark_stage_<fact>``
    (``totes_stage`` by default: a schema of its own, since the load's transaction may be
@@ -36,6 +35,7 @@ from totes.contracts.config import TablePlan
 from totes.contracts.identifiers import qualified, quote_ident
 from totes.contracts.stage_results import LoadResult
 from totes.contracts.star_schema import WarehouseTable
+from totes.rules.facts import FACT_SOURCES
 from totes.load.warehouse import (COPY_BATCH_ROWS, ORDINAL, Stager, StagedRows,
                                   complete_batch, load)
 from totes.utils.lake import Lake
@@ -83,10 +83,11 @@ def _stage_part(ranges: list[RowRange], table: WarehouseTable, relation: tuple[s
 
 
 def stager(spark, processed_uri: str, warehouse: DatabaseRef,
-           tasks: Optional[int] = None) -> Stager:
-    """The Spark engine's :data:`~totes.load.warehouse.Stager`: stages a fact file as the
-    module docstring says (``tasks`` per file; default the session's parallelism, at least
-    2) and returns the staged rows.
+           tasks: Optional[int] = None, tables: Optional[set[str]] = None) -> Stager:
+    """The Spark engine's :data:`~totes.load.warehouse.Stager`: stages a file of the fact of
+    one of the source ``tables`` (default: every fact) as the module docstring says
+    (``tasks`` per file; default the session's parallelism, at least 2) and returns the
+    staged rows; None for another fact (the load's transaction copies it, as the Lambda's).
 
     Raises (from the stager):
         DatabaseUnavailable / DatabaseRejected: the warehouse could not be reached.
@@ -95,7 +96,12 @@ def stager(spark, processed_uri: str, warehouse: DatabaseRef,
     count = max(2, tasks or spark.sparkContext.defaultParallelism)
     processed = Lake(processed_uri)
 
-    def stage(table: WarehouseTable, key: str) -> StagedRows:
+    on_spark = None if tables is None else \
+        {fact for source, (fact, _) in FACT_SOURCES.items() if source in tables}
+
+    def stage(table: WarehouseTable, key: str) -> Optional[StagedRows]:
+        if on_spark is not None and table.name not in on_spark:
+            return None
         schema = f"{settings.current().bookkeeping_schema}_stage"
         name = f"spark_stage_{table.name}"
         relation = qualified(schema, name)
@@ -121,9 +127,11 @@ def load_on_spark(spark, processed_uri: str, warehouse: DatabaseRef,
                   ledger: Optional[Ledger] = None, run_id: Optional[str] = None,
                   lake_uri: Optional[str] = None,
                   raw_tables: Optional[list[TablePlan]] = None,
-                  tasks: Optional[int] = None) -> LoadResult:
-    """Load every pending batch as :func:`totes.load.warehouse.load` does, its fact files
-    staged by Spark tasks (the module docstring); returns the result the Lambda path returns.
+                  tasks: Optional[int] = None,
+                  tables: Optional[set[str]] = None) -> LoadResult:
+    """Load every pending batch as :func:`totes.load.warehouse.load` does, the files of the
+    facts of the source ``tables`` (default: every fact) staged by Spark tasks (the module
+    docstring); returns the result the Lambda path returns.
 
     Raises:
         as :func:`totes.load.warehouse.load`; SparkJobFailed when Spark itself failed.
@@ -131,4 +139,4 @@ def load_on_spark(spark, processed_uri: str, warehouse: DatabaseRef,
     return load(Lake(processed_uri), warehouse.database(), ledger=ledger, run_id=run_id,
                 lake=Lake(lake_uri) if lake_uri and raw_tables else None,
                 raw_tables=raw_tables,
-                stage=stager(spark, processed_uri, warehouse, tasks))
+                stage=stager(spark, processed_uri, warehouse, tasks, tables))

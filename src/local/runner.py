@@ -15,9 +15,9 @@ from typing import Callable, Optional
 import pyarrow as pa
 
 from totes.contracts.config import raw_tables
-from totes.contracts.stage_results import (CaptureResult, IngestResult, LoadedTable,
-                                           LoadResult, PlanResult, RawLoaded, RunResult,
-                                           TransformResult)
+from totes.contracts.stage_results import (CaptureResult, IngestResult, LoadResult,
+                                           PlanResult, RunResult, TransformResult,
+                                           combined_loads, combined_transforms)
 from totes.ingest.capture import capture
 from totes.ingest.extract import ingest_table
 from totes.ingest.plan import plan
@@ -145,58 +145,6 @@ def run_pipeline(resources: Resources,
                      capture=captured[0] if captured else None, transform=transformed,
                      load=loaded, reconcile=checked,
                      seconds=round(time.monotonic() - started, 3))
-
-
-def combined_transforms(results: list[TransformResult]) -> TransformResult:
-    """One result for the transform batches of one run, in order (one result unchanged):
-    the newest manifest, every table output, the sums of files, rows set aside and
-    seconds; ``more`` as the last one says."""
-    if len(results) == 1:
-        return results[0]
-    quarantined: dict[str, int] = {}
-    for result in results:
-        for table, rows in result.quarantined.items():
-            quarantined[table] = quarantined.get(table, 0) + rows
-    return TransformResult(
-        manifest=next((r.manifest for r in reversed(results) if r.manifest), None),
-        source_files=sum(r.source_files for r in results),
-        tables=[t for r in results for t in r.tables], quarantined=quarantined,
-        quarantined_rows=sum(quarantined.values()), more=results[-1].more,
-        skipped=results[-1].skipped, seconds=round(sum(r.seconds for r in results), 3))
-
-
-def combined_loads(results: list[LoadResult]) -> LoadResult:
-    """One result for the loads of one run, in order (one result unchanged): every batch,
-    each table's rows (and each raw table's) summed, held and released rows summed, what
-    still waits after the last; ``more`` as the last one says."""
-    if len(results) == 1:
-        return results[0]
-    tables: dict[str, LoadedTable] = {}
-    held: dict[str, int] = {}
-    released: dict[str, int] = {}
-    raw: dict[str, RawLoaded] = {}
-    for result in results:
-        for t in result.tables:
-            before = tables.get(t.table, LoadedTable(table=t.table))
-            tables[t.table] = LoadedTable(table=t.table, rows=before.rows + t.rows,
-                                          inserted=before.inserted + t.inserted,
-                                          updated=before.updated + t.updated)
-        for into, counts in ((held, result.held), (released, result.released)):
-            for table, rows in counts.items():
-                into[table] = into.get(table, 0) + rows
-        for r in result.raw:
-            prior = raw.get(r.table, RawLoaded(table=r.table, relation=r.relation))
-            raw[r.table] = RawLoaded(table=r.table, relation=r.relation,
-                                     batches=prior.batches + r.batches,
-                                     rows=prior.rows + r.rows,
-                                     inserted=prior.inserted + r.inserted, more=r.more)
-    return LoadResult(batches=[b for r in results for b in r.batches],
-                      tables=list(tables.values()), held=held, held_rows=sum(held.values()),
-                      released=released, waiting=results[-1].waiting,
-                      waiting_rows=results[-1].waiting_rows, raw=list(raw.values()),
-                      more=results[-1].more,
-                      skipped=results[-1].skipped,
-                      seconds=round(sum(r.seconds for r in results), 3))
 
 
 def retry_quarantine(lake: Lake, processed: Lake, warehouse: Database,

@@ -6,6 +6,7 @@ needed: transform takes every lake file no committed batch has transformed yet.
 from totes.contracts.metrics import MetricValue, of_transform
 from totes.transform.run import transform
 from totes.utils import observability, resources
+from totes.utils.job_results import read_job_result
 
 
 def _measured(event, result) -> list[MetricValue]:
@@ -19,7 +20,15 @@ def _measured(event, result) -> list[MetricValue]:
 @observability.observed("transform", _measured)
 def handler(event, context):
     """Returns :class:`~totes.contracts.stage_results.TransformResult` as JSON:
-    ``{"manifest": key | null, "source_files": n, "tables": [...], "seconds": s}``."""
+    ``{"manifest": key | null, "source_files": n, "tables": [...], "seconds": s}``.
+
+    Event ``{"spark_result": key}`` (after the Glue job that transforms and loads on Spark):
+    transforms nothing and returns the transform result that job wrote to ``key`` of the
+    processed area (:mod:`totes.jobs.glue_stages`), so that its metrics are reported as this
+    function's are."""
+    if (event or {}).get("spark_result"):
+        return read_job_result(resources.storage("processed"), event["spark_result"],
+                               "transform")
     return transform(resources.storage("lake"), resources.storage("processed"),
                      ledger=resources.ledger(),
                      run_id=(event or {}).get("run_id")).model_dump(mode="json")

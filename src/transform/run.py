@@ -206,21 +206,40 @@ def write_facts(lake: Lake, new_keys: dict[str, list[str]], outputs: _Outputs,
     """Stream every new lake file of the fact sources (and the row versions to ``retry``)
     into its fact table, one record batch at a time, holding the row versions that break a
     rule; returns the distinct dates the fact rows refer to (for dim_date)."""
+    return pa.concat_arrays([pa.array([], pa.date32())] + [
+        write_fact(lake, source_table, new_keys.get(source_table, []), outputs,
+                   retry.get(source_table)) for source_table in FACT_SOURCES])
+
+
+def fact_files(lake: Lake, keys: list[str]) -> list[str]:
+    """The lake files of the lake batches ``keys`` (oldest first)."""
+    return [file for key in keys for file in batch_files(lake, key)]
+
+
+def write_fact(lake: Lake, source_table: str, keys: list[str], outputs: _Outputs,
+               retry: Optional[pa.Table] = None) -> pa.Array:
+    """:func:`write_facts` of one fact source: its lake batches ``keys`` and its ``retry``
+    rows into its fact table; returns the dates its rows refer to."""
+    fact_name = FACT_SOURCES[source_table][0]
+    files = fact_files(lake, keys)
+    # Files of several schema versions: the fact takes the widest types of its measures.
+    target = widened_fact(source_table, lake_schema(lake, files))
+    outputs.schemas[fact_name] = target.arrow_schema()
+    batches = (batch for file in files for batch in lake.iter_batches(file, FACT_BATCH_ROWS))
+    return write_fact_rows(_chain(batches, retry.to_batches(FACT_BATCH_ROWS)
+                                  if retry is not None else []),
+                           source_table, target, outputs)
+
+
+def write_fact_rows(batches, source_table: str, target, outputs: _Outputs) -> pa.Array:
+    """Record ``batches`` of ``source_table`` through the fact rules into ``outputs`` (the
+    fact ``target``, widened; held versions to the quarantine file); returns their dates."""
     dates = [pa.array([], pa.date32())]
-    for source_table, (fact_name, _) in FACT_SOURCES.items():
-        files = [file for key in new_keys.get(source_table, [])
-                 for file in batch_files(lake, key)]
-        # Files of several schema versions: the fact takes the widest types of its measures.
-        target = widened_fact(source_table, lake_schema(lake, files))
-        outputs.schemas[fact_name] = target.arrow_schema()
-        batches = (batch for file in files for batch in lake.iter_batches(file, FACT_BATCH_ROWS))
-        if source_table in retry:
-            batches = _chain(batches, retry[source_table].to_batches(FACT_BATCH_ROWS))
-        for batch in batches:
-            checked = fact_rows(batch, source_table, target)
-            outputs.write(fact_name, checked.rows)
-            outputs.hold(source_table, checked.held)
-            dates.append(fact_dates(checked.rows))
+    for batch in batches:
+        checked = fact_rows(batch, source_table, target)
+        outputs.write(FACT_SOURCES[source_table][0], checked.rows)
+        outputs.hold(source_table, checked.held)
+        dates.append(fact_dates(checked.rows))
     return pa.concat_arrays(dates)
 
 

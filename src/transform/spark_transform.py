@@ -1,12 +1,14 @@
-"""Transform on Spark (the transform stage's ``glue`` job type, and ``totes transform --engine
-spark``): one batch, the same files and manifest as the Lambda path, its facts built by Spark
-tasks.
+"""Transform on Spark (for the tables whose ``job_type`` is ``glue``, and ``totes transform
+--engine spark``): one batch, the same files and manifest as the Lambda path, its facts built
+by Spark tasks.
 
-A transform batch is one commit over every table (its manifest, written last), so the engine is
-chosen for the stage, not per table. The driver does what the Lambda does
-(:func:`totes.transform.run.transform`: the pending lake files, under the ``transform`` lease,
-recorded in the ledger; the reference state and the dimensions, which are small by nature);
-the facts, which grow with the source, are split by rows over Spark tasks:
+A transform batch is one commit over every table (its manifest, written last): the driver does
+what the Lambda does (:func:`totes.transform.run.transform`: the pending lake files, under the
+``transform`` lease, recorded in the ledger; the reference state and the dimensions, which are
+small by nature);
+the facts of the tables whose ``job_type`` is ``glue`` (all of them locally), which grow with
+the source, are split by rows over Spark tasks; the other facts are written by the driver as
+the Lambda writes them:
 
 1. per fact source, the driver splits the batch's lake files into contiguous row ranges
    (:func:`totes.utils.spark.row_ranges`: whole row groups where it can, a row group cut
@@ -32,9 +34,9 @@ from typing import Optional
 import pyarrow as pa
 
 from totes.contracts.stage_results import TransformResult
-from totes.rules.facts import FACT_SOURCES, fact_dates, fact_rows, widened_fact
-from totes.transform.run import FACT_BATCH_ROWS, _Outputs, lake_schema, transform
-from totes.utils.footers import batch_files
+from totes.rules.facts import FACT_SOURCES, widened_fact
+from totes.transform.run import (FACT_BATCH_ROWS, _Outputs, fact_files, lake_schema, transform,
+                                 write_fact, write_fact_rows)
 from totes.utils.lake import Lake
 from totes.utils.ledger import Ledger, new_run_id
 from totes.utils.spark import RowRange, read_range, row_ranges, run_tasks
@@ -56,36 +58,36 @@ def _transform_part(task: int, ranges: list[RowRange], source_table: str, target
     exception)`` (raised by the driver as itself)."""
     try:
         lake, processed = Lake(lake_uri), Lake(processed_uri)
-        fact_name = FACT_SOURCES[source_table][0]
-        dates = [pa.array([], pa.date32())]
         with contextlib.ExitStack() as stack:
             outputs = _Outputs(processed, stack)
-            outputs.schemas[fact_name] = target.arrow_schema()
-            for piece in ranges:
-                for batch in read_range(lake, piece).to_batches(FACT_BATCH_ROWS):
-                    checked = fact_rows(batch, source_table, target)
-                    outputs.write(fact_name, checked.rows)
-                    outputs.hold(source_table, checked.held)
-                    dates.append(fact_dates(checked.rows))
+            outputs.schemas[FACT_SOURCES[source_table][0]] = target.arrow_schema()
+            batches = (batch for piece in ranges
+                       for batch in read_range(lake, piece).to_batches(FACT_BATCH_ROWS))
+            dates = write_fact_rows(batches, source_table, target, outputs)
             parts = outputs.publish(key_of=lambda name: _part_key(run_id, name, task))
-        return "ok", {"parts": parts, "dates": pa.concat_arrays(dates)}
+        return "ok", {"parts": parts, "dates": dates}
     except Exception as exc:  # handed to the driver, which raises it
         return "error", exc
 
 
 def fact_writer(spark, lake_uri: str, processed_uri: str, run_id: str,
-                tasks: Optional[int] = None):
-    """The Spark engine's fact writer (a :data:`totes.transform.run.FactWriter`): every fact's
-    rows built by Spark tasks, as the module docstring says; ``tasks`` per fact (default
-    the session's parallelism, at least 2)."""
+                tasks: Optional[int] = None, tables: Optional[set[str]] = None):
+    """The Spark engine's fact writer (a :data:`totes.transform.run.FactWriter`): the facts
+    of the source ``tables`` (default: every fact source) built by Spark tasks, as the module
+    docstring says, the others here (:func:`totes.transform.run.write_fact`); ``tasks`` per
+    fact (default the session's parallelism, at least 2)."""
     count = max(2, tasks or spark.sparkContext.defaultParallelism)
 
     def write(lake: Lake, new_keys: dict[str, list[str]], outputs: _Outputs,
               retry: dict[str, pa.Table]) -> pa.Array:
         dates = [pa.array([], pa.date32())]
         for source_table, (fact_name, _) in FACT_SOURCES.items():
-            files = [file for key in new_keys.get(source_table, [])
-                     for file in batch_files(lake, key)]
+            keys = new_keys.get(source_table, [])
+            if tables is not None and source_table not in tables:
+                dates.append(write_fact(lake, source_table, keys, outputs,
+                                        retry.get(source_table)))
+                continue
+            files = fact_files(lake, keys)
             target = widened_fact(source_table, lake_schema(lake, files))
             outputs.schemas[fact_name] = target.arrow_schema()
             ranges = row_ranges(lake, files, count)
@@ -96,19 +98,15 @@ def fact_writer(spark, lake_uri: str, processed_uri: str, run_id: str,
                 spark, lambda item: _transform_part(item[0], item[1], source_table, target,
                                                     lake_uri, processed_uri, run_id),
                 list(enumerate(ranges)), f"transforming {source_table} into {fact_name}")
-            for answer in answers:
+            for answer in answers:  # in task order: the rows in the Lambda path's order
                 for name, key in answer["parts"].items():
                     for batch in outputs.processed.iter_batches(key, FACT_BATCH_ROWS):
                         outputs.write(name, pa.Table.from_batches([batch]))
                     outputs.processed.delete(key)
                 dates.append(answer["dates"])
-            retried = retry[source_table].to_batches(FACT_BATCH_ROWS) \
-                if source_table in retry else []
-            for batch in retried:  # on the driver, after the lake's rows, as the Lambda path
-                checked = fact_rows(batch, source_table, target)
-                outputs.write(fact_name, checked.rows)
-                outputs.hold(source_table, checked.held)
-                dates.append(fact_dates(checked.rows))
+            if source_table in retry:  # here, after the lake's rows, as the Lambda path
+                dates.append(write_fact_rows(retry[source_table].to_batches(FACT_BATCH_ROWS),
+                                             source_table, target, outputs))
         return pa.concat_arrays(dates)
 
     return write
@@ -116,9 +114,11 @@ def fact_writer(spark, lake_uri: str, processed_uri: str, run_id: str,
 
 def transform_on_spark(spark, lake_uri: str, processed_uri: str,
                        ledger: Optional[Ledger] = None, run_id: Optional[str] = None,
-                       tasks: Optional[int] = None) -> TransformResult:
-    """Transform every pending lake file into one batch, its facts built by Spark tasks (the
-    module docstring); returns the result the Lambda path returns.
+                       tasks: Optional[int] = None,
+                       tables: Optional[set[str]] = None) -> TransformResult:
+    """Transform every pending lake file into one batch, the facts of the source ``tables``
+    (default: every fact) built by Spark tasks (the module docstring); returns the result
+    the Lambda path returns.
 
     Raises:
         as :func:`totes.transform.run.transform`; SparkJobFailed when Spark itself failed; a
@@ -126,4 +126,4 @@ def transform_on_spark(spark, lake_uri: str, processed_uri: str,
     """
     run_id = run_id or new_run_id()
     return transform(Lake(lake_uri), Lake(processed_uri), ledger=ledger, run_id=run_id,
-                     facts=fact_writer(spark, lake_uri, processed_uri, run_id, tasks))
+                     facts=fact_writer(spark, lake_uri, processed_uri, run_id, tasks, tables))
