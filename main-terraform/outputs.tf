@@ -13,6 +13,11 @@ output "definition" {
   value       = local.definition
 }
 
+output "glue_stages_job_name" {
+  description = "The Glue job that transforms and loads on Spark the facts of the tables whose job_type is glue."
+  value       = aws_glue_job.stages.name
+}
+
 output "glue_job_name" {
   description = "The Glue job of the tables whose job_type is glue."
   value       = aws_glue_job.extract.name

@@ -14,6 +14,7 @@ locals {
     alert_arn       = aws_lambda_function.stage["alert"].arn
     alert_topic_arn = local.imported.alert_topic_arn
     glue_job_name   = aws_glue_job.extract.name
+    glue_stages_job = aws_glue_job.stages.name
     environment     = var.environment
     region          = var.region
     max_concurrency = var.ingest_max_concurrency
@@ -38,11 +39,11 @@ data "aws_iam_policy_document" "state_machine" {
     resources = [for f in aws_lambda_function.stage : f.arn]
   }
   statement {
-    # glue:startJobRun.sync: start the job's runs, poll them, stop them when the execution
-    # stops; that job only.
+    # glue:startJobRun.sync: start the jobs' runs, poll them, stop them when the execution
+    # stops; those two jobs only.
     sid       = "RunGlueJob"
     actions   = ["glue:StartJobRun", "glue:GetJobRun", "glue:GetJobRuns", "glue:BatchStopJobRun"]
-    resources = [aws_glue_job.extract.arn]
+    resources = [aws_glue_job.extract.arn, aws_glue_job.stages.arn]
   }
   statement {
     sid       = "Alert"

@@ -109,6 +109,16 @@ variable "glue_timeout_minutes" {
   default     = 120
 }
 
+variable "glue_stages_settings" {
+  description = "More settings of the Glue job that transforms and loads on Spark, as the functions' environment variables are named, e.g. { TOTES_TRANSFORM_MAX_ROWS = \"5000000\" } (the rows of one round); passed to the job as --NAME arguments."
+  type        = map(string)
+  default     = {}
+  validation {
+    condition     = alltrue([for name in keys(var.glue_stages_settings) : can(regex("^TOTES_[A-Z0-9_]+$", name))])
+    error_message = "glue_stages_settings: every name is a TOTES_ setting, e.g. TOTES_TRANSFORM_MAX_ROWS."
+  }
+}
+
 variable "warehouse_schema" {
   description = "The PostgreSQL schema of the warehouse's star schema (TOTES_WAREHOUSE_SCHEMA of load, pending and reconcile); the bookkeeping stays in schema totes."
   type        = string

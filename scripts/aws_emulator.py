@@ -334,6 +334,17 @@ def add_missing_step_functions_calls() -> None:
         lambda self: ActionResult({"stateMachineVersions": []})
 
 
+def dispose_delete_markers() -> None:
+    """moto 5.2 cannot empty a versioned bucket that holds a delete marker (terraform
+    destroy's force_destroy: ``'FakeDeleteMarker' object has no attribute 'dispose'``): a
+    delete marker holds no data, so disposing of it does nothing. The processed bucket holds
+    delete markers once the Spark job removed its scratch objects."""
+    from moto.s3.models import FakeDeleteMarker
+
+    if not hasattr(FakeDeleteMarker, "dispose"):
+        FakeDeleteMarker.dispose = lambda self, garbage=False: None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=5599)
@@ -349,6 +360,7 @@ def main() -> None:
 
     FakeBucket.get_permission = evaluate_unconditional_statements
     add_missing_step_functions_calls()
+    dispose_delete_markers()
 
     endpoint = f"http://127.0.0.1:{args.port}"
     lambda_models.LambdaFunction._invoke_lambda = local_invoker(os.path.abspath(args.code),

@@ -168,6 +168,16 @@ from totes.ingest.glue_job import main
 main()
 '''
 
+GLUE_STAGES_SCRIPT = '''"""The totes Glue job's script that transforms and loads on Spark
+(written by scripts/build_lambda.py glue): the facts of the tables of --tables built and
+staged by Spark tasks, round after round until nothing is pending; the result is left at
+--result_key of the processed area. An error raised here fails the job run, and the state
+machine alerts it."""
+from totes.jobs.glue_stages import main
+
+main()
+'''
+
 
 def project_version() -> str:
     """The version in pyproject.toml."""
@@ -178,7 +188,8 @@ def project_version() -> str:
 
 def build_glue() -> Path:
     """build/glue/totes-<version>-py3-none-any.whl (the code package's ``totes`` files, with
-    the wheel's metadata and RECORD) and build/glue/totes_extract.py; returns the wheel."""
+    the wheel's metadata and RECORD), build/glue/totes_extract.py and
+    build/glue/totes_stages.py; returns the wheel."""
     import base64
     import hashlib
 
@@ -212,8 +223,9 @@ def build_glue() -> Path:
             entry.compress_type = zipfile.ZIP_DEFLATED
             archive.writestr(entry, data)
     (folder / "totes_extract.py").write_text(GLUE_SCRIPT)
+    (folder / "totes_stages.py").write_text(GLUE_STAGES_SCRIPT)
     print(f"glue: {wheel.stat().st_size / 1e6:.2f} MB -> build/glue/{wheel.name}, "
-          "build/glue/totes_extract.py")
+          "build/glue/totes_extract.py, build/glue/totes_stages.py")
     return wheel
 
 

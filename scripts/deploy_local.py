@@ -16,7 +16,10 @@ real state machine execution end to end, then a failing one, then everything des
    bucket on a local Spark), execution 1 must SUCCEED, fill the warehouse with the
    snapshot's rows and reconcile equal (in steps of 10,000 fact rows, so its Reconcile
    state goes round); payment's batch must hold exactly the rows the
-   Lambda path's extract reads, and the ledger its one ingest, recorded by the job;
+   Lambda path's extract reads, and the ledger its one ingest, recorded by the job; its
+   transform and load must run in the Spark job (TransformAndLoadOnSpark, the Glue job
+   totes-local-stages on a local Spark), going round (6,000 lake rows a table a round),
+   each round recorded in the ledger;
    a currency with no ISO 4217 code: execution 2 SUCCEEDS, with one "rows held back" alert
    (and reconciles equal: a quarantined row is no difference);
    (b) a column of design renamed, payment's partition column misnamed in the configuration
@@ -24,9 +27,10 @@ real state machine execution end to end, then a failing one, then everything des
    naming design and payment, the failed job run is recorded failed in the ledger, and the
    sales order reaches the lake; payment is read by a Lambda again from execution 4 on (a
    local Spark takes 10-20 s to start, longer than a whole execution's other work);
-   (c) the transform function pointed at a missing bucket: execution 4 fails in Transform
-   with one alert; the function restored, execution 5 (no new source rows) completes the
-   pending transform and load, and reconciles equal;
+   (c) 12,000 transactions changed and the transform function pointed at a missing bucket:
+   execution 4 fails in Transform with one alert; the function restored (bounded to 6,000
+   lake rows a table), execution 5 (no new source rows) completes the pending transform and
+   load going round its Transform and Load states, and reconciles equal;
    (d) payment_type removed from the configuration in S3: execution 6 ingests the ten other
    tables, with no redeploy (it loads nothing, so it skips Reconcile);
    (e) two fact values changed in the warehouse by hand (in the first and a later step's
@@ -253,7 +257,10 @@ def main() -> int:
             "force_destroy": "true", "secret_recovery_window_days": 0,
             "ledger_deletion_protection": "false"})
         main_layer = Terraform("main-terraform", endpoint, {
-            "environment": ENVIRONMENT, "region": REGION, "python": sys.executable})
+            "environment": ENVIRONMENT, "region": REGION, "python": sys.executable,
+            # The Spark job's rounds bounded as the transform function's (below): execution
+            # 1's job goes round.
+            "glue_stages_settings": '{TOTES_TRANSFORM_MAX_ROWS="6000"}'})
         terraforms = [immutable, main_layer]
 
         say("terraform apply immutable-terraform")
@@ -311,6 +318,13 @@ def main() -> int:
                     "agreed_delivery_date, agreed_payment_date, agreed_delivery_location_id) "
                     "SELECT now(), now(), 1, 1, 1, 5, 2.50, 1, '2024-12-01', '2024-12-02', 1")
 
+        def entered_states(execution: dict) -> list[str]:
+            """The names of the states ``execution`` entered, in order."""
+            return [e["stateEnteredEventDetails"]["name"] for e in stepfunctions
+                    .get_execution_history(executionArn=execution["executionArn"],
+                                           maxResults=1000)["events"]
+                    if "stateEnteredEventDetails" in e]
+
         def check(condition: bool, message: str) -> None:
             if not condition:
                 raise SystemExit(f"deploy-local: {message}")
@@ -323,7 +337,7 @@ def main() -> int:
             check(reconciled is not None and reconciled["equal"] is True,
                   f"{name} should have reconciled equal: {reconciled}")
 
-        from totes.utils.ledger import ledger_from_uri
+        from totes.utils.ledger import ALL_TABLES, ledger_from_uri
 
         ledger = ledger_from_uri(f"dynamodb://{found['ledger_table']}")
         key = "config/totesys/pipeline.yaml"
@@ -367,19 +381,22 @@ def main() -> int:
         first = execute(stepfunctions, machine, "deploy-local-1")
         check(first["status"] == "SUCCEEDED",
               f"execution 1 ended {first['status']}: {first.get('error')} {first.get('cause')}")
-        lambdas.update_function_configuration(FunctionName=transform_name,
-                                              Environment={"Variables": unbounded})
-        entered = [e["stateEnteredEventDetails"]["name"] for e in stepfunctions
-                   .get_execution_history(executionArn=first["executionArn"],
-                                          maxResults=1000)["events"]
-                   if "stateEnteredEventDetails" in e]
+        entered = entered_states(first)
         batches = lake_files("transaction")
-        print(f"execution 1: transaction in {batches} lake batches; Transform entered "
-              f"{entered.count('Transform')} times, Load {entered.count('Load')}, Reconcile "
-              f"{entered.count('Reconcile')}")
-        check(batches >= 3 and entered.count("Transform") >= 2
-              and entered.count("MorePending") == entered.count("Transform"),
-              "execution 1 should have gone round Transform and Load while more waited")
+        rounds = {stage: [r for r in ledger.history(stage, ALL_TABLES, 50)
+                          if r.run_id == "deploy-local-1"] for stage in ("transform", "load")}
+        print(f"execution 1: transaction in {batches} lake batches; the Spark job "
+              f"(TransformAndLoadOnSpark entered {entered.count('TransformAndLoadOnSpark')} "
+              f"times, Transform {entered.count('Transform')}) transformed in "
+              f"{len(rounds['transform'])} rounds, loaded in {len(rounds['load'])}; "
+              f"Reconcile entered {entered.count('Reconcile')} times")
+        check(entered.count("TransformAndLoadOnSpark") == 1 and "Transform" not in entered,
+              "payment's lake files (job_type glue) should have sent transform and load to "
+              "the Spark job")
+        check(batches >= 3 and len(rounds["transform"]) >= 2 and len(rounds["load"]) >= 2
+              and all(r.status == "succeeded" for r in rounds["transform"] + rounds["load"]),
+              "execution 1's Spark job should have gone round transform and load while more "
+              "waited, each round recorded")
         check(entered.count("Reconcile") >= 3,
               "execution 1 should have reconciled in steps of 10,000 fact rows")
         counts = {t: fact_count(t) for t in FACT_ROWS}
@@ -434,10 +451,13 @@ def main() -> int:
             session.conn.run("ALTER TABLE design RENAME COLUMN name TO design_name")
 
         say("(c) execution 4 fails in Transform; execution 5, with no new source rows, "
-            "completes the pending transform and load")
+            "completes the pending transform and load, going round its Transform state")
         settings = lambdas.get_function_configuration(FunctionName=transform_name)
         variables = settings["Environment"]["Variables"]
         new_order()
+        with source.session("deploy-local", "updating 12,000 transactions") as session:
+            session.conn.run("UPDATE transaction SET last_updated = now() "
+                             "WHERE transaction_id <= 12000")
         lambdas.update_function_configuration(FunctionName=transform_name, Environment={
             "Variables": {**variables, "TOTES_PROCESSED": "s3://no-such-bucket-here"}})
         fourth = execute(stepfunctions, machine, "deploy-local-4")
@@ -455,6 +475,14 @@ def main() -> int:
               f"{sum(i['rows'] for i in output.get('ingested', []))} rows, pending "
               f"{output.get('pending')}")
         check(fifth["status"] == "SUCCEEDED", "execution 5 should have SUCCEEDED")
+        lambdas.update_function_configuration(FunctionName=transform_name,
+                                              Environment={"Variables": unbounded})
+        entered = entered_states(fifth)
+        print(f"execution 5: Transform entered {entered.count('Transform')} times, Load "
+              f"{entered.count('Load')}")
+        check(entered.count("Transform") >= 2
+              and entered.count("MorePending") == entered.count("Transform"),
+              "execution 5 should have gone round Transform and Load while more waited")
         check(sum(i["rows"] for i in output["ingested"]) == 0, "no new source rows expected")
         check(fact_count("fact_sales_order") == orders + 1,
               "execution 5 should have loaded the pending sales order")

@@ -19,6 +19,7 @@ output "definition" {
     alert_arn       = "$arn-alert"
     alert_topic_arn = "arn:aws:sns:eu-west-2:123456789012:totes-prod-alerts"
     glue_job_name   = "totes-prod-extract"
+    glue_stages_job = "totes-prod-stages"
     environment     = "prod"
     region          = "eu-west-2"
     max_concurrency = 4

@@ -134,3 +134,29 @@ def test_row_ranges_cover_every_row_once_in_order(tmp_path):
         sizes = [sum(p.stop - p.start for p in chunk) for chunk in ranges]
         assert max(sizes) - min(sizes) <= 1
     assert row_ranges(store, [], 3) == []
+
+
+def test_a_staging_task_attempt_retried_after_it_committed_stages_each_row_once(
+        seeded_source, new_database, tmp_path):
+    """Spark retries a task whose first attempt committed its COPY (and then died): the
+    second attempt replaces the first's rows, so the staged rows are the file's, once."""
+    from totes.load.spark_load import _stage_part, create_staging_table
+
+    lake, processed = Lake(str(tmp_path / "lake")), Lake(str(tmp_path / "processed"))
+    ingest_all(seeded_source, lake, plan(load_config(CONFIG), seeded_source,
+                                         tables=["payment"]))
+    transform(lake, processed)
+    key = latest_manifest(processed)[1].output("fact_payment").key
+    warehouse = new_database("wh")
+    ref = DatabaseRef(url=url_of(warehouse), role="warehouse")
+    relation = create_staging_table(ref, TABLES["fact_payment"])
+    ranges = row_ranges(processed, [key], 3)
+    for chunk in (ranges[1], ranges[0], ranges[1], ranges[2], ranges[1]):  # 1: three attempts
+        status, answer = _stage_part(chunk, TABLES["fact_payment"], relation, processed.uri,
+                                     ref)
+        assert status == "ok", answer
+    staged = query(warehouse, f"SELECT count(*), count(DISTINCT _totes_ordinal), "
+                              f"min(_totes_ordinal), max(_totes_ordinal) FROM "
+                              f"{relation[0]}.{relation[1]}")  # nosec B608 (our own names)
+    rows = processed.metadata(key).num_rows
+    assert staged == [[rows, rows, 0, rows - 1]]

@@ -127,8 +127,11 @@ class TableOptions(BaseModel):
         "a value of the partition column, as text", "the column's maximum")
     job_type: Optional[JobType] = _key(
         "the engine that extracts the table in AWS: a Lambda (one per part when "
-        "partitioned) or the Glue (Spark) job; locally `totes ingest --engine spark` runs "
-        "the Spark path", "`lambda`, `glue`", "`lambda`")
+        "partitioned) or the Glue (Spark) job; with `glue`, a fact's source table is also "
+        "transformed and loaded on Spark, its fact rows built and copied by Spark tasks "
+        "([aws.md](aws.md#transform-and-load-on-spark)); locally `--engine spark` of "
+        "`totes ingest`, `transform` and `load` runs the Spark path", "`lambda`, `glue`",
+        "`lambda`")
     worker_type: Optional[WorkerType] = _key(
         "the Glue job run's worker type (a `glue` table)", "`G.1X`, `G.2X`, `G.4X`, `G.8X`",
         "`G.1X`")

@@ -31,7 +31,6 @@ the state machine's Catch alerts).
 from __future__ import annotations
 
 import json
-import os
 import sys
 from typing import Optional
 
@@ -46,6 +45,7 @@ from totes.utils.config_file import load_config
 from totes.utils.job_results import write_job_result
 from totes.utils.lake import Lake
 from totes.utils.ledger import Ledger, ledger_from_uri, new_run_id
+from totes.utils import settings
 from totes.utils.spark import DatabaseRef, spark_session
 
 
@@ -56,7 +56,11 @@ def run_stages_on_spark(spark, lake_uri: str, processed_uri: str, warehouse: Dat
                         tasks: Optional[int] = None) -> tuple[TransformResult, LoadResult]:
     """Transform and load, round after round, until neither has work left (the module
     docstring); the facts of the source ``tables`` on Spark tasks. Returns both stages'
-    results, combined over the rounds (``more`` false).
+    results, combined over the rounds (``more`` false), except the load's ``held`` (and
+    ``held_rows``): as the state machine reads it after the Lambdas' last round, the rows the
+    one round held, or when the job went round, every row still held (``waiting``; a row
+    held in an early round for a dimension row that a later round brought is released, not
+    news).
 
     Raises:
         as :func:`~totes.transform.spark_transform.transform_on_spark` and
@@ -72,7 +76,12 @@ def run_stages_on_spark(spark, lake_uri: str, processed_uri: str, warehouse: Dat
                                    raw_tables, tasks, tables))
         if not ((transforms[-1].more and transforms[-1].manifest)
                 or (loads[-1].more and (loads[-1].batches or loads[-1].raw))):
-            return combined_transforms(transforms), combined_loads(loads)
+            break
+    loaded = combined_loads(loads)
+    if len(loads) > 1:
+        loaded = loaded.model_copy(update={"held": loads[-1].waiting,
+                                           "held_rows": loads[-1].waiting_rows})
+    return combined_transforms(transforms), loaded
 
 
 def main(argv: Optional[list[str]] = None, spark=None) -> int:
@@ -95,9 +104,7 @@ def main(argv: Optional[list[str]] = None, spark=None) -> int:
     except ValueError:
         raise ConfigError(f"--tables {args['tables']!r}: expected a JSON list of table "
                           "names") from None
-    for name, value in args.items():
-        if name.startswith("TOTES_"):
-            os.environ[name] = value
+    settings.set_variables({k: v for k, v in args.items() if k.startswith("TOTES_")})
     warehouse = DatabaseRef(url=args.get("TOTES_WAREHOUSE_URL") or None,
                             secret_id=args.get("TOTES_WAREHOUSE_SECRET") or None,
                             role="warehouse")

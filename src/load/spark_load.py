@@ -14,7 +14,9 @@ ledger record), except that a file of such a fact is staged first (:func:`stager
    so that the tasks see it;
 2. the file is split into contiguous row ranges (:func:`totes.utils.spark.row_ranges`), one
    per Spark task, at least two when there are two rows; each task copies its range with a
-   binary ``COPY`` over its own connection and commits;
+   binary ``COPY`` over its own connection, in one transaction that first deletes the
+   range's positions (so that an attempt Spark retries after one that committed stages each
+   row once);
 3. the load's transaction takes the rows from there in the file's order (so the fact's
    serial keys are the Lambda path's) and drops the table
    (:func:`totes.load.warehouse.merge_file`).
@@ -72,14 +74,43 @@ def _stage_part(ranges: list[RowRange], table: WarehouseTable, relation: tuple[s
                     position += batch.num_rows
                     yield batch.append_column(ORDINAL, ordinal)
 
+        first = ranges[0].offset
+        end = ranges[-1].offset + ranges[-1].stop - ranges[-1].start
         database = warehouse.database()
         with database.session("totes-spark-load", f"staging {table.name} rows in the "
                               f"{database.describe()}") as session:
+            # One transaction: an attempt Spark retries replaces the rows of one that
+            # committed, so that each row is staged once.
+            session.conn.run("START TRANSACTION")
+            session.conn.run(f"DELETE FROM {qualified(*relation)} WHERE {ORDINAL} >= :first "
+                             f"AND {ORDINAL} < :end", first=first, end=end)  # nosec B608
             rows = copy_binary_into(session.conn, relation[1], staged_schema(table),
                                     batches(), in_schema=relation[0])
+            session.conn.run("COMMIT")
         return "ok", rows
     except Exception as exc:  # handed to the driver, which raises it
         return "error", exc
+
+
+def create_staging_table(warehouse: DatabaseRef, table: WarehouseTable) -> tuple[str, str]:
+    """Create (again) the unlogged staging table of ``table`` (the fact as widened for the
+    file) in its own committed transaction; returns its (schema, name).
+
+    Raises:
+        DatabaseUnavailable / TerminalError: the warehouse could not be reached, or refused.
+    """
+    schema = f"{settings.current().bookkeeping_schema}_stage"
+    name = f"spark_stage_{table.name}"
+    relation = qualified(schema, name)
+    columns = ", ".join(f"{quote_ident(c.name)} {c.sql_type}" for c in table.columns)
+    database = warehouse.database()
+    with database.session("totes-spark-load", f"creating the staging table {relation} in "
+                          f"the {database.describe()}") as session:
+        session.conn.run(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}")
+        session.conn.run(f"DROP TABLE IF EXISTS {relation}")
+        session.conn.run(f"CREATE UNLOGGED TABLE {relation} ({columns}, "
+                         f"{ORDINAL} bigint NOT NULL)")
+    return schema, name
 
 
 def stager(spark, processed_uri: str, warehouse: DatabaseRef,
@@ -102,17 +133,8 @@ def stager(spark, processed_uri: str, warehouse: DatabaseRef,
     def stage(table: WarehouseTable, key: str) -> Optional[StagedRows]:
         if on_spark is not None and table.name not in on_spark:
             return None
-        schema = f"{settings.current().bookkeeping_schema}_stage"
-        name = f"spark_stage_{table.name}"
+        schema, name = create_staging_table(warehouse, table)
         relation = qualified(schema, name)
-        columns = ", ".join(f"{quote_ident(c.name)} {c.sql_type}" for c in table.columns)
-        database = warehouse.database()
-        with database.session("totes-spark-load", f"creating the staging table {relation} "
-                              f"in the {database.describe()}") as session:
-            session.conn.run(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}")
-            session.conn.run(f"DROP TABLE IF EXISTS {relation}")
-            session.conn.run(f"CREATE UNLOGGED TABLE {relation} ({columns}, "
-                             f"{ORDINAL} bigint NOT NULL)")
         ranges = row_ranges(processed, [key], count)
         log.info("%s: %d Spark tasks staging %s", table.name, len(ranges), key)
         staged = run_tasks(spark, lambda chunk: _stage_part(chunk, table, (schema, name),

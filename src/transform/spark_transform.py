@@ -15,20 +15,22 @@ the Lambda writes them:
    where it must), one per task, at least two when there are two rows;
 2. each task streams its range through the fact rules (:func:`totes.rules.facts.fact_rows`)
    and publishes its fact rows and its quarantined versions as part files under
-   ``_spark/<run_id>/<fact>/<task>.parquet`` in the processed area, and returns the dates its
-   rows refer to;
+   ``_spark/<run_id>/<fact>/<task>-<attempt>.parquet`` in the processed area, and returns
+   their keys and the dates its rows refer to;
 3. the driver appends the parts, in task order, to the batch's fact file, one record batch at
    a time (bounded memory), deletes them, and commits the batch as the Lambda path does.
 
 Rows leave the tasks in the order the Lambda path reads them, so the batch's files hold the
 same rows in the same order: load, reconcile and ``totes transform --rebuild`` cannot tell
 which engine wrote a batch. A run that fails leaves part files no manifest names (and no
-batch); the next run transforms the same lake files again.
+batch); the next run transforms the same lake files again. A task attempt that Spark retries
+leaves its part files unread: the driver reads only the keys the successful attempt returned.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
+import uuid
 from typing import Optional
 
 import pyarrow as pa
@@ -48,7 +50,11 @@ PARTS_PREFIX = "_spark"
 
 
 def _part_key(run_id: str, name: str, task: int) -> str:
-    return f"{PARTS_PREFIX}/{run_id}/{name.replace('/', '__')}/{task:05d}.parquet"
+    """A part file's key: unique to the task's attempt, so that an attempt Spark retries (or
+    a run repeated under the same id) never meets the key of one that failed; only the keys
+    the driver receives are read."""
+    return f"{PARTS_PREFIX}/{run_id}/{name.replace('/', '__')}/{task:05d}-" \
+           f"{uuid.uuid4().hex}.parquet"
 
 
 def _transform_part(task: int, ranges: list[RowRange], source_table: str, target,

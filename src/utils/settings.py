@@ -185,6 +185,20 @@ _NAMES = _names()
 _last: tuple[Optional[tuple], Optional[Settings]] = (None, None)
 
 
+def set_variables(values: dict[str, str]) -> None:
+    """Set ``values`` (``TOTES_*`` names) in this process's environment, as a Lambda's
+    variables are set: what a Glue job does with its ``--TOTES_*`` arguments. The next
+    :func:`current` reads them.
+
+    Raises:
+        ConfigError: a name that is not a ``TOTES_`` setting.
+    """
+    for name in values:
+        if not name.startswith("TOTES_"):
+            raise ConfigError(f"{name} is not a TOTES_ setting")
+    os.environ.update(values)
+
+
 def current() -> Settings:
     """The settings the environment gives now, with any :func:`overridden` values. The
     variables are read on every call, so a test or a command that changes one is seen at
