@@ -177,6 +177,16 @@ def main() -> int:
                               str(home / "lake-spark"), "--source-url", urls["totesys"]], env,
                              children=True)
             same_rows = _same_rows(home / "lake-4", home / "lake-spark")
+            # Transform and load of the first stage run's lake on a local Spark (the Glue
+            # job's engine), into a processed area and a warehouse of their own.
+            spark_env = dict(env, TOTES_LEDGER=f"sqlite://{home}/spark-stages.db")
+            spark_transform = measured(
+                [TOTES, "transform", "--json", "--engine", "spark", "--lake", str(home / "lake"),
+                 "--processed", str(home / "processed-spark")], spark_env, children=True)
+            spark_load = measured(
+                [TOTES, "load", "--json", "--engine", "spark", "--warehouse-url",
+                 _new_database(urls, "warehouse_spark"), "--processed",
+                 str(home / "processed-spark")], spark_env, children=True)
             with Database.from_url("warehouse", urls["warehouse"]).session(
                     "bench", "timing a server-side load") as session:
                 floor_load = _server_copy_in(session.conn, Database.from_url(
@@ -258,6 +268,13 @@ def main() -> int:
     print(f"{'    of which the job itself':<34}{spark_result['seconds']:>9.2f}   (the rest: "
           f"starting Spark; RSS: driver, JVM and workers; rows identical to the 4 parts "
           f"read in threads: {'yes' if same_rows else 'NO'})", flush=True)
+    for label, (seconds, rss, out), python in (
+            ("transform on Spark (first batch)", spark_transform, stages["transform"]),
+            ("load on Spark (first batch)", spark_load, stages["load"])):
+        line(label, seconds, sales["rows"], rss)
+        print(f"{'    of which the stage itself':<34}{json.loads(out)['seconds']:>9.2f}   "
+              f"(the rest: starting Spark; in this process: {python[0]:.2f} s, "
+              f"{python[1] / 2**20:.0f} MB)", flush=True)
     if not isinstance(floor, str):
         line("  sales_order read by connectorx", floor[1], sales["rows"])
         print(f"{'  sales_order extract / connectorx':<34}{sales['seconds'] / floor[1]:>9.2f}"

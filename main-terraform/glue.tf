@@ -253,12 +253,13 @@ data "aws_iam_policy_document" "glue_stages" {
     resources = [local.imported.data_key_arn]
   }
   statement {
+    # Its own continuous log group, and Glue's own groups for a run's output and errors.
     sid     = "WriteOwnLogs"
     actions = ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"]
-    resources = [
-      "arn:${data.aws_partition.current.partition}:logs:${var.region}:${data.aws_caller_identity.current.account_id}:log-group:/aws-glue/jobs/*",
-      "arn:${data.aws_partition.current.partition}:logs:${var.region}:${data.aws_caller_identity.current.account_id}:log-group:/aws-glue/jobs/*:*",
-    ]
+    resources = flatten([for group in [local.glue_stages_logs, "/aws-glue/jobs/output", "/aws-glue/jobs/error", "/aws-glue/jobs/logs-v2"] : [
+      "arn:${data.aws_partition.current.partition}:logs:${var.region}:${data.aws_caller_identity.current.account_id}:log-group:${group}",
+      "arn:${data.aws_partition.current.partition}:logs:${var.region}:${data.aws_caller_identity.current.account_id}:log-group:${group}:*",
+    ]])
   }
   statement {
     sid       = "PutJobMetrics"
@@ -327,5 +328,6 @@ resource "aws_glue_job" "stages" {
     "--TOTES_WAREHOUSE_SCHEMA"           = var.warehouse_schema
     "--TOTES_CONFIG"                     = local.config_uri
     "--TOTES_LEDGER"                     = local.ledger
-  }, { for name, value in var.glue_stages_settings : "--${name}" => value })
+    }, { for name, value in var.extra_environment : "--${name}" => value if startswith(name, "TOTES_") },
+  { for name, value in var.glue_stages_settings : "--${name}" => value })
 }

@@ -54,8 +54,8 @@ def processed_rows(processed: Lake) -> dict:
 def test_spark_transform_and_load_build_the_lambda_paths_warehouse(
         spark, seeded_source, new_database, tmp_path, caplog, monkeypatch):
     """Round 1: the Glue job's entry (every fact on Spark) against the Lambda path, into empty
-    facts. Round 2: the facts of one table on Spark, a second batch into facts that have
-    rows."""
+    facts. Then the facts of one table on Spark: two batches transformed, then loaded by one
+    load into facts that have rows."""
     lake = Lake(str(tmp_path / "lake"))
     ingest_all(seeded_source, lake, plan(load_config(CONFIG), seeded_source))
     by_lambda, by_spark = new_database("wh"), new_database("wh")
@@ -88,29 +88,38 @@ def test_spark_transform_and_load_build_the_lambda_paths_warehouse(
     (sales,), = query(by_spark, "SELECT count(*) FROM fact_sales_order")
     assert sales == 11_187
 
-    query(seeded_source, "UPDATE sales_order SET units_sold = units_sold + 1, last_updated "
-                         "= now() WHERE sales_order_id BETWEEN 20 AND 2019")
-    query(seeded_source, "UPDATE payment SET payment_amount = payment_amount + 1, "
-                         "last_updated = now() WHERE payment_id BETWEEN 1 AND 300")
-    ingest_all(seeded_source, lake, plan(load_config(CONFIG), seeded_source))
-    caplog.clear()
-    lambda_path()
     spark_warehouse = DatabaseRef(url=url_of(by_spark), role="warehouse")
-    with caplog.at_level(logging.INFO, logger="totes"):
-        transform_on_spark(spark, lake.uri, spark_processed.uri, tasks=3,
-                           tables={"sales_order"})
+    caplog.clear()
+    for first, last in ((20, 2019), (1000, 1499)):  # two batches, loaded by one load
+        query(seeded_source, "UPDATE sales_order SET units_sold = units_sold + 1, "
+                             "last_updated = now() WHERE sales_order_id BETWEEN :first AND "
+                             ":last", first=first, last=last)
+        query(seeded_source, "UPDATE payment SET payment_amount = payment_amount + 1, "
+                             "last_updated = now() WHERE payment_id BETWEEN :first AND :last",
+              first=first, last=first + 299)
+        ingest_all(seeded_source, lake, plan(load_config(CONFIG), seeded_source,
+                                             tables=["sales_order", "payment"]))
+        transform(lake, lambda_processed)
+        with caplog.at_level(logging.INFO, logger="totes"):
+            transform_on_spark(spark, lake.uri, spark_processed.uri, tasks=3,
+                               tables={"sales_order"})
         assert processed_rows(spark_processed) == processed_rows(lambda_processed)
-        load_on_spark(spark, spark_processed.uri, spark_warehouse, tasks=3,
-                      tables={"sales_order"})
+    load(lambda_processed, by_lambda)
+    with caplog.at_level(logging.INFO, logger="totes"):
+        loaded = load_on_spark(spark, spark_processed.uri, spark_warehouse, tasks=3,
+                               tables={"sales_order"})
+    assert len(loaded.batches) == 2
     assert warehouse_rows(by_spark) == warehouse_rows(by_lambda)
     said = caplog.text
-    assert "fact_sales_order: 3 Spark tasks over" in said
-    assert "fact_sales_order: 3 Spark tasks staging" in said
+    assert said.count("fact_sales_order: 3 Spark tasks over") == 2
+    assert said.count("fact_sales_order: 3 Spark tasks staging") == 2  # one table per file
     assert "fact_payment: " not in said  # payment's facts: by the driver, as the Lambda's
     (sales,), = query(by_spark, "SELECT count(*) FROM fact_sales_order")
-    assert sales == 11_187 + 2_000
+    assert sales == 11_187 + 2_000 + 500
     assert query(by_spark, "SELECT count(*) FROM pg_tables WHERE tablename LIKE "
                            "'spark_stage_%'") == [[0]]  # the load dropped its staging tables
+    scratch = tmp_path / "spark-processed" / "_spark"  # the tasks' part files: removed
+    assert sorted(p.name for p in scratch.iterdir()) == ["results"]
 
     again = load_on_spark(spark, spark_processed.uri, spark_warehouse)
     assert again.batches == [] and warehouse_rows(by_spark) == warehouse_rows(by_lambda)

@@ -7,11 +7,12 @@ a reload a no-op): the driver does what the Lambda does (:func:`totes.load.wareh
 the load lock and lease, the pending batches, the dimensions, the merge, the held rows, the
 ledger record), except that a file of such a fact is staged first (:func:`stager`):
 
-1. the driver creates an unlogged staging table ``<bookkeeping>_stage.spark_stage_<fact>``
-   (``totes_stage`` by default: a schema of its own, since the load's transaction may be
-   creating the bookkeeping schema; the fact's columns, widened for the file, plus
-   :data:`~totes.load.warehouse.ORDINAL`, each row's position in the file), committed at once
-   so that the tasks see it;
+1. the driver creates an unlogged staging table for the file,
+   ``<bookkeeping>_stage.spark_stage_<fact>_<id>`` (``totes_stage`` by default: a schema of
+   its own, since the load's transaction may be creating the bookkeeping schema; one table per
+   file, since the load's transaction holds the ones it read until it commits; the fact's
+   columns, widened for the file, plus :data:`~totes.load.warehouse.ORDINAL`, each row's
+   position in the file), committed at once so that the tasks see it;
 2. the file is split into contiguous row ranges (:func:`totes.utils.spark.row_ranges`), one
    per Spark task, at least two when there are two rows; each task copies its range with a
    binary ``COPY`` over its own connection, in one transaction that first deletes the
@@ -21,25 +22,29 @@ ledger record), except that a file of such a fact is staged first (:func:`stager
    serial keys are the Lambda path's) and drops the table
    (:func:`totes.load.warehouse.merge_file`).
 
-The staging table is written only while the driver holds the load lock (in its
-transaction), so two loads never share one; a load that fails leaves it, and the next load
-replaces it. Executors find the warehouse by reference
-(:class:`~totes.utils.spark.DatabaseRef`): no password travels in a task's closure.
+The staging tables are written only while the driver holds the load lock (in its
+transaction), so two loads never share one; a load that fails leaves them, and the next Spark
+load drops them before it stages its first file. The driver checks that the tasks staged as
+many rows as the file holds. Executors find the warehouse by reference
+(:class:`~totes.utils.spark.DatabaseRef`: in AWS a secret id, so that no password travels in
+a task's closure).
 """
 from __future__ import annotations
 
 import logging
+import uuid
 from typing import Optional
 
 import pyarrow as pa
 
 from totes.contracts.config import TablePlan
+from totes.contracts.errors import LakeError
 from totes.contracts.identifiers import qualified, quote_ident
 from totes.contracts.stage_results import LoadResult
 from totes.contracts.star_schema import WarehouseTable
 from totes.rules.facts import FACT_SOURCES
 from totes.load.warehouse import (COPY_BATCH_ROWS, ORDINAL, Stager, StagedRows,
-                                  complete_batch, load)
+                                  complete_batch, create_schema, load)
 from totes.utils.lake import Lake
 from totes.utils.ledger import Ledger
 from totes.utils.postgres_copy import copy_binary_into
@@ -82,6 +87,10 @@ def _stage_part(ranges: list[RowRange], table: WarehouseTable, relation: tuple[s
             # One transaction: an attempt Spark retries replaces the rows of one that
             # committed, so that each row is staged once.
             session.conn.run("START TRANSACTION")
+            # Two attempts of one task at once (a lost executor still running): the second
+            # waits for the first's commit, then replaces its rows.
+            session.conn.run("SELECT pg_advisory_xact_lock(hashtext(:t), :first)",
+                             t=qualified(*relation), first=first)
             session.conn.run(f"DELETE FROM {qualified(*relation)} WHERE {ORDINAL} >= :first "
                              f"AND {ORDINAL} < :end", first=first, end=end)  # nosec B608
             rows = copy_binary_into(session.conn, relation[1], staged_schema(table),
@@ -92,22 +101,39 @@ def _stage_part(ranges: list[RowRange], table: WarehouseTable, relation: tuple[s
         return "error", exc
 
 
-def create_staging_table(warehouse: DatabaseRef, table: WarehouseTable) -> tuple[str, str]:
-    """Create (again) the unlogged staging table of ``table`` (the fact as widened for the
-    file) in its own committed transaction; returns its (schema, name).
+#: The staging tables' name prefix (``spark_stage_<fact>_<file>``).
+STAGE_PREFIX = "spark_stage_"
+
+
+def staging_schema() -> str:
+    """The schema of the staging tables: ``<bookkeeping>_stage`` (``totes_stage``)."""
+    return f"{settings.current().bookkeeping_schema}_stage"
+
+
+def create_staging_table(warehouse: DatabaseRef, table: WarehouseTable,
+                         sweep: bool = False) -> tuple[str, str]:
+    """Create the unlogged staging table of one file of ``table`` (the fact as widened for the
+    file), named after the fact and a new id, in its own committed transaction; returns its
+    (schema, name). With ``sweep``, first drop the staging tables a failed load left (called
+    while the load holds the load lock: no other load has one in use).
 
     Raises:
+        PermissionDenied: the role may not create the staging schema (the grant that helps).
         DatabaseUnavailable / TerminalError: the warehouse could not be reached, or refused.
     """
-    schema = f"{settings.current().bookkeeping_schema}_stage"
-    name = f"spark_stage_{table.name}"
+    schema = staging_schema()
+    name = f"{STAGE_PREFIX}{table.name}_{uuid.uuid4().hex[:12]}"
     relation = qualified(schema, name)
     columns = ", ".join(f"{quote_ident(c.name)} {c.sql_type}" for c in table.columns)
     database = warehouse.database()
     with database.session("totes-spark-load", f"creating the staging table {relation} in "
                           f"the {database.describe()}") as session:
-        session.conn.run(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}")
-        session.conn.run(f"DROP TABLE IF EXISTS {relation}")
+        create_schema(session.conn, schema)
+        if sweep:
+            for left, in session.conn.run(
+                    "SELECT tablename FROM pg_tables WHERE schemaname = :s "
+                    "AND starts_with(tablename, :p)", s=schema, p=STAGE_PREFIX):
+                session.conn.run(f"DROP TABLE IF EXISTS {qualified(schema, left)}")
         session.conn.run(f"CREATE UNLOGGED TABLE {relation} ({columns}, "
                          f"{ORDINAL} bigint NOT NULL)")
     return schema, name
@@ -130,17 +156,24 @@ def stager(spark, processed_uri: str, warehouse: DatabaseRef,
     on_spark = None if tables is None else \
         {fact for source, (fact, _) in FACT_SOURCES.items() if source in tables}
 
+    swept = []
+
     def stage(table: WarehouseTable, key: str) -> Optional[StagedRows]:
         if on_spark is not None and table.name not in on_spark:
             return None
-        schema, name = create_staging_table(warehouse, table)
+        schema, name = create_staging_table(warehouse, table, sweep=not swept)
+        swept.append(name)
         relation = qualified(schema, name)
         ranges = row_ranges(processed, [key], count)
         log.info("%s: %d Spark tasks staging %s", table.name, len(ranges), key)
-        staged = run_tasks(spark, lambda chunk: _stage_part(chunk, table, (schema, name),
-                                                            processed_uri, warehouse),
-                           ranges, f"staging {key} into {relation}")
-        return StagedRows(relation=relation, rows=sum(staged))
+        staged = sum(run_tasks(spark, lambda chunk: _stage_part(chunk, table, (schema, name),
+                                                                processed_uri, warehouse),
+                               ranges, f"staging {key} into {relation}"))
+        expected = processed.metadata(key).num_rows
+        if staged != expected:
+            raise LakeError(f"staging {processed.describe(key)} into {relation} copied "
+                            f"{staged:,} rows where the file holds {expected:,}")
+        return StagedRows(relation=relation, rows=staged)
 
     return stage
 

@@ -172,7 +172,7 @@ def create_warehouse(conn, processed: Optional[Lake] = None,
         PermissionDenied: the role may not create the schema or the tables in it.
     """
     schema = schema or warehouse_schema()
-    _create_schema(conn, settings.current().bookkeeping_schema)
+    create_schema(conn, settings.current().bookkeeping_schema)
     conn.run(f"CREATE TABLE IF NOT EXISTS {bookkeeping()}.schema_version (version int NOT NULL)")
     (current, here), = conn.run(
         "SELECT coalesce(max(version), 0), to_regclass(:dates) IS NOT NULL "  # nosec B608
@@ -181,7 +181,7 @@ def create_warehouse(conn, processed: Optional[Lake] = None,
         _wrong_schema(conn, schema)
     if current >= WAREHOUSE_SCHEMA_VERSION:
         return
-    _create_schema(conn, schema)
+    create_schema(conn, schema)
     (created,), = conn.run(f"SELECT to_regclass('{bookkeeping()}.loaded_batch') IS NOT NULL")
     if not created:
         _refuse_source_tables(conn, schema)
@@ -278,7 +278,7 @@ def _check_schema(conn, schema: str) -> None:
                            f"{settings.variable('warehouse_schema')} to a schema it owns")
 
 
-def _create_schema(conn, schema: str) -> None:
+def create_schema(conn, schema: str) -> None:
     """Create the database schema ``schema`` when it does not exist. (``CREATE SCHEMA IF NOT
     EXISTS`` is not used: it needs the database's CREATE privilege even when the schema
     exists.)
@@ -866,7 +866,7 @@ def _load(processed: Lake, warehouse: Database, manifest_keys: Optional[list[str
         still_waiting = held_facts.waiting(conn)
         if raw_plans and lake is not None:
             session.doing = f"loading the raw layer into the {warehouse.describe()}"
-            _create_schema(conn, raw.raw_schema())
+            create_schema(conn, raw.raw_schema())
             raw_loaded = raw.load_raw(conn, lake, raw_plans, raw.raw_schema(), max_batches())
         if through is not None:
             conn.run(f"UPDATE {bookkeeping()}.load_state "  # nosec B608

@@ -24,7 +24,8 @@ Rows leave the tasks in the order the Lambda path reads them, so the batch's fil
 same rows in the same order: load, reconcile and ``totes transform --rebuild`` cannot tell
 which engine wrote a batch. A run that fails leaves part files no manifest names (and no
 batch); the next run transforms the same lake files again. A task attempt that Spark retries
-leaves its part files unread: the driver reads only the keys the successful attempt returned.
+leaves its part files unread (the driver reads only the keys the successful attempt
+returned), and removed with the run's scratch folder once the batch is committed.
 """
 from __future__ import annotations
 
@@ -131,5 +132,8 @@ def transform_on_spark(spark, lake_uri: str, processed_uri: str,
         task's own error (LakeError, StorageUnavailable) as itself.
     """
     run_id = run_id or new_run_id()
-    return transform(Lake(lake_uri), Lake(processed_uri), ledger=ledger, run_id=run_id,
-                     facts=fact_writer(spark, lake_uri, processed_uri, run_id, tasks, tables))
+    processed = Lake(processed_uri)
+    result = transform(Lake(lake_uri), processed, ledger=ledger, run_id=run_id,
+                       facts=fact_writer(spark, lake_uri, processed_uri, run_id, tasks, tables))
+    processed.remove_folder(f"{PARTS_PREFIX}/{run_id}")  # task attempts that Spark retried
+    return result

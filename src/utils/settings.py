@@ -185,6 +185,12 @@ _NAMES = _names()
 _last: tuple[Optional[tuple], Optional[Settings]] = (None, None)
 
 
+def variables() -> dict[str, str]:
+    """The ``TOTES_*`` variables of this process's environment: what a Spark task is given
+    (:func:`totes.utils.spark.run_tasks`), so that an executor reads the driver's settings."""
+    return {name: value for name, value in os.environ.items() if name.startswith("TOTES_")}
+
+
 def set_variables(values: dict[str, str]) -> None:
     """Set ``values`` (``TOTES_*`` names) in this process's environment, as a Lambda's
     variables are set: what a Glue job does with its ``--TOTES_*`` arguments. The next

@@ -1,6 +1,6 @@
 """Spark, for the stages' Spark engine (the ``glue`` job type): a session, references by
-which executors find a database without a password in a task's closure, and the line of a
-Spark failure that says what failed.
+which executors find a database (a secret id, so that no password travels in a task's
+closure in AWS; a URL locally), and the line of a Spark failure that says what failed.
 
 Used by :mod:`totes.ingest.spark_extract`, :mod:`totes.transform.spark_transform` and
 :mod:`totes.load.spark_load`.
@@ -87,7 +87,8 @@ def first_python_error(exc: Exception) -> str:
 
 def run_tasks(spark, work, tasks: list, doing: str) -> list:
     """Run ``work(task)`` for each of ``tasks`` as one Spark task each (a partition of one
-    element), and return their results in the order of ``tasks``. ``work`` returns
+    element), with the driver's ``TOTES_*`` settings, and return their results in the order
+    of ``tasks``. ``work`` returns
     ``("ok", value)`` or ``("error", exception)``: the first task error is raised as itself
     (its type says whether a retry can help), not as Spark's wrapper of it.
 
@@ -97,11 +98,18 @@ def run_tasks(spark, work, tasks: list, doing: str) -> list:
         the first task's own error.
     """
     from totes.contracts.errors import SparkJobFailed
+    from totes.utils import settings
 
     if not tasks:
         return []
+    driver = settings.variables()  # the executors read the driver's settings
+
+    def task(item):
+        settings.set_variables(driver)
+        return work(item)
+
     try:
-        answers = spark.sparkContext.parallelize(tasks, len(tasks)).map(work).collect()
+        answers = spark.sparkContext.parallelize(tasks, len(tasks)).map(task).collect()
     except Exception as exc:  # Spark's own failure
         raise SparkJobFailed(f"the Spark job {doing} failed: "
                              f"{first_python_error(exc)}") from None
