@@ -156,7 +156,7 @@ def stager(spark, processed_uri: str, warehouse: DatabaseRef,
     on_spark = None if tables is None else \
         {fact for source, (fact, _) in FACT_SOURCES.items() if source in tables}
 
-    swept = []
+    swept: list[str] = []
 
     def stage(table: WarehouseTable, key: str) -> Optional[StagedRows]:
         if on_spark is not None and table.name not in on_spark:
