@@ -17,7 +17,8 @@ STATE_RESULTS = {"Plan": PlanResult, "IngestTable": IngestResult, "RecordSuccess
                  "Pending": PendingResult, "Transform": TransformResult, "Load": LoadResult,
                  "Reconcile": ReconcileResult, "Alert": Alert, "ExtractPart": PartResult,
                  "CommitParts": IngestResult, "RecordJobRun": ItemStatus,
-                 "CaptureChanges": CaptureResult, "RecordCaptured": ItemStatus}
+                 "CaptureChanges": CaptureResult, "RecordCaptured": ItemStatus,
+                 "TransformedOnSpark": TransformResult, "LoadedOnSpark": LoadResult}
 #: What IngestOnGlue selects from Glue's GetJobRun output (the JobRun structure).
 JOB_RUN_FIELDS = {"Id", "JobRunState", "ExecutionTime", "ErrorMessage", "JobName", "Attempt"}
 
