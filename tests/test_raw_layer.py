@@ -324,3 +324,49 @@ def test_check_names_the_raw_schema_and_refuses_one_the_star_schema_uses(
     found = warehouse_check()
     assert not found["ok"]
     assert "TOTES_RAW_SCHEMA=public is the schema of the star schema" in found["detail"]
+
+
+def test_a_whole_reconciliation_in_bounded_steps_compares_a_raw_table_in_ranges(
+        resources, tmp_path):
+    """The state machine's bounded Reconcile takes the raw layer's tables after the facts,
+    in ranges of ids like the facts': together the ranges compare every row once, what only
+    the source has included, and a difference is found in the step whose range holds it."""
+    from totes.reconcile.reconcile import reconcile, reconcile_step
+
+    raw_sales = replace(resources, config_path=_config(tmp_path, sales_order={"raw": True}))
+    run_pipeline(raw_sales, reconcile=False)
+    query(resources.source, "INSERT INTO sales_order (created_at, last_updated, design_id, "
+                            "staff_id, counterparty_id, units_sold, unit_price, currency_id, "
+                            "agreed_delivery_date, agreed_payment_date, "
+                            "agreed_delivery_location_id) SELECT now(), now(), 1, 1, 1, 10, "
+                            "2.50, 1, '2025-01-01', '2025-01-02', 1 "
+                            "FROM generate_series(1, 4000)")  # only the source has them
+    query(resources.warehouse, "UPDATE raw.sales_order SET units_sold = 1 "
+                               "WHERE sales_order_id = 9000")
+    whole = reconcile(resources.source, resources.warehouse)
+    [wholly] = [t for t in whole.tables if t.table == "raw.sales_order"]
+
+    steps, resume = [], None
+    while True:
+        steps.append(reconcile_step(resources.source, resources.warehouse, resume,
+                                    max_rows=3000))
+        resume = steps[-1].resume
+        if resume is None:
+            break
+        assert len(steps) < 60, "the steps do not end"
+
+    raw = [(i, t) for i, s in enumerate(steps) for t in s.tables if t.table == "raw.sales_order"]
+    assert len(raw) >= 5 and raw[0][0] > 0  # after the dimensions' step, in ranges
+    chain = [tuple(t.key_range) for _, t in raw]
+    assert chain[0][0] is None and chain[-1][1] is None
+    assert all(a[1] == b[0] for a, b in zip(chain, chain[1:])), chain
+    assert all(t.source_rows + t.pending <= 3000 and t.warehouse_rows <= 3000
+               for _, t in raw)
+    assert sum(t.source_rows for _, t in raw) == wholly.source_rows
+    assert sum(t.warehouse_rows for _, t in raw) == wholly.warehouse_rows
+    assert sum(t.pending for _, t in raw) == wholly.pending == 4000
+    [(step, found)] = [(i, t) for i, t in raw if t.differences]
+    assert [(d.key["sales_order_id"], d.column) for d in found.listed] == \
+        [(9000, "units_sold")]
+    assert (found.key_range[0] or 0) <= 9000 < found.key_range[1]
+    assert not steps[step].equal and all(s.equal for i, s in enumerate(steps) if i != step)

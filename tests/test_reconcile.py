@@ -249,15 +249,15 @@ def test_a_range_takes_an_id_whole_whatever_its_versions(resources):
               f"interval '{seconds} seconds' FROM fact_payment WHERE payment_id = 1 "
               "ORDER BY last_updated_time LIMIT 1")
     (total,), = query(resources.warehouse, "SELECT count(*) FROM fact_payment")
+    relation, key = TABLES["fact_payment"].relation("public"), "payment_id"
     with resources.warehouse.session("test", "ranges") as session:
         conn = session.conn
-        assert _range_end(conn, TABLES["fact_payment"], "public", None, 3) == (second, 3)
-        assert _range_end(conn, TABLES["fact_payment"], "public", 1, 3) == (second, 3)
-        assert _range_end(conn, TABLES["fact_payment"], "public", 1, 5) == (second, 5)
-        assert _range_end(conn, TABLES["fact_payment"], "public", 1, 6) == (second + 1, 6)
-        assert _range_end(conn, TABLES["fact_payment"], "public", None, total) == (None, total)
-        assert _range_end(conn, TABLES["fact_payment"], "public", second, total) == \
-            (None, total - 5)
+        assert _range_end(conn, relation, key, None, 3) == (second, 3)
+        assert _range_end(conn, relation, key, 1, 3) == (second, 3)
+        assert _range_end(conn, relation, key, 1, 5) == (second, 5)
+        assert _range_end(conn, relation, key, 1, 6) == (second + 1, 6)
+        assert _range_end(conn, relation, key, None, total) == (None, total)
+        assert _range_end(conn, relation, key, second, total) == (None, total - 5)
 
 
 def test_source_changes_after_the_last_load_are_pending(resources):

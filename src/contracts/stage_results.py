@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from totes.contracts.config import CapturePlan, TablePlan
 from totes.contracts.watermark import Watermark
@@ -313,11 +313,19 @@ class SumCheck(_Result):
 
 class ReconcileCursor(_Result):
     """Where the next step of a bounded reconciliation begins:
-    ``{"fact": "fact_sales_order", "start": 1048577}``, the fact and its first source id to
-    compare (``start`` None: from the fact's first id)."""
+    ``{"fact": "fact_sales_order", "raw_table": null, "start": 1048577}``, the fact (or, once
+    the facts are done, ``raw_table``: the raw layer's table, by its source table's name) and
+    its first source id to compare (``start`` None: from its first id)."""
 
-    fact: str
+    fact: Optional[str] = None
+    raw_table: Optional[str] = None
     start: Optional[int] = None
+
+    @model_validator(mode="after")
+    def _one_table(self) -> "ReconcileCursor":
+        if (self.fact is None) == (self.raw_table is None):
+            raise ValueError("a reconcile cursor names a fact or a raw table (one of them)")
+        return self
 
 
 class ReconcileResult(_Result):

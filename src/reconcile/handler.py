@@ -28,8 +28,10 @@ def _differences(event, result) -> list[MetricValue]:
 def handler(event, context):
     """After a load that loaded a batch, one bounded step of a whole reconciliation
     (:func:`~totes.reconcile.reconcile.reconcile_step`: at most ``TOTES_RECONCILE_MAX_ROWS``
-    fact rows). Event: ``{}`` (the first step), ``{"resume": {"fact": "fact_sales_order",
-    "start": 1048577}}`` (the step after one that returned that ``resume``), optionally
+    fact and raw-layer rows). Event: ``{}`` (the first step), ``{"resume": {"fact":
+    "fact_sales_order", "raw_table": null, "start": 1048577}}`` (the step after one that
+    returned that ``resume``; ``{"fact": null, "raw_table": "widget", ...}`` once the facts
+    are done), optionally
     ``"limit": n`` (differences listed per table, default :data:`STATE_LIMIT`) and
     ``"earlier": <the last step's result>``, whose differences the result carries
     (:func:`~totes.reconcile.reconcile.carry_differences`). Returns
@@ -39,7 +41,7 @@ def handler(event, context):
     ``equal: false`` and invokes the next step while ``resume`` is not null.
 
     Raises:
-        ConfigError: a database is not configured, or ``resume`` names no fact.
+        ConfigError: a database is not configured, or ``resume`` names no fact or raw table.
         DatabaseUnavailable / DatabaseRejected: a database could not be reached.
         SourceSchemaError: a source table lacks a column transform reads.
     """

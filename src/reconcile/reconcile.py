@@ -48,6 +48,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from dataclasses import dataclass
 from datetime import timezone
 from decimal import Decimal
 from typing import Iterator, Optional, Sequence
@@ -205,12 +206,16 @@ def _raw_tables(conn) -> list[tuple]:
 
 
 def _raw(conn, source, table: str, schema: str, key: str, watermark: Optional[str],
-         dropped: Sequence[str], limit: int) -> TableReconciliation:
+         dropped: Sequence[str], limit: int,
+         key_range: Optional[tuple[Optional[int], Optional[int]]] = None
+         ) -> TableReconciliation:
     """A raw table's current rows (``<schema>.<table>_current``) against the source table's,
     column by column (the source's columns the raw table holds, less those recorded as
-    dropped), both streamed in key order and merge-joined one source batch at a time. A
-    source row whose watermark (the incremental table's, else ``last_updated`` when there is
-    one) is after the raw table's newest is pending."""
+    dropped), both streamed in key order and merge-joined one source batch at a time (with
+    ``key_range`` ``(start, before)``: of the keys at or after ``start`` and before
+    ``before``, either None: unbounded). A source row whose watermark (the incremental
+    table's, else ``last_updated`` when there is one) is after the raw table's newest is
+    pending."""
     relation = f"{schema}.{table}"
     held = column_types(conn, qualified(schema, table))
     watermark = watermark or ("last_updated" if "last_updated" in held else None)
@@ -218,7 +223,8 @@ def _raw(conn, source, table: str, schema: str, key: str, watermark: Optional[st
                             f"FROM {qualified(schema, table)}") if watermark else None
     tally = _Tally(relation, key, limit)
     counts = {"compared": 0, "pending": 0, "warehouse": 0}
-    with _source_batches(source, table, primary_key=key) as source_batches:
+    with _source_batches(source, table, primary_key=key, key_range=key_range) \
+            as source_batches:
         first = next((b for b in source_batches if b.num_rows), None)
         names = [key] + [f.name for f in (first.schema if first is not None else [])
                          if f.name in held and f.name != key and f.name not in dropped
@@ -230,7 +236,8 @@ def _raw(conn, source, table: str, schema: str, key: str, watermark: Optional[st
                            pa.types.is_timestamp(types.get(n, pa.int64())) and types[n].tz
                            else quote_ident(n) for n in names)
         view = (f"SELECT {listed} FROM {qualified(schema, table + '_current')} "  # nosec
-                f"ORDER BY {quote_ident(key)}")  # B608: quoted identifiers
+                f"{_range_condition(quote_ident(key), key_range)}"  # B608: quoted names,
+                f"ORDER BY {quote_ident(key)}")  # integers
         with _warehouse_batches(conn, view, wanted, relation) as warehouse_batches:
             expected_tables = (pa.table({n: _as_naive(batch.column(n)) for n in names})
                                for batch in _chain([] if first is None else [first],
@@ -246,7 +253,19 @@ def _raw(conn, source, table: str, schema: str, key: str, watermark: Optional[st
     return TableReconciliation(
         table=relation, source_table=table, source_rows=counts["compared"],
         warehouse_rows=counts["warehouse"], pending=counts["pending"],
-        differences=tally.count, loaded_through=_text(through), listed=tally.listed)
+        differences=tally.count, loaded_through=_text(through), listed=tally.listed,
+        key_range=None if key_range is None else list(key_range))
+
+
+def _range_condition(key: str, key_range: Optional[tuple[Optional[int], Optional[int]]]
+                     ) -> str:
+    """``WHERE <key> >= start AND <key> < before `` for ``key_range`` (either end None:
+    unbounded; integers written out, as COPY takes no bound parameters), or ``""``."""
+    if key_range is None or key_range == (None, None):
+        return ""
+    ends = [f"{key} >= {int(key_range[0])}"] if key_range[0] is not None else []
+    ends += [f"{key} < {int(key_range[1])}"] if key_range[1] is not None else []
+    return f"WHERE {' AND '.join(ends)} "
 
 
 def _aligned(source_batches, warehouse_batches, key: str, empty: pa.Table):
@@ -473,11 +492,8 @@ def _fact(conn, source, source_table: str, limit: int, sums: list[SumCheck], sta
     columns = [c.name for c in table.columns if c.name not in (key, SOURCE_LSN, IS_DELETED)]
     schema = table.arrow_schema()
     chosen = f"WHERE {key_condition(conn, key, keys)} " if keys is not None else ""
-    if key_range is not None and key_range != (None, None):
-        # Integers (int() of each end), not text: COPY takes no bound parameters.
-        ends = [f"{key} >= {int(key_range[0])}"] if key_range[0] is not None else []
-        ends += [f"{key} < {int(key_range[1])}"] if key_range[1] is not None else []
-        chosen = f"WHERE {' AND '.join(ends)} "
+    if key_range is not None:
+        chosen = _range_condition(key, key_range)
     view = (f"SELECT {', '.join(table.column_names)} "  # nosec B608: quoted identifiers
             f"FROM {table.current_relation(star)} "
             f"{chosen}ORDER BY {key}")
@@ -693,54 +709,129 @@ def reconcile_step(source, warehouse: Database, resume: Optional[ReconcileCursor
                    ) -> ReconcileResult:
     """One bounded step of a whole reconciliation (the state machine's Reconcile state,
     invoked again while ``resume`` is not None): the first step (``resume`` None) compares
-    every dimension and raw table whole, then every step compares the facts in ranges of
-    source ids, in :data:`FACT_SOURCES`' order, from ``resume`` on, until about
-    ``max_rows`` fact rows were compared (default ``TOTES_RECONCILE_MAX_ROWS``, 20,000,000:
-    about 2 minutes on the benchmark's machine, well inside Lambda's 15). A range ends where
-    the warehouse's ``max_rows``-th version from its start is (an index-only scan of the
-    fact's unique key), or for a fact's last range where the source's ``max_rows``-th id is;
-    both sides read only that range, so a step's work is bounded whatever the fact's size.
+    every dimension whole, then every step compares the facts, in :data:`FACT_SOURCES`'
+    order, then the raw layer's tables, by name, each in ranges of source ids, from
+    ``resume`` on, until about ``max_rows`` rows were compared (default
+    ``TOTES_RECONCILE_MAX_ROWS``, 20,000,000: about 2 minutes on the benchmark's machine,
+    well inside Lambda's 15). A range ends where the warehouse's ``max_rows``-th version from
+    its start is (an index-only scan of the table's unique key, whose first column is the
+    source id), or for a table's last range where the source's ``max_rows``-th id is; both
+    sides read only that range, so a step's work is bounded whatever the table's size.
     Each step's result is whole for its ranges (rows, values, and money sums per currency
     over those ids; ``key_range`` says which ids): the source and warehouse agree when
     every step is equal. Returns the step's :class:`ReconcileResult`, whose ``resume`` is
     where the next step begins (None: the last range was compared).
 
     Raises:
-        ConfigError: the warehouse has no star schema yet, or ``resume`` names no fact.
+        ConfigError: the warehouse has no star schema yet, or ``resume`` names no fact or
+            raw table.
         DatabaseUnavailable / DatabaseRejected: a database could not be reached.
         SourceSchemaError: a source table is missing or lacks a column transform reads.
     """
     started = time.monotonic()
     tables: list[TableReconciliation] = []
     sums: list[SumCheck] = []
-    facts = list(FACT_SOURCES)
-    names = [FACT_SOURCES[t][0] for t in facts]
-    if resume is not None and resume.fact not in names:
-        raise ConfigError(f"reconcile: cannot resume at {resume.fact!r}, which is not a fact "
-                          f"(one of {', '.join(names)})")
-    index, start = (0, None) if resume is None else (names.index(resume.fact), resume.start)
-    budget = max(1, max_rows or settings.current().reconcile_max_rows)
     with _star_session(warehouse) as (conn, star):
+        units = [_FactUnit(t, star) for t in FACT_SOURCES] + \
+            [_RawUnit(*entry) for entry in _raw_tables(conn)]
+        index, start = _resumed_at(units, resume)
+        budget = max(1, max_rows or settings.current().reconcile_max_rows)
         if resume is None:
             tables += _dimensions(conn, source, star, limit)
-        while index < len(facts) and budget > 0:
-            before, versions = _range_end(conn, TABLES[names[index]], star, start, budget)
+        while index < len(units) and budget > 0:
+            unit = units[index]
+            before, versions = _range_end(conn, unit.relation, unit.key, start, budget)
             if before is None:  # the warehouse's last range: the source may hold far more
-                before = _source_range_end(source, facts[index], start, budget)
-            found = _fact(conn, source, facts[index], limit, sums, star,
-                          key_range=(start, before))
+                before = _source_range_end(source, unit.source_table, start, budget,
+                                           unit.source_key)
+            found = unit.compare(conn, source, limit, sums, (start, before))
             tables.append(found)
             if before is not None:
                 start, budget = before, 0
             else:
                 index, start = index + 1, None
                 budget -= max(versions, found.source_rows + found.pending, 1)
-        if resume is None:
-            tables += _raw_layer(conn, source, limit, None)
     result = _result(tables, sums, started)
-    if index < len(facts):
-        result.resume = ReconcileCursor(fact=names[index], start=start)
+    if index < len(units):
+        result.resume = units[index].cursor(start)
     return result
+
+
+@dataclass(frozen=True)
+class _FactUnit:
+    """A fact, as :func:`reconcile_step` goes through it in ranges."""
+
+    source_table: str
+    star: str
+
+    @property
+    def table(self) -> WarehouseTable:
+        return TABLES[FACT_SOURCES[self.source_table][0]]
+
+    @property
+    def relation(self) -> str:
+        return self.table.relation(self.star)
+
+    @property
+    def key(self) -> str:
+        return self.table.merge_key[0]
+
+    @property
+    def source_key(self) -> str:
+        return SOURCE_TABLES[self.source_table].primary_key
+
+    def compare(self, conn, source, limit, sums, key_range) -> TableReconciliation:
+        return _fact(conn, source, self.source_table, limit, sums, self.star,
+                     key_range=key_range)
+
+    def cursor(self, start: Optional[int]) -> ReconcileCursor:
+        return ReconcileCursor(fact=self.table.name, start=start)
+
+
+@dataclass(frozen=True)
+class _RawUnit:
+    """A raw-layer table (a row of :func:`_raw_tables`), as :func:`reconcile_step` goes
+    through it in ranges."""
+
+    source_table: str
+    schema: str
+    source_key: str
+    watermark: Optional[str]
+    dropped: Optional[list]
+
+    @property
+    def relation(self) -> str:
+        return qualified(self.schema, self.source_table)
+
+    @property
+    def key(self) -> str:
+        return quote_ident(self.source_key)
+
+    def compare(self, conn, source, limit, sums, key_range) -> TableReconciliation:
+        return _raw(conn, source, self.source_table, self.schema, self.source_key,
+                    self.watermark, self.dropped or [], limit, key_range)
+
+    def cursor(self, start: Optional[int]) -> ReconcileCursor:
+        return ReconcileCursor(raw_table=self.source_table, start=start)
+
+
+def _resumed_at(units: list, resume: Optional[ReconcileCursor]) -> tuple[int, Optional[int]]:
+    """The unit (its index in ``units``) and the first id where ``resume`` says the step
+    begins; the first unit's first id without one.
+
+    Raises:
+        ConfigError: ``resume`` names no fact or raw table there is.
+    """
+    if resume is None:
+        return 0, None
+    for i, unit in enumerate(units):
+        if (isinstance(unit, _FactUnit) and resume.fact == unit.table.name) or \
+                (isinstance(unit, _RawUnit) and resume.raw_table == unit.source_table):
+            return i, resume.start
+    names = [u.table.name if isinstance(u, _FactUnit) else f"raw table {u.source_table}"
+             for u in units]
+    raise ConfigError(f"reconcile: cannot resume at {resume.raw_table or resume.fact!r}, "
+                      f"which is not a fact or raw table (one of {', '.join(names)})")
 
 
 def carry_differences(earlier: ReconcileResult, step: ReconcileResult) -> ReconcileResult:
@@ -760,15 +851,13 @@ def carry_differences(earlier: ReconcileResult, step: ReconcileResult) -> Reconc
                            resume=step.resume)
 
 
-def _range_end(conn, table: WarehouseTable, star: str, start: Optional[int],
+def _range_end(conn, relation: str, key: str, start: Optional[int],
                rows: int) -> tuple[Optional[int], int]:
-    """Where a step's range of ``table`` (a fact) from ``start`` (None: from its first id)
-    ends: ``(before, versions)``, ``before`` the first source id after ``rows`` of its
+    """Where a step's range of ``relation`` (a fact, or a raw table, quoted; ``key``, quoted:
+    its source id, the first column of its unique key) from ``start`` (None: from its first
+    id) ends: ``(before, versions)``, ``before`` the first source id after ``rows`` of its
     versions (past the range's first id whatever its versions), or None with ``versions``,
-    how many there are, when fewer follow ``start``. Index-only scans of the fact's unique
-    key, whose first column is the source id."""
-    key = table.merge_key[0]
-    relation = table.relation(star)
+    how many there are, when fewer follow ``start``. Index-only scans of the unique key."""
     after = f"WHERE {key} >= :start " if start is not None else ""
     values = {"start": int(start)} if start is not None else {}
     found = conn.run(f"SELECT {key} FROM {relation} {after}"  # nosec B608: quoted names
@@ -787,12 +876,12 @@ def _range_end(conn, table: WarehouseTable, star: str, start: Optional[int],
     return int(end), int(rows)
 
 
-def _source_range_end(source, table: str, start: Optional[int], rows: int) -> Optional[int]:
-    """Where the last range of a fact ends on the source's side: the id ``rows`` ids after
-    ``start`` in source ``table``, or None when fewer follow (a source far ahead of the
-    warehouse, as while a first extract of a large table is paused by the time limit, is
-    compared in bounded ranges too)."""
-    key = SOURCE_TABLES[table].primary_key
+def _source_range_end(source, table: str, start: Optional[int], rows: int,
+                      key: str) -> Optional[int]:
+    """Where the last range of a fact or raw table ends on the source's side: the id ``rows``
+    ids after ``start`` in source ``table`` (``key``: its primary key), or None when fewer
+    follow (a source far ahead of the warehouse, as while a first extract of a large table
+    is paused by the time limit, is compared in bounded ranges too)."""
     doing = f"reading the ids of table {table} of the {source.describe()} to reconcile it"
     with source.session(f"totes-reconcile-{table}", doing) as session:
         return reader_for(source).key_after(session.conn, table, key, start, rows)

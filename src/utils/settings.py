@@ -109,10 +109,11 @@ class Settings(BaseSettings):
         "bounded steps, each well inside a Lambda's time limit; the state machine, and "
         "`totes run`, loop until nothing is pending.")
     reconcile_max_rows: int = Field(
-        20_000_000, ge=1, description="The most fact rows (versions) one step of the state "
-        "machine's whole reconciliation compares, in whole ranges of source ids: the "
-        "Reconcile state is invoked again from where the last step ended until every "
-        "fact was compared, so a reconciliation of any size fits Lambda's time limit (about "
+        20_000_000, ge=1, description="The most fact and raw-layer rows (versions) one step "
+        "of the state machine's whole reconciliation compares, in whole ranges of source ids: "
+        "the Reconcile state is invoked again from where the last step ended until every "
+        "fact and raw table was compared, so a reconciliation of any size fits Lambda's time "
+        "limit (about "
         "6 s a million rows on the benchmark's machine: the default is a step of about 2 "
         "minutes; `totes reconcile` compares in one go).")
     allow_shared_database: bool = Field(
