@@ -331,7 +331,7 @@ def test_reconcile_steps_through_the_facts_as_the_state_machine_loops_it(lambda_
 
     steps = steps_as_the_state_machine_runs_them()
     assert all(step["equal"] for step in steps) and len(steps) >= 3
-    assert steps[0]["resume"] == {"fact": "fact_sales_order",
+    assert steps[0]["resume"] == {"fact": "fact_sales_order", "raw_table": None,
                                   "start": steps[1]["tables"][0]["key_range"][0]}
     compared = {}
     for step in steps:
