@@ -173,6 +173,17 @@ def empty_mysql_source(mariadb):
 _PART_OF_FIXTURE = {"mariadb": "mariadb", "s3_server": "emulator"}
 
 
+@pytest.fixture(scope="session")
+def spark():
+    """One local Spark for the Spark engine's tests of a worker (starting one takes seconds;
+    the modules that use it skip without pyspark)."""
+    from totes.utils.spark import spark_session
+
+    session = spark_session("totes-tests", "local[2]")
+    yield session
+    session.stop()
+
+
 def pytest_collection_modifyitems(config, items):
     """Mark each test by the outside parts it needs (``mariadb``, ``spark``, ``browser``,
     ``emulator``), so that ``make test-fast`` can leave exactly those out."""

@@ -27,16 +27,6 @@ pytest.importorskip("pyspark", reason="the Spark engine's tests need pyspark "
                                       "(requirements-dev.txt)")
 
 
-@pytest.fixture(scope="module")
-def spark():
-    """One local Spark for the module (starting one takes seconds)."""
-    from totes.utils.spark import spark_session
-
-    session = spark_session("totes-tests", "local[2]")
-    yield session
-    session.stop()
-
-
 def warehouse_rows(warehouse) -> dict:
     """Every row of every star-schema table, surrogate keys included, in a stable order."""
     found = {}

@@ -530,10 +530,15 @@ class Lake:
         path = self.path(key)
         with storage_call(f"removing {self.describe(key)}"):
             info = self.fs.get_file_info(path)
-            if info.type == pafs.FileType.Directory:
-                self.fs.delete_dir(path)
-            elif info.type != pafs.FileType.NotFound:
-                self.fs.delete_file(path)
+            try:
+                if info.type == pafs.FileType.Directory:
+                    self.fs.delete_dir(path)
+                elif info.type != pafs.FileType.NotFound:
+                    self.fs.delete_file(path)
+            except FileNotFoundError:
+                # Gone meanwhile, or on a versioned S3 bucket a folder whose keys are only
+                # delete markers: listed as a folder, then not there to remove.
+                pass
 
     def entries(self, under: str = "", hidden: bool = False) -> list[str]:
         """The names at the top of the store (or of its folder ``under``), folders and

@@ -19,16 +19,6 @@ pytest.importorskip("pyspark", reason="the Spark engine's tests need pyspark "
                                       "(requirements-dev.txt)")
 
 
-@pytest.fixture(scope="module")
-def spark():
-    """One local Spark for the module (starting one takes seconds)."""
-    from totes.ingest.spark_extract import spark_session
-
-    session = spark_session("totes-tests", "local[2]")
-    yield session
-    session.stop()
-
-
 def url_of(database) -> str:
     socket_dir = database.params["unix_sock"].rsplit("/", 1)[0]
     return f"postgresql://{database.params['user']}:@/{database.params['database']}" \

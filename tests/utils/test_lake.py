@@ -229,3 +229,27 @@ def test_streaming_a_file_holds_one_row_group_not_the_whole_file(tmp_path):
     assert peak < size / 4, f"{peak:,} bytes of Arrow memory to stream a {size:,}-byte file"
     assert sum(sizes) == groups * rows_per_group
     assert max(sizes) == rows_per_group  # no batch spans two row groups
+
+
+def test_removing_a_scratch_folder_whose_objects_were_deleted_is_not_an_error(s3_lake):
+    """The Spark transform deletes its part files, then removes its run's scratch folder:
+    on a versioned bucket the folder's keys are delete markers by then, and the folder is
+    gone, which removing it again must accept (``remove_folder``: a key already gone is not
+    an error)."""
+    import boto3
+
+    boto3.client("s3").put_bucket_versioning(
+        Bucket="lake", VersioningConfiguration={"Status": "Enabled"})
+    lake = Lake(s3_lake)
+    lake.put_bytes("_spark/run-1/fact_payment/00000-a.parquet", b"part")
+    lake.put_bytes("_spark/run-1/fact_payment/00001-b.parquet", b"part")
+    lake.delete("_spark/run-1/fact_payment/00000-a.parquet")
+    lake.delete("_spark/run-1/fact_payment/00001-b.parquet")
+    lake.put_bytes("_spark/results/run-1.json", b"{}")
+
+    lake.remove_folder("_spark/run-1")
+    lake.remove_folder("_spark/run-1")  # the run's next round: already removed
+    lake.remove_folder("_spark/run-2")  # never there
+
+    assert not lake.exists("_spark/run-1/fact_payment/00000-a.parquet")
+    assert lake.exists("_spark/results/run-1.json")
