@@ -33,7 +33,7 @@ from totes.contracts.manifest import Manifest, retry_prefix, state_prefix
 from totes.contracts.quarantine import quarantine_prefix
 from totes.contracts.source_tables import REFERENCE_TABLES, SOURCE_TABLES
 from totes.contracts.stage_results import TableOutput, TransformResult, counted
-from totes.contracts.star_schema import TABLES
+from totes.contracts.star_schema import TABLES, WarehouseTable
 from totes.rules import dimensions as dims
 from totes.rules.facts import FACT_SOURCES, fact_dates, fact_rows, widened_fact
 from totes.utils.footers import batch_files
@@ -211,20 +211,23 @@ def write_facts(lake: Lake, new_keys: dict[str, list[str]], outputs: _Outputs,
                    retry.get(source_table)) for source_table in FACT_SOURCES])
 
 
-def fact_files(lake: Lake, keys: list[str]) -> list[str]:
-    """The lake files of the lake batches ``keys`` (oldest first)."""
-    return [file for key in keys for file in batch_files(lake, key)]
+def fact_target(lake: Lake, source_table: str, keys: list[str],
+                outputs: _Outputs) -> tuple[list[str], WarehouseTable]:
+    """The lake files of ``source_table``'s lake batches ``keys`` (oldest first), and its fact
+    as those files make it: files of several schema versions give the fact the widest types
+    of its measures (:func:`~totes.rules.facts.widened_fact`), which ``outputs`` writes the
+    fact's file in."""
+    files = [file for key in keys for file in batch_files(lake, key)]
+    target = widened_fact(source_table, lake_schema(lake, files))
+    outputs.schemas[FACT_SOURCES[source_table][0]] = target.arrow_schema()
+    return files, target
 
 
 def write_fact(lake: Lake, source_table: str, keys: list[str], outputs: _Outputs,
                retry: Optional[pa.Table] = None) -> pa.Array:
     """:func:`write_facts` of one fact source: its lake batches ``keys`` and its ``retry``
     rows into its fact table; returns the dates its rows refer to."""
-    fact_name = FACT_SOURCES[source_table][0]
-    files = fact_files(lake, keys)
-    # Files of several schema versions: the fact takes the widest types of its measures.
-    target = widened_fact(source_table, lake_schema(lake, files))
-    outputs.schemas[fact_name] = target.arrow_schema()
+    files, target = fact_target(lake, source_table, keys, outputs)
     batches = (batch for file in files for batch in lake.iter_batches(file, FACT_BATCH_ROWS))
     return write_fact_rows(_chain(batches, retry.to_batches(FACT_BATCH_ROWS)
                                   if retry is not None else []),
@@ -317,9 +320,7 @@ def transform(lake: Lake, processed: Lake, retry: Optional[dict[str, pa.Table]] 
         return {"rows": sum(t.rows for t in result.tables), "key": result.manifest,
                 "details": {"source_files": result.source_files,
                             "tables": {t.table: t.rows for t in result.tables},
-                            "quarantined": result.quarantined,
-                            "quarantined_rows": result.quarantined_rows,
-                            "more": result.more}}
+                            "quarantined": result.quarantined}}
 
     return tracked(ledger, "transform", ALL_TABLES, run_id or new_run_id(),
                    "retry" if retry else None, lambda: _transform(lake, processed, retry, facts),

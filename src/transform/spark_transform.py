@@ -37,9 +37,9 @@ from typing import Optional
 import pyarrow as pa
 
 from totes.contracts.stage_results import TransformResult
-from totes.rules.facts import FACT_SOURCES, widened_fact
-from totes.transform.run import (FACT_BATCH_ROWS, _Outputs, fact_files, lake_schema, transform,
-                                 write_fact, write_fact_rows)
+from totes.rules.facts import FACT_SOURCES
+from totes.transform.run import (FACT_BATCH_ROWS, _Outputs, fact_target, transform, write_fact,
+                                 write_fact_rows)
 from totes.utils.lake import Lake
 from totes.utils.ledger import Ledger, new_run_id
 from totes.utils.spark import RowRange, read_range, row_ranges, run_tasks
@@ -94,9 +94,7 @@ def fact_writer(spark, lake_uri: str, processed_uri: str, run_id: str,
                 dates.append(write_fact(lake, source_table, keys, outputs,
                                         retry.get(source_table)))
                 continue
-            files = fact_files(lake, keys)
-            target = widened_fact(source_table, lake_schema(lake, files))
-            outputs.schemas[fact_name] = target.arrow_schema()
+            files, target = fact_target(lake, source_table, keys, outputs)
             ranges = row_ranges(lake, files, count)
             if ranges:
                 log.info("%s: %d Spark tasks over %d lake files", fact_name, len(ranges),
