@@ -247,7 +247,13 @@ class Lake:
     def _list(self, rel: str) -> list[pafs.FileInfo]:
         selector = pafs.FileSelector(self.path(rel).rstrip("/"), allow_not_found=True)
         with storage_call(f"listing {self.describe(rel)}"):
-            return self.fs.get_file_info(selector)
+            try:
+                return self.fs.get_file_info(selector)
+            except FileNotFoundError:
+                # pyarrow's local listing raises for a folder created between its failed
+                # opening and its check that the folder exists (a concurrent run's first
+                # publish of a table); listed again, the folder is there.
+                return self.fs.get_file_info(selector)
 
     def _walk_descending(self, prefix: str, ext: str, stop_at: Optional[str]) -> Iterator[str]:
         """Keys under ``prefix`` newest first, skipping every folder whose keys are all

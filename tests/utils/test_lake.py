@@ -253,3 +253,20 @@ def test_removing_a_scratch_folder_whose_objects_were_deleted_is_not_an_error(s3
 
     assert not lake.exists("_spark/run-1/fact_payment/00000-a.parquet")
     assert lake.exists("_spark/results/run-1.json")
+
+
+def test_listing_a_folder_while_another_run_creates_it_finds_it_or_nothing(tmp_path):
+    """A run lists a table's folder while another run's first publish creates it (seen in
+    three runs started at once): pyarrow's local listing raised FileNotFoundError for a
+    folder made between its opening and its existence check. Raced 3,000 times here."""
+    import threading
+
+    lake = Lake(str(tmp_path))
+    for attempt in range(3000):
+        table = f"t{attempt}"
+        maker = threading.Thread(target=os.makedirs, args=(tmp_path / table / "2024",))
+        maker.start()
+        try:
+            assert lake.keys_after(table, None) == []  # LakeError: no such object, before
+        finally:
+            maker.join()
