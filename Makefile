@@ -69,7 +69,7 @@ test: $(DEV_INSTALLED) test-packages $(MERMAID) lint-imports typecheck run-pytes
 # The edit loop: the unit and embedded-PostgreSQL tests on both cores; what needs MariaDB,
 # Spark, Chromium or moto's server is left out (make test runs it).
 test-fast: $(DEV_INSTALLED) $(MERMAID)
-	@$(BIN)/pytest -n 2 -q -m "not mariadb and not spark and not browser and not emulator" \
+	@$(BIN)/pytest -n 2 --dist worksteal -q -m "not mariadb and not spark and not browser and not emulator" \
 		$(PYTEST_ARGS)
 
 # Stages import only contracts and utils (and the star-schema rules), never each other;
@@ -95,10 +95,12 @@ test-packages:
 	@bash scripts/install_test_packages.sh
 
 # pytest exits 5 when it collected no test: for this project that means a broken suite. Two
-# workers (each test starts its own servers on free ports or sockets); the ten slowest listed.
+# workers (each test starts its own servers on free ports or sockets), each given a contiguous
+# half of the tests, and a worker that runs out takes half of the other's queue (worksteal):
+# the run no longer ends on one worker's queue of long tests. The ten slowest listed.
 PYTEST_WORKERS ?= 2
 run-pytest: $(DEV_INSTALLED)
-	@$(BIN)/pytest -n $(PYTEST_WORKERS) --durations=10 $(PYTEST_ARGS); status=$$?; \
+	@$(BIN)/pytest -n $(PYTEST_WORKERS) --dist worksteal --durations=10 $(PYTEST_ARGS); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests: the suite is missing" >&2; fi; \
 	exit $$status
 
