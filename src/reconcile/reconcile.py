@@ -784,6 +784,10 @@ class _FactUnit:
         return _fact(conn, source, self.source_table, limit, sums, self.star,
                      key_range=key_range)
 
+    @property
+    def label(self) -> str:
+        return self.table.name
+
     def cursor(self, start: Optional[int]) -> ReconcileCursor:
         return ReconcileCursor(fact=self.table.name, start=start)
 
@@ -811,6 +815,10 @@ class _RawUnit:
         return _raw(conn, source, self.source_table, self.schema, self.source_key,
                     self.watermark, self.dropped or [], limit, key_range)
 
+    @property
+    def label(self) -> str:
+        return f"raw table {self.source_table}"
+
     def cursor(self, start: Optional[int]) -> ReconcileCursor:
         return ReconcileCursor(raw_table=self.source_table, start=start)
 
@@ -825,11 +833,9 @@ def _resumed_at(units: list, resume: Optional[ReconcileCursor]) -> tuple[int, Op
     if resume is None:
         return 0, None
     for i, unit in enumerate(units):
-        if (isinstance(unit, _FactUnit) and resume.fact == unit.table.name) or \
-                (isinstance(unit, _RawUnit) and resume.raw_table == unit.source_table):
+        if unit.cursor(resume.start) == resume:
             return i, resume.start
-    names = [u.table.name if isinstance(u, _FactUnit) else f"raw table {u.source_table}"
-             for u in units]
+    names = [u.label for u in units]
     raise ConfigError(f"reconcile: cannot resume at {resume.raw_table or resume.fact!r}, "
                       f"which is not a fact or raw table (one of {', '.join(names)})")
 
